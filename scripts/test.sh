@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Set up, then run the whole test suite (GPU tests skip without CUDA).
+# Extra arguments go to pytest, e.g. -m "not slow" or -k mining
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export HF_HUB_OFFLINE=1
+exec .venv/bin/python -m pytest "$@"

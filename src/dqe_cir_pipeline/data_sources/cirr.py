@@ -1,0 +1,309 @@
+"""CIRR reader (also reads the generated benchmark, which uses the CIRR layout).
+
+Layout::
+
+    <annotation_root>/captions/cap.<version>.<split>.json        # [{pairid, reference, ...}]
+    <annotation_root>/image_splits/split.<version>.<split>.json  # {name: "./dev/x.png"}
+    <image_root>/<relative path from the split file>
+
+With ``version=None`` (the generated benchmark) the files are ``cap.<split>.json`` and
+``split.<split>.json``.
+
+Records: ``pairid``, ``reference``, ``caption``, ``img_set.members`` (6 ids including the
+reference) and, except in unlabelled splits (test1), ``target_hard``. A record may also
+carry an ``edit`` object (the generated benchmark writes it: ``type``,
+``edits_color``, ``edits_shape``, ...): then its flags are used as exact labels and the
+whole object is kept as JSON in ``edit_labels``; otherwise the flags come from the
+keyword lexicon [design] and ``edit_labels`` is ``"{}"``.
+
+Splits in ``image_only_splits`` are indexed (images checked) without reading captions;
+the real CIRR train captions are not shipped here, so a run on this copy lists
+``"train"`` there. Any other split without a captions file is an error.
+
+[design] Duplicate ``pairid`` values are detected within a split (the generated
+benchmark may restart numbering per split); the first occurrence is kept.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dqe_cir_pipeline.data_sources.common import (
+    REASON_BAD_PATH,
+    REASON_BAD_VALUE,
+    REASON_DUPLICATE,
+    REASON_EMPTY_CAPTIONS,
+    REASON_MISSING_FIELD,
+    ImageIndex,
+    ImageRecord,
+    IngestResult,
+    check_images,
+    concat_frames,
+    expect_type,
+    frame_from_rows,
+    load_json,
+    quarantine_row,
+)
+from dqe_cir_pipeline.data_sources.lexicon import attribute_flags
+from dqe_cir_pipeline.data_sources.schema import (
+    QUARANTINE_SCHEMA,
+    TRIPLET_SCHEMA,
+    edit_type_of,
+)
+
+logger = logging.getLogger(__name__)
+
+CATEGORY = "all"
+
+
+@dataclass
+class CIRRConfig:
+    """Which parts of a CIRR-layout dataset to read and how.
+
+    Attributes:
+        splits: Splits to read.
+        dataset_name: Value of the ``dataset`` column (``"cirr"``, ``"synthetic"``).
+        version: File-name version tag (``"rc2"``); ``None`` for ``cap.<split>.json``.
+        image_only_splits: Splits whose images are indexed but whose captions are not
+            read (e.g. CIRR train here, whose captions file is not shipped).
+        unlabelled_splits: Splits whose records have no ``target_hard`` (``target_id``
+            is null there); elsewhere a missing target quarantines the record.
+        workers: Threads for the image check (``None``: automatic).
+        full_decode: Decode every pixel during the image check (slow, thorough).
+    """
+
+    splits: Sequence[str] = ("train", "val", "test1")
+    dataset_name: str = "cirr"
+    version: str | None = "rc2"
+    image_only_splits: Sequence[str] = ()
+    unlabelled_splits: Sequence[str] = ("test1", "test")
+    workers: int | None = None
+    full_decode: bool = False
+
+
+def _file_name(prefix: str, version: str | None, split: str) -> str:
+    return f"{prefix}.{version}.{split}.json" if version else f"{prefix}.{split}.json"
+
+
+def _caption_file(root: Path, cfg: CIRRConfig, split: str) -> Path:
+    return root / "captions" / _file_name("cap", cfg.version, split)
+
+
+def _split_file(root: Path, cfg: CIRRConfig, split: str) -> Path:
+    return root / "image_splits" / _file_name("split", cfg.version, split)
+
+
+def _resolve(image_root: Path, rel: str) -> Path | None:
+    """Absolute path of ``rel`` under ``image_root``; ``None`` if it escapes the root."""
+    path = Path(os.path.normpath(image_root / rel))
+    return path if path == image_root or image_root in path.parents else None
+
+
+def _exact_flags(edit: Any) -> tuple[bool, bool] | str:
+    """Exact (edits_color, edits_shape) from an ``edit`` object, or a reason string."""
+    if not isinstance(edit, dict):
+        return f"{REASON_BAD_VALUE}: 'edit' is {type(edit).__name__}, not an object"
+    for key in ("edits_color", "edits_shape"):
+        if key not in edit:
+            return f"{REASON_MISSING_FIELD}: 'edit' has no {key!r}"
+        if not isinstance(edit[key], bool):
+            return f"{REASON_BAD_VALUE}: 'edit.{key}' is {edit[key]!r}, not a boolean"
+    return edit["edits_color"], edit["edits_shape"]
+
+
+def _parse_record(rec: Any, labelled: bool) -> dict[str, Any] | str:
+    """Validate one CIRR record; return its fields or a quarantine reason."""
+    if not isinstance(rec, dict):
+        return f"{REASON_BAD_VALUE}: record is {type(rec).__name__}, not an object"
+    required = ["pairid", "reference", "caption", "img_set"] + (
+        ["target_hard"] if labelled else []
+    )
+    for key in required:
+        if key not in rec or rec[key] is None:
+            return f"{REASON_MISSING_FIELD}: no {key!r}"
+    pairid = rec["pairid"]
+    if isinstance(pairid, bool) or not isinstance(pairid, (int, str)) or pairid == "":
+        return f"{REASON_BAD_VALUE}: 'pairid' is {pairid!r}"
+    for key in ("reference", "caption") + (("target_hard",) if labelled else ()):
+        if not isinstance(rec[key], str):
+            return f"{REASON_BAD_VALUE}: {key!r} is {rec[key]!r}, not a string"
+    img_set = rec["img_set"]
+    if not isinstance(img_set, dict) or "members" not in img_set:
+        return f"{REASON_MISSING_FIELD}: no 'img_set.members'"
+    members = img_set["members"]
+    if not isinstance(members, list) or not all(isinstance(m, str) for m in members):
+        return f"{REASON_BAD_VALUE}: 'img_set.members' is {members!r}"
+    return {
+        "pairid": pairid,
+        "reference": rec["reference"],
+        "target": rec["target_hard"] if labelled else None,
+        "caption": rec["caption"],
+        "members": members,
+        "edit": rec.get("edit"),
+    }
+
+
+def read_cirr(
+    annotation_root: str | os.PathLike[str],
+    image_root: str | os.PathLike[str],
+    cfg: CIRRConfig | None = None,
+) -> IngestResult:
+    """Read CIRR-layout annotations and check their images.
+
+    Args:
+        annotation_root: Folder holding ``captions/`` and ``image_splits/``.
+        image_root: Folder the split files' relative paths start from.
+        cfg: What to read; defaults to CIRR rc2 train/val/test1.
+
+    Returns:
+        Images (category ``"all"``), triplets (``query_id = str(pairid)``) and
+        quarantine rows.
+
+    Raises:
+        AnnotationError: A split file is missing, a captions file is missing for a
+            split not in ``image_only_splits``, a file is not valid JSON, or a file
+            has the wrong top-level type.
+    """
+    cfg = cfg or CIRRConfig()
+    ds = cfg.dataset_name
+    ann = Path(annotation_root)
+    img_root = Path(os.path.abspath(image_root))
+    t0 = time.perf_counter()
+    layout = (
+        f"expected <annotation_root>/image_splits/{_file_name('split', cfg.version, '<split>')}"
+    )
+
+    # 1. Image splits.
+    listed: dict[tuple[str, str], list[str]] = {}
+    records: list[ImageRecord] = []
+    pre_q: list[dict] = []
+    for split in cfg.splits:
+        path = _split_file(ann, cfg, split)
+        mapping = load_json(path, hint=layout)
+        expect_type(mapping, dict, path, "an object mapping image names to paths")
+        listed[(CATEGORY, split)] = list(mapping)
+        for name, rel in mapping.items():
+            if not isinstance(rel, str) or not rel:
+                pre_q.append(quarantine_row(ds, "image", str(path), name,
+                                            f"{REASON_BAD_VALUE}: path is {rel!r}"))
+                continue
+            resolved = _resolve(img_root, rel)
+            if resolved is None:
+                pre_q.append(quarantine_row(
+                    ds, "image", str(path), name,
+                    f"{REASON_BAD_PATH}: {rel!r} points outside the image root {img_root}"))
+                continue
+            records.append((name, CATEGORY, split, str(resolved)))
+    t_splits = time.perf_counter()
+
+    images, image_q = check_images(records, ds, workers=cfg.workers,
+                                   full_decode=cfg.full_decode)
+    pre_q_df = frame_from_rows(pre_q, QUARANTINE_SCHEMA)
+    index = ImageIndex(listed, images, concat_frames([pre_q_df, image_q], QUARANTINE_SCHEMA))
+    t_images = time.perf_counter()
+
+    # 2. Captions.
+    triplets: list[dict] = []
+    triplet_q: list[dict] = []
+    for split in cfg.splits:
+        path = _caption_file(ann, cfg, split)
+        if split in cfg.image_only_splits:
+            logger.warning(
+                "%s: split %r is image-only: %d images indexed, captions (%s) not read",
+                ds, split, len(listed[(CATEGORY, split)]), path,
+            )
+            continue
+        recs = load_json(
+            path,
+            hint=f"captions for split {split!r}; list the split in image_only_splits to "
+            "index its images without captions",
+        )
+        expect_type(recs, list, path, "a list of caption records")
+        labelled = split not in cfg.unlabelled_splits
+        seen: dict[str, int] = {}
+        for i, rec in enumerate(recs):
+            fields = _parse_record(rec, labelled)
+            record_id = (
+                str(rec["pairid"]) if isinstance(rec, dict) and "pairid" in rec else f"#{i}"
+            )
+            where = f"record {i}"
+            if isinstance(fields, str):
+                triplet_q.append(quarantine_row(ds, "triplet", str(path), record_id,
+                                                f"{fields} ({where})"))
+                continue
+            qid = str(fields["pairid"])
+            if qid in seen:
+                triplet_q.append(quarantine_row(
+                    ds, "triplet", str(path), qid,
+                    f"{REASON_DUPLICATE}: pairid {qid} already used by record {seen[qid]} "
+                    f"({where})"))
+                continue
+            seen[qid] = i
+            caption = fields["caption"].strip()
+            if not caption:
+                triplet_q.append(quarantine_row(
+                    ds, "triplet", str(path), qid,
+                    f"{REASON_EMPTY_CAPTIONS}: caption is {fields['caption']!r} ({where})"))
+                continue
+            refs = [("reference", fields["reference"])]
+            if fields["target"] is not None:
+                refs.append(("target", fields["target"]))
+            refs += [("img_set member", m) for m in fields["members"]]
+            problem = next(
+                (p for role, image_id in refs
+                 if (p := index.problem(image_id, CATEGORY, split, role)) is not None),
+                None,
+            )
+            if problem is not None:
+                triplet_q.append(quarantine_row(ds, "triplet", str(path), qid, problem))
+                continue
+            if fields["edit"] is not None:
+                flags = _exact_flags(fields["edit"])
+                if isinstance(flags, str):
+                    triplet_q.append(quarantine_row(ds, "triplet", str(path), qid,
+                                                    f"{flags} ({where})"))
+                    continue
+                color, shape = flags
+                edit_labels = json.dumps(fields["edit"], sort_keys=True)
+            else:
+                color, shape = attribute_flags(caption)
+                edit_labels = "{}"
+            triplets.append({
+                "query_id": qid,
+                "dataset": ds,
+                "category": CATEGORY,
+                "split": split,
+                "reference_id": fields["reference"],
+                "target_id": fields["target"],
+                "captions_raw": [fields["caption"]],
+                "caption_eval": caption,
+                "captions_train": [caption],
+                "edit_type": edit_type_of(color, shape),
+                "edits_color": color,
+                "edits_shape": shape,
+                "subset_members": list(fields["members"]),
+                "edit_labels": edit_labels,
+            })
+    t_caps = time.perf_counter()
+
+    result = IngestResult(
+        images=images,
+        triplets=frame_from_rows(triplets, TRIPLET_SCHEMA),
+        quarantine=concat_frames(
+            [pre_q_df, image_q, frame_from_rows(triplet_q, QUARANTINE_SCHEMA)],
+            QUARANTINE_SCHEMA,
+        ),
+    )
+    logger.info(
+        "%s: %s in %.1fs (splits %.1fs, image check %.1fs, captions+frames %.1fs)",
+        ds, result.counts(), t_caps - t0, t_splits - t0, t_images - t_splits,
+        t_caps - t_images,
+    )
+    return result

@@ -1,0 +1,472 @@
+"""Pieces shared by every annotation reader: results, JSON loading, image checks.
+
+Every reader returns an :class:`IngestResult` of three DataFrames whose columns and
+dtypes follow :mod:`dqe_cir_pipeline.data_sources.schema`. Nothing is dropped silently:
+a rejected image or triplet becomes a quarantine row whose ``reason`` starts with a
+short code (``"missing file: ..."``, ``"duplicate: ..."``) so rejections can be counted
+per cause, and :func:`enforce_rejection_threshold` turns "too much was rejected" (a
+wrong image root, a truncated download) into a loud :class:`IngestionError`.
+
+This module imports neither Kedro nor MLflow: readers are plain functions that nodes
+wrap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+from PIL import Image, UnidentifiedImageError
+
+from dqe_cir_pipeline.data_sources.schema import (
+    IMAGE_SCHEMA,
+    QUARANTINE_SCHEMA,
+    TRIPLET_SCHEMA,
+)
+
+logger = logging.getLogger(__name__)
+
+# Reason codes: the text before the first ": " of every quarantine reason.
+REASON_MISSING_FILE = "missing file"
+REASON_UNDECODABLE = "undecodable image"
+REASON_BAD_PATH = "bad image path"
+REASON_UNKNOWN_IMAGE = "unknown image"
+REASON_QUARANTINED_IMAGE = "quarantined image"
+REASON_MISSING_FIELD = "missing field"
+REASON_BAD_VALUE = "bad value"
+REASON_DUPLICATE = "duplicate"
+REASON_EMPTY_CAPTIONS = "empty captions"
+
+#: (image_id, category, split, path) - one image membership to check.
+ImageRecord = tuple[str, str, str, str]
+
+# Bytes read per chunk while hashing; large enough that syscalls are negligible.
+_READ_CHUNK = 1 << 20
+
+
+class AnnotationError(ValueError):
+    """An annotation file is missing, not valid JSON, or not shaped as expected."""
+
+
+class IngestionError(RuntimeError):
+    """Too many inputs were rejected for the ingestion to be trusted."""
+
+
+# --------------------------------------------------------------------------- frames
+
+
+def _pandas_dtype(arrow_type: pa.DataType) -> Any:
+    """Pandas dtype we store an Arrow column type in (object for strings and lists)."""
+    if pa.types.is_int32(arrow_type):
+        return "int32"
+    if pa.types.is_boolean(arrow_type):
+        return "bool"
+    # [design] strings and lists stay Python objects: the frames are small, object
+    # dtype behaves the same on pandas 2 and 3, and ``None`` stays ``None`` (a null
+    # target) instead of becoming NaN.
+    return object
+
+
+def empty_frame(schema: pa.Schema) -> pd.DataFrame:
+    """An empty DataFrame with ``schema``'s columns, in order, with matching dtypes."""
+    return pd.DataFrame(
+        {f.name: pd.Series([], dtype=_pandas_dtype(f.type)) for f in schema}
+    )
+
+
+def frame_from_rows(rows: Sequence[Mapping[str, Any]], schema: pa.Schema) -> pd.DataFrame:
+    """Build a DataFrame with exactly ``schema``'s columns from dict rows.
+
+    Args:
+        rows: One mapping per row holding at least every schema column; extra keys are
+            ignored.
+        schema: The target Arrow schema.
+
+    Returns:
+        A DataFrame whose columns are ``schema.names`` in order, with a RangeIndex.
+    """
+    if not rows:
+        return empty_frame(schema)
+    columns = {
+        f.name: pd.Series([r[f.name] for r in rows], dtype=_pandas_dtype(f.type))
+        for f in schema
+    }
+    return pd.DataFrame(columns)
+
+
+def to_arrow(df: pd.DataFrame, schema: pa.Schema) -> pa.Table:
+    """Convert a reader frame to Arrow, checking columns and non-nullable fields.
+
+    Args:
+        df: A frame produced by a reader.
+        schema: The schema it must follow.
+
+    Returns:
+        The Arrow table.
+
+    Raises:
+        ValueError: When columns differ from the schema or a non-nullable column has
+            nulls (``pa.Table.from_pandas`` does not enforce nullability itself).
+    """
+    if list(df.columns) != schema.names:
+        raise ValueError(f"columns {list(df.columns)} != schema {schema.names}")
+    table = pa.Table.from_pandas(df, schema=schema, preserve_index=False)
+    for f in schema:
+        if not f.nullable and table.column(f.name).null_count:
+            raise ValueError(f"column {f.name!r} is not nullable but has nulls")
+    return table
+
+
+@dataclass
+class IngestResult:
+    """What a reader returns: image index, triplets and the rejected inputs.
+
+    Attributes:
+        images: Rows of :data:`~dqe_cir_pipeline.data_sources.schema.IMAGE_SCHEMA`.
+        triplets: Rows of :data:`~dqe_cir_pipeline.data_sources.schema.TRIPLET_SCHEMA`.
+        quarantine: Rows of
+            :data:`~dqe_cir_pipeline.data_sources.schema.QUARANTINE_SCHEMA`.
+    """
+
+    images: pd.DataFrame = field(default_factory=lambda: empty_frame(IMAGE_SCHEMA))
+    triplets: pd.DataFrame = field(default_factory=lambda: empty_frame(TRIPLET_SCHEMA))
+    quarantine: pd.DataFrame = field(default_factory=lambda: empty_frame(QUARANTINE_SCHEMA))
+
+    def counts(self) -> dict[str, int]:
+        """Row counts, including quarantined rows per kind (for logs and metrics)."""
+        q = self.quarantine
+        return {
+            "images": len(self.images),
+            "triplets": len(self.triplets),
+            "quarantined_images": int((q["kind"] == "image").sum()),
+            "quarantined_triplets": int((q["kind"] == "triplet").sum()),
+        }
+
+    def to_arrow(self) -> dict[str, pa.Table]:
+        """The three frames as Arrow tables with the canonical schemas."""
+        return {
+            "images": to_arrow(self.images, IMAGE_SCHEMA),
+            "triplets": to_arrow(self.triplets, TRIPLET_SCHEMA),
+            "quarantine": to_arrow(self.quarantine, QUARANTINE_SCHEMA),
+        }
+
+
+def concat_frames(frames: Iterable[pd.DataFrame], schema: pa.Schema) -> pd.DataFrame:
+    """Stack frames of one schema, keeping its column order and dtypes."""
+    non_empty = [f for f in frames if len(f)]
+    if not non_empty:
+        return empty_frame(schema)
+    out = pd.concat(non_empty, ignore_index=True)[schema.names]
+    return out.astype({f.name: _pandas_dtype(f.type) for f in schema})
+
+
+def concat_results(results: Iterable[IngestResult]) -> IngestResult:
+    """Stack several results (e.g. FashionIQ and CIRR) keeping the schema dtypes."""
+    results = list(results)
+    return IngestResult(
+        images=concat_frames([r.images for r in results], IMAGE_SCHEMA),
+        triplets=concat_frames([r.triplets for r in results], TRIPLET_SCHEMA),
+        quarantine=concat_frames([r.quarantine for r in results], QUARANTINE_SCHEMA),
+    )
+
+
+def quarantine_row(dataset: str, kind: str, source_file: str, record: str, reason: str) -> dict:
+    """One quarantine row (``kind`` is ``"image"`` or ``"triplet"``)."""
+    return {
+        "dataset": dataset,
+        "kind": kind,
+        "source_file": str(source_file),
+        "record": str(record),
+        "reason": reason,
+    }
+
+
+def reason_code(reason: str) -> str:
+    """The short cause at the start of a quarantine reason (text before ``": "``)."""
+    return reason.split(": ", 1)[0]
+
+
+# ----------------------------------------------------------------------------- JSON
+
+
+def load_json(path: str | os.PathLike[str], hint: str | None = None) -> Any:
+    """Read a JSON annotation file with errors that say where the problem is.
+
+    Args:
+        path: The file to read.
+        hint: Extra text for the missing-file message, e.g. the expected layout.
+
+    Returns:
+        The decoded JSON value.
+
+    Raises:
+        AnnotationError: The file does not exist (message names it, plus ``hint``), or
+            is not valid JSON (message names the file, line, column and character
+            offset of the first error).
+    """
+    p = Path(path)
+    try:
+        with open(p, "rb") as fh:
+            raw = fh.read()
+    except FileNotFoundError:
+        extra = f" ({hint})" if hint else ""
+        raise AnnotationError(f"annotation file not found: {p}{extra}") from None
+    except IsADirectoryError:
+        raise AnnotationError(f"annotation path is a directory, not a file: {p}") from None
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise AnnotationError(
+            f"invalid JSON in {p} at line {exc.lineno}, column {exc.colno} "
+            f"(char {exc.pos}): {exc.msg}"
+        ) from exc
+    except UnicodeDecodeError as exc:
+        raise AnnotationError(f"{p} is not UTF-8 text (byte {exc.start}): {exc.reason}") from exc
+
+
+def expect_type(value: Any, expected: type | tuple[type, ...], path: str | os.PathLike[str],
+                what: str) -> None:
+    """Raise :class:`AnnotationError` when a whole file has the wrong top-level shape."""
+    if not isinstance(value, expected):
+        names = (
+            " or ".join(t.__name__ for t in expected)
+            if isinstance(expected, tuple)
+            else expected.__name__
+        )
+        raise AnnotationError(
+            f"{path}: expected {what} (JSON {names}), got {type(value).__name__}"
+        )
+
+
+# ------------------------------------------------------------------------ images
+
+
+@dataclass(frozen=True)
+class _ImageCheck:
+    """Outcome of checking one file: size and hash, or an error reason."""
+
+    width: int = 0
+    height: int = 0
+    content_hash: str = ""
+    error: str | None = None
+
+
+def _check_file(path: str, full_decode: bool) -> _ImageCheck:
+    """Read a file once, hash its bytes and validate it as an image.
+
+    [design] The file is read into memory once and both hashed and parsed from that
+    buffer, so each image costs one ``read``; hashlib and file I/O release the GIL,
+    which is why a thread pool scales. ``Image.verify`` checks the container (PNG
+    chunk CRCs, JPEG markers) without decoding pixels; ``full_decode`` additionally
+    decodes every pixel (catches truncated JPEG scans, ~10-50x slower).
+    """
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except FileNotFoundError:
+        return _ImageCheck(error=f"{REASON_MISSING_FILE}: {path} does not exist")
+    except IsADirectoryError:
+        return _ImageCheck(error=f"{REASON_MISSING_FILE}: {path} is a directory")
+    except OSError as exc:
+        return _ImageCheck(error=f"{REASON_MISSING_FILE}: cannot read {path}: {exc}")
+    if not data:
+        return _ImageCheck(error=f"{REASON_UNDECODABLE}: {path} is empty (0 bytes)")
+    digest = hashlib.sha256(data).hexdigest()
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            width, height = img.size
+            if full_decode:
+                img.load()
+            else:
+                img.verify()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        cause = str(exc) or type(exc).__name__
+        return _ImageCheck(error=f"{REASON_UNDECODABLE}: {path}: {cause}")
+    except Image.DecompressionBombError as exc:  # pragma: no cover - needs a huge file
+        return _ImageCheck(error=f"{REASON_UNDECODABLE}: {path}: {exc}")
+    if width <= 0 or height <= 0:
+        return _ImageCheck(error=f"{REASON_UNDECODABLE}: {path}: size {width}x{height}")
+    return _ImageCheck(width=width, height=height, content_hash=digest)
+
+
+def default_workers() -> int:
+    """Threads for image checks: I/O bound, so more threads than cores pay off."""
+    return min(32, 4 * (os.cpu_count() or 1))
+
+
+def check_images(
+    records: Sequence[ImageRecord],
+    dataset: str,
+    workers: int | None = None,
+    full_decode: bool = False,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Check that image files exist and decode; measure and hash them.
+
+    Each distinct path is read and hashed once, however many (category, split)
+    memberships list it. Order of the output follows ``records``.
+
+    Args:
+        records: ``(image_id, category, split, path)`` per membership; ``path`` should
+            be absolute.
+        dataset: Value for the ``dataset`` column.
+        workers: Thread count; defaults to :func:`default_workers`.
+        full_decode: Decode all pixels instead of the cheaper container check.
+
+    Returns:
+        ``(images, quarantine)``: an IMAGE_SCHEMA frame of the good memberships and a
+        QUARANTINE_SCHEMA frame (``kind="image"``, ``source_file`` = the image path,
+        ``record`` = the image id) with one row per bad membership.
+    """
+    unique_paths = list(dict.fromkeys(r[3] for r in records))
+    n_workers = max(1, workers or default_workers())
+    if n_workers == 1 or len(unique_paths) < 64:
+        checks = [_check_file(p, full_decode) for p in unique_paths]
+    else:
+        with ThreadPoolExecutor(max_workers=n_workers, thread_name_prefix="imgcheck") as ex:
+            checks = list(
+                ex.map(lambda p: _check_file(p, full_decode), unique_paths, chunksize=256)
+            )
+    by_path = dict(zip(unique_paths, checks, strict=True))
+
+    good: list[dict] = []
+    bad: list[dict] = []
+    for image_id, category, split, path in records:
+        chk = by_path[path]
+        if chk.error is not None:
+            bad.append(quarantine_row(dataset, "image", path, image_id, chk.error))
+        else:
+            good.append(
+                {
+                    "image_id": image_id,
+                    "dataset": dataset,
+                    "category": category,
+                    "split": split,
+                    "path": path,
+                    "width": chk.width,
+                    "height": chk.height,
+                    "content_hash": chk.content_hash,
+                }
+            )
+    if bad:
+        logger.warning(
+            "%s: %d of %d image memberships quarantined (%s)",
+            dataset,
+            len(bad),
+            len(records),
+            dict(Counter(reason_code(r["reason"]) for r in bad)),
+        )
+    return frame_from_rows(good, IMAGE_SCHEMA), frame_from_rows(bad, QUARANTINE_SCHEMA)
+
+
+class ImageIndex:
+    """Which image ids a triplet of a given (category, split) may refer to.
+
+    Built from the ids the split files list and the quarantine rows of the image
+    check; :meth:`problem` explains why an id is unusable.
+    """
+
+    def __init__(
+        self,
+        listed: Mapping[tuple[str, str], Iterable[str]],
+        images: pd.DataFrame,
+        image_quarantine: pd.DataFrame,
+    ) -> None:
+        """Index listed ids and the reason each quarantined id was rejected.
+
+        Args:
+            listed: ``(category, split) -> ids`` from the split files.
+            images: The accepted IMAGE_SCHEMA frame.
+            image_quarantine: Quarantine rows of kind ``"image"`` (``record`` = id).
+        """
+        self._listed = {k: set(v) for k, v in listed.items()}
+        self._usable: dict[tuple[str, str], set[str]] = {}
+        for (cat, split), ids in images.groupby(["category", "split"])["image_id"]:
+            self._usable[(cat, split)] = set(ids)
+        self._why: dict[str, str] = {}
+        for rec, reason in zip(image_quarantine["record"], image_quarantine["reason"],
+                               strict=True):
+            self._why.setdefault(rec, reason)
+
+    def problem(self, image_id: str, category: str, split: str, role: str) -> str | None:
+        """Return a quarantine reason if ``image_id`` is unusable, else ``None``.
+
+        Args:
+            image_id: The referenced id.
+            category: The triplet's category.
+            split: The triplet's split.
+            role: What the id is in the triplet (``"reference"``, ``"target"``, ...),
+                used in the message.
+        """
+        key = (category, split)
+        if image_id in self._usable.get(key, ()):
+            return None
+        if image_id not in self._listed.get(key, ()):
+            return (
+                f"{REASON_UNKNOWN_IMAGE}: {role} {image_id!r} is not in the "
+                f"{category}/{split} image split"
+            )
+        why = self._why.get(image_id, "rejected by the image check")
+        return f"{REASON_QUARANTINED_IMAGE}: {role} {image_id!r} ({why})"
+
+
+# ------------------------------------------------------------------------ threshold
+
+
+def enforce_rejection_threshold(
+    result: IngestResult, max_rejected_fraction: float, n_examples: int = 5
+) -> None:
+    """Fail when too large a share of images or triplets was quarantined.
+
+    The share is ``quarantined / (accepted + quarantined)``, computed separately for
+    images and for triplets. A wrong image root quarantines every image (and with
+    them every triplet), so it fails here instead of producing an empty dataset.
+
+    Args:
+        result: A reader's output.
+        max_rejected_fraction: Largest tolerated share, in ``[0, 1]``.
+        n_examples: How many example rows the error message shows per kind.
+
+    Raises:
+        ValueError: ``max_rejected_fraction`` outside ``[0, 1]``.
+        IngestionError: A share exceeds the threshold; the message gives counts per
+            reason code and the first examples.
+    """
+    if not 0.0 <= max_rejected_fraction <= 1.0:
+        raise ValueError(f"max_rejected_fraction must be in [0, 1], got {max_rejected_fraction}")
+    q = result.quarantine
+    problems: list[str] = []
+    for kind, accepted in (("image", len(result.images)), ("triplet", len(result.triplets))):
+        rejected = q[q["kind"] == kind]
+        total = accepted + len(rejected)
+        if total == 0 or len(rejected) == 0:
+            continue
+        share = len(rejected) / total
+        if share <= max_rejected_fraction:
+            continue
+        per_reason = Counter(reason_code(r) for r in rejected["reason"])
+        examples = "\n".join(
+            f"    {row.source_file} [{row.record}]: {row.reason}"
+            for row in rejected.head(n_examples).itertuples(index=False)
+        )
+        problems.append(
+            f"{len(rejected)} of {total} {kind}s quarantined ({share:.1%} > "
+            f"{max_rejected_fraction:.1%}); by reason: {dict(per_reason.most_common())}\n"
+            f"  first examples:\n{examples}"
+        )
+    if problems:
+        datasets = sorted(set(q["dataset"]))
+        raise IngestionError(
+            f"ingestion of {', '.join(datasets)} rejected too much input "
+            "(check the image root and annotation paths):\n" + "\n".join(problems)
+        )

@@ -1,0 +1,639 @@
+"""A resumable, memory-mapped on-disk cache of frozen ViT token features.
+
+The vision transformer of the backbone is frozen, so its token features for an image
+depend only on the image bytes, the backbone and the preprocessing. They are
+extracted once and read back at random during training. For ViT-g/14 an image is a
+(257, 1408) matrix; the FashionIQ gallery in float16 is ~54 GB, so this module never
+needs the whole cache in RAM: shards are ``.npy`` files opened with
+``np.load(mmap_mode="r")`` and only the requested rows are read.
+
+Layout under ``filepath`` (a local directory)::
+
+    <filepath>/ACTIVE                         {"cache_key": ...}  (written last)
+    <filepath>/<cache_key>/meta.json          tokens, dim, dtype, description
+    <filepath>/<cache_key>/shard-000000.npy   float16, (n, T, D)
+    <filepath>/<cache_key>/shard-000000.parquet   image_id, content_hash, row
+
+Each shard's ``.npy`` is written first and its ``.parquet`` index second, both
+atomically (temp file + ``os.replace``). The parquet is the commit marker: a shard
+without it is incomplete, ignored by readers and deleted by the next save. That is
+what makes an interrupted extraction resumable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import re
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+from kedro.io.core import AbstractDataset, DatasetError, get_protocol_and_path
+
+from dqe_cir_pipeline.io_utils import (
+    TEMP_MARKER,
+    atomic_save,
+    atomic_write_json,
+    canonical_json,
+)
+
+if TYPE_CHECKING:
+    import torch
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "dqe-cir-feature-cache/1"
+ACTIVE_FILE = "ACTIVE"
+META_FILE = "meta.json"
+STORED_DTYPE = np.float16
+_SHARD_RE = re.compile(r"^shard-(\d{6})\.(npy|parquet)$")
+_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+REQUIRED_COLUMNS = ("image_id", "path", "content_hash")
+
+
+def _shard_stem(index: int) -> str:
+    return f"shard-{index:06d}"
+
+
+@dataclass(frozen=True)
+class FeatureExtractionJob:
+    """A description of a feature extraction, executed lazily by ``FeatureCacheDataset``.
+
+    The extraction node returns this object instead of the features themselves; the
+    dataset's ``save`` then encodes only the images missing from the cache, shard by
+    shard, so the features never need to fit in memory and an interrupted run
+    resumes where it stopped.
+
+    Kedro's ``MemoryDataset`` deep-copies non-DataFrame outputs; a job holds a live
+    encoder (possibly a model on a GPU), so ``copy.deepcopy`` returns the job itself.
+    Treat a job as immutable.
+
+    Attributes:
+        images: One row per image, with at least the columns ``image_id`` (str),
+            ``path`` and ``content_hash`` (e.g. SHA-256 of the file bytes). Rows
+            repeating the same (image_id, content_hash) are deduplicated.
+        cache_key: Directory name for these features; the caller derives it from the
+            backbone key and the preprocessing settings (e.g. with
+            ``io_utils.stable_hash``) so a change of either starts a new cache.
+            Letters, digits, ``.``, ``_`` and ``-`` only.
+        description: JSON-serialisable settings the key was derived from; stored in
+            ``meta.json`` and checked against on later saves under the same key.
+        encode: Given a DataFrame of image rows (a slice of ``images``) returns their
+            token features as an array of shape (n, T, D), any float dtype; they are
+            stored as float16.
+        shard_size: Images per shard (and per ``encode`` call).
+        progress: Optional callback ``progress(done, total)`` called after each
+            shard, counting images to compute in this save.
+    """
+
+    images: pd.DataFrame
+    cache_key: str
+    description: dict[str, Any]
+    encode: Callable[[pd.DataFrame], np.ndarray]
+    shard_size: int = 1024
+    progress: Callable[[int, int], None] | None = field(default=None, compare=False)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> FeatureExtractionJob:
+        return self
+
+
+@dataclass(frozen=True)
+class _ShardInfo:
+    index: int
+    npy: Path
+    parquet: Path
+
+
+class FeatureCache:
+    """A read-only handle on one cache key: random access to per-image token features.
+
+    Shards are memory-mapped lazily on first use and kept open; ``get`` reads only the
+    requested rows. When an image id was cached several times (its content changed),
+    the newest shard wins.
+
+    The handle can be pickled / deep-copied cheaply (open memory maps are dropped and
+    re-opened on demand), so it survives Kedro's copying of in-memory outputs and
+    ``DataLoader`` worker processes.
+    """
+
+    def __init__(self, *, root: Path, meta: dict[str, Any], index: pd.DataFrame) -> None:
+        """Creates a handle; use ``FeatureCacheDataset.load`` rather than this.
+
+        Args:
+            root: The cache-key directory holding the shards.
+            meta: Parsed ``meta.json``.
+            index: Winning rows: columns image_id, content_hash, shard, row, with a
+                unique ``image_id``.
+        """
+        self._root = Path(root)
+        self._meta = dict(meta)
+        self._index = index.reset_index(drop=True)
+        self._position = pd.Index(self._index["image_id"])
+        self._shard_of = self._index["shard"].to_numpy(dtype=np.int64)
+        self._row_of = self._index["row"].to_numpy(dtype=np.int64)
+        self._maps: dict[int, np.ndarray] = {}
+
+    # -- metadata -------------------------------------------------------------------
+    @property
+    def cache_key(self) -> str:
+        """The cache key (directory name) this handle reads."""
+        return str(self._meta["cache_key"])
+
+    @property
+    def description(self) -> dict[str, Any]:
+        """The settings the cache key was derived from (backbone, preprocessing)."""
+        return dict(self._meta.get("description", {}))
+
+    @property
+    def tokens(self) -> int:
+        """T, the number of tokens per image."""
+        return int(self._meta["tokens"])
+
+    @property
+    def dim(self) -> int:
+        """D, the feature width of a token."""
+        return int(self._meta["dim"])
+
+    @property
+    def image_ids(self) -> list[str]:
+        """All cached image ids (unique, in index order)."""
+        return self._index["image_id"].tolist()
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __contains__(self, image_id: object) -> bool:
+        return image_id in self._position
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.image_ids)
+
+    def __repr__(self) -> str:
+        return (
+            f"FeatureCache(key={self.cache_key!r}, images={len(self)}, "
+            f"tokens={self.tokens}, dim={self.dim}, root={str(self._root)!r})"
+        )
+
+    def index(self) -> pd.DataFrame:
+        """Returns a copy of the index: image_id, content_hash, shard, row."""
+        return self._index.copy()
+
+    # -- reading --------------------------------------------------------------------
+    def _shard(self, index: int) -> np.ndarray:
+        mapped = self._maps.get(index)
+        if mapped is None:
+            path = self._root / f"{_shard_stem(index)}.npy"
+            mapped = np.load(path, mmap_mode="r", allow_pickle=False)
+            if mapped.ndim != 3 or mapped.shape[1:] != (self.tokens, self.dim):
+                raise DatasetError(
+                    f"Shard {path} has shape {mapped.shape}, expected (n, {self.tokens}, "
+                    f"{self.dim}) as recorded in {META_FILE}."
+                )
+            self._maps[index] = mapped
+        return mapped
+
+    def get(self, ids: Sequence[str]) -> np.ndarray:
+        """Reads the features of ``ids``, in the given order (repeats allowed).
+
+        Args:
+            ids: Image ids, each of which must be cached.
+
+        Returns:
+            Array of shape (len(ids), T, D), dtype float16 (a fresh array, not a view
+            of the memory map).
+
+        Raises:
+            KeyError: If any id is not in the cache (the message lists a few).
+        """
+        ids = list(ids)
+        out = np.empty((len(ids), self.tokens, self.dim), dtype=STORED_DTYPE)
+        if not ids:
+            return out
+        positions = self._position.get_indexer(ids)
+        if (positions < 0).any():
+            missing = [ids[i] for i in np.flatnonzero(positions < 0)[:5]]
+            raise KeyError(
+                f"{int((positions < 0).sum())} image id(s) not in feature cache "
+                f"{self.cache_key!r}, e.g. {missing}"
+            )
+        shards = self._shard_of[positions]
+        rows = self._row_of[positions]
+        for shard in np.unique(shards):
+            where = np.flatnonzero(shards == shard)
+            # Ascending row order turns random access into a forward sweep of the file.
+            order = np.argsort(rows[where], kind="stable")
+            out[where[order]] = self._shard(int(shard))[rows[where][order]]
+        return out
+
+    def get_torch(
+        self,
+        ids: Sequence[str],
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> torch.Tensor:
+        """Like :meth:`get`, as a tensor on ``device``.
+
+        The float16 data is moved first and cast on the device, which halves the
+        host-to-device traffic compared to casting on the CPU.
+
+        Args:
+            ids: Image ids.
+            device: Target device (``None``: CPU).
+            dtype: Target dtype (``None``: ``torch.float32``).
+
+        Returns:
+            Tensor of shape (len(ids), T, D).
+        """
+        import torch
+
+        tensor = torch.from_numpy(self.get(ids))
+        if device is not None:
+            tensor = tensor.to(device=device)
+        return tensor.to(dtype=torch.float32 if dtype is None else dtype)
+
+    def close(self) -> None:
+        """Drops the open memory maps (they are re-opened on the next read)."""
+        self._maps.clear()
+
+    def __enter__(self) -> FeatureCache:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_maps"] = {}
+        return state
+
+
+class FeatureCacheDataset(AbstractDataset["FeatureExtractionJob", FeatureCache]):
+    """Kedro dataset for the resumable ViT token-feature cache.
+
+    ``save`` takes a :class:`FeatureExtractionJob` and encodes only the images whose
+    (image_id, content_hash) is not cached yet under the job's ``cache_key``, one
+    shard at a time; completed shards survive an interruption and the next save
+    resumes. ``load`` returns a :class:`FeatureCache` for the active key (the key of
+    the last successful save).
+
+    Example catalog entry (``conf/base/catalog.yml``):
+
+    .. code-block:: yaml
+
+        vit_token_cache:
+          type: dqe_cir_pipeline.datasets.feature_cache.FeatureCacheDataset
+          filepath: data/04_feature/vit_tokens
+
+    Example Python use:
+
+    .. code-block:: python
+
+        ds = FeatureCacheDataset(filepath="data/04_feature/vit_tokens")
+        ds.save(FeatureExtractionJob(images=df, cache_key=key, description=desc,
+                                     encode=encode_batch))
+        cache = ds.load()
+        feats = cache.get(["img_1", "img_7"])  # (2, T, D) float16
+
+    Security: loading never unpickles. Shards are read with
+    ``np.load(..., allow_pickle=False)`` (plain numeric arrays only), indexes are
+    Parquet and markers JSON, so a tampered cache directory can yield wrong numbers
+    but cannot execute code. Cache keys are validated as single path components.
+
+    Concurrency: one writer per directory at a time (a save deletes incomplete
+    shards it finds). Readers may run while a writer appends shards.
+    """
+
+    def __init__(
+        self,
+        *,
+        filepath: str | Path,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        """Creates a new ``FeatureCacheDataset``.
+
+        Args:
+            filepath: Local directory of the cache (memory mapping needs a local
+                file system; ``file://`` URLs are accepted).
+            metadata: Free-form metadata, ignored by Kedro itself.
+
+        Raises:
+            DatasetError: If ``filepath`` is not on the local file system.
+        """
+        protocol, path = get_protocol_and_path(str(filepath))
+        if protocol != "file":
+            raise DatasetError(
+                f"FeatureCacheDataset needs a local directory (memory-mapped reads); "
+                f"got protocol {protocol!r} in {filepath!r}."
+            )
+        self._root = Path(path)
+        self.metadata = metadata
+        self.last_save_stats: dict[str, Any] = {}
+
+    # -- kedro hooks ----------------------------------------------------------------
+    def _describe(self) -> dict[str, Any]:
+        return {"filepath": str(self._root), "protocol": "file"}
+
+    def _exists(self) -> bool:
+        try:
+            key = self._active_key()
+        except DatasetError:
+            return False
+        key_dir = self._root / key
+        if not (key_dir / META_FILE).is_file():
+            return False
+        return all(shard.npy.is_file() for shard in self._complete_shards(key_dir))
+
+    def load(self) -> FeatureCache:
+        """Opens the active cache key for reading.
+
+        Returns:
+            A :class:`FeatureCache` handle (no feature data is read yet).
+
+        Raises:
+            DatasetError: If there is no completed cache under ``filepath``.
+        """
+        key = self._active_key()
+        key_dir = self._root / key
+        meta = self._read_meta(key_dir)
+        if meta is None:
+            raise DatasetError(
+                f"Feature cache {self._root} names active key {key!r} but "
+                f"{key_dir / META_FILE} is missing; re-run the feature extraction."
+            )
+        index = self._read_index(key_dir)
+        logger.info(
+            "Opened feature cache %s/%s: %d images, %d x %d tokens",
+            self._root,
+            key,
+            len(index),
+            meta["tokens"],
+            meta["dim"],
+        )
+        return FeatureCache(root=key_dir, meta=meta, index=index)
+
+    def save(self, data: FeatureExtractionJob) -> None:
+        """Encodes the images missing from the cache and activates the job's key.
+
+        Args:
+            data: The extraction job.
+
+        Raises:
+            DatasetError: On an invalid job, a mismatch with the existing
+                ``meta.json`` or bad encoder output (Kedro wraps other errors, such as
+                one raised by ``encode``, in ``DatasetError`` too).
+        """
+        started = time.perf_counter()
+        job = data
+        if not isinstance(job, FeatureExtractionJob):
+            raise DatasetError(
+                f"FeatureCacheDataset.save expects a FeatureExtractionJob, got "
+                f"{type(job).__name__}."
+            )
+        images = self._validate_job(job)
+        key_dir = self._root / job.cache_key
+        key_dir.mkdir(parents=True, exist_ok=True)
+        meta = self._read_meta(key_dir)
+        if meta is not None and canonical_json(meta.get("description", {})) != canonical_json(
+            job.description
+        ):
+            raise DatasetError(
+                f"Cache key {job.cache_key!r} under {self._root} already holds features "
+                f"described by {meta.get('description')!r}, but the job describes "
+                f"{job.description!r}. Derive the cache key from all of the description."
+            )
+
+        removed = self._remove_incomplete(key_dir)
+        shards = self._complete_shards(key_dir)
+        cached = self._cached_pairs(shards)
+        pairs = list(zip(images["image_id"], images["content_hash"], strict=True))
+        missing_mask = np.fromiter((pair not in cached for pair in pairs), bool, len(pairs))
+        missing = images.loc[missing_mask].reset_index(drop=True)
+        reused = len(images) - len(missing)
+        logger.info(
+            "Feature cache %s/%s: %d images requested, %d cached, %d to compute%s",
+            self._root,
+            job.cache_key,
+            len(images),
+            reused,
+            len(missing),
+            f" (removed {removed} incomplete shard file(s))" if removed else "",
+        )
+
+        next_index = max((shard.index for shard in shards), default=-1) + 1
+        shards_written = 0
+        encode_seconds = 0.0
+        for start in range(0, len(missing), job.shard_size):
+            batch = missing.iloc[start : start + job.shard_size].reset_index(drop=True)
+            tic = time.perf_counter()
+            features = np.asarray(job.encode(batch))
+            encode_seconds += time.perf_counter() - tic
+            features = self._check_features(features, len(batch), meta)
+            if meta is None:
+                meta = {
+                    "format": FORMAT,
+                    "cache_key": job.cache_key,
+                    "tokens": int(features.shape[1]),
+                    "dim": int(features.shape[2]),
+                    "dtype": np.dtype(STORED_DTYPE).name,
+                    "description": job.description,
+                    "created": datetime.now(timezone.utc).isoformat(),
+                }
+                atomic_write_json(key_dir / META_FILE, meta)
+            self._write_shard(key_dir, next_index, batch, features)
+            next_index += 1
+            shards_written += 1
+            done = start + len(batch)
+            logger.info(
+                "Feature cache %s: shard %d written (%d/%d images)",
+                job.cache_key,
+                next_index - 1,
+                done,
+                len(missing),
+            )
+            if job.progress is not None:
+                job.progress(done, len(missing))
+
+        if meta is None:  # nothing to compute and no meta: only possible if corrupted
+            raise DatasetError(
+                f"{key_dir} has cached shards but no {META_FILE}; delete the directory "
+                "and re-run the extraction."
+            )
+        atomic_write_json(
+            self._root / ACTIVE_FILE,
+            {
+                "cache_key": job.cache_key,
+                "updated": datetime.now(timezone.utc).isoformat(),
+            },
+        )
+        self.last_save_stats = {
+            "cache_key": job.cache_key,
+            "requested": len(images),
+            "computed": len(missing),
+            "reused": reused,
+            "shards_written": shards_written,
+            "incomplete_removed": removed,
+            "encode_seconds": encode_seconds,
+            "seconds": time.perf_counter() - started,
+        }
+
+    # -- helpers --------------------------------------------------------------------
+    @staticmethod
+    def _validate_job(job: FeatureExtractionJob) -> pd.DataFrame:
+        if not isinstance(job.cache_key, str) or not _KEY_RE.match(job.cache_key):
+            raise DatasetError(
+                f"Invalid cache_key {job.cache_key!r}: use 1-128 letters, digits, '.', "
+                "'_' or '-', starting with a letter or digit."
+            )
+        if int(job.shard_size) <= 0:
+            raise DatasetError(f"shard_size must be positive, got {job.shard_size}.")
+        absent = [col for col in REQUIRED_COLUMNS if col not in job.images.columns]
+        if absent:
+            raise DatasetError(f"FeatureExtractionJob.images lacks column(s) {absent}.")
+        images = job.images.copy()
+        images["image_id"] = images["image_id"].astype(str)
+        images["content_hash"] = images["content_hash"].astype(str)
+        images = images.drop_duplicates(["image_id", "content_hash"]).reset_index(drop=True)
+        if images.empty:
+            raise DatasetError("FeatureExtractionJob.images is empty; nothing to cache.")
+        clashes = images.loc[images["image_id"].duplicated(keep=False), "image_id"]
+        if not clashes.empty:
+            raise DatasetError(
+                "FeatureExtractionJob.images gives several content hashes for the same "
+                f"image id(s), e.g. {clashes.unique()[:5].tolist()}."
+            )
+        return images
+
+    @staticmethod
+    def _check_features(
+        features: np.ndarray, expected_rows: int, meta: dict[str, Any] | None
+    ) -> np.ndarray:
+        if features.ndim != 3 or features.shape[0] != expected_rows:
+            raise DatasetError(
+                f"encode returned shape {features.shape}, expected ({expected_rows}, T, D)."
+            )
+        if not np.issubdtype(features.dtype, np.floating):
+            raise DatasetError(f"encode returned dtype {features.dtype}, expected floats.")
+        if meta is not None and features.shape[1:] != (meta["tokens"], meta["dim"]):
+            raise DatasetError(
+                f"encode returned {features.shape[1:]} tokens x dim but this cache key "
+                f"stores ({meta['tokens']}, {meta['dim']})."
+            )
+        with np.errstate(over="ignore"):  # overflow is reported just below
+            stored = np.ascontiguousarray(features, dtype=STORED_DTYPE)
+        if not np.isfinite(stored).all():
+            # float16 overflows above 65504; storing inf/nan would poison training.
+            raise DatasetError("encode returned values that are not finite in float16.")
+        return stored
+
+    @staticmethod
+    def _write_shard(
+        key_dir: Path, index: int, batch: pd.DataFrame, features: np.ndarray
+    ) -> None:
+        stem = _shard_stem(index)
+        atomic_save(key_dir / f"{stem}.npy", lambda tmp: np.save(tmp, features))
+        table = pd.DataFrame(
+            {
+                "image_id": batch["image_id"].astype(str),
+                "content_hash": batch["content_hash"].astype(str),
+                "row": np.arange(len(batch), dtype=np.int64),
+            }
+        )
+        # Written last: its presence commits the shard.
+        atomic_save(key_dir / f"{stem}.parquet", lambda tmp: table.to_parquet(tmp, index=False))
+
+    def _active_key(self) -> str:
+        active = self._root / ACTIVE_FILE
+        try:
+            key = json.loads(active.read_text(encoding="utf-8"))["cache_key"]
+        except FileNotFoundError as exc:
+            raise DatasetError(
+                f"No feature cache at {self._root}: {active} does not exist. Run the "
+                "feature extraction (embedding_extraction pipeline) first."
+            ) from exc
+        except (ValueError, KeyError, TypeError) as exc:
+            raise DatasetError(f"Corrupt feature cache marker {active}: {exc}") from exc
+        if not isinstance(key, str) or not _KEY_RE.match(key):
+            raise DatasetError(f"Corrupt feature cache marker {active}: bad key {key!r}.")
+        return key
+
+    @staticmethod
+    def _read_meta(key_dir: Path) -> dict[str, Any] | None:
+        path = key_dir / META_FILE
+        if not path.is_file():
+            return None
+        meta = json.loads(path.read_text(encoding="utf-8"))
+        if meta.get("format") != FORMAT:
+            raise DatasetError(f"{path} has format {meta.get('format')!r}, expected {FORMAT}.")
+        return meta
+
+    @staticmethod
+    def _complete_shards(key_dir: Path) -> list[_ShardInfo]:
+        shards: list[_ShardInfo] = []
+        if not key_dir.is_dir():
+            return shards
+        for path in key_dir.iterdir():
+            match = _SHARD_RE.match(path.name)
+            if match and match.group(2) == "parquet":
+                index = int(match.group(1))
+                npy = key_dir / f"{_shard_stem(index)}.npy"
+                if npy.is_file():
+                    shards.append(_ShardInfo(index=index, npy=npy, parquet=path))
+                else:
+                    logger.warning("Ignoring shard index %s without its .npy data", path)
+        return sorted(shards, key=lambda shard: shard.index)
+
+    @staticmethod
+    def _remove_incomplete(key_dir: Path) -> int:
+        """Deletes shard data without a commit marker and stale temporary files."""
+        names = {path.name for path in key_dir.iterdir()}
+        removed = 0
+        for name in sorted(names):
+            match = _SHARD_RE.match(name)
+            stale_tmp = name.startswith(".") and TEMP_MARKER in name
+            orphan = (
+                match is not None
+                and match.group(2) == "npy"
+                and f"{_shard_stem(int(match.group(1)))}.parquet" not in names
+            )
+            if stale_tmp or orphan:
+                logger.warning("Removing incomplete cache file %s", key_dir / name)
+                with contextlib.suppress(FileNotFoundError):
+                    (key_dir / name).unlink()
+                removed += 1
+        return removed
+
+    @staticmethod
+    def _cached_pairs(shards: list[_ShardInfo]) -> set[tuple[str, str]]:
+        pairs: set[tuple[str, str]] = set()
+        for shard in shards:
+            table = pd.read_parquet(shard.parquet, columns=["image_id", "content_hash"])
+            pairs.update(zip(table["image_id"], table["content_hash"], strict=True))
+        return pairs
+
+    def _read_index(self, key_dir: Path) -> pd.DataFrame:
+        shards = self._complete_shards(key_dir)
+        tables = []
+        for shard in shards:
+            table = pd.read_parquet(shard.parquet, columns=["image_id", "content_hash", "row"])
+            table["shard"] = shard.index
+            tables.append(table)
+        if not tables:
+            return pd.DataFrame(
+                {
+                    "image_id": pd.Series(dtype=str),
+                    "content_hash": pd.Series(dtype=str),
+                    "shard": pd.Series(dtype=np.int64),
+                    "row": pd.Series(dtype=np.int64),
+                }
+            )
+        index = pd.concat(tables, ignore_index=True)
+        # Shards are in ascending order, so keeping the last row lets the newest win.
+        index = index.drop_duplicates("image_id", keep="last").reset_index(drop=True)
+        return index[["image_id", "content_hash", "shard", "row"]]

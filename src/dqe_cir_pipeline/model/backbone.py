@@ -1,0 +1,425 @@
+"""BLIP-2 backbone: a pretrained checkpoint (hub id or local folder) or a tiny random preset.
+
+Both paths return a :class:`Backbone`: the HF ``Blip2ForImageTextRetrieval`` (its vision
+encoder frozen and in eval mode), a tokenizer, the image preprocessor matching the
+vision encoder, and a short ``key`` that identifies the weights (used in feature-cache
+keys, so cached ViT tokens are never reused across different encoders).
+
+The tiny preset exists so that the whole pipeline runs on a CPU in seconds. Two traps
+of a from-scratch BLIP-2 are handled here (see CONVENTIONS.md): the vision config's
+``initializer_range`` defaults to 1e-10 (nearly constant features), and the
+``query_tokens`` are initialised to zeros (all query tokens stay identical).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from tokenizers import Tokenizer, normalizers, pre_tokenizers, trainers
+from tokenizers.models import WordPiece
+from transformers import (
+    AutoTokenizer,
+    BertTokenizer,
+    Blip2Config,
+    Blip2ForImageTextRetrieval,
+    Blip2QFormerConfig,
+    Blip2VisionConfig,
+    PreTrainedTokenizerBase,
+)
+
+from .preprocess import ImagePreprocessor
+
+logger = logging.getLogger(__name__)
+
+SPECIAL_TOKENS: tuple[str, ...] = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+_TINY_MARKER = "tiny_spec.json"  # written last-but-atomic into a tiny backbone folder
+_TINY_FORMAT = 1
+
+
+class BackboneNotFoundError(FileNotFoundError):
+    """The requested backbone weights are not available (offline and not cached)."""
+
+
+@dataclass
+class TinyBackboneSpec:
+    """Hyper-parameters of the tiny random BLIP-2 (CPU tests, smoke runs)."""
+
+    image_size: int = 64
+    patch_size: int = 8
+    vision_hidden: int = 128
+    vision_layers: int = 4
+    vision_heads: int = 4
+    vision_mlp: int = 256
+    qformer_hidden: int = 128
+    qformer_layers: int = 2
+    qformer_heads: int = 4
+    qformer_mlp: int = 256
+    num_query_tokens: int = 16
+    projection_dim: int = 64
+    max_text_len: int = 32
+    vocab_size: int = 1000
+    init_std: float = 0.02
+    seed: int = 0
+
+
+@dataclass
+class BackboneConfig:
+    """Which backbone to use.
+
+    Attributes:
+        source: "tiny" (random preset built locally) or "pretrained" (HF id / folder).
+        name_or_path: hub id or local folder for ``source="pretrained"``.
+        revision: hub revision (branch, tag or commit) for ``source="pretrained"``.
+        tiny: the tiny preset's hyper-parameters.
+        tiny_dir: where the tiny backbone is saved / reused.
+        max_text_len: tokenizer truncation length.
+    """
+
+    source: str = "tiny"
+    name_or_path: str = "Salesforce/blip2-itm-vit-g"
+    revision: str | None = None
+    tiny: TinyBackboneSpec = field(default_factory=TinyBackboneSpec)
+    tiny_dir: str = "data/06_models/tiny_backbone"
+    max_text_len: int = 32
+
+    def __post_init__(self) -> None:
+        if self.source not in ("tiny", "pretrained"):
+            raise ValueError(f"backbone.source must be 'tiny' or 'pretrained', got {self.source!r}")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> BackboneConfig:
+        """Build from a (Kedro parameters) dict; unknown keys raise ``TypeError``."""
+        d = dict(d or {})
+        tiny = d.pop("tiny", None)
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise TypeError(f"unknown backbone config keys: {sorted(unknown)}")
+        spec = tiny if isinstance(tiny, TinyBackboneSpec) else TinyBackboneSpec(**(tiny or {}))
+        return cls(tiny=spec, **d)
+
+
+@dataclass
+class Backbone:
+    """A loaded backbone.
+
+    Attributes:
+        model: the HF retrieval model; ``model.vision_model`` is frozen and in eval mode.
+        tokenizer: matching tokenizer ([CLS] first, [PAD] = 0).
+        preprocessor: image transform for ``model.vision_model``.
+        key: short stable hash identifying the weights (feature-cache key part).
+        name: human-readable name ("tiny" or the hub id / folder).
+        max_text_len: truncation length used by :meth:`tokenize`.
+    """
+
+    model: Blip2ForImageTextRetrieval
+    tokenizer: PreTrainedTokenizerBase
+    preprocessor: ImagePreprocessor
+    key: str
+    name: str
+    max_text_len: int = 32
+
+    def tokenize(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tokenise a batch of texts (pad to the longest, truncate to ``max_text_len``).
+
+        Returns:
+            ``input_ids`` (B, L) int64 and ``attention_mask`` (B, L) int64.
+        """
+        enc = self.tokenizer(
+            list(texts),
+            padding="longest",
+            truncation=True,
+            max_length=self.max_text_len,
+            return_tensors="pt",
+        )
+        return enc["input_ids"], enc["attention_mask"]
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _short_hash(payload: Any) -> str:
+    blob = json.dumps(payload, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _freeze_vision(model: Blip2ForImageTextRetrieval) -> Blip2ForImageTextRetrieval:
+    """Freeze the ViT: no gradients, eval mode (it runs once, into the feature cache)."""
+    model.vision_model.requires_grad_(False)
+    model.vision_model.eval()
+    return model
+
+
+def _captions_fingerprint(captions: list[str]) -> str:
+    return _short_hash(sorted(set(captions)))
+
+
+def train_wordpiece_tokenizer(captions: Iterable[str], vocab_size: int, max_len: int) -> BertTokenizer:
+    """Train a lowercase BERT-style WordPiece vocabulary offline on ``captions``.
+
+    Args:
+        captions: training texts (empty strings are ignored).
+        vocab_size: upper bound on the vocabulary size (specials included).
+        max_len: the tokenizer's ``model_max_length``.
+
+    Returns:
+        A transformers ``BertTokenizer`` (tokenizers-backed, the "fast" one in 5.x) with
+        [PAD]=0, [UNK]=1, [CLS]=2, [SEP]=3, [MASK]=4.
+    """
+    raw = Tokenizer(WordPiece(unk_token="[UNK]"))
+    raw.normalizer = normalizers.BertNormalizer(lowercase=True)
+    raw.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=vocab_size, min_frequency=1, special_tokens=list(SPECIAL_TOKENS)
+    )
+    raw.train_from_iterator((c for c in captions if c and c.strip()), trainer=trainer)
+    vocab = raw.get_vocab()
+    # transformers 5.x: `vocab=` (a dict) is honoured, `vocab_file=` is silently ignored.
+    return BertTokenizer(vocab=vocab, do_lower_case=True, model_max_length=max_len)
+
+
+def tiny_blip2_config(spec: TinyBackboneSpec) -> Blip2Config:
+    """The tiny ``Blip2Config`` (keyword-only constructors in transformers 5.x)."""
+    vision = Blip2VisionConfig(
+        hidden_size=spec.vision_hidden,
+        intermediate_size=spec.vision_mlp,
+        num_hidden_layers=spec.vision_layers,
+        num_attention_heads=spec.vision_heads,
+        image_size=spec.image_size,
+        patch_size=spec.patch_size,
+        initializer_range=spec.init_std,  # default 1e-10 -> near-constant features
+    )
+    qformer = Blip2QFormerConfig(
+        vocab_size=spec.vocab_size,
+        hidden_size=spec.qformer_hidden,
+        num_hidden_layers=spec.qformer_layers,
+        num_attention_heads=spec.qformer_heads,
+        intermediate_size=spec.qformer_mlp,
+        max_position_embeddings=spec.max_text_len,
+        initializer_range=spec.init_std,
+        encoder_hidden_size=spec.vision_hidden,
+        use_qformer_text_input=True,  # builds the text FFNs the composed-query pass needs
+    )
+    return Blip2Config(
+        vision_config=vision.to_dict(),
+        qformer_config=qformer.to_dict(),
+        num_query_tokens=spec.num_query_tokens,
+        image_text_hidden_size=spec.projection_dim,
+        initializer_range=spec.init_std,
+    )
+
+
+def _tiny_key(spec: TinyBackboneSpec, tokenizer: PreTrainedTokenizerBase) -> str:
+    vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
+    return "tiny-" + _short_hash({"spec": asdict(spec), "vocab": vocab, "torch": torch.__version__.split("+")[0]})
+
+
+def _read_tiny_marker(out_dir: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((out_dir / _TINY_MARKER).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _load_tiny(out_dir: Path, spec: TinyBackboneSpec, max_text_len: int | None = None) -> Backbone:
+    model = Blip2ForImageTextRetrieval.from_pretrained(str(out_dir), dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(str(out_dir))
+    return Backbone(
+        model=_freeze_vision(model),
+        tokenizer=tokenizer,
+        preprocessor=ImagePreprocessor(spec.image_size),
+        key=_tiny_key(spec, tokenizer),
+        name="tiny",
+        max_text_len=min(max_text_len or spec.max_text_len, spec.max_text_len),
+    )
+
+
+def build_tiny_backbone(
+    spec: TinyBackboneSpec,
+    captions: Iterable[str],
+    out_dir: str | os.PathLike[str],
+    max_text_len: int | None = None,
+) -> Backbone:
+    """Build (or reuse) the tiny random BLIP-2 with a tokenizer trained on ``captions``.
+
+    [design] Reuse rule: if ``out_dir`` holds a tiny backbone built from the same spec it
+    is loaded as is (idempotent, bit-exact), even when the captions differ (a warning is
+    logged; the key still identifies the saved vocabulary, so caches stay consistent).
+    Point ``tiny_dir`` at a different folder per benchmark to get a matching vocabulary.
+
+    Args:
+        spec: tiny hyper-parameters (``seed`` fixes the weights).
+        captions: texts to train the WordPiece vocabulary on.
+        out_dir: folder for ``save_pretrained`` (written atomically: temp dir + rename).
+        max_text_len: tokenizer truncation (default and upper bound: ``spec.max_text_len``).
+
+    Returns:
+        The backbone, loaded back from ``out_dir`` (so a fresh build and a reuse are
+        the same objects bit for bit).
+    """
+    out = Path(out_dir)
+    caption_list = [c for c in captions if c and c.strip()]
+    fingerprint = _captions_fingerprint(caption_list)
+    marker = _read_tiny_marker(out)
+    if marker is not None and marker.get("spec") == asdict(spec) and marker.get("format") == _TINY_FORMAT:
+        if marker.get("captions") != fingerprint:
+            logger.warning("Reusing tiny backbone in %s built from other captions", out)
+        logger.info("Loading tiny backbone from %s", out)
+        return _load_tiny(out, spec, max_text_len)
+    if marker is not None:
+        logger.warning("Tiny backbone in %s has another spec: rebuilding", out)
+
+    tokenizer = train_wordpiece_tokenizer(caption_list, spec.vocab_size, spec.max_text_len)
+    if len(tokenizer) > spec.vocab_size:  # the trainer may overshoot by the alphabet
+        raise ValueError(f"tokenizer has {len(tokenizer)} tokens > vocab_size {spec.vocab_size}")
+    config = tiny_blip2_config(spec)
+    # Seeded construction without disturbing the caller's global RNG state.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(spec.seed)
+        model = Blip2ForImageTextRetrieval(config)
+        gen = torch.Generator().manual_seed(spec.seed)
+        with torch.no_grad():  # HF initialises query_tokens to zeros: all tokens identical
+            model.query_tokens.copy_(torch.randn(model.query_tokens.shape, generator=gen) * spec.init_std)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        model.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        meta = {"format": _TINY_FORMAT, "spec": asdict(spec), "captions": fingerprint}
+        (tmp / _TINY_MARKER).write_text(json.dumps(meta, indent=2, sort_keys=True))
+        if out.exists():  # stale / other spec: move aside, then swap in
+            trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.replace(out, trash / "old")
+            shutil.rmtree(trash, ignore_errors=True)
+        try:
+            os.replace(tmp, out)
+        except OSError:  # a concurrent builder won the race: use its result
+            if _read_tiny_marker(out) is None:
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    logger.info("Built tiny backbone in %s", out)
+    return _load_tiny(out, spec, max_text_len)
+
+
+def _folder_fingerprint(folder: Path) -> str:
+    """[design] Content fingerprint of a local checkpoint folder.
+
+    Hashes ``config.json`` and, for every weight file, its name, size and the SHA-256 of
+    its first and last MiB (safetensors headers hold every tensor's offsets). Content,
+    not mtimes, so copying the folder keeps the key; cheap even for ViT-g (~4 GB).
+    """
+    h = hashlib.sha256()
+    cfg = folder / "config.json"
+    if cfg.exists():
+        h.update(cfg.read_bytes())
+    weights = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin") or p.name.endswith(".index.json"))
+    for p in weights:
+        size = p.stat().st_size
+        h.update(f"{p.name}:{size}".encode())
+        with p.open("rb") as f:
+            h.update(f.read(1 << 20))
+            if size > (1 << 20):
+                f.seek(max(size - (1 << 20), 1 << 20))
+                h.update(f.read())
+    return h.hexdigest()[:16]
+
+
+def _not_found_message(cfg: BackboneConfig, err: Exception) -> str:
+    name = cfg.name_or_path
+    looks_like_hub_id = name.count("/") == 1 and not Path(name).exists()
+    hub_id = name if looks_like_hub_id else "Salesforce/blip2-itm-vit-g"
+    folder = f"data/06_models/{hub_id.split('/')[-1]}"
+    return (
+        f"BLIP-2 backbone {name!r} (revision {cfg.revision or 'default'}) could not be loaded "
+        f"({type(err).__name__}: {err}).\n"
+        "Download it once on a machine with internet access:\n"
+        f"    huggingface-cli download {hub_id} --local-dir {folder}\n"
+        f"then set `backbone.name_or_path: {folder}` in conf/local/parameters.yml "
+        "(or use `backbone.source: tiny` for a random CPU-sized backbone)."
+    )
+
+
+def load_backbone(cfg: BackboneConfig, captions: Iterable[str] | None = None) -> Backbone:
+    """Load the backbone described by ``cfg``.
+
+    Args:
+        cfg: backbone configuration.
+        captions: texts for the tiny tokenizer; only needed when the tiny backbone has
+            to be built (an existing one in ``cfg.tiny_dir`` is reused).
+
+    Returns:
+        The backbone with a frozen, eval-mode vision encoder.
+
+    Raises:
+        BackboneNotFoundError: pretrained weights are unavailable (e.g. offline and not
+            cached), or no tiny backbone exists and no captions were given.
+    """
+    if cfg.source == "tiny":
+        out = Path(cfg.tiny_dir)
+        if captions is None:
+            marker = _read_tiny_marker(out)
+            if marker is None or marker.get("spec") != asdict(cfg.tiny):
+                raise BackboneNotFoundError(
+                    f"No tiny backbone with this spec in {out}; call load_backbone with the "
+                    "training captions once to build it."
+                )
+            return _load_tiny(out, cfg.tiny, cfg.max_text_len)
+        return build_tiny_backbone(cfg.tiny, captions, out, cfg.max_text_len)
+
+    local = Path(cfg.name_or_path)
+    try:  # the same call for a hub id, a hub cache hit and a local folder
+        model = Blip2ForImageTextRetrieval.from_pretrained(
+            cfg.name_or_path, revision=cfg.revision, dtype=torch.float32
+        )
+        tokenizer = AutoTokenizer.from_pretrained(cfg.name_or_path, revision=cfg.revision)
+    except (OSError, ValueError) as err:
+        raise BackboneNotFoundError(_not_found_message(cfg, err)) from err
+    if not model.qformer.config.use_qformer_text_input:
+        raise ValueError(f"{cfg.name_or_path}: the Q-Former has no text path (use_qformer_text_input=False)")
+    if local.is_dir():
+        key = "local-" + _folder_fingerprint(local)
+    else:  # hub: the resolved commit pins the weights when transformers reports it
+        commit = getattr(model.config, "_commit_hash", None)
+        key = "hub-" + _short_hash([cfg.name_or_path, commit or cfg.revision or "main"])
+    image_size = model.config.vision_config.image_size
+    if isinstance(image_size, (list, tuple)):
+        image_size = int(image_size[0])
+    return Backbone(
+        model=_freeze_vision(model),
+        tokenizer=tokenizer,
+        preprocessor=ImagePreprocessor(int(image_size)),
+        key=key,
+        name=cfg.name_or_path,
+        max_text_len=cfg.max_text_len,
+    )
+
+
+def encode_vit(model: Blip2ForImageTextRetrieval, pixel_values: torch.Tensor) -> torch.Tensor:
+    """Frozen ViT tokens: what the feature cache stores.
+
+    Args:
+        model: the retrieval model (only ``model.vision_model`` is used).
+        pixel_values: (B, 3, S, S) preprocessed images.
+
+    Returns:
+        (B, T, D) post-layernorm ``last_hidden_state`` (T = 1 + (S / patch)^2), on the
+        model's device and dtype; an ordinary tensor (cloned out of inference mode), so
+        it can feed a graph that trains the Q-Former.
+    """
+    vm = model.vision_model
+    p = next(vm.parameters())
+    with torch.inference_mode():
+        tokens = vm(pixel_values=pixel_values.to(device=p.device, dtype=p.dtype)).last_hidden_state
+    return tokens.clone()

@@ -1,0 +1,29 @@
+"""The one place where a device string and an autocast context are decided."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import ContextManager
+
+import torch
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """Turn ``auto | cpu | cuda | cuda:N`` into a ``torch.device``.
+
+    ``auto`` picks CUDA when it is available. Asking for CUDA on a machine without it is
+    an error rather than a silent fallback, so a GPU run never quietly trains on CPU.
+    """
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device={device!r} was requested but CUDA is not available")
+    return resolved
+
+
+def autocast(device: torch.device, amp_dtype: str | None) -> ContextManager[object]:
+    """bf16/fp16 autocast on CUDA; a no-op on CPU (fp32 is both faster and exact there)."""
+    if device.type != "cuda" or not amp_dtype or amp_dtype == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type="cuda", dtype=getattr(torch, amp_dtype))

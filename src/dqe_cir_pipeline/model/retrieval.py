@@ -1,0 +1,692 @@
+"""Chunked late-interaction retrieval: scores, top-k, target ranks and CIR metrics.
+
+Embedding conventions (see ``docs`` / METHOD.md §2):
+
+* a composed query is an L2-normalised ``(P,)`` vector; a batch of queries is ``(N, P)``;
+* a gallery image is an L2-normalised ``(Q, P)`` matrix of token embeddings (Q = 32 for
+  BLIP-2); a gallery is ``(M, Q, P)`` (a ``(M, P)`` gallery is accepted as ``Q = 1``);
+* ``s(q, I) = max_j <q, I_j>`` (BLIP-2 ITC convention).
+
+Every function works on CPU or CUDA (``device`` argument, default: the queries' device),
+scores queries in chunks so that the transient memory is ``O(chunk_size * M)`` (the
+``N x M x Q`` tensor is never built, not even ``chunk x M x Q``), can run the matmuls in
+``amp_dtype`` (e.g. ``torch.bfloat16``) on CUDA, and returns CPU tensors / Python floats.
+
+Metric keys are stable (they become MLflow metric names):
+
+* :func:`recall_at_k` -> ``"recall@{k}"``
+* :func:`cirr_metrics` -> ``"recall@{1,5,10,50}"``, ``"recall_subset@{1,2,3}"``, ``"avg"``
+* :func:`fashioniq_metrics` -> ``"{cat}/recall@{10,50}"``, ``"mean/recall@{10,50}"``, ``"avg"``
+* :func:`breakdown_by_group` -> ``"{group}/recall@{k}"``, ``"{group}/count"``
+
+Tie rule [design, pessimistic]: the rank of a target counts every other (non-excluded)
+item whose score is *strictly higher* plus every other item whose score is *exactly
+equal*. A model that collapses all embeddings therefore gets chance-or-worse recall
+instead of a free R@1 = 100 %. With random float embeddings exact ties essentially never
+occur; in bf16 they do, which is one more reason to compute final metrics in fp32.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "CIRR_SUBMISSION_MAX_BYTES",
+    "breakdown_by_group",
+    "cirr_metrics",
+    "cirr_metrics_from_ranks",
+    "cirr_submission",
+    "fashioniq_metrics",
+    "fashioniq_metrics_from_ranks",
+    "names_from_indices",
+    "recall_at_k",
+    "score_matrix_chunks",
+    "subset_ranks",
+    "subset_topk",
+    "target_ranks",
+    "topk",
+    "validate_cirr_submission",
+]
+
+#: Upper bound the CIRR evaluation server accepts per JSON file.
+CIRR_SUBMISSION_MAX_BYTES = 5 * 1024 * 1024
+
+
+
+# --------------------------------------------------------------------------------------
+# Scoring core
+# --------------------------------------------------------------------------------------
+def _resolve_device(queries: torch.Tensor, device: str | torch.device | None) -> torch.device:
+    """Device to compute on: explicit ``device`` or the queries' device."""
+    if device is None:
+        return queries.device
+    return torch.device(device)
+
+
+def _compute_dtype(
+    queries: torch.Tensor, gallery: torch.Tensor, device: torch.device, amp_dtype: torch.dtype | None
+) -> torch.dtype:
+    """Matmul dtype: ``amp_dtype`` on CUDA, otherwise the promoted input float dtype."""
+    if amp_dtype is not None and device.type == "cuda":
+        return amp_dtype
+    dtype = torch.promote_types(queries.dtype, gallery.dtype)
+    if not dtype.is_floating_point:
+        dtype = torch.float32
+    return dtype
+
+
+class _Scorer:
+    """Holds the gallery on the compute device and scores query chunks against it.
+
+    The gallery ``(M, Q, P)`` is viewed as a flat ``(M * Q, P)`` token matrix and scored
+    in blocks of ``items_per_block`` images so that one block's token scores
+    ``(c, items_per_block * Q)`` never exceed ``c * max(M, Q)`` elements. [design] This
+    avoids both the ``c x M x Q`` tensor and a transposed copy of the gallery; the
+    running maximum over tokens happens per block via ``amax`` on a contiguous view.
+
+    Args:
+        gallery: ``(M, Q, P)`` or ``(M, P)`` tensor.
+        device: Compute device.
+        dtype: Matmul dtype.
+    """
+
+    def __init__(self, gallery: torch.Tensor, device: torch.device, dtype: torch.dtype) -> None:
+        if gallery.ndim == 2:
+            gallery = gallery.unsqueeze(1)
+        if gallery.ndim != 3:
+            raise ValueError(f"gallery must be (M, Q, P) or (M, P); got {tuple(gallery.shape)}")
+        self.m, self.q, self.p = gallery.shape
+        self.gallery = gallery.to(device=device, dtype=dtype).contiguous()
+        self.device = device
+        self.dtype = dtype
+        # One block's token count ~ M (at least one image per block).
+        self.items_per_block = max(1, self.m // max(1, self.q))
+
+    def __call__(self, q_chunk: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
+        """Scores of a query chunk.
+
+        Args:
+            q_chunk: ``(c, P)`` queries (any device / dtype).
+            out_dtype: dtype of the returned scores.
+
+        Returns:
+            ``(c, M)`` scores on the compute device.
+        """
+        qc = q_chunk.to(device=self.device, dtype=self.dtype)
+        if qc.shape[-1] != self.p:
+            raise ValueError(f"query dim {qc.shape[-1]} != gallery dim {self.p}")
+        out = torch.empty((qc.shape[0], self.m), device=self.device, dtype=out_dtype)
+        for start in range(0, self.m, self.items_per_block):
+            stop = min(self.m, start + self.items_per_block)
+            tokens = self.gallery[start:stop].reshape(-1, self.p)  # ((stop-start)*Q, P) view
+            block = qc @ tokens.T  # (c, (stop-start)*Q)
+            out[:, start:stop] = block.view(qc.shape[0], stop - start, self.q).amax(dim=-1)
+        return out
+
+
+def _iter_scores(
+    queries: torch.Tensor,
+    gallery: torch.Tensor,
+    chunk_size: int,
+    device: str | torch.device | None,
+    amp_dtype: torch.dtype | None,
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """Yield ``(start, scores (c, M))`` with scores left on the compute device (fp32/fp64)."""
+    if queries.ndim != 2:
+        raise ValueError(f"queries must be (N, P); got {tuple(queries.shape)}")
+    if chunk_size < 1:
+        raise ValueError("chunk_size must be >= 1")
+    dev = _resolve_device(queries, device)
+    dtype = _compute_dtype(queries, gallery, dev, amp_dtype)
+    out_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    scorer = _Scorer(gallery, dev, dtype)
+    with torch.no_grad():
+        for start in range(0, queries.shape[0], chunk_size):
+            yield start, scorer(queries[start : start + chunk_size], out_dtype)
+
+
+def score_matrix_chunks(
+    queries: torch.Tensor,
+    gallery: torch.Tensor,
+    chunk_size: int = 1024,
+    device: str | torch.device | None = None,
+    amp_dtype: torch.dtype | None = None,
+    to_cpu: bool = True,
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """Iterate over the query x gallery score matrix in row chunks.
+
+    Args:
+        queries: ``(N, P)`` L2-normalised composed queries.
+        gallery: ``(M, Q, P)`` L2-normalised token embeddings (or ``(M, P)``).
+        chunk_size: Queries per chunk ``c``.
+        device: Compute device; ``None`` follows ``queries``.
+        amp_dtype: Matmul dtype on CUDA (e.g. ``torch.bfloat16``); ignored on CPU.
+        to_cpu: Move each chunk to CPU before yielding (default) or leave it on ``device``.
+
+    Yields:
+        ``(start, scores)`` with ``scores`` of shape ``(c, M)`` (float32, float64 for
+        float64 inputs) for query rows ``start : start + c``.
+    """
+    for start, scores in _iter_scores(queries, gallery, chunk_size, device, amp_dtype):
+        yield start, (scores.cpu() if to_cpu else scores)
+
+
+def _check_index(name: str, idx: torch.Tensor | None, n: int, m: int, allow_neg: bool) -> None:
+    """Validate an ``(N,)`` index tensor into the gallery."""
+    if idx is None:
+        return
+    if idx.shape != (n,):
+        raise ValueError(f"{name} must have shape ({n},); got {tuple(idx.shape)}")
+    if idx.numel() == 0:
+        return
+    lo = -1 if allow_neg else 0
+    if int(idx.min()) < lo or int(idx.max()) >= m:
+        raise ValueError(f"{name} out of range [{lo}, {m})")
+
+
+def _gallery_size(gallery: torch.Tensor) -> int:
+    return int(gallery.shape[0])
+
+
+def _mask_excluded(scores: torch.Tensor, exclude: torch.Tensor | None, start: int) -> None:
+    """In place: set ``scores[r, exclude[start + r]]`` to ``-inf`` where ``exclude >= 0``."""
+    if exclude is None:
+        return
+    ex = exclude[start : start + scores.shape[0]].to(scores.device)
+    rows = torch.nonzero(ex >= 0).squeeze(1)
+    if rows.numel():
+        scores[rows, ex[rows]] = float("-inf")
+
+
+def topk(
+    queries: torch.Tensor,
+    gallery: torch.Tensor,
+    k: int,
+    exclude: torch.Tensor | None = None,
+    chunk_size: int = 1024,
+    device: str | torch.device | None = None,
+    amp_dtype: torch.dtype | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-``k`` gallery items per query.
+
+    Args:
+        queries: ``(N, P)``.
+        gallery: ``(M, Q, P)``.
+        k: Items to return; ``k <= M`` (``k <= M - 1`` when ``exclude`` is given).
+        exclude: ``(N,)`` long gallery index removed from each query's ranking (e.g. the
+            CIRR reference); ``-1`` = nothing removed.
+        chunk_size: Queries per chunk.
+        device: Compute device (default: the queries').
+        amp_dtype: Matmul dtype on CUDA.
+
+    Returns:
+        ``(scores (N, k) float, indices (N, k) long)`` on CPU, best first. Order among
+        exactly tied scores is whatever ``torch.topk`` returns (not guaranteed).
+    """
+    n, m = queries.shape[0], _gallery_size(gallery)
+    _check_index("exclude", exclude, n, m, allow_neg=True)
+    limit = m - 1 if exclude is not None and bool((exclude >= 0).any()) else m
+    if not 1 <= k <= limit:
+        raise ValueError(f"k={k} must be in [1, {limit}]")
+    out_s = torch.empty((n, k), dtype=torch.float32)
+    out_i = torch.empty((n, k), dtype=torch.long)
+    for start, scores in _iter_scores(queries, gallery, chunk_size, device, amp_dtype):
+        _mask_excluded(scores, exclude, start)
+        vals, idx = torch.topk(scores, k, dim=1)
+        out_s[start : start + scores.shape[0]] = vals.float().cpu()
+        out_i[start : start + scores.shape[0]] = idx.cpu()
+    return out_s, out_i
+
+
+def target_ranks(
+    queries: torch.Tensor,
+    gallery: torch.Tensor,
+    target_idx: torch.Tensor,
+    exclude: torch.Tensor | None = None,
+    chunk_size: int = 1024,
+    device: str | torch.device | None = None,
+    amp_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """0-based rank of each query's target in the full gallery ranking.
+
+    ``rank_i = #{c != t_i, c != exclude_i : s(q_i, c) > s(q_i, t_i)}
+    + #{c != t_i, c != exclude_i : s(q_i, c) == s(q_i, t_i)}`` ([design] pessimistic ties).
+
+    Args:
+        queries: ``(N, P)``.
+        gallery: ``(M, Q, P)``.
+        target_idx: ``(N,)`` long gallery index of each target.
+        exclude: ``(N,)`` long index removed from the ranking (``-1`` = none); must differ
+            from the target.
+        chunk_size: Queries per chunk.
+        device: Compute device (default: the queries').
+        amp_dtype: Matmul dtype on CUDA.
+
+    Returns:
+        ``(N,)`` long ranks on CPU (0 = retrieved first).
+    """
+    n, m = queries.shape[0], _gallery_size(gallery)
+    _check_index("target_idx", target_idx, n, m, allow_neg=False)
+    _check_index("exclude", exclude, n, m, allow_neg=True)
+    if exclude is not None and bool((exclude == target_idx).any()):
+        raise ValueError("exclude equals target_idx for some queries")
+    ranks = torch.empty(n, dtype=torch.long)
+    for start, scores in _iter_scores(queries, gallery, chunk_size, device, amp_dtype):
+        c = scores.shape[0]
+        tgt = target_idx[start : start + c].to(scores.device)
+        t_score = scores.gather(1, tgt.unsqueeze(1))  # (c, 1)
+        _mask_excluded(scores, exclude, start)
+        higher = (scores > t_score).sum(dim=1)
+        equal = (scores == t_score).sum(dim=1) - 1  # minus the target itself
+        ranks[start : start + c] = (higher + equal).cpu()
+    return ranks
+
+
+def recall_at_k(ranks: torch.Tensor | np.ndarray, ks: Sequence[int] = (1, 5, 10, 50)) -> dict[str, float]:
+    """Recall@K in percent from 0-based ranks.
+
+    Args:
+        ranks: ``(N,)`` 0-based ranks.
+        ks: Cut-offs.
+
+    Returns:
+        ``{"recall@{k}": 100 * mean(rank < k)}``; NaN for an empty input.
+    """
+    r = torch.as_tensor(np.asarray(ranks)).reshape(-1)
+    out: dict[str, float] = {}
+    for k in ks:
+        out[f"recall@{k}"] = float((r < k).double().mean() * 100.0) if r.numel() else math.nan
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# Subsets (CIRR Recall_subset)
+# --------------------------------------------------------------------------------------
+def _subset_scores(
+    queries: torch.Tensor,
+    gallery: torch.Tensor,
+    subset_idx: torch.Tensor,
+    exclude: torch.Tensor | None,
+    chunk_size: int,
+    device: str | torch.device | None,
+    amp_dtype: torch.dtype | None,
+) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """Yield ``(start, scores (c, S), valid (c, S))`` for the subset members only.
+
+    Members that are padding (``-1``) or equal to ``exclude`` are invalid (score ``-inf``).
+    Memory per chunk is ``O(c * S * Q * P)`` (gathered member tokens), independent of M.
+    """
+    n, m = queries.shape[0], _gallery_size(gallery)
+    if subset_idx.ndim != 2 or subset_idx.shape[0] != n:
+        raise ValueError(f"subset_idx must be (N, S) with N={n}; got {tuple(subset_idx.shape)}")
+    if subset_idx.numel() and (int(subset_idx.min()) < -1 or int(subset_idx.max()) >= m):
+        raise ValueError(f"subset_idx out of range [-1, {m})")
+    _check_index("exclude", exclude, n, m, allow_neg=True)
+    dev = _resolve_device(queries, device)
+    dtype = _compute_dtype(queries, gallery, dev, amp_dtype)
+    g = gallery.unsqueeze(1) if gallery.ndim == 2 else gallery
+    g = g.to(device=dev, dtype=dtype)
+    with torch.no_grad():
+        for start in range(0, n, chunk_size):
+            sub = subset_idx[start : start + chunk_size].to(dev)
+            valid = sub >= 0
+            if exclude is not None:
+                valid &= sub != exclude[start : start + chunk_size].to(dev).unsqueeze(1)
+            members = g[sub.clamp_min(0)]  # (c, S, Q, P)
+            qc = queries[start : start + chunk_size].to(device=dev, dtype=dtype)
+            scores = torch.einsum("cp,csqp->csq", qc, members).amax(dim=-1).float()
+            scores = scores.masked_fill(~valid, float("-inf"))
+            yield start, scores, valid
+
+
+def subset_ranks(
+    queries: torch.Tensor,
+    gallery: torch.Tensor,
+    target_idx: torch.Tensor,
+    subset_idx: torch.Tensor,
+    exclude: torch.Tensor | None = None,
+    chunk_size: int = 256,
+    device: str | torch.device | None = None,
+    amp_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """0-based rank of the target within each query's subset (CIRR ``img_set.members``).
+
+    Same pessimistic tie rule as :func:`target_ranks`. The excluded item (the
+    reference) and ``-1`` padding are removed from the subset first.
+
+    Args:
+        queries: ``(N, P)``.
+        gallery: ``(M, Q, P)``.
+        target_idx: ``(N,)`` long gallery index of each target; must be in its subset.
+        subset_idx: ``(N, S)`` long gallery indices of each subset (``-1`` = padding).
+        exclude: ``(N,)`` long index removed from the subset (``-1`` = none).
+        chunk_size: Queries per chunk.
+        device: Compute device (default: the queries').
+        amp_dtype: Matmul dtype on CUDA.
+
+    Returns:
+        ``(N,)`` long ranks on CPU.
+
+    Raises:
+        ValueError: if a target is not among its (non-excluded) subset members.
+    """
+    n = queries.shape[0]
+    _check_index("target_idx", target_idx, n, _gallery_size(gallery), allow_neg=False)
+    ranks = torch.empty(n, dtype=torch.long)
+    for start, scores, valid in _subset_scores(
+        queries, gallery, subset_idx, exclude, chunk_size, device, amp_dtype
+    ):
+        c = scores.shape[0]
+        sub = subset_idx[start : start + c].to(scores.device)
+        tgt = target_idx[start : start + c].to(scores.device).unsqueeze(1)
+        is_t = (sub == tgt) & valid
+        if not bool(is_t.any(dim=1).all()):
+            bad = int(torch.nonzero(~is_t.any(dim=1))[0, 0]) + start
+            raise ValueError(f"target of query {bad} is not in its subset (after exclusion)")
+        t_score = scores.masked_fill(~is_t, float("-inf")).amax(dim=1, keepdim=True)
+        others = valid & ~is_t
+        higher = ((scores > t_score) & others).sum(dim=1)
+        equal = ((scores == t_score) & others).sum(dim=1)
+        ranks[start : start + c] = (higher + equal).cpu()
+    return ranks
+
+
+def subset_topk(
+    queries: torch.Tensor,
+    gallery: torch.Tensor,
+    subset_idx: torch.Tensor,
+    k: int = 3,
+    exclude: torch.Tensor | None = None,
+    chunk_size: int = 256,
+    device: str | torch.device | None = None,
+    amp_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """Best ``k`` subset members per query (for the CIRR ``recall_subset`` submission).
+
+    Args:
+        queries: ``(N, P)``.
+        gallery: ``(M, Q, P)``.
+        subset_idx: ``(N, S)`` long gallery indices (``-1`` padding).
+        k: Members to return (``k <= S``).
+        exclude: ``(N,)`` long index removed from each subset (the reference).
+        chunk_size: Queries per chunk.
+        device: Compute device (default: the queries').
+        amp_dtype: Matmul dtype on CUDA.
+
+    Returns:
+        ``(N, k)`` long gallery indices on CPU, best first; ``-1`` where a subset has
+        fewer than ``k`` valid members.
+    """
+    if not 1 <= k <= subset_idx.shape[1]:
+        raise ValueError(f"k={k} must be in [1, {subset_idx.shape[1]}]")
+    out = torch.empty((queries.shape[0], k), dtype=torch.long)
+    for start, scores, valid in _subset_scores(
+        queries, gallery, subset_idx, exclude, chunk_size, device, amp_dtype
+    ):
+        c = scores.shape[0]
+        vals, pos = torch.topk(scores, k, dim=1)
+        idx = subset_idx[start : start + c].to(scores.device).gather(1, pos)
+        idx = idx.masked_fill(torch.isneginf(vals), -1)
+        out[start : start + c] = idx.cpu()
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# Protocols
+# --------------------------------------------------------------------------------------
+def cirr_metrics_from_ranks(
+    ranks: torch.Tensor,
+    sub_ranks: torch.Tensor,
+    ks: Sequence[int] = (1, 5, 10, 50),
+    subset_ks: Sequence[int] = (1, 2, 3),
+) -> dict[str, float]:
+    """CIRR metrics from precomputed ranks.
+
+    Args:
+        ranks: ``(N,)`` full-gallery ranks with the reference removed.
+        sub_ranks: ``(N,)`` subset ranks with the reference removed.
+        ks: Recall cut-offs.
+        subset_ks: Recall_subset cut-offs.
+
+    Returns:
+        ``{"recall@k": ..., "recall_subset@k": ..., "avg": (R@5 + Rs@1) / 2}`` (percent);
+        ``avg`` is omitted when 5 is not in ``ks`` or 1 not in ``subset_ks``.
+    """
+    out = recall_at_k(ranks, ks)
+    out.update({f"recall_subset@{k}": v for k, v in zip(subset_ks, recall_at_k(sub_ranks, subset_ks).values(), strict=True)})
+    if "recall@5" in out and "recall_subset@1" in out:
+        out["avg"] = (out["recall@5"] + out["recall_subset@1"]) / 2.0
+    return out
+
+
+def cirr_metrics(
+    queries: torch.Tensor,
+    gallery: torch.Tensor,
+    target_idx: torch.Tensor,
+    reference_idx: torch.Tensor,
+    subset_idx: torch.Tensor,
+    ks: Sequence[int] = (1, 5, 10, 50),
+    subset_ks: Sequence[int] = (1, 2, 3),
+    chunk_size: int = 1024,
+    device: str | torch.device | None = None,
+    amp_dtype: torch.dtype | None = None,
+) -> dict[str, float]:
+    """CIRR (rc2) protocol: reference removed from both the full and the subset ranking.
+
+    Args:
+        queries: ``(N, P)`` composed queries.
+        gallery: ``(M, Q, P)`` the split's whole gallery.
+        target_idx: ``(N,)`` gallery index of each target.
+        reference_idx: ``(N,)`` gallery index of each reference (``-1`` if absent).
+        subset_idx: ``(N, 6)`` gallery indices of ``img_set.members`` (incl. reference).
+        ks: Recall cut-offs.
+        subset_ks: Recall_subset cut-offs.
+        chunk_size: Queries per chunk for the full ranking.
+        device: Compute device (default: the queries').
+        amp_dtype: Matmul dtype on CUDA.
+
+    Returns:
+        Flat dict, see :func:`cirr_metrics_from_ranks`.
+    """
+    ranks = target_ranks(queries, gallery, target_idx, reference_idx, chunk_size, device, amp_dtype)
+    sub = subset_ranks(
+        queries, gallery, target_idx, subset_idx, reference_idx, max(1, chunk_size // 4), device, amp_dtype
+    )
+    return cirr_metrics_from_ranks(ranks, sub, ks, subset_ks)
+
+
+def fashioniq_metrics_from_ranks(
+    per_category_ranks: Mapping[str, torch.Tensor | np.ndarray], ks: Sequence[int] = (10, 50)
+) -> dict[str, float]:
+    """FashionIQ metrics from per-category ranks.
+
+    Args:
+        per_category_ranks: ``{category: (N_cat,) ranks}`` (reference not removed).
+        ks: Cut-offs.
+
+    Returns:
+        ``{"{cat}/recall@k"}`` per category, ``"mean/recall@k"`` = unweighted mean over
+        categories (as the anchors report it), and ``"avg"`` = mean of the
+        ``"mean/recall@k"`` values (with the default ks: (mean R@10 + mean R@50) / 2).
+    """
+    if not per_category_ranks:
+        raise ValueError("no categories")
+    out: dict[str, float] = {}
+    for cat, ranks in per_category_ranks.items():
+        for key, val in recall_at_k(ranks, ks).items():
+            out[f"{cat}/{key}"] = val
+    cats = list(per_category_ranks)
+    means = []
+    for k in ks:
+        mean_k = float(np.mean([out[f"{c}/recall@{k}"] for c in cats]))
+        out[f"mean/recall@{k}"] = mean_k
+        means.append(mean_k)
+    out["avg"] = float(np.mean(means))
+    return out
+
+
+def fashioniq_metrics(
+    per_category: Mapping[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+    ks: Sequence[int] = (10, 50),
+    chunk_size: int = 1024,
+    device: str | torch.device | None = None,
+    amp_dtype: torch.dtype | None = None,
+) -> dict[str, float]:
+    """FashionIQ (val) protocol: per-category gallery, reference **not** removed.
+
+    Args:
+        per_category: ``{category: (queries (N_c, P), gallery (M_c, Q, P), target_idx (N_c,))}``.
+        ks: Cut-offs (anchors: 10, 50).
+        chunk_size: Queries per chunk.
+        device: Compute device (default: the queries').
+        amp_dtype: Matmul dtype on CUDA.
+
+    Returns:
+        Flat dict, see :func:`fashioniq_metrics_from_ranks`.
+    """
+    ranks = {
+        cat: target_ranks(q, g, t, None, chunk_size, device, amp_dtype)
+        for cat, (q, g, t) in per_category.items()
+    }
+    return fashioniq_metrics_from_ranks(ranks, ks)
+
+
+def breakdown_by_group(
+    ranks: torch.Tensor | np.ndarray, groups: Sequence[str], ks: Sequence[int] = (1, 5, 10, 50)
+) -> dict[str, float]:
+    """Recall@K per group (e.g. per edit type: color / shape / ...).
+
+    Args:
+        ranks: ``(N,)`` ranks.
+        groups: ``N`` group labels.
+        ks: Cut-offs.
+
+    Returns:
+        ``{"{group}/recall@{k}": percent, "{group}/count": float(n_group)}``, groups sorted.
+    """
+    r = np.asarray(ranks).reshape(-1)
+    g = np.asarray(list(groups), dtype=object)
+    if g.shape[0] != r.shape[0]:
+        raise ValueError(f"{g.shape[0]} groups for {r.shape[0]} ranks")
+    out: dict[str, float] = {}
+    for name in sorted({str(x) for x in g}):
+        sel = r[g == name]
+        for key, val in recall_at_k(sel, ks).items():
+            out[f"{name}/{key}"] = val
+        out[f"{name}/count"] = float(sel.shape[0])
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# CIRR test1 submission
+# --------------------------------------------------------------------------------------
+def names_from_indices(indices: torch.Tensor | np.ndarray, names: Sequence[str]) -> list[list[str]]:
+    """Map ``(N, k)`` gallery indices to image names (``-1`` entries dropped)."""
+    arr = np.asarray(indices)
+    return [[names[int(j)] for j in row if j >= 0] for row in arr]
+
+
+def cirr_submission(
+    pair_ids: Sequence[int],
+    ranked_names: Sequence[Sequence[str]],
+    subset_ranked_names: Sequence[Sequence[str]],
+    version: str = "rc2",
+) -> tuple[dict[str, object], dict[str, object]]:
+    """Build the two CIRR evaluation-server JSON payloads.
+
+    Args:
+        pair_ids: ``N`` CIRR ``pairid`` values.
+        ranked_names: ``N`` rankings (reference already removed), at least 50 names each.
+        subset_ranked_names: ``N`` subset rankings (reference removed), at least 3 each.
+        version: Dataset version tag.
+
+    Returns:
+        ``(recall_json, subset_json)``: ``{"version": "rc2", "metric": "recall",
+        str(pairid): top-50 names}`` and the same with ``"recall_subset"`` / top-3.
+    """
+    if not len(pair_ids) == len(ranked_names) == len(subset_ranked_names):
+        raise ValueError("pair_ids, ranked_names and subset_ranked_names differ in length")
+    recall: dict[str, object] = {"version": version, "metric": "recall"}
+    subset: dict[str, object] = {"version": version, "metric": "recall_subset"}
+    for pid, full, sub in zip(pair_ids, ranked_names, subset_ranked_names, strict=True):
+        if len(full) < 50 or len(sub) < 3:
+            raise ValueError(f"pairid {pid}: need >= 50 ranked and >= 3 subset names")
+        recall[str(pid)] = [str(x) for x in full[:50]]
+        subset[str(pid)] = [str(x) for x in sub[:3]]
+    return recall, subset
+
+
+def validate_cirr_submission(
+    recall_json: Mapping[str, object],
+    subset_json: Mapping[str, object],
+    expected_pair_ids: Sequence[int],
+    references: Mapping[int | str, str],
+    members: Mapping[int | str, Sequence[str]] | None = None,
+    max_bytes: int = CIRR_SUBMISSION_MAX_BYTES,
+) -> None:
+    """Check both CIRR submission files before upload.
+
+    Checks: ``version == "rc2"`` and the right ``metric``; every expected pairid
+    present and no unexpected one; list lengths 50 / 3; entries are strings; no
+    duplicates; the pair's reference not in its own lists; optionally subset names
+    within ``members``; each file at most ``max_bytes`` when serialised with
+    ``json.dumps``.
+
+    Args:
+        recall_json: The ``"recall"`` payload.
+        subset_json: The ``"recall_subset"`` payload.
+        expected_pair_ids: Pair ids of the split (CIRR test1: 2,178).
+        references: ``pairid -> reference image name``.
+        members: Optional ``pairid -> img_set.members`` names.
+        max_bytes: Size limit per file.
+
+    Raises:
+        ValueError: listing every problem found (first 20), each naming the file and pair.
+    """
+    problems: list[str] = []
+    refs = {str(k): v for k, v in references.items()}
+    mem = {str(k): set(v) for k, v in members.items()} if members is not None else None
+    expected = {str(p) for p in expected_pair_ids}
+    for label, payload, metric, length in (
+        ("recall", recall_json, "recall", 50),
+        ("recall_subset", subset_json, "recall_subset", 3),
+    ):
+        if payload.get("version") != "rc2":
+            problems.append(f"{label}: version is {payload.get('version')!r}, expected 'rc2'")
+        if payload.get("metric") != metric:
+            problems.append(f"{label}: metric is {payload.get('metric')!r}, expected {metric!r}")
+        keys = {k for k in payload if k not in ("version", "metric")}
+        for pid in sorted(expected - keys):
+            problems.append(f"{label}: missing pairid {pid}")
+        for pid in sorted(keys - expected):
+            problems.append(f"{label}: unexpected pairid {pid}")
+        for pid in sorted(keys & expected):
+            names = payload[pid]
+            if not isinstance(names, list) or not all(isinstance(x, str) for x in names):
+                problems.append(f"{label}: pairid {pid} is not a list of strings")
+                continue
+            if len(names) != length:
+                problems.append(f"{label}: pairid {pid} has {len(names)} names, expected {length}")
+            if len(set(names)) != len(names):
+                problems.append(f"{label}: pairid {pid} has duplicate names")
+            if pid in refs and refs[pid] in names:
+                problems.append(f"{label}: pairid {pid} contains its reference {refs[pid]!r}")
+            if mem is not None and metric == "recall_subset" and pid in mem:
+                outside = [x for x in names if x not in mem[pid]]
+                if outside:
+                    problems.append(f"{label}: pairid {pid} names outside its subset: {outside}")
+        size = len(json.dumps(payload).encode("utf-8"))
+        if size > max_bytes:
+            problems.append(f"{label}: size {size} bytes exceeds {max_bytes} bytes")
+    if problems:
+        head = "; ".join(problems[:20])
+        more = f" (+{len(problems) - 20} more)" if len(problems) > 20 else ""
+        raise ValueError(f"invalid CIRR submission, {len(problems)} problem(s): {head}{more}")

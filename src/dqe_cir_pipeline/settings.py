@@ -1,0 +1,53 @@
+"""Project settings: config loader, hooks and the resolvers the config files use."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from kedro.config import OmegaConfigLoader
+
+from dqe_cir_pipeline.hooks import ProvenanceHooks
+
+#: The project root (the folder holding ``pyproject.toml``). Kedro runs from it; the
+#: resolvers below make paths absolute so nothing depends on the current directory.
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _data_root() -> str:
+    """``${data_root:}``: where every catalog path lives (``DQE_DATA_ROOT`` overrides)."""
+    return os.environ.get("DQE_DATA_ROOT", (PROJECT_ROOT / "data").as_posix())
+
+
+def _tracking_uri() -> str:
+    """``${tracking_uri:}``: an sqlite MLflow store at the project root.
+
+    MLflow 3 refuses the old ``./mlruns`` file store, and a relative
+    ``sqlite:///mlflow.db`` would be relative to the current directory, so the path is
+    made absolute here. ``MLFLOW_TRACKING_URI`` overrides it (e.g. a tracking server).
+    """
+    return os.environ.get(
+        "MLFLOW_TRACKING_URI", f"sqlite:///{(PROJECT_ROOT / 'mlflow.db').as_posix()}"
+    )
+
+
+def _artifact_root() -> str:
+    """``${artifact_root:}``: the folder MLflow writes artifacts to (not the database)."""
+    return os.environ.get("DQE_MLFLOW_ARTIFACTS", (PROJECT_ROOT / "mlartifacts").as_uri())
+
+
+HOOKS = (ProvenanceHooks(),)
+
+CONFIG_LOADER_CLASS = OmegaConfigLoader
+CONFIG_LOADER_ARGS = {
+    "base_env": "base",
+    "default_run_env": "local",
+    # A `local` (or benchmark env) override of one key must not wipe its whole block.
+    "merge_strategy": {"parameters": "soft"},
+    "custom_resolvers": {
+        "data_root": _data_root,
+        "tracking_uri": _tracking_uri,
+        "artifact_root": _artifact_root,
+        "project_root": lambda: PROJECT_ROOT.as_posix(),
+    },
+}
