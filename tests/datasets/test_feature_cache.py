@@ -48,14 +48,19 @@ class CountingEncoder:
             raise RuntimeError("simulated crash during extraction")
         self.calls.append(rows["image_id"].tolist())
         return np.stack(
-            [_features_for(i, h) for i, h in zip(rows["image_id"], rows["content_hash"])]
+            [
+                _features_for(i, h)
+                for i, h in zip(rows["image_id"], rows["content_hash"], strict=True)
+            ]
         )
 
 
 def _images(n: int, changed: dict[str, str] | None = None) -> pd.DataFrame:
     ids = [f"img{i:03d}" for i in range(n)]
     hashes = [(changed or {}).get(i, f"h-{i}") for i in ids]
-    return pd.DataFrame({"image_id": ids, "path": [f"/x/{i}.jpg" for i in ids], "content_hash": hashes})
+    return pd.DataFrame(
+        {"image_id": ids, "path": [f"/x/{i}.jpg" for i in ids], "content_hash": hashes}
+    )
 
 
 def _job(
@@ -130,6 +135,14 @@ def test_get_preserves_order_and_duplicates(dataset: FeatureCacheDataset) -> Non
     with pytest.raises(KeyError, match="not in feature cache"):
         cache.get(["img000", "missing-id"])
 
+    buffer = np.zeros((len(ids), T, D), dtype=np.float16)
+    assert cache.get(ids, out=buffer) is buffer
+    np.testing.assert_array_equal(buffer, got)
+    with pytest.raises(ValueError, match="out must be"):
+        cache.get(ids, out=np.zeros((len(ids), T, D), dtype=np.float32))
+    with_prefetch = FeatureCacheDataset(filepath=dataset._describe()["filepath"], prefetch=True)
+    np.testing.assert_array_equal(with_prefetch.load().get(ids), got)
+
     tensor = cache.get_torch(ids[:2])
     assert tensor.dtype == torch.float32 and tensor.shape == (2, T, D)
     torch.testing.assert_close(tensor, torch.from_numpy(got[:2].astype(np.float32)))
@@ -144,6 +157,8 @@ def test_second_save_with_nothing_changed_encodes_nothing(dataset: FeatureCacheD
     assert dataset.last_save_stats["computed"] == 0
     assert dataset.last_save_stats["reused"] == 9
     assert dataset.last_save_stats["shards_written"] == 0
+    last_save = dataset.load().last_save  # visible to nodes that only get the handle
+    assert (last_save["computed"], last_save["reused"]) == (0, 9)
 
 
 def test_duplicate_rows_are_deduplicated(dataset: FeatureCacheDataset) -> None:

@@ -155,8 +155,14 @@ def test_chance_levels_cirr_like() -> None:
     ref, tgt = subset[:, 0], subset[:, 1]
     res = cirr_metrics(queries, gallery, tgt, ref, subset, chunk_size=512)
     assert set(res) == {
-        "recall@1", "recall@5", "recall@10", "recall@50",
-        "recall_subset@1", "recall_subset@2", "recall_subset@3", "avg",
+        "recall@1",
+        "recall@5",
+        "recall@10",
+        "recall@50",
+        "recall_subset@1",
+        "recall_subset@2",
+        "recall_subset@3",
+        "avg",
     }
     assert abs(res["recall_subset@1"] - 20.0) < 3.0
     assert abs(res["recall_subset@2"] - 40.0) < 4.0
@@ -196,8 +202,12 @@ def test_cirr_from_ranks_and_breakdown() -> None:
     assert out["recall@5"] == 50.0 and out["recall_subset@1"] == 50.0 and out["avg"] == 50.0
     br = breakdown_by_group(np.array([0, 3, 0, 7]), ["color", "shape", "color", "shape"], ks=(1, 5))
     assert br == {
-        "color/recall@1": 100.0, "color/recall@5": 100.0, "color/count": 2.0,
-        "shape/recall@1": 0.0, "shape/recall@5": 50.0, "shape/count": 2.0,
+        "color/recall@1": 100.0,
+        "color/recall@5": 100.0,
+        "color/count": 2.0,
+        "shape/recall@1": 0.0,
+        "shape/recall@5": 50.0,
+        "shape/count": 2.0,
     }
 
 
@@ -264,3 +274,25 @@ def test_validation_subset_members_and_real_size_limit() -> None:
         big[str(i)] = [f"train-{i}-{j}-" + "x" * 30 for j in range(50)]
     with pytest.raises(ValueError, match="exceeds 5242880 bytes"):
         validate_cirr_submission(big, {"version": "rc2", "metric": "recall_subset"}, ids, {})
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu_and_bf16_close() -> None:
+    queries, gallery, gen = _data(300, 500, 8, 64, seed=11, dtype=torch.float32)
+    target = torch.randint(0, 500, (300,), generator=gen)
+    exclude = (target + 1) % 500
+    cpu = target_ranks(queries, gallery, target, exclude, chunk_size=128)
+    gpu = target_ranks(
+        queries.cuda(), gallery.cuda(), target.cuda(), exclude.cuda(), chunk_size=128
+    )
+    assert gpu.device.type == "cpu"
+    assert (gpu - cpu).abs().max() <= 1  # fp32 GEMM rounding may swap near-ties
+    # CPU inputs, CUDA compute, bf16 matmuls: ranks move a little, never wildly
+    bf = target_ranks(
+        queries, gallery, target, exclude, 128, device="cuda", amp_dtype=torch.bfloat16
+    )
+    assert (bf - cpu).abs().float().mean() < 5.0
+    _, idx_c = topk(queries, gallery, 10, exclude)
+    _, idx_g = topk(queries, gallery, 10, exclude, device="cuda")
+    assert (idx_c[:, 0] == idx_g[:, 0]).float().mean() > 0.99

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +46,7 @@ from dqe_cir_pipeline.data_sources.common import (
     ImageIndex,
     ImageRecord,
     IngestResult,
+    PhaseTimer,
     check_images,
     concat_frames,
     expect_type,
@@ -65,6 +65,8 @@ logger = logging.getLogger(__name__)
 
 DATASET = "fashioniq"
 _STRIP_CHARS = ".?, "
+_SPLIT_HINT = "expected <annotation_root>/image_splits/split.<category>.<split>.json"
+_CAPTION_HINT = "expected <annotation_root>/captions/cap.<category>.<split>.json"
 
 
 @dataclass
@@ -162,9 +164,7 @@ def _list_image_dir(image_root: Path) -> set[str]:
         return set()
 
 
-def _parse_record(
-    rec: Any, index: int, labelled: bool
-) -> tuple[dict[str, Any] | None, str | None]:
+def _parse_record(rec: Any, index: int, labelled: bool) -> tuple[dict[str, Any] | None, str | None]:
     """Validate one captions record; return (fields, None) or (None, reason)."""
     if not isinstance(rec, dict):
         return None, f"{REASON_BAD_VALUE}: record is {type(rec).__name__}, not an object"
@@ -210,50 +210,66 @@ def read_fashioniq(
     cfg = cfg or FashionIQConfig()
     ann = Path(annotation_root)
     img_root = Path(image_root).absolute()
-    t0 = time.perf_counter()
+    timer = PhaseTimer()
 
     # 1. Image splits -> (id, category, split, path) records.
-    present = _list_image_dir(img_root)
+    with timer("listdir_s"):
+        present = _list_image_dir(img_root)
     listed: dict[tuple[str, str], list[str]] = {}
     records: list[ImageRecord] = []
     quarantine: list[dict] = []
     for cat in cfg.categories:
         for split in cfg.splits:
             path = _split_file(ann, cat, split)
-            ids = load_json(path, hint="expected <annotation_root>/image_splits/"
-                            "split.<category>.<split>.json")
+            with timer("json_s"):
+                ids = load_json(path, hint=_SPLIT_HINT)
             expect_type(ids, list, path, "a list of image ids")
             good_ids: list[str] = []
             for i, image_id in enumerate(ids):
                 if not isinstance(image_id, str) or not image_id:
-                    quarantine.append(quarantine_row(
-                        DATASET, "image", str(path), str(i),
-                        f"{REASON_BAD_VALUE}: entry {i} is {image_id!r}, not an image id"))
+                    quarantine.append(
+                        quarantine_row(
+                            DATASET,
+                            "image",
+                            str(path),
+                            str(i),
+                            f"{REASON_BAD_VALUE}: entry {i} is {image_id!r}, not an image id",
+                        )
+                    )
                     continue
                 good_ids.append(image_id)
                 name = next(
-                    (f"{image_id}.{ext}" for ext in cfg.image_exts
-                     if f"{image_id}.{ext}" in present),
+                    (
+                        f"{image_id}.{ext}"
+                        for ext in cfg.image_exts
+                        if f"{image_id}.{ext}" in present
+                    ),
                     None,
                 )
                 if name is None:
                     tried = ", ".join(f"{image_id}.{ext}" for ext in cfg.image_exts)
-                    quarantine.append(quarantine_row(
-                        DATASET, "image", str(img_root / f"{image_id}.{cfg.image_exts[0]}"),
-                        image_id,
-                        f"{REASON_MISSING_FILE}: none of {tried} exists in {img_root}"))
+                    quarantine.append(
+                        quarantine_row(
+                            DATASET,
+                            "image",
+                            str(img_root / f"{image_id}.{cfg.image_exts[0]}"),
+                            image_id,
+                            f"{REASON_MISSING_FILE}: none of {tried} exists in {img_root}",
+                        )
+                    )
                     continue
                 records.append((image_id, cat, split, str(img_root / name)))
             listed[(cat, split)] = good_ids
-    t_splits = time.perf_counter()
 
     # 2. Image checks (threaded).
-    images, image_q = check_images(
-        records, DATASET, workers=cfg.workers, full_decode=cfg.full_decode
-    )
-    missing_q = frame_from_rows(quarantine, QUARANTINE_SCHEMA)
-    t_images = time.perf_counter()
-    index = ImageIndex(listed, images, concat_frames([missing_q, image_q], QUARANTINE_SCHEMA))
+    with timer("image_check_s"):
+        images, image_q = check_images(
+            records, DATASET, workers=cfg.workers, full_decode=cfg.full_decode
+        )
+    with timer("frames_s"):
+        missing_q = frame_from_rows(quarantine, QUARANTINE_SCHEMA)
+        image_q = concat_frames([missing_q, image_q], QUARANTINE_SCHEMA)
+        index = ImageIndex(listed, images, image_q)
 
     # 3. Captions -> triplets.
     triplets: list[dict] = []
@@ -262,74 +278,92 @@ def read_fashioniq(
     for cat in cfg.categories:
         for split in cfg.splits:
             path = _caption_file(ann, cat, split)
-            recs = load_json(path, hint="expected <annotation_root>/captions/"
-                             "cap.<category>.<split>.json")
+            with timer("json_s"):
+                recs = load_json(path, hint=_CAPTION_HINT)
             expect_type(recs, list, path, "a list of caption records")
             labelled = split not in cfg.unlabelled_splits
             seen: dict[tuple, int] = {}
             for i, rec in enumerate(recs):
                 qid = f"{cat}-{split}-{i}"
+                row = _triplet_row(rec, i, qid, cat, split, labelled, seen, index, cfg)
+                if isinstance(row, str):
+                    triplet_q.append(quarantine_row(DATASET, "triplet", str(path), qid, row))
+                    continue
+                n_one_empty += not all(clean_caption(c) for c in row["captions_raw"])
+                triplets.append(row)
 
-                def reject(reason: str, _path: Path = path, _qid: str = qid) -> None:
-                    triplet_q.append(
-                        quarantine_row(DATASET, "triplet", str(_path), _qid, reason)
-                    )
-
-                fields, why = _parse_record(rec, i, labelled)
-                if fields is None:
-                    reject(why or REASON_BAD_VALUE)
-                    continue
-                c1, c2 = fields["captions"]
-                key = (fields["candidate"], fields["target"], c1, c2)
-                if key in seen:
-                    reject(f"{REASON_DUPLICATE}: same candidate, target and captions as "
-                           f"record {seen[key]} ({cat}-{split}-{seen[key]})")
-                    continue
-                seen[key] = i
-                text = eval_caption(c1, c2)
-                if not text:
-                    reject(f"{REASON_EMPTY_CAPTIONS}: both captions empty: {[c1, c2]!r}")
-                    continue
-                if not (clean_caption(c1) and clean_caption(c2)):
-                    n_one_empty += 1
-                problem = index.problem(fields["candidate"], cat, split, "candidate")
-                if problem is None and fields["target"] is not None:
-                    problem = index.problem(fields["target"], cat, split, "target")
-                if problem is not None:
-                    reject(problem)
-                    continue
-                color, shape = attribute_flags(f"{c1} {c2}")
-                triplets.append({
-                    "query_id": qid,
-                    "dataset": DATASET,
-                    "category": cat,
-                    "split": split,
-                    "reference_id": fields["candidate"],
-                    "target_id": fields["target"],
-                    "captions_raw": [c1, c2],
-                    "caption_eval": text,
-                    "captions_train": train_captions(c1, c2, cfg.random_train_forms),
-                    "edit_type": edit_type_of(color, shape),
-                    "edits_color": color,
-                    "edits_shape": shape,
-                    "subset_members": [],
-                    "edit_labels": "{}",
-                })
-    t_caps = time.perf_counter()
-
-    result = IngestResult(
-        images=images,
-        triplets=frame_from_rows(triplets, TRIPLET_SCHEMA),
-        quarantine=concat_frames(
-            [missing_q, image_q, frame_from_rows(triplet_q, QUARANTINE_SCHEMA)],
-            QUARANTINE_SCHEMA,
-        ),
-    )
+    with timer("frames_s"):
+        result = IngestResult(
+            images=images,
+            triplets=frame_from_rows(triplets, TRIPLET_SCHEMA),
+            quarantine=concat_frames(
+                [image_q, frame_from_rows(triplet_q, QUARANTINE_SCHEMA)], QUARANTINE_SCHEMA
+            ),
+        )
+    result.timings = timer.finish()
     if n_one_empty:
-        logger.warning("FashionIQ: %d records have one empty caption; the other is used "
-                       "alone", n_one_empty)
+        logger.warning(
+            "FashionIQ: %d records have one empty caption; the other is used alone",
+            n_one_empty,
+        )
     logger.info(
-        "FashionIQ: %s in %.1fs (splits %.1fs, image check %.1fs, captions+frames %.1fs)",
-        result.counts(), t_caps - t0, t_splits - t0, t_images - t_splits, t_caps - t_images,
+        "FashionIQ: %s; timings %s",
+        result.counts(),
+        {k: round(v, 2) for k, v in result.timings.items()},
     )
     return result
+
+
+def _triplet_row(
+    rec: Any,
+    index_in_file: int,
+    qid: str,
+    cat: str,
+    split: str,
+    labelled: bool,
+    seen: dict[tuple, int],
+    index: ImageIndex,
+    cfg: FashionIQConfig,
+) -> dict[str, Any] | str:
+    """One TRIPLET_SCHEMA row from a captions record, or the quarantine reason.
+
+    ``seen`` maps already accepted (candidate, target, c1, c2) keys to their index in
+    the file and is updated here.
+    """
+    fields, why = _parse_record(rec, index_in_file, labelled)
+    if fields is None:
+        return why or REASON_BAD_VALUE
+    c1, c2 = fields["captions"]
+    key = (fields["candidate"], fields["target"], c1, c2)
+    if key in seen:
+        first = seen[key]
+        return (
+            f"{REASON_DUPLICATE}: same candidate, target and captions as record "
+            f"{first} ({cat}-{split}-{first})"
+        )
+    seen[key] = index_in_file
+    text = eval_caption(c1, c2)
+    if not text:
+        return f"{REASON_EMPTY_CAPTIONS}: both captions empty after cleaning: {[c1, c2]!r}"
+    problem = index.problem(fields["candidate"], cat, split, "candidate")
+    if problem is None and fields["target"] is not None:
+        problem = index.problem(fields["target"], cat, split, "target")
+    if problem is not None:
+        return problem
+    color, shape = attribute_flags(f"{c1} {c2}")
+    return {
+        "query_id": qid,
+        "dataset": DATASET,
+        "category": cat,
+        "split": split,
+        "reference_id": fields["candidate"],
+        "target_id": fields["target"],
+        "captions_raw": [c1, c2],
+        "caption_eval": text,
+        "captions_train": train_captions(c1, c2, cfg.random_train_forms),
+        "edit_type": edit_type_of(color, shape),
+        "edits_color": color,
+        "edits_shape": shape,
+        "subset_members": [],
+        "edit_labels": "{}",
+    }

@@ -19,14 +19,14 @@ import logging
 import os
 import shutil
 import tempfile
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import torch
-from tokenizers import Tokenizer, normalizers, pre_tokenizers, trainers
-from tokenizers.models import WordPiece
+from tokenizers import normalizers, pre_tokenizers
 from transformers import (
     AutoTokenizer,
     BertTokenizer,
@@ -164,8 +164,18 @@ def _captions_fingerprint(captions: list[str]) -> str:
     return _short_hash(sorted(set(captions)))
 
 
-def train_wordpiece_tokenizer(captions: Iterable[str], vocab_size: int, max_len: int) -> BertTokenizer:
-    """Train a lowercase BERT-style WordPiece vocabulary offline on ``captions``.
+def train_wordpiece_tokenizer(
+    captions: Iterable[str], vocab_size: int, max_len: int
+) -> BertTokenizer:
+    """Build a lowercase BERT-style WordPiece tokenizer offline from ``captions``.
+
+    [design] Deterministic vocabulary: ``tokenizers``' ``WordPieceTrainer`` breaks ties
+    between equally frequent merges in hash order, so two trainings on the same captions
+    gave different vocabularies (measured here, also single-threaded). Instead the
+    vocabulary is: the special tokens, every character seen and its ``##`` continuation
+    (so any word over the training alphabet is encodable), then whole words by frequency
+    (ties alphabetical) up to ``vocab_size``. Normalisation, pre-tokenisation and the
+    WordPiece model itself are the ``tokenizers`` library's BERT components.
 
     Args:
         captions: training texts (empty strings are ignored).
@@ -176,14 +186,20 @@ def train_wordpiece_tokenizer(captions: Iterable[str], vocab_size: int, max_len:
         A transformers ``BertTokenizer`` (tokenizers-backed, the "fast" one in 5.x) with
         [PAD]=0, [UNK]=1, [CLS]=2, [SEP]=3, [MASK]=4.
     """
-    raw = Tokenizer(WordPiece(unk_token="[UNK]"))
-    raw.normalizer = normalizers.BertNormalizer(lowercase=True)
-    raw.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = trainers.WordPieceTrainer(
-        vocab_size=vocab_size, min_frequency=1, special_tokens=list(SPECIAL_TOKENS)
-    )
-    raw.train_from_iterator((c for c in captions if c and c.strip()), trainer=trainer)
-    vocab = raw.get_vocab()
+    norm = normalizers.BertNormalizer(lowercase=True)
+    pre = pre_tokenizers.BertPreTokenizer()
+    counts: Counter[str] = Counter()
+    for caption in captions:
+        if caption and caption.strip():
+            counts.update(w for w, _ in pre.pre_tokenize_str(norm.normalize_str(caption)))
+    chars = sorted({ch for w in counts for ch in w})
+    tokens = list(SPECIAL_TOKENS) + chars + [f"##{ch}" for ch in chars]
+    if len(tokens) > vocab_size:
+        raise ValueError(f"vocab_size {vocab_size} < specials + alphabet ({len(tokens)})")
+    seen = set(tokens)
+    by_freq = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    tokens += [w for w, _ in by_freq if w not in seen][: vocab_size - len(tokens)]
+    vocab = {t: i for i, t in enumerate(tokens)}
     # transformers 5.x: `vocab=` (a dict) is honoured, `vocab_file=` is silently ignored.
     return BertTokenizer(vocab=vocab, do_lower_case=True, model_max_length=max_len)
 
@@ -219,9 +235,12 @@ def tiny_blip2_config(spec: TinyBackboneSpec) -> Blip2Config:
     )
 
 
-def _tiny_key(spec: TinyBackboneSpec, tokenizer: PreTrainedTokenizerBase) -> str:
+def _tiny_key(spec: TinyBackboneSpec, tokenizer: PreTrainedTokenizerBase, folder: Path) -> str:
+    """Spec + vocabulary + SHA-256 of the saved weights (a few MB): the seeded init may
+    differ between torch versions, the bytes on disk are what the features come from."""
     vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
-    return "tiny-" + _short_hash({"spec": asdict(spec), "vocab": vocab, "torch": torch.__version__.split("+")[0]})
+    weights = hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
+    return "tiny-" + _short_hash({"spec": asdict(spec), "vocab": vocab, "weights": weights})
 
 
 def _read_tiny_marker(out_dir: Path) -> dict[str, Any] | None:
@@ -238,7 +257,7 @@ def _load_tiny(out_dir: Path, spec: TinyBackboneSpec, max_text_len: int | None =
         model=_freeze_vision(model),
         tokenizer=tokenizer,
         preprocessor=ImagePreprocessor(spec.image_size),
-        key=_tiny_key(spec, tokenizer),
+        key=_tiny_key(spec, tokenizer, out_dir),
         name="tiny",
         max_text_len=min(max_text_len or spec.max_text_len, spec.max_text_len),
     )
@@ -271,17 +290,21 @@ def build_tiny_backbone(
     caption_list = [c for c in captions if c and c.strip()]
     fingerprint = _captions_fingerprint(caption_list)
     marker = _read_tiny_marker(out)
-    if marker is not None and marker.get("spec") == asdict(spec) and marker.get("format") == _TINY_FORMAT:
+    if (
+        marker is not None
+        and marker.get("spec") == asdict(spec)
+        and marker.get("format") == _TINY_FORMAT
+    ):
         if marker.get("captions") != fingerprint:
             logger.warning("Reusing tiny backbone in %s built from other captions", out)
         logger.info("Loading tiny backbone from %s", out)
         return _load_tiny(out, spec, max_text_len)
     if marker is not None:
         logger.warning("Tiny backbone in %s has another spec: rebuilding", out)
+    elif out.exists() and any(out.iterdir()):  # never delete a folder that is not ours
+        raise FileExistsError(f"{out} exists and is not a tiny backbone; choose another tiny_dir")
 
     tokenizer = train_wordpiece_tokenizer(caption_list, spec.vocab_size, spec.max_text_len)
-    if len(tokenizer) > spec.vocab_size:  # the trainer may overshoot by the alphabet
-        raise ValueError(f"tokenizer has {len(tokenizer)} tokens > vocab_size {spec.vocab_size}")
     config = tiny_blip2_config(spec)
     # Seeded construction without disturbing the caller's global RNG state.
     with torch.random.fork_rng(devices=[]):
@@ -289,7 +312,9 @@ def build_tiny_backbone(
         model = Blip2ForImageTextRetrieval(config)
         gen = torch.Generator().manual_seed(spec.seed)
         with torch.no_grad():  # HF initialises query_tokens to zeros: all tokens identical
-            model.query_tokens.copy_(torch.randn(model.query_tokens.shape, generator=gen) * spec.init_std)
+            model.query_tokens.copy_(
+                torch.randn(model.query_tokens.shape, generator=gen) * spec.init_std
+            )
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
@@ -324,7 +349,11 @@ def _folder_fingerprint(folder: Path) -> str:
     cfg = folder / "config.json"
     if cfg.exists():
         h.update(cfg.read_bytes())
-    weights = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin") or p.name.endswith(".index.json"))
+    weights = sorted(
+        p
+        for p in folder.iterdir()
+        if p.suffix in (".safetensors", ".bin") or p.name.endswith(".index.json")
+    )
     for p in weights:
         size = p.stat().st_size
         h.update(f"{p.name}:{size}".encode())
@@ -387,7 +416,9 @@ def load_backbone(cfg: BackboneConfig, captions: Iterable[str] | None = None) ->
     except (OSError, ValueError) as err:
         raise BackboneNotFoundError(_not_found_message(cfg, err)) from err
     if not model.qformer.config.use_qformer_text_input:
-        raise ValueError(f"{cfg.name_or_path}: the Q-Former has no text path (use_qformer_text_input=False)")
+        raise ValueError(
+            f"{cfg.name_or_path}: the Q-Former has no text path (use_qformer_text_input=False)"
+        )
     if local.is_dir():
         key = "local-" + _folder_fingerprint(local)
     else:  # hub: the resolved commit pins the weights when transformers reports it

@@ -19,7 +19,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -115,6 +115,7 @@ class TrainData:
     group (FashionIQ category); ``None`` means one pool for all.
     """
 
+    query_ids: list[str]
     reference_ids: list[str]
     target_ids: list[str]
     captions_train: list[list[str]]
@@ -266,6 +267,26 @@ def mine_with_model(
     )
 
 
+def mining_to_state(result: MiningResult) -> dict[str, Any]:
+    """A ``weights_only``-safe dict of a mining result (arrays become tensors)."""
+    out: dict[str, Any] = {}
+    for f in fields(result):
+        v = getattr(result, f.name)
+        out[f.name] = torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else (
+            list(v) if isinstance(v, tuple) else v
+        )
+    return out
+
+
+def mining_from_state(state: dict[str, Any]) -> MiningResult:
+    """Inverse of ``mining_to_state``."""
+    kwargs = {
+        k: v.numpy() if isinstance(v, torch.Tensor) else (tuple(v) if isinstance(v, list) else v)
+        for k, v in state.items()
+    }
+    return MiningResult(**kwargs)
+
+
 def random_negatives(data: TrainData, rng: np.random.Generator) -> np.ndarray:
     """One uniform negative per query from its (group's) pool, never target or reference."""
     n_pool = len(data.pool_ids)
@@ -388,7 +409,7 @@ def fit(
         best_score = float(ckpt["best_score"])
         best_epoch = int(ckpt["best_epoch"])
         if ckpt.get("mining") is not None:
-            current = MiningResult.from_state(ckpt["mining"])
+            current = mining_from_state(ckpt["mining"])
         if best_path is not None and best_path.exists():
             best = load_torch(best_path)
             best_state, best_metrics = best["model"], dict(best["metrics"])
@@ -501,7 +522,7 @@ def fit(
                     "mining_summaries": mining_summaries,
                     "best_score": best_score,
                     "best_epoch": best_epoch,
-                    "mining": None if current is None else current.to_state(),
+                    "mining": None if current is None else mining_to_state(current),
                 },
             )
         epochs_run += 1

@@ -60,7 +60,6 @@ __all__ = [
 CIRR_SUBMISSION_MAX_BYTES = 5 * 1024 * 1024
 
 
-
 # --------------------------------------------------------------------------------------
 # Scoring core
 # --------------------------------------------------------------------------------------
@@ -72,7 +71,10 @@ def _resolve_device(queries: torch.Tensor, device: str | torch.device | None) ->
 
 
 def _compute_dtype(
-    queries: torch.Tensor, gallery: torch.Tensor, device: torch.device, amp_dtype: torch.dtype | None
+    queries: torch.Tensor,
+    gallery: torch.Tensor,
+    device: torch.device,
+    amp_dtype: torch.dtype | None,
 ) -> torch.dtype:
     """Matmul dtype: ``amp_dtype`` on CUDA, otherwise the promoted input float dtype."""
     if amp_dtype is not None and device.type == "cuda":
@@ -88,7 +90,7 @@ class _Scorer:
 
     The gallery ``(M, Q, P)`` is viewed as a flat ``(M * Q, P)`` token matrix and scored
     in blocks of ``items_per_block`` images so that one block's token scores
-    ``(c, items_per_block * Q)`` never exceed ``c * max(M, Q)`` elements. [design] This
+    ``(c, items_per_block * Q)`` never exceed ``c * max(M, 8192, Q)`` elements. [design] This
     avoids both the ``c x M x Q`` tensor and a transposed copy of the gallery; the
     running maximum over tokens happens per block via ``amax`` on a contiguous view.
 
@@ -97,6 +99,8 @@ class _Scorer:
         device: Compute device.
         dtype: Matmul dtype.
     """
+
+    _MIN_BLOCK_TOKENS = 8192
 
     def __init__(self, gallery: torch.Tensor, device: torch.device, dtype: torch.dtype) -> None:
         if gallery.ndim == 2:
@@ -107,8 +111,9 @@ class _Scorer:
         self.gallery = gallery.to(device=device, dtype=dtype).contiguous()
         self.device = device
         self.dtype = dtype
-        # One block's token count ~ M (at least one image per block).
-        self.items_per_block = max(1, self.m // max(1, self.q))
+        # One block's token count ~ max(M, 8192) (at least one image per block): big
+        # enough for an efficient GEMM, still O(chunk x M) for realistic galleries.
+        self.items_per_block = max(1, max(self.m, self._MIN_BLOCK_TOKENS) // max(1, self.q))
 
     def __call__(self, q_chunk: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
         """Scores of a query chunk.
@@ -290,7 +295,9 @@ def target_ranks(
     return ranks
 
 
-def recall_at_k(ranks: torch.Tensor | np.ndarray, ks: Sequence[int] = (1, 5, 10, 50)) -> dict[str, float]:
+def recall_at_k(
+    ranks: torch.Tensor | np.ndarray, ks: Sequence[int] = (1, 5, 10, 50)
+) -> dict[str, float]:
     """Recall@K in percent from 0-based ranks.
 
     Args:
@@ -428,7 +435,7 @@ def subset_topk(
     if not 1 <= k <= subset_idx.shape[1]:
         raise ValueError(f"k={k} must be in [1, {subset_idx.shape[1]}]")
     out = torch.empty((queries.shape[0], k), dtype=torch.long)
-    for start, scores, valid in _subset_scores(
+    for start, scores, _valid in _subset_scores(
         queries, gallery, subset_idx, exclude, chunk_size, device, amp_dtype
     ):
         c = scores.shape[0]
@@ -461,7 +468,12 @@ def cirr_metrics_from_ranks(
         ``avg`` is omitted when 5 is not in ``ks`` or 1 not in ``subset_ks``.
     """
     out = recall_at_k(ranks, ks)
-    out.update({f"recall_subset@{k}": v for k, v in zip(subset_ks, recall_at_k(sub_ranks, subset_ks).values(), strict=True)})
+    out.update(
+        {
+            f"recall_subset@{k}": v
+            for k, v in zip(subset_ks, recall_at_k(sub_ranks, subset_ks).values(), strict=True)
+        }
+    )
     if "recall@5" in out and "recall_subset@1" in out:
         out["avg"] = (out["recall@5"] + out["recall_subset@1"]) / 2.0
     return out
@@ -498,7 +510,14 @@ def cirr_metrics(
     """
     ranks = target_ranks(queries, gallery, target_idx, reference_idx, chunk_size, device, amp_dtype)
     sub = subset_ranks(
-        queries, gallery, target_idx, subset_idx, reference_idx, max(1, chunk_size // 4), device, amp_dtype
+        queries,
+        gallery,
+        target_idx,
+        subset_idx,
+        reference_idx,
+        max(1, chunk_size // 4),
+        device,
+        amp_dtype,
     )
     return cirr_metrics_from_ranks(ranks, sub, ks, subset_ks)
 

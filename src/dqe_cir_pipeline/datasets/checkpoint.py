@@ -1,0 +1,462 @@
+"""Training checkpoints as plain dicts: a safe, atomic, versioned Kedro dataset.
+
+A checkpoint is a plain ``dict`` (nanoGPT / open_clip style), e.g.::
+
+    {
+        "model": model.state_dict(),          # trainable parameters only
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": capture_rng_state(),
+        "epoch": 3,
+        "config": {...},                      # model / training config as plain data
+        "backbone": {"key": "blip2-vitg", "name": "Salesforce/blip2-itm-vit-g"},
+        "metrics": {"val/recall@10": 0.41},
+    }
+
+It is written with ``torch.save`` and read back with
+``torch.load(weights_only=True)``, which only rebuilds tensors and plain containers.
+Everything in a checkpoint must therefore be tensors, Python scalars / strings /
+bytes, ``None``, ``torch.Size`` / ``dtype`` / ``device`` and dicts, lists, tuples and
+sets of those; :func:`capture_rng_state` stores the numpy and Python RNG states in
+that vocabulary. Weights meant for sharing go to safetensors via
+:func:`export_weights`.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import tempfile
+from collections.abc import Mapping
+from copy import deepcopy
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import fsspec
+import numpy as np
+import torch
+from kedro.io.core import (
+    AbstractVersionedDataset,
+    DatasetError,
+    Version,
+    get_filepath_str,
+    get_protocol_and_path,
+)
+
+from dqe_cir_pipeline.io_utils import atomic_save
+
+logger = logging.getLogger(__name__)
+
+_SAFE_LEAVES: tuple[type, ...] = (
+    torch.Tensor,
+    bool,
+    int,
+    float,
+    complex,
+    str,
+    bytes,
+    type(None),
+    torch.Size,
+    torch.dtype,
+    torch.device,
+)
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint does not belong to the model / configuration it is loaded into."""
+
+
+def _find_unsafe(obj: Any, path: str = "checkpoint") -> str | None:
+    """Returns the location of the first value ``weights_only`` loading would reject.
+
+    Only used to explain a failed save; the authoritative check is a real
+    ``weights_only`` load of the written file.
+    """
+    if isinstance(obj, _SAFE_LEAVES):
+        return None
+    if isinstance(obj, Mapping):
+        for key, value in obj.items():
+            found = _find_unsafe(value, f"{path}[{key!r}]")
+            if found:
+                return found
+        return None
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        for position, value in enumerate(obj):
+            found = _find_unsafe(value, f"{path}[{position}]")
+            if found:
+                return found
+        return None
+    return f"{path} ({type(obj).__module__}.{type(obj).__qualname__})"
+
+
+def _verify_weights_only(path: Path, data: Mapping[str, Any]) -> None:
+    """Loads a just-written file the way ``load`` will, so bad content never lands."""
+    try:
+        # mmap: the tensor bytes are not read, only the pickle program is checked.
+        torch.load(path, weights_only=True, map_location="cpu", mmap=True)
+    except Exception as exc:
+        culprit = _find_unsafe(data)
+        hint = f" The first offending value is {culprit}." if culprit else ""
+        raise DatasetError(
+            "This checkpoint could not be re-loaded with torch.load(weights_only=True), "
+            f"so it was not written.{hint} Store plain data instead (tensors, numbers, "
+            "strings, lists, dicts); use capture_rng_state() for RNG states. "
+            f"Loader error: {str(exc).splitlines()[0]}"
+        ) from exc
+
+
+class TorchCheckpointDataset(AbstractVersionedDataset[dict[str, Any], dict[str, Any]]):
+    """Saves and loads training checkpoints (plain dicts) with ``torch.save`` / ``torch.load``.
+
+    Saving is atomic on the local file system: the checkpoint goes to a temporary file
+    in the destination directory, is re-loaded once with ``weights_only=True`` (memory
+    mapped, so cheap) to prove it will load, and only then replaces the destination
+    with ``os.replace``. A crash mid-save leaves the previous checkpoint intact. Other
+    fsspec file systems receive the verified file with a single upload.
+
+    Example catalog entry (``conf/base/catalog.yml``):
+
+    .. code-block:: yaml
+
+        dqe_checkpoint:
+          type: dqe_cir_pipeline.datasets.checkpoint.TorchCheckpointDataset
+          filepath: data/06_models/dqe_checkpoint.pt
+          versioned: true
+          load_args:
+            map_location: cpu
+
+    Example Python use:
+
+    .. code-block:: python
+
+        ds = TorchCheckpointDataset(filepath="data/06_models/ckpt.pt")
+        ds.save({"model": model.state_dict(), "epoch": 3, "rng": capture_rng_state()})
+        ckpt = ds.load()
+        load_trainable_state(model, ckpt, "blip2-vitg", {"num_query_tokens": 32})
+
+    Security: loading always uses ``torch.load(weights_only=True)``; it cannot be
+    switched off through ``load_args``. That loader only rebuilds tensors and an
+    allow-list of plain types and refuses any other global in the pickle stream, so a
+    crafted checkpoint cannot run code on load (a plain ``torch.load`` or a
+    ``PickleDataset`` would execute whatever the file's ``__reduce__`` says).
+    """
+
+    DEFAULT_LOAD_ARGS: dict[str, Any] = {"map_location": "cpu"}
+    DEFAULT_SAVE_ARGS: dict[str, Any] = {}
+
+    def __init__(  # noqa: PLR0913
+        self,
+        *,
+        filepath: str,
+        load_args: dict[str, Any] | None = None,
+        save_args: dict[str, Any] | None = None,
+        version: Version | None = None,
+        credentials: dict[str, Any] | None = None,
+        fs_args: dict[str, Any] | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        """Creates a new ``TorchCheckpointDataset``.
+
+        Args:
+            filepath: Checkpoint file, local or any fsspec URL (``s3://...``).
+            load_args: Extra ``torch.load`` arguments (default
+                ``{"map_location": "cpu"}``; ``mmap: true`` avoids reading large
+                tensors eagerly). ``weights_only`` is always ``True``.
+            save_args: Extra ``torch.save`` arguments.
+            version: Kedro version (set by ``versioned: true`` in the catalog).
+            credentials: fsspec credentials.
+            fs_args: fsspec file-system arguments.
+            metadata: Free-form metadata, ignored by Kedro itself.
+
+        Raises:
+            DatasetError: If ``load_args`` tries to disable ``weights_only``.
+        """
+        self._load_args = {**self.DEFAULT_LOAD_ARGS, **(load_args or {})}
+        if self._load_args.pop("weights_only", True) is not True:
+            raise DatasetError(
+                "TorchCheckpointDataset always loads with weights_only=True; unpickling "
+                "arbitrary objects would let a checkpoint file execute code."
+            )
+        self._save_args = {**self.DEFAULT_SAVE_ARGS, **(save_args or {})}
+        _fs_args = deepcopy(fs_args) or {}
+        protocol, path = get_protocol_and_path(str(filepath), version)
+        if protocol == "file":
+            _fs_args.setdefault("auto_mkdir", True)
+        self._protocol = protocol
+        self._fs = fsspec.filesystem(protocol, **(deepcopy(credentials) or {}), **_fs_args)
+        self.metadata = metadata
+        super().__init__(
+            filepath=PurePosixPath(path),
+            version=version,
+            exists_function=self._fs.exists,
+            glob_function=self._fs.glob,
+        )
+
+    def _describe(self) -> dict[str, Any]:
+        return {
+            "filepath": self._filepath,
+            "protocol": self._protocol,
+            "load_args": self._load_args,
+            "save_args": self._save_args,
+            "version": self._version,
+        }
+
+    def load(self) -> dict[str, Any]:
+        """Loads the checkpoint dict with ``torch.load(weights_only=True)``.
+
+        Returns:
+            The checkpoint dict; tensors on ``map_location`` (CPU by default).
+
+        Raises:
+            DatasetError: If the file is missing or holds non-allowed objects.
+        """
+        load_path = get_filepath_str(self._get_load_path(), self._protocol)
+        if self._protocol == "file":
+            if not Path(load_path).is_file():
+                raise DatasetError(f"Checkpoint file {load_path} does not exist.")
+            # A path (not a file object) lets torch memory-map when mmap=True.
+            return torch.load(load_path, weights_only=True, **self._load_args)
+        with self._fs.open(load_path, mode="rb") as handle:
+            return torch.load(handle, weights_only=True, **self._load_args)
+
+    def save(self, data: dict[str, Any]) -> None:
+        """Atomically writes the checkpoint dict.
+
+        Args:
+            data: The checkpoint: a mapping of plain data and tensors.
+
+        Raises:
+            DatasetError: If ``data`` is not a mapping or would not load back with
+                ``weights_only=True`` (nothing is written then).
+        """
+        if not isinstance(data, Mapping):
+            raise DatasetError(
+                f"TorchCheckpointDataset saves dicts, got {type(data).__name__}; save "
+                "{'model': model.state_dict(), ...} rather than the module."
+            )
+        save_path = get_filepath_str(self._get_save_path(), self._protocol)
+
+        def write(tmp: Path) -> None:
+            torch.save(dict(data), tmp, **self._save_args)
+            _verify_weights_only(tmp, data)
+
+        if self._protocol == "file":
+            atomic_save(save_path, write)
+        else:
+            with tempfile.TemporaryDirectory() as tmp_dir:
+                local = Path(tmp_dir) / "checkpoint.pt"
+                write(local)
+                self._fs.put_file(str(local), save_path)
+        self._invalidate_cache()
+        logger.info("Saved checkpoint to %s", save_path)
+
+    def _exists(self) -> bool:
+        try:
+            load_path = get_filepath_str(self._get_load_path(), self._protocol)
+        except DatasetError:
+            return False
+        return bool(self._fs.exists(load_path))
+
+    def _release(self) -> None:
+        super()._release()
+        self._invalidate_cache()
+
+    def _invalidate_cache(self) -> None:
+        self._fs.invalidate_cache(get_filepath_str(self._filepath, self._protocol))
+
+
+# -- RNG state ------------------------------------------------------------------------
+def capture_rng_state() -> dict[str, Any]:
+    """Captures the Python, numpy (global), torch CPU and CUDA RNG states.
+
+    The states are stored as tensors and Python scalars only, so the dict survives
+    ``torch.load(weights_only=True)`` (a raw ``np.random.get_state()`` holds a numpy
+    array, which that loader rejects).
+
+    Returns:
+        ``{"python": {...}, "numpy": {...}, "torch": ByteTensor, "cuda": [ByteTensor]}``;
+        ``"cuda"`` is an empty list without CUDA.
+    """
+    py_version, py_state, py_gauss = random.getstate()
+    np_name, np_keys, np_pos, np_has_gauss, np_cached = np.random.get_state(legacy=True)
+    cuda_states = (
+        [state.clone() for state in torch.cuda.get_rng_state_all()]
+        if torch.cuda.is_available()
+        else []
+    )
+    return {
+        "python": {
+            "version": int(py_version),
+            # Mersenne Twister words are < 2**32, exact in int64.
+            "state": torch.tensor(py_state, dtype=torch.int64),
+            "gauss_next": py_gauss,
+        },
+        "numpy": {
+            "bit_generator": str(np_name),
+            "keys": torch.from_numpy(np.asarray(np_keys, dtype=np.int64)),
+            "pos": int(np_pos),
+            "has_gauss": int(np_has_gauss),
+            "cached_gaussian": float(np_cached),
+        },
+        "torch": torch.get_rng_state().clone(),
+        "cuda": cuda_states,
+    }
+
+
+def restore_rng_state(state: Mapping[str, Any]) -> None:
+    """Restores RNG states captured by :func:`capture_rng_state`.
+
+    Missing parts are skipped. CUDA states are restored for as many devices as both
+    the checkpoint and this machine have; a mismatch is logged.
+
+    Args:
+        state: The dict returned by :func:`capture_rng_state` (possibly after a
+            save / load round trip).
+    """
+    if "python" in state:
+        py = state["python"]
+        words = tuple(int(word) for word in torch.as_tensor(py["state"]).tolist())
+        random.setstate((int(py["version"]), words, py["gauss_next"]))
+    if "numpy" in state:
+        nps = state["numpy"]
+        keys = torch.as_tensor(nps["keys"]).numpy().astype(np.uint32)
+        np.random.set_state(
+            (
+                nps["bit_generator"],
+                keys,
+                int(nps["pos"]),
+                int(nps["has_gauss"]),
+                float(nps["cached_gaussian"]),
+            )
+        )
+    if "torch" in state:
+        torch.set_rng_state(torch.as_tensor(state["torch"], dtype=torch.uint8).cpu())
+    cuda_states = list(state.get("cuda") or [])
+    if cuda_states:
+        if not torch.cuda.is_available():
+            logger.warning("Checkpoint has CUDA RNG states but CUDA is unavailable; skipped.")
+            return
+        count = torch.cuda.device_count()
+        if count != len(cuda_states):
+            logger.warning(
+                "Checkpoint has %d CUDA RNG states, this machine %d devices; restoring %d.",
+                len(cuda_states),
+                count,
+                min(count, len(cuda_states)),
+            )
+        for device, cuda_state in enumerate(cuda_states[:count]):
+            torch.cuda.set_rng_state(torch.as_tensor(cuda_state, dtype=torch.uint8).cpu(), device)
+
+
+# -- restoring a model ---------------------------------------------------------------
+def _plain(value: Any) -> Any:
+    """Normalises containers so a YAML list equals a dataclass tuple."""
+    if isinstance(value, Mapping):
+        return {str(key): _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value
+
+
+def _config_differences(expected: Mapping[str, Any], actual: Any, prefix: str) -> list[str]:
+    lines: list[str] = []
+    actual_map = actual if isinstance(actual, Mapping) else {}
+    for key, want in expected.items():
+        name = f"{prefix}.{key}"
+        if key not in actual_map:
+            lines.append(f"{name}: missing in checkpoint (expected {want!r})")
+            continue
+        have = actual_map[key]
+        if isinstance(want, Mapping) and isinstance(have, Mapping):
+            lines.extend(_config_differences(want, have, name))
+        elif _plain(want) != _plain(have):
+            lines.append(f"{name}: checkpoint has {have!r}, expected {want!r}")
+    return lines
+
+
+def load_trainable_state(
+    model: torch.nn.Module,
+    ckpt: Mapping[str, Any],
+    expected_backbone_key: str,
+    expected_config: Mapping[str, Any],
+) -> None:
+    """Loads ``ckpt["model"]`` into ``model`` after checking that it belongs to it.
+
+    Only the fields given in ``expected_config`` are compared (nested dicts
+    recursively); extra fields in the checkpoint's config are ignored, so pass the
+    architecture-defining settings.
+
+    Args:
+        model: The module to restore, built for ``expected_config``.
+        ckpt: A checkpoint dict as saved by :class:`TorchCheckpointDataset`.
+        expected_backbone_key: Backbone key the model was built with
+            (``ckpt["backbone"]["key"]`` must equal it).
+        expected_config: Config fields that must match ``ckpt["config"]``.
+
+    Raises:
+        CheckpointMismatchError: Listing every differing field, or when the state
+            dict's keys / shapes do not fit the model (``strict=True``).
+    """
+    problems: list[str] = []
+    backbone = ckpt.get("backbone")
+    have_key = backbone.get("key") if isinstance(backbone, Mapping) else None
+    if have_key != expected_backbone_key:
+        problems.append(
+            f"backbone.key: checkpoint has {have_key!r}, expected {expected_backbone_key!r}"
+        )
+    problems.extend(_config_differences(expected_config, ckpt.get("config"), "config"))
+    if "model" not in ckpt or not isinstance(ckpt["model"], Mapping):
+        problems.append("model: checkpoint has no state dict under 'model'")
+    if problems:
+        raise CheckpointMismatchError(
+            "Checkpoint does not match the model being restored:\n  - " + "\n  - ".join(problems)
+        )
+    try:
+        model.load_state_dict(ckpt["model"], strict=True)
+    except RuntimeError as exc:
+        raise CheckpointMismatchError(f"State dict does not fit the model: {exc}") from exc
+
+
+# -- sharing weights -----------------------------------------------------------------
+def export_weights(
+    state_dict: Mapping[str, torch.Tensor],
+    path: str | Path,
+    *,
+    metadata: Mapping[str, str] | None = None,
+) -> Path:
+    """Writes weights only to a ``.safetensors`` file (atomically), for sharing.
+
+    safetensors holds raw tensor bytes and a JSON header, so loading it can never run
+    code. Tensors sharing storage (tied weights, slices) are copied apart, as the
+    format requires.
+
+    Args:
+        state_dict: Parameter name -> tensor.
+        path: Destination file.
+        metadata: Optional string -> string header metadata (e.g. backbone key).
+
+    Returns:
+        The destination path.
+
+    Raises:
+        TypeError: If a value is not a tensor.
+    """
+    from safetensors.torch import save_file
+
+    not_tensors = [
+        name for name, value in state_dict.items() if not isinstance(value, torch.Tensor)
+    ]
+    if not_tensors:
+        raise TypeError(f"export_weights needs tensors only; not tensors: {not_tensors[:5]}")
+    tensors: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
+    for name, value in state_dict.items():
+        tensor = value.detach().cpu()
+        storage = tensor.untyped_storage()
+        whole = storage.nbytes() == tensor.numel() * tensor.element_size()
+        if storage.data_ptr() in seen or not whole or not tensor.is_contiguous():
+            tensor = tensor.clone(memory_format=torch.contiguous_format)
+        seen.add(tensor.untyped_storage().data_ptr())
+        tensors[name] = tensor
+    header = {str(key): str(value) for key, value in (metadata or {}).items()}
+    return atomic_save(path, lambda tmp: save_file(tensors, str(tmp), metadata=header or None))

@@ -1,0 +1,253 @@
+"""DQE-CIR: composed query with attribute sub-queries and learnable attribute weights.
+
+Shapes: B batch, T ViT tokens, D ViT width, L text length, Q query tokens, H Q-Former
+width, P projection width (256 for BLIP-2), N gallery size.
+
+The model works on *cached* ViT tokens: the frozen vision encoder is not part of it.
+
+* target / gallery side (BLIP-2 ITC image path): the Q query tokens cross-attend to the
+  image's ViT tokens; each output goes through ``vision_projection`` and is
+  L2-normalised -> (Q, P) per image.
+* query side: one Q-Former pass over ``[query tokens ; text tokens]`` with shared
+  self-attention, the query tokens cross-attending to the *reference* image (the BLIP-2
+  ITM input layout) -> fused hidden states (B, Q + L, H).
+* q_base: pooled fused state through ``text_projection`` (QuRe: mean over the Q query
+  outputs; SPRC: the text [CLS] position), L2-normalised.
+* [design] q_color / q_shape: residual attribute heads,
+  ``normalise(text_projection(h) + MLP(h))`` with the MLP's last layer initialised
+  near zero, so at the start each sub-query equals q_base and a pretrained backbone
+  keeps its zero-shot behaviour; the margin losses then teach attribute deltas.
+* [design] attribute weights: an MLP on the text [CLS] state of the same fused pass (it
+  sees the modification text and, through self-attention, the query tokens) predicts
+  three logits; softmax -> (w_base, w_color, w_shape), the bias set so that w_base
+  starts at ``base_weight_init``. q = normalise(w_b q_base + w_c q_color + w_s q_shape).
+* score s(q, I) = max over the target's Q token embeddings of <q, t_k> (BLIP-2 ITC).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import Blip2ForImageTextRetrieval
+
+
+@dataclass
+class DQEConfig:
+    """DQE-CIR head configuration.
+
+    Attributes:
+        use_attribute_weights: learn text-conditioned weights and mix the sub-queries
+            into q; False (ablation) gives q = q_base, weights [1, 0, 0].
+        attr_hidden: hidden width of the attribute-weight MLP.
+        base_weight_init: w_base at initialisation (the other two share the rest).
+        query_pooling: "mean" over the Q fused query outputs (QuRe) or "cls", the text
+            [CLS] position (SPRC).
+        temperature_init: initial softmax temperature.
+        temperature_min: lower clamp of the temperature.
+        temperature_max: upper clamp of the temperature.
+    """
+
+    use_attribute_weights: bool = True
+    attr_hidden: int = 128
+    base_weight_init: float = 0.8
+    query_pooling: str = "mean"
+    temperature_init: float = 0.07
+    temperature_min: float = 0.01
+    temperature_max: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.query_pooling not in ("mean", "cls"):
+            raise ValueError(f"query_pooling must be 'mean' or 'cls', got {self.query_pooling!r}")
+        if not 0.0 < self.base_weight_init < 1.0:
+            raise ValueError("base_weight_init must lie in (0, 1)")
+        if not 0.0 < self.temperature_min <= self.temperature_init <= self.temperature_max:
+            raise ValueError("need 0 < temperature_min <= temperature_init <= temperature_max")
+
+
+@dataclass
+class QueryOutput:
+    """Composed-query embeddings (all L2-normalised, (B, P)) and attribute weights (B, 3)."""
+
+    q: torch.Tensor
+    q_base: torch.Tensor
+    q_color: torch.Tensor
+    q_shape: torch.Tensor
+    weights: torch.Tensor  # columns: base, color, shape
+
+
+class AttributeHead(nn.Module):
+    """Residual attribute sub-query: normalise(text_projection(h) + MLP(h)).
+
+    Args:
+        hidden: Q-Former width H.
+        proj_dim: projection width P.
+        init_std: std of the MLP's last layer (small: start close to q_base).
+    """
+
+    def __init__(self, hidden: int, proj_dim: int, init_std: float = 1e-3) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(hidden, hidden)
+        self.fc2 = nn.Linear(hidden, proj_dim)
+        nn.init.normal_(self.fc1.weight, std=0.02)
+        nn.init.zeros_(self.fc1.bias)
+        nn.init.normal_(self.fc2.weight, std=init_std)
+        nn.init.zeros_(self.fc2.bias)
+
+    def forward(self, pooled: torch.Tensor, base_proj: torch.Tensor) -> torch.Tensor:
+        """(B, H) pooled state, (B, P) unnormalised base projection -> (B, P) unit vectors."""
+        return F.normalize(base_proj + self.fc2(F.gelu(self.fc1(pooled))), dim=-1)
+
+
+class DQECIR(nn.Module):
+    """Trainable part of DQE-CIR on top of a BLIP-2 retrieval model.
+
+    [design] The Q-Former, query tokens, text embeddings and projections are *shared*
+    with ``backbone`` (no copy): training updates them in place. Deep-copy the backbone
+    first to keep the original. The vision encoder is not registered here.
+
+    Args:
+        backbone: HF ``Blip2ForImageTextRetrieval`` whose Q-Former has the text path
+            (``use_qformer_text_input=True``).
+        cfg: head configuration.
+    """
+
+    def __init__(self, backbone: Blip2ForImageTextRetrieval, cfg: DQEConfig | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg or DQEConfig()
+        if not backbone.qformer.config.use_qformer_text_input:
+            raise ValueError("the Q-Former needs use_qformer_text_input=True for the text path")
+        self.query_tokens = backbone.query_tokens  # (1, Q, H)
+        self.embeddings = backbone.embeddings  # word + position embeddings of the text
+        self.qformer = backbone.qformer
+        self.vision_projection = backbone.vision_projection  # H -> P
+        self.text_projection = backbone.text_projection  # H -> P
+        hidden, proj = self.text_projection.in_features, self.text_projection.out_features
+
+        self.color_head = AttributeHead(hidden, proj)
+        self.shape_head = AttributeHead(hidden, proj)
+        if self.cfg.use_attribute_weights:
+            self.weight_mlp = nn.Sequential(
+                nn.Linear(hidden, self.cfg.attr_hidden),
+                nn.GELU(),
+                nn.Linear(self.cfg.attr_hidden, 3),
+            )
+            nn.init.normal_(self.weight_mlp[0].weight, std=0.02)
+            nn.init.zeros_(self.weight_mlp[0].bias)
+            # Small (not zero) last layer: weights start ~ constant yet every layer gets
+            # a gradient from the first step. Bias: softmax(bias) = (b, (1-b)/2, (1-b)/2).
+            nn.init.normal_(self.weight_mlp[2].weight, std=1e-3)
+            b = self.cfg.base_weight_init
+            rest = math.log((1.0 - b) / 2.0)
+            with torch.no_grad():
+                self.weight_mlp[2].bias.copy_(torch.tensor([math.log(b), rest, rest]))
+        self.log_temperature = nn.Parameter(torch.tensor(math.log(self.cfg.temperature_init)))
+
+    # ------------------------------------------------------------------ utilities
+    @property
+    def num_query_tokens(self) -> int:
+        """Q, the number of learned query tokens."""
+        return self.query_tokens.shape[1]
+
+    def temperature(self) -> torch.Tensor:
+        """Scalar temperature exp(log_t), clamped to [temperature_min, temperature_max]."""
+        return self.log_temperature.exp().clamp(self.cfg.temperature_min, self.cfg.temperature_max)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """Every parameter of the module (the frozen ViT is not inside it)."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def _dtype(self) -> torch.dtype:
+        return self.query_tokens.dtype
+
+    # ------------------------------------------------------------------ encoders
+    def encode_targets(self, vit_tokens: torch.Tensor) -> torch.Tensor:
+        """Target / gallery embeddings.
+
+        Args:
+            vit_tokens: (B, T, D) cached ViT tokens.
+
+        Returns:
+            (B, Q, P) L2-normalised per token.
+        """
+        b = vit_tokens.shape[0]
+        out = self.qformer(
+            query_embeds=self.query_tokens.expand(b, -1, -1),
+            encoder_hidden_states=vit_tokens.to(self._dtype()),
+        ).last_hidden_state  # (B, Q, H)
+        return F.normalize(self.vision_projection(out), dim=-1)
+
+    def encode_queries(
+        self, vit_tokens: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> QueryOutput:
+        """Composed queries from reference ViT tokens and modification text.
+
+        Args:
+            vit_tokens: (B, T, D) reference-image ViT tokens.
+            input_ids: (B, L) token ids ([CLS] first).
+            attention_mask: (B, L) 1 for real tokens, 0 for padding.
+
+        Returns:
+            QueryOutput with q, q_base, q_color, q_shape (B, P) and weights (B, 3).
+        """
+        b, nq = vit_tokens.shape[0], self.num_query_tokens
+        queries = self.query_tokens.expand(b, -1, -1)
+        # BLIP-2 ITM layout: [query tokens ; text word + position embeddings].
+        embeds = self.embeddings(input_ids=input_ids, query_embeds=queries)  # (B, Q+L, H)
+        mask = torch.cat([attention_mask.new_ones(b, nq), attention_mask], dim=1)
+        hidden = self.qformer(
+            query_embeds=embeds,
+            query_length=nq,
+            attention_mask=mask,
+            encoder_hidden_states=vit_tokens.to(self._dtype()),
+        ).last_hidden_state  # (B, Q+L, H)
+        text_cls = hidden[:, nq]  # (B, H)
+        pooled = hidden[:, :nq].mean(1) if self.cfg.query_pooling == "mean" else text_cls
+        base_proj = self.text_projection(pooled)  # (B, P), mean commutes with the affine map
+        q_base = F.normalize(base_proj, dim=-1)
+        q_color = self.color_head(pooled, base_proj)
+        q_shape = self.shape_head(pooled, base_proj)
+        if self.cfg.use_attribute_weights:
+            weights = self.weight_mlp(text_cls).softmax(dim=-1)  # (B, 3)
+            mixed = weights[:, :1] * q_base + weights[:, 1:2] * q_color + weights[:, 2:] * q_shape
+            q = F.normalize(mixed, dim=-1)
+        else:
+            weights = q_base.new_tensor([1.0, 0.0, 0.0]).expand(b, 3)
+            q = q_base
+        return QueryOutput(q=q, q_base=q_base, q_color=q_color, q_shape=q_shape, weights=weights)
+
+    def forward(
+        self, vit_tokens: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> QueryOutput:
+        """Alias of :meth:`encode_queries`."""
+        return self.encode_queries(vit_tokens, input_ids, attention_mask)
+
+    # ------------------------------------------------------------------ scores
+    @staticmethod
+    def score(q: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """All-pairs max-over-tokens similarity.
+
+        Args:
+            q: (B, P) queries.
+            targets: (N, Q, P) target token embeddings.
+
+        Returns:
+            (B, N) scores s(q_b, I_n) = max_k <q_b, t_{n,k}>.
+        """
+        return torch.einsum("bp,nkp->bnk", q, targets.to(q.dtype)).amax(dim=-1)
+
+    @staticmethod
+    def pair_score(q: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Row-wise max-over-tokens similarity.
+
+        Args:
+            q: (B, P) queries.
+            targets: (B, Q, P) the target of each row.
+
+        Returns:
+            (B,) scores s(q_b, I_b).
+        """
+        return torch.einsum("bp,bkp->bk", q, targets.to(q.dtype)).amax(dim=-1)

@@ -1,0 +1,95 @@
+"""Frozen-ViT feature extraction: decode -> preprocess -> ViT forward, in batches.
+
+Returns arrays; the feature cache dataset decides what to compute and writes it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from dqe_cir_pipeline.model.backbone import Backbone, encode_vit
+from dqe_cir_pipeline.model.device import autocast
+
+logger = logging.getLogger(__name__)
+
+
+class _ImageFiles(Dataset):
+    """Decode + preprocess image files (runs in DataLoader workers on a GPU machine)."""
+
+    def __init__(self, paths: Sequence[str], preprocess: Callable[[Image.Image], torch.Tensor]) -> None:
+        self.paths = list(paths)
+        self.preprocess = preprocess
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        path = self.paths[i]
+        try:
+            with Image.open(path) as img:
+                return self.preprocess(img.convert("RGB"))
+        except (OSError, ValueError) as err:
+            raise OSError(f"cannot decode image {path}: {err}") from err
+
+
+class VitEncoder:
+    """Callable ``paths -> (n, T, D) float16`` array, with OOM back-off on CUDA.
+
+    Args:
+        backbone: the loaded backbone (its vision encoder is frozen).
+        device: where the ViT runs.
+        batch_size: images per forward; halved (down to 1) on CUDA out-of-memory.
+        num_workers: DataLoader decode workers.
+        amp_dtype: autocast dtype on CUDA (``bfloat16``); ignored on CPU.
+    """
+
+    def __init__(
+        self, backbone: Backbone, device: torch.device, batch_size: int = 64,
+        num_workers: int = 0, amp_dtype: str | None = "bfloat16",
+    ) -> None:
+        self.model = backbone.model
+        self.model.vision_model.to(device).eval()
+        self.preprocess = backbone.preprocessor
+        self.device = device
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.amp_dtype = amp_dtype
+        self.images_done = 0
+        self.seconds = 0.0
+
+    def __call__(self, paths: Sequence[str]) -> np.ndarray:
+        start = time.perf_counter()
+        while True:
+            try:
+                out = self._run(paths)
+                break
+            except torch.OutOfMemoryError:
+                if self.batch_size == 1:
+                    raise
+                self.batch_size = max(1, self.batch_size // 2)
+                torch.cuda.empty_cache()
+                logger.warning("CUDA out of memory: extraction batch size halved to %d", self.batch_size)
+        self.images_done += len(paths)
+        self.seconds += time.perf_counter() - start
+        return out
+
+    def _run(self, paths: Sequence[str]) -> np.ndarray:
+        loader = DataLoader(
+            _ImageFiles(paths, self.preprocess),
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+            pin_memory=self.device.type == "cuda",
+        )
+        chunks = []
+        for pixels in loader:
+            with autocast(self.device, self.amp_dtype):
+                tokens = encode_vit(self.model, pixels.to(self.device, non_blocking=True))
+            chunks.append(tokens.to(torch.float16).cpu().numpy())
+        return np.concatenate(chunks)

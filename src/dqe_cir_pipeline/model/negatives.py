@@ -1,0 +1,692 @@
+"""Target-relative negative sampling (TRNS), the QuRe rule and random negatives.
+
+For training query ``i`` with target ``t_i`` and a candidate pool (METHOD.md §4)::
+
+    Delta_i(c) = s(q_i, c) - s(q_i, t_i)      c in pool_i, c != t_i, c != reference_i
+
+``pool_i`` is the whole pool, or only the items of the query's group when
+``query_groups`` / ``pool_groups`` are given (FashionIQ: same category).
+
+Strategies (``MiningConfig.strategy``):
+
+``"midzone"`` (TRNS, [design] reconstruction)
+    ``k_i = ceil(zone_quantile * |pool_i|)``. The zone is the set of candidates that are
+    among the ``k_i`` highest-Delta candidates **and** have ``Delta <= U_i = -epsilon``.
+    Equivalently ``L_i <= Delta <= U_i`` with ``L_i`` the ``k_i``-th highest Delta (ties
+    at ``L_i`` are cut by rank, so the zone never exceeds ``k_i`` items). The gap
+    ``epsilon`` below the target removes near-duplicates and likely false negatives; the
+    quantile removes the easy bulk. With ``n_above_i = #{Delta > -epsilon}`` the zone has
+    ``max(0, k_i - n_above_i)`` members, so emptiness is known without sorting.
+    Empty zone: ``k`` is widened to ``ceil(k_i * widen_factor ** w)`` for
+    ``w = 1 .. max_widenings`` (capped at the pool size); still empty: fall back to the
+    hardest candidate with ``Delta <= -epsilon`` (``"hardest_below"``), and if none
+    exists (everything is a near-duplicate of the target) to a random pool member
+    (``"random"``). The fallback used is recorded per query.
+``"qure"`` ([QuRe] rule as we read it)
+    Candidates with ``Delta < 0`` sorted descending, truncated to ``qure_topk``:
+    ``d_0 >= d_1 >= ... >= d_{n-1}``. Drops ``g_j = d_j - d_{j+1}`` for ``j = 0..n-2``.
+    ``a`` = position of the steepest drop (first on ties); ``b`` = position of the
+    steepest drop with ``|b - a| > 1``. With ``lo, hi = min(a, b), max(a, b)`` the zone is
+    ``d_{lo+1} .. d_{hi}`` **inclusive**: the items after the first drop up to and
+    including the last item before the second drop (so ``hi - lo >= 2`` members).
+    No admissible second drop (``n < 4``, or ``n = 4`` with the steepest drop in the
+    middle): the zone is all ``n`` candidates (``"qure_short"``); none below the target:
+    a random pool member (``"random"``).
+``"random"``
+    Uniform over the pool (target and reference excluded).
+
+Storage [design]: at most ``max_zone`` zone members are kept per query. With
+``zone_keep="uniform"`` (default) they are a uniformly random subset of the zone, so
+:func:`sample_negatives` is uniform over the *whole* zone and the quantile keeps its
+meaning when the zone is larger than ``max_zone``; ``zone_keep="hardest"`` keeps the
+highest-Delta zone members instead. The random choice uses a hash of
+``(seed, query index, pool index)``, so results do not depend on ``chunk_size`` or device.
+
+Cost: one chunked pass over queries x pool (``O(chunk_size * M)`` memory) plus a
+bounded ``torch.topk`` of at most ``k_i * widen_factor ** max_widenings`` (midzone) or
+``qure_topk`` (QuRe) per query; the pool is never fully sorted.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .retrieval import _iter_scores
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "FALLBACK_NAMES",
+    "MiningConfig",
+    "MiningResult",
+    "delta_histogram",
+    "mine_negatives",
+    "mining_schedule",
+    "refresh_epochs",
+    "sample_negatives",
+]
+
+#: Fallback codes stored in :attr:`MiningResult.fallback` (index = code).
+FALLBACK_NAMES: tuple[str, ...] = (
+    "none",  # zone found at the first try
+    "widened",  # zone found after >= 1 widening (midzone)
+    "hardest_below",  # zone empty after all widenings: hardest candidate <= -epsilon
+    "random",  # nothing usable: a random pool member
+    "empty_pool",  # no candidate at all (pool reduced to target/reference)
+    "qure_short",  # QuRe: < 4 candidates below the target, all of them taken
+)
+_FB = {name: code for code, name in enumerate(FALLBACK_NAMES)}
+
+_STRATEGIES = ("midzone", "qure", "random")
+_HASH_MASK = 0x7FFFFFFF  # 2**31 - 1
+
+
+@dataclass
+class MiningConfig:
+    """Negative-mining settings.
+
+    Attributes:
+        strategy: ``"midzone"`` (TRNS), ``"qure"`` or ``"random"``.
+        epsilon: Gap below the target score: zone upper bound ``U = -epsilon``.
+        zone_quantile: Fraction of the pool (highest Delta) the zone is taken from.
+        max_zone: Zone members stored per query.
+        widen_factor: Multiplier of ``k`` per widening of an empty zone.
+        max_widenings: Widenings before falling back.
+        chunk_size: Queries scored per chunk.
+        qure_topk: QuRe: length of the below-target list the drops are searched in.
+        seed: Seed of the uniform choices (zone subset, random strategy / fallback).
+        zone_keep: ``"uniform"`` or ``"hardest"`` subset of an oversized zone [design].
+        initial: Negatives before the first refresh: ``"model"`` = mined with the
+            initial model before epoch 0 (ours), ``"random"`` = random (QuRe).
+        refresh_interval: Epochs between refreshes; ``None`` = QuRe's ``floor(E / 6)``.
+    """
+
+    strategy: str = "midzone"
+    epsilon: float = 0.02
+    zone_quantile: float = 0.02
+    max_zone: int = 64
+    widen_factor: float = 2.0
+    max_widenings: int = 3
+    chunk_size: int = 512
+    qure_topk: int = 100
+    seed: int = 0
+    zone_keep: str = "uniform"
+    initial: str = "model"
+    refresh_interval: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.strategy not in _STRATEGIES:
+            raise ValueError(f"strategy must be one of {_STRATEGIES}; got {self.strategy!r}")
+        if self.zone_keep not in ("uniform", "hardest"):
+            raise ValueError(f"zone_keep must be 'uniform' or 'hardest'; got {self.zone_keep!r}")
+        if self.initial not in ("model", "random"):
+            raise ValueError(f"initial must be 'model' or 'random'; got {self.initial!r}")
+        if not 0.0 < self.zone_quantile <= 1.0:
+            raise ValueError("zone_quantile must be in (0, 1]")
+        if self.epsilon < 0:
+            raise ValueError("epsilon must be >= 0")
+        if self.max_zone < 1 or self.chunk_size < 1 or self.qure_topk < 2:
+            raise ValueError("max_zone, chunk_size must be >= 1 and qure_topk >= 2")
+        if self.widen_factor < 1.0 or self.max_widenings < 0:
+            raise ValueError("widen_factor must be >= 1 and max_widenings >= 0")
+
+
+@dataclass
+class MiningResult:
+    """Mined negatives (all numpy, CPU).
+
+    Attributes:
+        candidates: ``(N, max_zone)`` int64 pool indices, left-packed, sorted by Delta
+            descending, padded with ``-1``.
+        deltas: ``(N, max_zone)`` float32 Delta of each stored candidate (NaN padding).
+        zone_size: ``(N,)`` int64 size of the full zone (may exceed ``max_zone``; 0 when a
+            fallback candidate is stored instead).
+        lower: ``(N,)`` float32 zone lower bound ``L_i`` on Delta (NaN if none).
+        upper: ``(N,)`` float32 zone upper bound ``U_i`` on Delta (NaN if none).
+        pool_size: ``(N,)`` int64 candidates in the query's pool (target/reference excluded).
+        fallback: ``(N,)`` int8 code, names in :data:`FALLBACK_NAMES`.
+        widenings: ``(N,)`` int8 widenings applied (midzone).
+        strategy: Strategy that produced the result.
+    """
+
+    candidates: np.ndarray
+    deltas: np.ndarray
+    zone_size: np.ndarray
+    lower: np.ndarray
+    upper: np.ndarray
+    pool_size: np.ndarray
+    fallback: np.ndarray
+    widenings: np.ndarray
+    strategy: str = "midzone"
+    fallback_names: tuple[str, ...] = field(default=FALLBACK_NAMES)
+
+    def __len__(self) -> int:
+        return int(self.candidates.shape[0])
+
+    @property
+    def n_stored(self) -> np.ndarray:
+        """``(N,)`` number of stored candidates per query."""
+        return (self.candidates >= 0).sum(axis=1)
+
+    def fallback_labels(self) -> np.ndarray:
+        """``(N,)`` fallback names as strings."""
+        return np.asarray(self.fallback_names, dtype=object)[self.fallback.astype(np.int64)]
+
+    def summary(self) -> dict[str, float]:
+        """Flat statistics for logging.
+
+        Returns:
+            ``zone_size/mean``, ``zone_size/median``, ``stored/mean``, ``pool_size/mean``,
+            ``empty_zone_rate`` (fraction whose first-try zone was empty, i.e. any
+            fallback or widening), ``fallback/<name>`` counts, ``delta/mean`` (mean Delta
+            of the stored candidates), ``lower/mean``, ``upper/mean``.
+        """
+        n = len(self)
+        out: dict[str, float] = {
+            "zone_size/mean": float(self.zone_size.mean()) if n else math.nan,
+            "zone_size/median": float(np.median(self.zone_size)) if n else math.nan,
+            "stored/mean": float(self.n_stored.mean()) if n else math.nan,
+            "pool_size/mean": float(self.pool_size.mean()) if n else math.nan,
+            "empty_zone_rate": float((self.fallback != _FB["none"]).mean()) if n else math.nan,
+        }
+        for code, name in enumerate(self.fallback_names):
+            out[f"fallback/{name}"] = float((self.fallback == code).sum())
+        for key, arr in (("delta", self.deltas), ("lower", self.lower), ("upper", self.upper)):
+            finite = arr[np.isfinite(arr)]
+            out[f"{key}/mean"] = float(finite.mean()) if finite.size else math.nan
+        return out
+
+
+# --------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------
+def _mix(x: torch.Tensor) -> torch.Tensor:
+    """Integer avalanche mixer on non-negative int64 values below ``2**31``.
+
+    The classic 32-bit ``xorshift-multiply`` hash restricted to 31 bits: the products stay
+    below ``2**58`` (no int64 overflow) and ``&`` replaces a costly ``%``.
+    """
+    x = x ^ (x >> 16)
+    x = (x * 0x45D9F3B) & _HASH_MASK
+    x = x ^ (x >> 16)
+    x = (x * 0x45D9F3B) & _HASH_MASK
+    return x ^ (x >> 16)
+
+
+def _hash_uniform(qids: torch.Tensor, items: torch.Tensor, seed: int) -> torch.Tensor:
+    """Deterministic pseudo-uniform keys in ``[0, 1)`` for (query, item) pairs.
+
+    Args:
+        qids: ``(c, 1)`` int64 global query indices.
+        items: ``(c, K)`` int64 pool indices.
+        seed: Seed.
+
+    Returns:
+        ``(c, K)`` float64 keys; independent of chunking and device.
+    """
+    s = _mix(torch.tensor(seed & _HASH_MASK, dtype=torch.long, device=qids.device))
+    row = _mix((_mix((qids & _HASH_MASK) ^ s) + 0x2545F49) & _HASH_MASK)  # (c, 1), cheap
+    x = _mix((row + (items & _HASH_MASK)) & _HASH_MASK)
+    return x.double() / float(_HASH_MASK + 1)
+
+
+def _group_codes(
+    query_groups: Sequence[object] | np.ndarray | torch.Tensor | None,
+    pool_groups: Sequence[object] | np.ndarray | torch.Tensor | None,
+    n: int,
+    m: int,
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Map arbitrary group labels (ints or strings) to shared int64 codes."""
+    if query_groups is None and pool_groups is None:
+        return None
+    if query_groups is None or pool_groups is None:
+        raise ValueError("give both query_groups and pool_groups, or neither")
+    qg = np.asarray(query_groups.cpu() if isinstance(query_groups, torch.Tensor) else query_groups)
+    pg = np.asarray(pool_groups.cpu() if isinstance(pool_groups, torch.Tensor) else pool_groups)
+    if qg.shape != (n,) or pg.shape != (m,):
+        raise ValueError(f"groups must be ({n},) and ({m},); got {qg.shape} and {pg.shape}")
+    _, codes = np.unique(np.concatenate([qg.astype(str), pg.astype(str)]), return_inverse=True)
+    codes = torch.from_numpy(codes.astype(np.int64))
+    return codes[:n], codes[n:]
+
+
+def _keep(
+    idx: torch.Tensor,
+    vals: torch.Tensor,
+    zone: torch.Tensor,
+    qids: torch.Tensor,
+    max_zone: int,
+    mode: str,
+    seed: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pick at most ``max_zone`` zone members per row.
+
+    Args:
+        idx: ``(c, K)`` pool indices.
+        vals: ``(c, K)`` their Delta.
+        zone: ``(c, K)`` bool zone membership.
+        qids: ``(c, 1)`` global query indices.
+        max_zone: Columns of the output.
+        mode: ``"uniform"`` (hashed random subset) or ``"hardest"`` (highest Delta).
+        seed: Hash seed.
+
+    Returns:
+        ``(c, max_zone)`` int64 indices (``-1`` pad) and float32 Delta (NaN pad), each row
+        sorted by Delta descending.
+    """
+    c, k = idx.shape
+    out_i = torch.full((c, max_zone), -1, dtype=torch.long, device=idx.device)
+    out_d = torch.full((c, max_zone), math.nan, dtype=torch.float32, device=idx.device)
+    if k == 0:
+        return out_i, out_d
+    keys = _hash_uniform(qids, idx, seed) if mode == "uniform" else vals.double()
+    keys = keys.masked_fill(~zone, -math.inf)
+    kz = min(max_zone, k)
+    kv, pos = torch.topk(keys, kz, dim=1)
+    sel_i = idx.gather(1, pos)
+    sel_d = vals.gather(1, pos).float()
+    ok = torch.isfinite(kv)
+    # re-order the kept members by Delta (descending), padding last
+    order = torch.argsort(sel_d.masked_fill(~ok, -math.inf), dim=1, descending=True, stable=True)
+    sel_i, sel_d, ok = sel_i.gather(1, order), sel_d.gather(1, order), ok.gather(1, order)
+    out_i[:, :kz] = sel_i.masked_fill(~ok, -1)
+    out_d[:, :kz] = sel_d.masked_fill(~ok, math.nan)
+    return out_i, out_d
+
+
+def _random_member(valid: torch.Tensor, qids: torch.Tensor, seed: int) -> torch.Tensor:
+    """``(c,)`` a hashed-uniform valid column per row (``-1`` if the row has none)."""
+    cols = torch.arange(valid.shape[1], device=valid.device).expand_as(valid)
+    keys = _hash_uniform(qids, cols, seed + 1).masked_fill(~valid, -1.0)
+    best = keys.argmax(dim=1)
+    return torch.where(valid.any(dim=1), best, torch.full_like(best, -1))
+
+
+# --------------------------------------------------------------------------------------
+# strategies on one chunk
+# --------------------------------------------------------------------------------------
+@dataclass
+class _Chunk:
+    cand: torch.Tensor  # (c, max_zone)
+    delta: torch.Tensor  # (c, max_zone)
+    zone_size: torch.Tensor  # (c,)
+    lower: torch.Tensor  # (c,)
+    upper: torch.Tensor  # (c,)
+    fallback: torch.Tensor  # (c,)
+    widenings: torch.Tensor  # (c,)
+
+
+def _set_single(ch: _Chunk, rows: torch.Tensor, cols: torch.Tensor, delta: torch.Tensor) -> None:
+    """Replace the stored candidates of ``rows`` by one fallback candidate each."""
+    if rows.numel() == 0:
+        return
+    ch.cand[rows] = -1
+    ch.delta[rows] = math.nan
+    ch.cand[rows, 0] = cols
+    ch.delta[rows, 0] = delta[rows, cols.clamp_min(0)].float().masked_fill(cols < 0, math.nan)
+    ch.zone_size[rows] = 0
+
+
+def _midzone_chunk(
+    delta: torch.Tensor, valid: torch.Tensor, qids: torch.Tensor, cfg: MiningConfig
+) -> _Chunk:
+    """Mid-zone selection for a chunk. ``delta``/``valid``: ``(c, M)``."""
+    c, m = delta.shape
+    dev = delta.device
+    eps = cfg.epsilon
+    pool = valid.sum(dim=1)
+    masked = delta.masked_fill(~valid, -math.inf)  # invalid items never rank, never count
+    n_above = (masked > -eps).sum(dim=1)
+    # ceil with a tolerance: 0.02 * 3500 = 70.00000000000001 must give 70, not 71
+    k0 = torch.ceil(pool.double() * cfg.zone_quantile - 1e-9).long().clamp(min=1)
+    k0 = torch.minimum(k0, pool)
+    kw = k0.clone()
+    widen = torch.zeros(c, dtype=torch.long, device=dev)
+    for w in range(1, cfg.max_widenings + 1):
+        need = (n_above >= kw) & (kw < pool)
+        if not bool(need.any()):
+            break
+        kn = torch.ceil(k0.double() * cfg.widen_factor**w - 1e-9).long()
+        kw = torch.where(need, torch.minimum(kn, pool), kw)
+        widen = torch.where(need, torch.full_like(widen, w), widen)
+    zone_size = (kw - n_above).clamp(min=0)
+    kmax = int(kw.max()) if c else 0
+    vals, idx = (
+        torch.topk(masked, kmax, dim=1) if kmax > 0 else (masked[:, :0], delta[:, :0].long())
+    )
+    pos = torch.arange(kmax, device=dev).unsqueeze(0)
+    zone = (pos >= n_above.unsqueeze(1)) & (pos < kw.unsqueeze(1)) & torch.isfinite(vals)
+    cand, cdelta = _keep(idx, vals, zone, qids, cfg.max_zone, cfg.zone_keep, cfg.seed)
+    has_zone = zone_size > 0
+    lower = torch.full((c,), math.nan, dtype=torch.float32, device=dev)
+    if kmax > 0:
+        lvals = vals.gather(1, (kw - 1).clamp(min=0).unsqueeze(1)).squeeze(1).float()
+        lower = torch.where(has_zone, lvals, lower)
+    upper = torch.where(has_zone, torch.full_like(lower, -eps), torch.full_like(lower, math.nan))
+    fb = torch.where(widen > 0, _FB["widened"], _FB["none"]).to(torch.int8)
+    ch = _Chunk(cand, cdelta, zone_size, lower, upper, fb, widen.to(torch.int8))
+    # fallbacks for rows still without a zone
+    empty = ~has_zone
+    if bool(empty.any()):
+        erows = torch.nonzero(empty).squeeze(1)
+        sub = masked[erows]  # (e, M): only the rows that need a fallback
+        best_val, best_col = sub.masked_fill(sub > -eps, -math.inf).max(dim=1)
+        hard = torch.isfinite(best_val)
+        rows = erows[hard]
+        _set_single(ch, rows, best_col[hard], delta)
+        ch.fallback[rows] = _FB["hardest_below"]
+        rand_rows = erows[~hard & (pool[erows] > 0)]
+        if rand_rows.numel():
+            cols = _random_member(valid[rand_rows], qids[rand_rows], cfg.seed)
+            _set_single(ch, rand_rows, cols, delta)
+            ch.fallback[rand_rows] = _FB["random"]
+        ch.fallback[empty & (pool == 0)] = _FB["empty_pool"]
+    return ch
+
+
+def _qure_chunk(
+    delta: torch.Tensor, valid: torch.Tensor, qids: torch.Tensor, cfg: MiningConfig
+) -> _Chunk:
+    """QuRe steepest-drop selection for a chunk. ``delta``/``valid``: ``(c, M)``."""
+    c, m = delta.shape
+    dev = delta.device
+    below = valid & (delta < 0)
+    k = min(cfg.qure_topk, m)
+    vals, idx = torch.topk(delta.masked_fill(~below, -math.inf), k, dim=1)
+    if k < 2:  # degenerate pool: pad so that there is one (masked) drop column
+        pad = 2 - k
+        vals = torch.cat([vals, vals.new_full((c, pad), -math.inf)], dim=1)
+        idx = torch.cat([idx, idx.new_zeros((c, pad))], dim=1)
+        k = 2
+    n = torch.clamp(below.sum(dim=1), max=k)
+    j = torch.arange(k - 1, device=dev).unsqueeze(0)
+    drops = (vals[:, :-1] - vals[:, 1:]).masked_fill(j + 1 >= n.unsqueeze(1), -math.inf)
+    first = drops.argmax(dim=1, keepdim=True)  # first occurrence on ties
+    drops2 = drops.masked_fill((j - first).abs() <= 1, -math.inf)
+    second = drops2.argmax(dim=1, keepdim=True)
+    ok = torch.isfinite(drops2.gather(1, second)).squeeze(1)
+    lo = torch.minimum(first, second).squeeze(1)
+    hi = torch.maximum(first, second).squeeze(1)
+    pos = torch.arange(k, device=dev).unsqueeze(0)
+    zone_drop = (pos > lo.unsqueeze(1)) & (pos <= hi.unsqueeze(1)) & ok.unsqueeze(1)
+    short = ~ok & (n > 0)
+    zone_short = (pos < n.unsqueeze(1)) & short.unsqueeze(1)
+    zone = zone_drop | zone_short
+    cand, cdelta = _keep(idx, vals, zone, qids, cfg.max_zone, cfg.zone_keep, cfg.seed)
+    nan = torch.full((c,), math.nan, dtype=torch.float32, device=dev)
+    up_pos = torch.where(ok, lo + 1, torch.zeros_like(lo))
+    low_pos = torch.where(ok, hi, (n - 1).clamp(min=0))
+    has = ok | short
+    upper = torch.where(has, vals.gather(1, up_pos.unsqueeze(1)).squeeze(1).float(), nan)
+    lower = torch.where(has, vals.gather(1, low_pos.unsqueeze(1)).squeeze(1).float(), nan)
+    zone_size = zone.sum(dim=1)
+    fb = torch.full((c,), _FB["none"], dtype=torch.int8, device=dev)
+    fb[short] = _FB["qure_short"]
+    ch = _Chunk(
+        cand, cdelta, zone_size, lower, upper, fb, torch.zeros(c, dtype=torch.int8, device=dev)
+    )
+    pool = valid.sum(dim=1)
+    rand_rows = torch.nonzero((n == 0) & (pool > 0)).squeeze(1)
+    if rand_rows.numel():
+        cols = _random_member(valid[rand_rows], qids[rand_rows], cfg.seed)
+        _set_single(ch, rand_rows, cols, delta)
+        ch.fallback[rand_rows] = _FB["random"]
+    ch.fallback[pool == 0] = _FB["empty_pool"]
+    return ch
+
+
+def _random_chunk(
+    delta: torch.Tensor, valid: torch.Tensor, qids: torch.Tensor, cfg: MiningConfig
+) -> _Chunk:
+    """Uniform pool members (hashed) for a chunk. ``delta``/``valid``: ``(c, M)``."""
+    c, m = delta.shape
+    dev = delta.device
+    cols = torch.arange(m, device=dev).expand(c, m)
+    cand, cdelta = _keep(cols, delta, valid, qids, cfg.max_zone, "uniform", cfg.seed)
+    pool = valid.sum(dim=1)
+    nan = torch.full((c,), math.nan, dtype=torch.float32, device=dev)
+    fb = torch.where(pool > 0, _FB["none"], _FB["empty_pool"]).to(torch.int8)
+    return _Chunk(
+        cand, cdelta, pool, nan, nan.clone(), fb, torch.zeros(c, dtype=torch.int8, device=dev)
+    )
+
+
+_STRATEGY_FN = {"midzone": _midzone_chunk, "qure": _qure_chunk, "random": _random_chunk}
+
+
+def _valid_mask(
+    scores: torch.Tensor,
+    start: int,
+    target_idx: torch.Tensor,
+    reference_idx: torch.Tensor,
+    groups: tuple[torch.Tensor, torch.Tensor] | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(delta (c, M), valid (c, M))`` for a chunk of scores starting at ``start``."""
+    c, m = scores.shape
+    dev = scores.device
+    rows = torch.arange(c, device=dev)
+    tgt = target_idx[start : start + c].to(dev)
+    ref = reference_idx[start : start + c].to(dev)
+    delta = scores - scores.gather(1, tgt.unsqueeze(1))
+    if groups is not None:
+        qg = groups[0][start : start + c].to(dev)
+        valid = qg.unsqueeze(1) == groups[1].to(dev).unsqueeze(0)
+    else:
+        valid = torch.ones((c, m), dtype=torch.bool, device=dev)
+    valid[rows, tgt] = False
+    has_ref = torch.nonzero(ref >= 0).squeeze(1)
+    valid[has_ref, ref[has_ref]] = False
+    return delta, valid
+
+
+def mine_negatives(
+    queries: torch.Tensor,
+    pool: torch.Tensor,
+    target_idx: torch.Tensor,
+    reference_idx: torch.Tensor,
+    cfg: MiningConfig | None = None,
+    query_groups: Sequence[object] | np.ndarray | torch.Tensor | None = None,
+    pool_groups: Sequence[object] | np.ndarray | torch.Tensor | None = None,
+    device: str | torch.device | None = None,
+    amp_dtype: torch.dtype | None = None,
+) -> MiningResult:
+    """Mine negatives for every query against the pool, in chunks of queries.
+
+    Args:
+        queries: ``(N, P)`` L2-normalised composed queries (current model).
+        pool: ``(M, Q, P)`` L2-normalised candidate token embeddings.
+        target_idx: ``(N,)`` long pool index of each target (must be in the pool).
+        reference_idx: ``(N,)`` long pool index of each reference, ``-1`` if absent.
+        cfg: Mining configuration (default :class:`MiningConfig`).
+        query_groups: Optional ``(N,)`` group labels (ints or strings).
+        pool_groups: Optional ``(M,)`` group labels; a query's pool is its group.
+        device: Compute device (default: the queries').
+        amp_dtype: Matmul dtype on CUDA (bf16 scores: Delta resolution ~4e-3 near 1).
+
+    Returns:
+        :class:`MiningResult` with numpy arrays on CPU.
+    """
+    cfg = cfg or MiningConfig()
+    n, m = int(queries.shape[0]), int(pool.shape[0])
+    target_idx = torch.as_tensor(target_idx, dtype=torch.long)
+    reference_idx = torch.as_tensor(reference_idx, dtype=torch.long)
+    if target_idx.shape != (n,) or reference_idx.shape != (n,):
+        raise ValueError("target_idx and reference_idx must have shape (N,)")
+    if n and (int(target_idx.min()) < 0 or int(target_idx.max()) >= m):
+        raise ValueError("target_idx out of range")
+    if n and (int(reference_idx.min()) < -1 or int(reference_idx.max()) >= m):
+        raise ValueError("reference_idx out of range")
+    groups = _group_codes(query_groups, pool_groups, n, m)
+    if groups is not None:
+        tg = groups[1][target_idx]
+        if not torch.equal(tg, groups[0]):
+            logger.warning(
+                "%d targets lie outside their query's group", int((tg != groups[0]).sum())
+            )
+    fn = _STRATEGY_FN[cfg.strategy]
+    parts: list[_Chunk] = []
+    pools: list[torch.Tensor] = []
+    for start, scores in _iter_scores(queries, pool, cfg.chunk_size, device, amp_dtype):
+        delta, valid = _valid_mask(scores, start, target_idx, reference_idx, groups)
+        qids = torch.arange(start, start + scores.shape[0], device=scores.device).unsqueeze(1)
+        ch = fn(delta, valid, qids, cfg)
+        parts.append(_Chunk(*(t.cpu() for t in vars(ch).values())))
+        pools.append(valid.sum(dim=1).cpu())
+
+    def cat(name: str, dtype: np.dtype, width: int | None = None) -> np.ndarray:
+        if not parts:
+            shape = (0, width) if width is not None else (0,)
+            return np.zeros(shape, dtype=dtype)
+        return torch.cat([getattr(p, name) for p in parts]).numpy().astype(dtype)
+
+    result = MiningResult(
+        candidates=cat("cand", np.int64, cfg.max_zone),
+        deltas=cat("delta", np.float32, cfg.max_zone),
+        zone_size=cat("zone_size", np.int64),
+        lower=cat("lower", np.float32),
+        upper=cat("upper", np.float32),
+        pool_size=torch.cat(pools).numpy().astype(np.int64) if pools else np.zeros(0, np.int64),
+        fallback=cat("fallback", np.int8),
+        widenings=cat("widenings", np.int8),
+        strategy=cfg.strategy,
+    )
+    logger.info("mined negatives (%s): %s", cfg.strategy, result.summary())
+    return result
+
+
+def sample_negatives(result: MiningResult, generator: np.random.Generator) -> np.ndarray:
+    """Draw one negative per query uniformly from its stored zone members.
+
+    Args:
+        result: Output of :func:`mine_negatives`.
+        generator: numpy random generator.
+
+    Returns:
+        ``(N,)`` int64 pool indices; ``-1`` for queries with nothing stored.
+    """
+    counts = result.n_stored
+    pick = np.floor(generator.random(len(result)) * np.maximum(counts, 1)).astype(np.int64)
+    pick = np.minimum(pick, np.maximum(counts - 1, 0))
+    out = result.candidates[np.arange(len(result)), pick]
+    return np.where(counts > 0, out, -1).astype(np.int64)
+
+
+def delta_histogram(
+    queries: torch.Tensor,
+    pool: torch.Tensor,
+    target_idx: torch.Tensor,
+    reference_idx: torch.Tensor,
+    query_indices: Sequence[int] | None = None,
+    result: MiningResult | None = None,
+    max_per_query: int = 5000,
+    query_groups: Sequence[object] | np.ndarray | torch.Tensor | None = None,
+    pool_groups: Sequence[object] | np.ndarray | torch.Tensor | None = None,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+) -> dict[str, np.ndarray]:
+    """Delta samples of a few queries for the target-relative distribution plot.
+
+    Memory is bounded by ``len(query_indices) * M`` scores plus
+    ``len(query_indices) * max_per_query`` returned values.
+
+    Args:
+        queries: ``(N, P)``.
+        pool: ``(M, Q, P)``.
+        target_idx: ``(N,)``.
+        reference_idx: ``(N,)`` (``-1`` = not in pool).
+        query_indices: Queries to sample (default: the first 8).
+        result: Optional mining result; adds the zone flag and bounds.
+        max_per_query: At most this many Delta values per query (uniform subsample).
+        query_groups: As in :func:`mine_negatives`.
+        pool_groups: As in :func:`mine_negatives`.
+        seed: Subsampling seed.
+        device: Compute device.
+
+    Returns:
+        Long-format columns: ``"query"`` (int64), ``"delta"`` (float32),
+        ``"in_zone"`` (bool; ``lower <= delta <= upper`` of ``result``, False without it),
+        and per sampled query ``"bounds_query"``, ``"lower"``, ``"upper"`` (NaN without
+        ``result``).
+    """
+    n, m = int(queries.shape[0]), int(pool.shape[0])
+    qi = np.asarray(
+        list(query_indices) if query_indices is not None else range(min(8, n)), np.int64
+    )
+    target_idx = torch.as_tensor(target_idx, dtype=torch.long)
+    reference_idx = torch.as_tensor(reference_idx, dtype=torch.long)
+    groups = _group_codes(query_groups, pool_groups, n, m)
+    sel = torch.from_numpy(qi)
+    sub_groups = (groups[0][sel], groups[1]) if groups is not None else None
+    rng = np.random.default_rng(seed)
+    qs, ds, zs = [], [], []
+    lows = np.full(len(qi), np.nan, np.float32)
+    ups = np.full(len(qi), np.nan, np.float32)
+    for _, scores in _iter_scores(queries[sel], pool, max(1, len(qi)), device, None):
+        delta, valid = _valid_mask(scores, 0, target_idx[sel], reference_idx[sel], sub_groups)
+        for r, q in enumerate(qi):
+            d = delta[r][valid[r]].float().cpu().numpy()
+            if d.size > max_per_query:
+                d = rng.choice(d, size=max_per_query, replace=False)
+            lo, up = (result.lower[q], result.upper[q]) if result is not None else (np.nan, np.nan)
+            lows[r], ups[r] = lo, up
+            qs.append(np.full(d.size, q, np.int64))
+            ds.append(d.astype(np.float32))
+            zs.append((d >= lo) & (d <= up))
+    empty_i, empty_f = np.zeros(0, np.int64), np.zeros(0, np.float32)
+    return {
+        "query": np.concatenate(qs) if qs else empty_i,
+        "delta": np.concatenate(ds) if ds else empty_f,
+        "in_zone": np.concatenate(zs) if zs else np.zeros(0, bool),
+        "bounds_query": qi,
+        "lower": lows,
+        "upper": ups,
+    }
+
+
+def refresh_epochs(total_epochs: int, interval: int | None = None) -> list[int]:
+    """Epochs (0-based, at their start) at which negatives are re-mined during training.
+
+    ``interval=None`` uses QuRe's rule ``max(1, floor(E / 6))``: E=30 -> 5, 10, 15, 20, 25;
+    E=50 -> 8, 16, 24, 32, 40, 48. Epoch 0 is never in the list: the first negatives are
+    produced *before* training, by the initial model (``MiningConfig.initial="model"``,
+    ours) or at random (``"random"``, QuRe: random until the first refresh); see
+    :func:`mining_schedule`.
+
+    Args:
+        total_epochs: Number of training epochs E.
+        interval: Epochs between refreshes, or ``None``.
+
+    Returns:
+        Sorted refresh epochs in ``[1, E - 1]``.
+    """
+    if total_epochs < 1:
+        return []
+    step = interval if interval is not None else max(1, total_epochs // 6)
+    if step < 1:
+        raise ValueError("interval must be >= 1")
+    return list(range(step, total_epochs, step))
+
+
+def mining_schedule(total_epochs: int, cfg: MiningConfig | None = None) -> list[tuple[int, str]]:
+    """Full negative schedule: ``(epoch, strategy)`` pairs, epoch 0 first.
+
+    Epoch 0 uses ``"random"`` when ``cfg.initial == "random"`` (QuRe) and otherwise
+    ``cfg.strategy`` on the initial model; every refresh epoch uses ``cfg.strategy``.
+
+    Args:
+        total_epochs: Number of training epochs.
+        cfg: Mining configuration.
+
+    Returns:
+        List of ``(epoch, strategy)``.
+    """
+    cfg = cfg or MiningConfig()
+    first = "random" if cfg.initial == "random" else cfg.strategy
+    rest = refresh_epochs(total_epochs, cfg.refresh_interval)
+    return [(0, first)] + [(e, cfg.strategy) for e in rest] if total_epochs >= 1 else []

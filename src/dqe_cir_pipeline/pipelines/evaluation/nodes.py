@@ -1,0 +1,157 @@
+"""Nodes of the ``evaluation`` pipeline.
+
+Every evaluation reports three rows side by side: the trained model, the same backbone
+with no training (zero-shot) and a text-blind baseline (the reference's nearest
+neighbours in pixel space), so a number is never read without its floor.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from matplotlib.figure import Figure
+
+from dqe_cir_pipeline.datasets.feature_cache import FeatureCache
+from dqe_cir_pipeline.model.engine import TrainConfig
+from dqe_cir_pipeline.model.evaluate import EvalOutput, EvalSet, evaluate, evaluate_embeddings
+from dqe_cir_pipeline.data_sources.synthetic import pixel_embeddings
+from dqe_cir_pipeline.model.state import CheckpointMismatchError
+from dqe_cir_pipeline.pipelines.common import backbone_from_params, build_model, mlflow_metrics, train_config
+from dqe_cir_pipeline.pipelines.evaluation import plots
+
+logger = logging.getLogger(__name__)
+
+
+def text_blind_baseline(images: pd.DataFrame, data: EvalSet, ks: tuple[int, ...]) -> EvalOutput:
+    """Rank the gallery by pixel similarity to the reference, ignoring the text."""
+    paths = images.drop_duplicates("image_id").set_index("image_id")["path"]
+    gallery = torch.from_numpy(pixel_embeddings([paths[i] for i in data.gallery_ids])).unsqueeze(1)
+    pos = {n: i for i, n in enumerate(data.gallery_ids)}
+    refs = [pos[r] if r in pos else None for r in data.reference_ids]
+    missing = [r for r, p in zip(data.reference_ids, refs, strict=True) if p is None]
+    q = gallery[[p for p in refs if p is not None], 0] if not missing else torch.from_numpy(
+        pixel_embeddings([paths[r] for r in data.reference_ids])
+    )
+    return evaluate_embeddings(q, None, gallery, data, ks=ks)
+
+
+def _model_from_checkpoint(checkpoint: dict[str, Any], backbone: dict[str, Any], runtime: dict[str, Any]):
+    bb = backbone_from_params(backbone)
+    saved_key = checkpoint.get("backbone", {}).get("key")
+    if saved_key != bb.key:
+        raise CheckpointMismatchError(
+            f"checkpoint was trained on backbone {saved_key!r} "
+            f"({checkpoint.get('backbone', {}).get('name')}), the configured backbone is {bb.key!r} ({bb.name})"
+        )
+    cfg = TrainConfig.from_dict(
+        {k: v for k, v in checkpoint["config"].items() if k in TrainConfig.__dataclass_fields__},
+        device=runtime.get("device", "auto"),
+    )
+    model = build_model(bb, cfg)
+    missing, unexpected = model.load_state_dict(checkpoint["model"], strict=True), None
+    del missing, unexpected
+    return bb, model, cfg
+
+
+def _rows(name: str, metrics: dict[str, float]) -> list[dict[str, Any]]:
+    return [{"model": name, "metric": k, "value": float(v)} for k, v in metrics.items()]
+
+
+def _evaluate_all(
+    model_out: EvalOutput | None,
+    zero: EvalOutput,
+    blind: EvalOutput,
+    data: EvalSet,
+    images: pd.DataFrame,
+    evaluation: dict[str, Any],
+    backbone_name: str,
+) -> tuple[pd.DataFrame, dict[str, Any], dict[str, Any], pd.DataFrame, Figure, Figure, Figure, Figure, Figure]:
+    main = model_out or zero
+    main_name = "dqe_cir" if model_out is not None else "zero_shot"
+    rows = (_rows(main_name, main.metrics) if model_out is not None else []) + _rows("zero_shot", zero.metrics) + _rows("text_blind", blind.metrics)
+    table = pd.DataFrame(rows)
+    table["split"] = data.split
+    table["dataset"] = data.dataset
+    table["backbone"] = backbone_name
+    summary = {
+        "dataset": data.dataset,
+        "split": data.split,
+        "backbone": backbone_name,
+        "queries": len(data.query_ids),
+        "gallery": len(data.gallery_ids),
+        "models": {name: dict(zip(g["metric"], g["value"], strict=True)) for name, g in table.groupby("model")},
+    }
+    metrics = {}
+    for name, out in (("eval." + main_name + ".", main.metrics), ("eval.zero_shot.", zero.metrics), ("eval.text_blind.", blind.metrics)):
+        metrics.update(mlflow_metrics(out, prefix=name))
+    per_query = main.per_query.copy()
+    per_query["reference_id"] = data.reference_ids
+    per_query["target_id"] = data.target_ids
+    per_query["text"] = data.texts
+    per_query["zero_shot_rank"] = zero.per_query["rank"].to_numpy()
+    per_query["text_blind_rank"] = blind.per_query["rank"].to_numpy()
+    paths = images.drop_duplicates("image_id").set_index("image_id")["path"].to_dict()
+    n, k = int(evaluation["qualitative_queries"]), int(evaluation["qualitative_topk"])
+    labelled = per_query[per_query["rank"] >= 0]
+    rng = np.random.default_rng(0)
+    good = labelled[labelled["rank"] < k]
+    bad = labelled[labelled["rank"] >= k]
+    good = good.iloc[rng.permutation(len(good))[:n]] if len(good) else good
+    bad = bad.iloc[rng.permutation(len(bad))[:n]] if len(bad) else bad
+    figs = (
+        plots.recall_curves(table),
+        plots.edit_type_bars(table),
+        plots.attribute_weights(per_query),
+        plots.qualitative_grid(good, paths, f"{main_name}: successes (target in top {k})", k),
+        plots.qualitative_grid(bad, paths, f"{main_name}: failures (target not in top {k})", k),
+    )
+    logger.info("%s %s: %s", data.dataset, data.split, {k: round(v, 2) for k, v in main.metrics.items() if "/" not in k})
+    return (table, summary, metrics, per_query, *figs)
+
+
+def evaluate_checkpoint(
+    model_checkpoint: dict[str, Any],
+    vit_features: FeatureCache,
+    triplets: pd.DataFrame,
+    images: pd.DataFrame,
+    backbone: dict[str, Any],
+    evaluation: dict[str, Any],
+    runtime: dict[str, Any],
+):
+    """Evaluate a trained checkpoint next to zero-shot and the text-blind baseline."""
+    bb, model, cfg = _model_from_checkpoint(model_checkpoint, backbone, runtime)
+    data = EvalSet.from_tables(triplets, images, evaluation["split"])
+    ks = tuple(int(k) for k in evaluation["ks"])
+    common = dict(ks=ks, chunk_size=int(evaluation["chunk_size"]), max_len=cfg.max_text_len, amp_dtype=cfg.amp_dtype)
+    trained = evaluate(model, vit_features, bb.tokenizer, data, **common)
+    zero_model = build_model(bb, cfg)
+    zero = evaluate(zero_model, vit_features, bb.tokenizer, data, **common)
+    blind = text_blind_baseline(images, data, ks)
+    return _evaluate_all(trained, zero, blind, data, images, evaluation, bb.name)
+
+
+def evaluate_zero_shot(
+    vit_features: FeatureCache,
+    triplets: pd.DataFrame,
+    images: pd.DataFrame,
+    backbone: dict[str, Any],
+    training: dict[str, Any],
+    evaluation: dict[str, Any],
+    runtime: dict[str, Any],
+):
+    """Evaluate the backbone with no training at all (plus the text-blind baseline)."""
+    cfg = train_config(training, runtime, backbone)
+    bb = backbone_from_params(backbone)
+    data = EvalSet.from_tables(triplets, images, evaluation["split"])
+    ks = tuple(int(k) for k in evaluation["ks"])
+    zero = evaluate(
+        build_model(bb, cfg), vit_features, bb.tokenizer, data,
+        ks=ks, chunk_size=int(evaluation["chunk_size"]), max_len=cfg.max_text_len, amp_dtype=cfg.amp_dtype,
+    )
+    blind = text_blind_baseline(images, data, ks)
+    table, summary, metrics, *_ = _evaluate_all(None, zero, blind, data, images, evaluation, bb.name)
+    return table, summary, metrics

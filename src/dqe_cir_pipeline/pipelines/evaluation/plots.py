@@ -1,0 +1,107 @@
+"""Figures for the evaluation pipeline (matplotlib, headless)."""
+
+from __future__ import annotations
+
+import textwrap
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from dqe_cir_pipeline.data_sources.schema import EDIT_TYPES  # noqa: E402
+
+
+def recall_curves(table: pd.DataFrame) -> Figure:
+    """Recall@K per model (rows of ``table``: model, metric, value)."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for model, rows in table.groupby("model", sort=False):
+        pts = rows[rows["metric"].str.fullmatch(r"recall@\d+")]
+        if pts.empty:
+            pts = rows[rows["metric"].str.fullmatch(r"mean/recall@\d+")]
+        if pts.empty:
+            continue
+        ks = pts["metric"].str.extract(r"@(\d+)")[0].astype(int)
+        order = np.argsort(ks.to_numpy())
+        ax.plot(ks.to_numpy()[order], pts["value"].to_numpy()[order], marker="o", label=model)
+    ax.set_xscale("log")
+    ax.set_xlabel("K")
+    ax.set_ylabel("Recall@K (%)")
+    ax.set_title("Recall@K")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def edit_type_bars(table: pd.DataFrame, k: int = 10) -> Figure:
+    """Recall@k per edit type and model (generated benchmark; real data: lexicon buckets)."""
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    models = list(dict.fromkeys(table["model"]))
+    width = 0.8 / max(1, len(models))
+    for j, model in enumerate(models):
+        rows = table[table["model"] == model].set_index("metric")["value"]
+        vals = [rows.get(f"{et}/recall@{k}", np.nan) for et in EDIT_TYPES]
+        ax.bar(np.arange(len(EDIT_TYPES)) + j * width, vals, width, label=model)
+    ax.set_xticks(np.arange(len(EDIT_TYPES)) + width * (len(models) - 1) / 2, EDIT_TYPES)
+    ax.set_ylabel(f"Recall@{k} (%)")
+    ax.set_title(f"Recall@{k} by edit type")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def attribute_weights(per_query: pd.DataFrame) -> Figure:
+    """Mean learned attribute weights (base / color / shape) per edit type."""
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    cols = [c for c in ("w_base", "w_color", "w_shape") if c in per_query]
+    if cols:
+        means = per_query.groupby("edit_type")[cols].mean().reindex([e for e in EDIT_TYPES if e in set(per_query["edit_type"])])
+        width = 0.8 / len(cols)
+        for j, c in enumerate(cols):
+            ax.bar(np.arange(len(means)) + j * width, means[c], width, label=c[2:])
+        ax.set_xticks(np.arange(len(means)) + width * (len(cols) - 1) / 2, list(means.index))
+        ax.legend()
+    ax.set_ylabel("mean weight")
+    ax.set_title("Learned attribute weights by edit type")
+    fig.tight_layout()
+    return fig
+
+
+def qualitative_grid(rows: pd.DataFrame, paths: dict[str, str], title: str, k: int = 5) -> Figure:
+    """Reference + text, then the top-k retrievals; the target is framed in green.
+
+    ``rows`` needs ``reference_id, text, target_id, topk`` columns.
+    """
+    n = max(1, len(rows))
+    fig, axes = plt.subplots(n, k + 1, figsize=(1.7 * (k + 1), 1.9 * n), squeeze=False)
+    for i, row in enumerate(rows.itertuples(index=False)):
+        cells = [row.reference_id, *list(row.topk)[:k]]
+        for j in range(k + 1):
+            ax = axes[i][j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j >= len(cells):
+                ax.axis("off")
+                continue
+            with Image.open(paths[cells[j]]) as img:
+                ax.imshow(img.convert("RGB"))
+            if j == 0:
+                ax.set_title("\n".join(textwrap.wrap(str(row.text), 22))[:90], fontsize=6)
+                ax.set_ylabel("reference", fontsize=7)
+            elif cells[j] == row.target_id:
+                for side in ax.spines.values():
+                    side.set_edgecolor("limegreen")
+                    side.set_linewidth(4)
+                ax.set_title("target", fontsize=7, color="green")
+            else:
+                ax.set_title(f"#{j}", fontsize=7)
+    if rows.empty:
+        axes[0][0].text(0.5, 0.5, "no queries", ha="center")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig

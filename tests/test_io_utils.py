@@ -1,0 +1,84 @@
+"""Tests for atomic writes and stable hashes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dqe_cir_pipeline.io_utils import (
+    atomic_save,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    canonical_json,
+    sha256_file,
+    stable_hash,
+    temp_path_for,
+)
+
+
+def test_atomic_writes_create_parents_and_replace(tmp_path: Path) -> None:
+    target = tmp_path / "a" / "b" / "f.bin"
+    atomic_write_bytes(target, b"one")
+    atomic_write_bytes(target, b"two")
+    assert target.read_bytes() == b"two"
+    atomic_write_text(tmp_path / "t.txt", "héllo")
+    assert (tmp_path / "t.txt").read_text(encoding="utf-8") == "héllo"
+    atomic_write_json(tmp_path / "j.json", {"b": 1, "a": Path("x/y"), "n": np.float32(0.5)})
+    assert json.loads((tmp_path / "j.json").read_text()) == {"a": "x/y", "b": 1, "n": 0.5}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "j.json", "t.txt"]
+
+
+def test_failing_writer_keeps_old_file_and_cleans_temp(tmp_path: Path) -> None:
+    target = tmp_path / "f.txt"
+    target.write_text("old")
+
+    def writer(tmp: Path) -> None:
+        tmp.write_text("half")
+        raise OSError("disk full (simulated)")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_save(target, writer)
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["f.txt"]
+
+
+def test_writer_that_writes_nothing_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        atomic_save(tmp_path / "f.txt", lambda tmp: None)
+    assert not (tmp_path / "f.txt").exists()
+
+
+def test_temp_path_keeps_suffix_for_numpy(tmp_path: Path) -> None:
+    tmp = temp_path_for(tmp_path / "shard.npy")
+    assert tmp.parent == tmp_path and tmp.suffix == ".npy" and tmp.name.startswith(".")
+    array = np.arange(6, dtype=np.float16).reshape(2, 3)
+    atomic_save(tmp_path / "shard.npy", lambda p: np.save(p, array))  # np.save keeps the name
+    np.testing.assert_array_equal(np.load(tmp_path / "shard.npy"), array)
+    assert [p.name for p in tmp_path.iterdir()] == ["shard.npy"]
+
+
+def test_sha256_file(tmp_path: Path) -> None:
+    data = bytes(range(256)) * 5000  # > 1 MiB chunk
+    (tmp_path / "f").write_bytes(data)
+    assert sha256_file(tmp_path / "f") == hashlib.sha256(data).hexdigest()
+
+
+def test_stable_hash_is_order_independent_and_sensitive() -> None:
+    a = {"backbone": "vitg", "pre": {"size": 224, "pad": 1.25}}
+    b = {"pre": {"pad": 1.25, "size": 224}, "backbone": "vitg"}
+    assert stable_hash(a) == stable_hash(b)
+    assert len(stable_hash(a)) == 16 and int(stable_hash(a), 16) >= 0
+    assert stable_hash(a) != stable_hash({**a, "pre": {"size": 364, "pad": 1.25}})
+    assert canonical_json((1, 2)) == canonical_json([1, 2]) == "[1,2]"
+    assert stable_hash({"s": {2, 1}}) == stable_hash({"s": [1, 2]})
+    # Pinned value: a cache key must not change between runs or machines.
+    assert stable_hash({"a": 1}) == hashlib.sha256(b'{"a":1}').hexdigest()[:16]
+    with pytest.raises(ValueError):
+        stable_hash({"x": float("nan")})
+    with pytest.raises(TypeError):
+        stable_hash({"x": object()})
