@@ -54,7 +54,7 @@ class ProvenanceHooks:
             {
                 "git_commit": git_commit(PROJECT_ROOT),
                 "kedro_env": str(run_params.get("env") or "local"),
-                "kedro_pipeline": str(run_params.get("pipeline_name") or "__default__"),
+                "kedro_pipeline": ",".join(run_params.get("pipeline_names") or [run_params.get("pipeline_name") or "__default__"]),
             }
         )
 

@@ -43,7 +43,7 @@ CONFIG_LOADER_ARGS = {
     "base_env": "base",
     "default_run_env": "local",
     # A `local` (or benchmark env) override of one key must not wipe its whole block.
-    "merge_strategy": {"parameters": "soft"},
+    "merge_strategy": {"parameters": "soft", "mlflow": "soft"},
     "custom_resolvers": {
         "data_root": _data_root,
         "tracking_uri": _tracking_uri,

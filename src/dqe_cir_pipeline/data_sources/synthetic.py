@@ -251,6 +251,10 @@ class SyntheticConfig:
         val_families: Number of scene families in the val split (disjoint from train).
         variants_per_family: Edited variants per family; also triplets per family. The
             text-blind Recall@K is about ``K / variants_per_family`` [design].
+        train_variants_per_family: Variants per train family (``None``: as val). Only
+            the evaluated split needs many look-alikes per reference; fewer variants
+            per train family buy more distinct train scenes for the same image count,
+            which is what generalisation to unseen val scenes needs [design].
         object_count_weights: Probability of 1, 2, 3 objects in a base scene.
         share_color: Target share of colour-only edits.
         share_shape: Target share of shape-only edits.
@@ -269,6 +273,7 @@ class SyntheticConfig:
     train_families: int = 100
     val_families: int = 34
     variants_per_family: int = 30
+    train_variants_per_family: int | None = None
     object_count_weights: tuple[float, float, float] = (0.25, 0.4, 0.35)
     share_color: float = 0.25
     share_shape: float = 0.25
@@ -285,8 +290,8 @@ class SyntheticConfig:
             raise ValueError(f"image_size must be >= 16, got {self.image_size}")
         if self.train_families < 1 or self.val_families < 1:
             raise ValueError("train_families and val_families must be >= 1")
-        if self.variants_per_family < self.distractors_per_triplet + 1:
-            raise ValueError("variants_per_family must exceed distractors_per_triplet")
+        if min(self.variants_for("train"), self.variants_per_family) < self.distractors_per_triplet + 1:
+            raise ValueError("variants per family must exceed distractors_per_triplet")
         if len(self.object_count_weights) != 3 or min(self.object_count_weights) < 0:
             raise ValueError("object_count_weights must be 3 non-negative numbers")
         shares = (self.share_color, self.share_shape, self.share_color_shape)
@@ -296,6 +301,12 @@ class SyntheticConfig:
             raise ValueError("supersample must be >= 1 and png_compress_level in 0..9")
         if not 0 <= self.position_jitter < 0.5 or self.background_jitter < 0:
             raise ValueError("position_jitter must be in [0, 0.5), background_jitter >= 0")
+
+    def variants_for(self, split: str) -> int:
+        """Edited variants (= triplets) per family in ``split``."""
+        if split == "train" and self.train_variants_per_family is not None:
+            return self.train_variants_per_family
+        return self.variants_per_family
 
     def config_hash(self) -> str:
         """Return a stable sha256 of the config and the generator's format version."""
@@ -399,13 +410,12 @@ def _edit_pool(objects: tuple[SceneObject, ...], edit_type: str) -> list[EditKey
     return pool
 
 
-def _type_quota(rng: np.random.Generator, cfg: SyntheticConfig) -> dict[str, int]:
+def _type_quota(rng: np.random.Generator, cfg: SyntheticConfig, k: int) -> dict[str, int]:
     """Split ``variants_per_family`` over color/shape/color_shape/other.
 
     Largest-remainder rounding with a random tie-break per family, so the shares hold on
     average over families and not only in expectation.
     """
-    k = cfg.variants_per_family
     shares = {
         "color": cfg.share_color,
         "shape": cfg.share_shape,
@@ -424,7 +434,7 @@ def _type_quota(rng: np.random.Generator, cfg: SyntheticConfig) -> dict[str, int
 
 
 def _select_edits(
-    rng: np.random.Generator, objects: tuple[SceneObject, ...], cfg: SyntheticConfig
+    rng: np.random.Generator, objects: tuple[SceneObject, ...], cfg: SyntheticConfig, k: int
 ) -> list[EditKey]:
     """Choose the family's distinct edits, favouring partial-edit counterparts.
 
@@ -434,7 +444,7 @@ def _select_edits(
     colour" and "wrong object" images next to each full edit. A type whose feasible
     pool runs out hands its remaining slots to the "other" types.
     """
-    quota = _type_quota(rng, cfg)
+    quota = _type_quota(rng, cfg, k)
     chosen: list[EditKey] = []
     taken: set[EditKey] = set()
 
@@ -768,7 +778,7 @@ def _build_family(
     tr, tg, tb = (int(t) for t in rng.integers(-4, 5, size=3))
     base_bg = (gray + tr, gray + tg, gray + tb)
 
-    keys = _select_edits(rng, base, cfg)
+    keys = _select_edits(rng, base, cfg, cfg.variants_for(split))
     order = rng.permutation(len(keys))  # variant numbers do not reveal the edit type
     variants = [_Variant(_image_name(split, family_id, 0), base)]
     for v, idx in enumerate(order, start=1):

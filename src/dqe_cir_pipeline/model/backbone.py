@@ -64,6 +64,7 @@ class TinyBackboneSpec:
     qformer_layers: int = 2
     qformer_heads: int = 4
     qformer_mlp: int = 256
+    cross_attention_frequency: int = 1  # [design] every tiny layer cross-attends (BLIP-2 uses 2)
     num_query_tokens: int = 16
     projection_dim: int = 64
     max_text_len: int = 32
@@ -224,6 +225,7 @@ def tiny_blip2_config(spec: TinyBackboneSpec) -> Blip2Config:
         max_position_embeddings=spec.max_text_len,
         initializer_range=spec.init_std,
         encoder_hidden_size=spec.vision_hidden,
+        cross_attention_frequency=spec.cross_attention_frequency,
         use_qformer_text_input=True,  # builds the text FFNs the composed-query pass needs
     )
     return Blip2Config(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import ContextManager
+from contextlib import AbstractContextManager
 
 import torch
 
@@ -22,7 +22,7 @@ def resolve_device(device: str = "auto") -> torch.device:
     return resolved
 
 
-def autocast(device: torch.device, amp_dtype: str | None) -> ContextManager[object]:
+def autocast(device: torch.device, amp_dtype: str | None) -> AbstractContextManager[object]:
     """bf16/fp16 autocast on CUDA; a no-op on CPU (fp32 is both faster and exact there)."""
     if device.type != "cuda" or not amp_dtype or amp_dtype == "float32":
         return contextlib.nullcontext()

@@ -134,7 +134,7 @@ def validate_ingestion(
         "quarantine_reasons": {str(k): int(v) for k, v in reasons.items()},
     }
     metrics = {
-        f"ingestion.{k.replace('/', '.')}": {"value": float(v), "step": 0}
+        k: {"value": float(v), "step": 0}
         for k, v in {**counts, **per_split}.items()
     }
     return report, metrics

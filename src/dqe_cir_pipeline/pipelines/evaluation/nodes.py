@@ -15,12 +15,17 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
+from dqe_cir_pipeline.data_sources.synthetic import pixel_embeddings
 from dqe_cir_pipeline.datasets.feature_cache import FeatureCache
 from dqe_cir_pipeline.model.engine import TrainConfig
 from dqe_cir_pipeline.model.evaluate import EvalOutput, EvalSet, evaluate, evaluate_embeddings
-from dqe_cir_pipeline.data_sources.synthetic import pixel_embeddings
 from dqe_cir_pipeline.model.state import CheckpointMismatchError
-from dqe_cir_pipeline.pipelines.common import backbone_from_params, build_model, mlflow_metrics, train_config
+from dqe_cir_pipeline.pipelines.common import (
+    backbone_from_params,
+    build_model,
+    mlflow_metrics,
+    train_config,
+)
 from dqe_cir_pipeline.pipelines.evaluation import plots
 
 logger = logging.getLogger(__name__)

@@ -1,0 +1,76 @@
+"""Fixtures for pipeline tests: a tiny generated benchmark run through ingestion and
+extraction once per session (the expensive part), reused by the later-stage tests.
+
+The catalog is in memory except the feature cache, which is the real dataset on a
+temporary folder (the nodes hand it a lazy extraction job).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kedro.io import DataCatalog, MemoryDataset
+from kedro.runner import SequentialRunner
+
+from dqe_cir_pipeline.datasets.feature_cache import FeatureCacheDataset
+from dqe_cir_pipeline.pipeline_registry import register_pipelines
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def load_params(tmp: Path) -> dict[str, Any]:
+    """Base parameters with the `test` env on top, every path under ``tmp``."""
+    params: dict[str, Any] = {}
+    for f in sorted((ROOT / "conf" / "base").glob("parameters*.yml")):
+        params.update(yaml.safe_load(f.read_text()))
+    params = _merge(params, yaml.safe_load((ROOT / "conf" / "test" / "parameters.yml").read_text()))
+    return _merge(
+        params,
+        {
+            "data": {"benchmark": "synthetic", "synthetic": {"root": str(tmp / "benchmark")}},
+            "backbone": {"tiny_dir": str(tmp / "tiny_backbone")},
+            "training": {"run_dir": str(tmp / "run")},
+            "runtime": {"device": "cpu"},
+        },
+    )
+
+
+class KeptDataset(MemoryDataset):
+    """An in-memory dataset the runner does not release, so tests can inspect it."""
+
+    def _release(self) -> None:
+        pass
+
+
+def catalog_for(params: dict[str, Any], tmp: Path) -> DataCatalog:
+    """Every dataset of the full pipeline in memory, except the real feature cache."""
+    full = register_pipelines()["__default__"] + register_pipelines()["zero_shot"]
+    catalog = DataCatalog({"vit_features": FeatureCacheDataset(filepath=str(tmp / "vit_cache"))})
+    for name in sorted(full.datasets()):
+        if name.startswith("params:") or name == "vit_features":
+            continue
+        catalog[name] = KeptDataset()
+    for key, value in params.items():
+        catalog[f"params:{key}"] = MemoryDataset(value)
+    return catalog
+
+
+@pytest.fixture(scope="session")
+def prepared(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Catalog after ingestion + extraction + mining of a tiny generated benchmark."""
+    tmp = tmp_path_factory.mktemp("pipeline")
+    params = load_params(tmp)
+    catalog = catalog_for(params, tmp)
+    pipes = register_pipelines()
+    SequentialRunner().run(pipes["data_ingestion"] + pipes["embedding_extraction"] + pipes["negative_mining"], catalog)
+    return {"tmp": tmp, "params": params, "catalog": catalog}

@@ -1,0 +1,94 @@
+"""Each modular pipeline run with SequentialRunner over an in-memory catalog."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from kedro.runner import SequentialRunner
+
+from dqe_cir_pipeline.data_sources.schema import IMAGE_SCHEMA, TRIPLET_SCHEMA
+from dqe_cir_pipeline.pipeline_registry import register_pipelines
+
+
+def test_registry_names_every_stage() -> None:
+    pipes = register_pipelines()
+    assert {"__default__", "train", "data_ingestion", "embedding_extraction", "negative_mining",
+            "training", "evaluation", "zero_shot"} <= set(pipes)
+    names = {n.name for n in pipes["train"].nodes}
+    assert {"prepare_benchmark_source", "ingest_benchmark", "validate_ingestion", "prepare_backbone",
+            "extract_vit_features", "mine_initial_negatives", "train_dqe_cir", "evaluate_checkpoint"} <= names
+
+
+def test_ingestion_outputs_canonical_tables(prepared: dict[str, Any]) -> None:
+    cat = prepared["catalog"]
+    images, triplets = cat.load("images"), cat.load("triplets")
+    pa.Table.from_pandas(images, schema=IMAGE_SCHEMA, preserve_index=False)
+    pa.Table.from_pandas(triplets, schema=TRIPLET_SCHEMA, preserve_index=False)
+    syn = prepared["params"]["data"]["synthetic"]
+    assert (triplets["split"] == "train").sum() == syn["train_families"] * syn["train_variants_per_family"]
+    assert (triplets["split"] == "val").sum() == syn["val_families"] * syn["variants_per_family"]
+    assert cat.load("quarantine").empty
+    report = cat.load("ingestion_report")
+    assert report["counts"]["triplets"] == len(triplets)
+    assert len(report["fingerprint"]) == 16
+    metrics = cat.load("ingestion_metrics")
+    assert metrics["images"]["value"] == len(images)
+
+
+def test_extraction_fills_cache_for_every_image(prepared: dict[str, Any]) -> None:
+    cat = prepared["catalog"]
+    cache = cat.load("vit_features")
+    images = cat.load("images")
+    assert set(images["image_id"]) == set(cache.image_ids)
+    info = cat.load("backbone_info")
+    feats = cache.get(images["image_id"].iloc[:3].tolist())
+    grid = info["image_size"] // prepared["params"]["backbone"]["tiny"]["patch_size"]
+    assert feats.shape == (3, grid * grid + 1, info["vision_hidden"])
+    assert np.isfinite(feats).all() and feats.std() > 0.1  # not the 1e-10 init trap
+    emb = cat.load("initial_target_embeddings")
+    assert len(emb) == images["image_id"].nunique()
+    assert len(emb["embedding"].iloc[0]) == emb["num_tokens"].iloc[0] * emb["dim"].iloc[0]
+
+
+def test_rerun_extraction_reuses_the_cache(prepared: dict[str, Any]) -> None:
+    cat = prepared["catalog"]
+    SequentialRunner().run(register_pipelines()["embedding_extraction"], cat)
+    stats = cat.load("extraction_report")["last_save"]
+    assert stats["computed"] == 0
+    assert stats["reused"] == cat.load("images")["image_id"].nunique()
+
+
+def test_mining_gives_valid_negatives(prepared: dict[str, Any]) -> None:
+    cat = prepared["catalog"]
+    neg = cat.load("initial_negatives")
+    train = cat.load("triplets").query("split == 'train'")
+    assert neg["query_id"].tolist() == train["query_id"].tolist()
+    for row in neg.itertuples():
+        assert row.target_id not in row.candidate_ids and row.reference_id not in row.candidate_ids
+        assert len(row.candidate_ids) >= 1
+    assert "mining.initial.seconds" in cat.load("mining_metrics")
+
+
+@pytest.mark.slow
+def test_training_and_evaluation_pipelines(prepared: dict[str, Any]) -> None:
+    cat = prepared["catalog"]
+    pipes = register_pipelines()
+    SequentialRunner().run(pipes["training"] + pipes["evaluation"], cat)
+    ckpt = cat.load("model_checkpoint")
+    assert {"model", "config", "backbone", "metrics", "epoch"} <= set(ckpt)
+    history = cat.load("training_history")
+    assert len(history) == prepared["params"]["training"]["epochs"]
+    assert history["train/loss"].notna().all()
+    table = cat.load("evaluation_table")
+    assert set(table["model"]) == {"dqe_cir", "zero_shot", "text_blind"}
+    summary = cat.load("evaluation_summary")
+    # the checkpoint's stored validation metrics are what evaluation recomputes
+    assert summary["models"]["dqe_cir"]["avg"] == pytest.approx(ckpt["metrics"]["avg"], abs=1e-6)
+    assert "color/recall@10" in summary["models"]["dqe_cir"]
+    ranks = cat.load("query_rankings")
+    assert (ranks["rank"] >= 0).all()
+    metrics = cat.load("evaluation_metrics")
+    assert all("@" not in k for k in metrics)
