@@ -26,6 +26,7 @@ The model works on *cached* ViT tokens: the frozen vision encoder is not part of
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 
@@ -105,9 +106,10 @@ class AttributeHead(nn.Module):
 class DQECIR(nn.Module):
     """Trainable part of DQE-CIR on top of a BLIP-2 retrieval model.
 
-    [design] The Q-Former, query tokens, text embeddings and projections are *shared*
-    with ``backbone`` (no copy): training updates them in place. Deep-copy the backbone
-    first to keep the original. The vision encoder is not registered here.
+    The Q-Former, query tokens, text embeddings and projections are *copied* from
+    ``backbone``, so two models built from one backbone (e.g. a trained one and the
+    zero-shot baseline) never share weights and the backbone stays pristine. The
+    vision encoder is not registered here: training runs on cached ViT tokens.
 
     Args:
         backbone: HF ``Blip2ForImageTextRetrieval`` whose Q-Former has the text path
@@ -120,11 +122,11 @@ class DQECIR(nn.Module):
         self.cfg = cfg or DQEConfig()
         if not backbone.qformer.config.use_qformer_text_input:
             raise ValueError("the Q-Former needs use_qformer_text_input=True for the text path")
-        self.query_tokens = backbone.query_tokens  # (1, Q, H)
-        self.embeddings = backbone.embeddings  # word + position embeddings of the text
-        self.qformer = backbone.qformer
-        self.vision_projection = backbone.vision_projection  # H -> P
-        self.text_projection = backbone.text_projection  # H -> P
+        self.query_tokens = nn.Parameter(backbone.query_tokens.detach().clone())  # (1, Q, H)
+        self.embeddings = copy.deepcopy(backbone.embeddings)  # text word + position embeddings
+        self.qformer = copy.deepcopy(backbone.qformer)
+        self.vision_projection = copy.deepcopy(backbone.vision_projection)  # H -> P
+        self.text_projection = copy.deepcopy(backbone.text_projection)  # H -> P
         hidden, proj = self.text_projection.in_features, self.text_projection.out_features
 
         self.color_head = AttributeHead(hidden, proj)

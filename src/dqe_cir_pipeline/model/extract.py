@@ -93,3 +93,27 @@ class VitEncoder:
                 tokens = encode_vit(self.model, pixels.to(self.device, non_blocking=True))
             chunks.append(tokens.to(torch.float16).cpu().numpy())
         return np.concatenate(chunks)
+
+
+class MemoryFeatures:
+    """A ``FeatureSource`` held in RAM: for small benchmarks and scripts without Kedro."""
+
+    def __init__(self, ids: Sequence[str], tokens: np.ndarray) -> None:
+        if len(ids) != len(tokens):
+            raise ValueError(f"{len(ids)} ids for {len(tokens)} feature rows")
+        self._row = {image_id: i for i, image_id in enumerate(ids)}
+        self._tokens = tokens
+
+    def get(self, ids: Sequence[str]) -> np.ndarray:
+        """(n, T, D) tokens in the order of ``ids``."""
+        try:
+            rows = [self._row[i] for i in ids]
+        except KeyError as err:
+            raise KeyError(f"no cached features for image {err.args[0]!r}") from None
+        return self._tokens[rows]
+
+
+def extract_to_memory(encoder: VitEncoder, ids: Sequence[str], paths: Sequence[str], shard: int = 1024) -> MemoryFeatures:
+    """Encode every image into a ``MemoryFeatures`` (fp16), ``shard`` images per call."""
+    chunks = [encoder(list(paths[i : i + shard])) for i in range(0, len(paths), shard)]
+    return MemoryFeatures(ids, np.concatenate(chunks))

@@ -13,10 +13,12 @@ import numpy as np
 import pandas as pd
 import torch
 
+from dqe_cir_pipeline.data_sources.synthetic import pixel_embeddings
 from dqe_cir_pipeline.model.backbone import Backbone, BackboneConfig, load_backbone
 from dqe_cir_pipeline.model.device import resolve_device
 from dqe_cir_pipeline.model.dqe import DQECIR, DQEConfig
 from dqe_cir_pipeline.model.engine import TrainConfig, TrainData
+from dqe_cir_pipeline.model.evaluate import EvalOutput, EvalSet, evaluate_embeddings
 from dqe_cir_pipeline.model.losses import DQELoss, LossConfig
 from dqe_cir_pipeline.model.negatives import FALLBACK_NAMES, MiningConfig, MiningResult
 
@@ -193,3 +195,19 @@ def mining_from_table(table: pd.DataFrame, data: TrainData, mining: MiningConfig
         widenings=table["widenings"].to_numpy(dtype=np.int8),
         strategy=str(table["strategy"].iloc[0]) if n else mining.strategy,
     )
+
+
+def text_blind_baseline(images: pd.DataFrame, data: EvalSet, ks: tuple[int, ...]) -> EvalOutput:
+    """Rank the gallery by pixel similarity to the reference, ignoring the text.
+
+    The floor every result is reported against: a model that does not beat it has not
+    learned to use the modification text.
+    """
+    paths = images.drop_duplicates("image_id").set_index("image_id")["path"]
+    gallery = torch.from_numpy(pixel_embeddings([paths[i] for i in data.gallery_ids]))
+    pos = {n: i for i, n in enumerate(data.gallery_ids)}
+    if all(r in pos for r in data.reference_ids):
+        queries = gallery[[pos[r] for r in data.reference_ids]]
+    else:  # FashionIQ: a reference may live outside its category's gallery
+        queries = torch.from_numpy(pixel_embeddings([paths[r] for r in data.reference_ids]))
+    return evaluate_embeddings(queries, None, gallery.unsqueeze(1), data, ks=ks)

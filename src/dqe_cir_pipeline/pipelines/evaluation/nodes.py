@@ -12,36 +12,22 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 from matplotlib.figure import Figure
 
-from dqe_cir_pipeline.data_sources.synthetic import pixel_embeddings
 from dqe_cir_pipeline.datasets.feature_cache import FeatureCache
 from dqe_cir_pipeline.model.engine import TrainConfig
-from dqe_cir_pipeline.model.evaluate import EvalOutput, EvalSet, evaluate, evaluate_embeddings
+from dqe_cir_pipeline.model.evaluate import EvalOutput, EvalSet, evaluate
 from dqe_cir_pipeline.model.state import CheckpointMismatchError
 from dqe_cir_pipeline.pipelines.common import (
     backbone_from_params,
     build_model,
     mlflow_metrics,
+    text_blind_baseline,
     train_config,
 )
 from dqe_cir_pipeline.pipelines.evaluation import plots
 
 logger = logging.getLogger(__name__)
-
-
-def text_blind_baseline(images: pd.DataFrame, data: EvalSet, ks: tuple[int, ...]) -> EvalOutput:
-    """Rank the gallery by pixel similarity to the reference, ignoring the text."""
-    paths = images.drop_duplicates("image_id").set_index("image_id")["path"]
-    gallery = torch.from_numpy(pixel_embeddings([paths[i] for i in data.gallery_ids])).unsqueeze(1)
-    pos = {n: i for i, n in enumerate(data.gallery_ids)}
-    refs = [pos[r] if r in pos else None for r in data.reference_ids]
-    missing = [r for r, p in zip(data.reference_ids, refs, strict=True) if p is None]
-    q = gallery[[p for p in refs if p is not None], 0] if not missing else torch.from_numpy(
-        pixel_embeddings([paths[r] for r in data.reference_ids])
-    )
-    return evaluate_embeddings(q, None, gallery, data, ks=ks)
 
 
 def _model_from_checkpoint(checkpoint: dict[str, Any], backbone: dict[str, Any], runtime: dict[str, Any]):

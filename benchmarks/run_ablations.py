@@ -1,0 +1,163 @@
+"""Run the ablation set on the generated benchmark and print mean +- std over seeds.
+
+Variants (METHOD §5): DQE-CIR, in-batch contrastive (SPRC/CLIP4Cir), QuRe negatives,
+and DQE-CIR without attribute weights / without TRNS / without margins. Every variant
+uses the project's default parameters (``conf/base``) plus its overrides, the same data,
+the same frozen tiny backbone and the same features; the best epoch is selected on val
+and reported on val (there is no separate test split). The untrained model and the
+text-blind pixel baseline are reported alongside.
+
+Imports no Kedro or MLflow, so it also runs on a bare GPU machine::
+
+    PYTHONPATH=src python benchmarks/run_ablations.py --seeds 0 1 2 --out results.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+
+from dqe_cir_pipeline.data_sources.cirr import CIRRConfig, read_cirr
+from dqe_cir_pipeline.data_sources.synthetic import SyntheticConfig, generate_benchmark
+from dqe_cir_pipeline.model.backbone import BackboneConfig, load_backbone
+from dqe_cir_pipeline.model.device import resolve_device
+from dqe_cir_pipeline.model.engine import fit
+from dqe_cir_pipeline.model.evaluate import EvalSet, evaluate
+from dqe_cir_pipeline.model.extract import VitEncoder, extract_to_memory
+from dqe_cir_pipeline.pipelines.common import (
+    build_loss,
+    build_model,
+    build_train_data,
+    mining_config,
+    text_blind_baseline,
+    train_captions,
+    train_config,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    "dqe_cir": ({}, {}),
+    "contrastive": ({"objective": "contrastive", "negatives": "none", "use_margins": False}, {}),
+    "qure_negatives": ({"initial_negatives": "random", "refresh_interval": None}, {"strategy": "qure"}),
+    "no_attr_weights": ({"use_attribute_weights": False}, {}),
+    "no_trns": ({"negatives": "random"}, {}),
+    "no_margins": ({"use_margins": False}, {}),
+}
+COLUMNS = [
+    "avg", "recall@1", "recall@5", "recall@10", "recall_subset@1",
+    "color/recall@10", "shape/recall@10", "both/recall@10", "other/recall@10",
+]
+
+
+def base_params() -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for f in sorted((ROOT / "conf" / "base").glob("parameters*.yml")):
+        params.update(yaml.safe_load(f.read_text()))
+    return params
+
+
+def prepare(root: Path, params: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    syn = {k: v for k, v in params["data"]["synthetic"].items() if k != "root"}
+    generate_benchmark(root / "benchmark", SyntheticConfig(**syn))
+    tables = read_cirr(
+        root / "benchmark", root / "benchmark",
+        CIRRConfig(splits=("train", "val"), dataset_name="synthetic", version=None),
+    )
+    images, triplets = tables.images, tables.triplets
+    bcfg = BackboneConfig.from_dict({**params["backbone"], "tiny_dir": str(root / "tiny_backbone")})
+    backbone = load_backbone(bcfg, train_captions(triplets))
+    unique = images.drop_duplicates("image_id")
+    t0 = time.perf_counter()
+    features = extract_to_memory(
+        VitEncoder(backbone, device, batch_size=256), unique["image_id"].tolist(), unique["path"].tolist()
+    )
+    logging.info("extracted %d images in %.1fs", len(unique), time.perf_counter() - t0)
+    return {"images": images, "triplets": triplets, "backbone": backbone, "features": features}
+
+
+def run_variant(
+    name: str, seed: int, prep: dict[str, Any], params: dict[str, Any], device: str, epochs: int | None
+) -> dict[str, float]:
+    t_over, m_over = VARIANTS[name]
+    training = {**params["training"], **t_over, "seed": seed, "run_dir": None}
+    if epochs is not None:
+        training["epochs"] = epochs
+    cfg = train_config(training, {"device": device}, params["backbone"])
+    mcfg = mining_config({**params["mining"], **m_over, "seed": seed})
+    bb = prep["backbone"]
+    model = build_model(bb, cfg)
+    data = build_train_data(prep["triplets"], prep["images"])
+    val = EvalSet.from_tables(prep["triplets"], prep["images"], "val")
+
+    def validate(m: Any) -> dict[str, float]:
+        return evaluate(m, prep["features"], bb.tokenizer, val, max_len=cfg.max_text_len).metrics
+
+    t0 = time.perf_counter()
+    result = fit(model, build_loss(cfg), bb.tokenizer, prep["features"], data, cfg, mcfg, validate,
+                 backbone_meta={"key": bb.key, "name": bb.name})
+    metrics = dict(result.best_checkpoint["metrics"])
+    metrics["seconds"] = time.perf_counter() - t0
+    metrics["best_epoch"] = float(result.best_checkpoint["epoch"])
+    return metrics
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    df = pd.DataFrame(rows)
+    lines = ["| variant | " + " | ".join(COLUMNS) + " | s/run |", "|---" * (len(COLUMNS) + 2) + "|"]
+    for name, g in df.groupby("variant", sort=False):
+        cells = []
+        for col in COLUMNS:
+            vals = g[col].to_numpy(dtype=float) if col in g else np.array([np.nan])
+            cells.append(f"{vals.mean():.1f} ± {vals.std(ddof=1) if len(vals) > 1 else 0.0:.1f}")
+        lines.append(f"| {name} (n={len(g)}) | " + " | ".join(cells) + f" | {g['seconds'].mean():.0f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS))
+    parser.add_argument("--epochs", type=int, default=None, help="override training.epochs")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/dqe_ablations"))
+    parser.add_argument("--out", type=Path, default=None, help="write rows + table as JSON")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    for noisy in ("dqe_cir_pipeline.model.negatives", "dqe_cir_pipeline.model.engine", "transformers"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+    params = base_params()
+    device = resolve_device(args.device)
+    prep = prepare(args.workdir, params, device)
+    rows: list[dict[str, Any]] = []
+    val = EvalSet.from_tables(prep["triplets"], prep["images"], "val")
+    blind = text_blind_baseline(prep["images"], val, (1, 5, 10, 50)).metrics
+    rows.append({"variant": "text_blind", "seed": -1, "seconds": 0.0, **blind})
+    cfg0 = train_config({**params["training"], "run_dir": None}, {"device": str(device)}, params["backbone"])
+    zero = evaluate(build_model(prep["backbone"], cfg0), prep["features"], prep["backbone"].tokenizer, val).metrics
+    rows.append({"variant": "untrained", "seed": -1, "seconds": 0.0, **zero})
+    for name in args.variants:
+        for seed in args.seeds:
+            metrics = run_variant(name, seed, prep, params, str(device), args.epochs)
+            rows.append({"variant": name, "seed": seed, **metrics})
+            logging.info("%s seed %d: avg %.2f R@10 %.2f (%.0fs)", name, seed, metrics["avg"],
+                         metrics["recall@10"], metrics["seconds"])
+    text = table(rows)
+    print(f"device: {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'})")
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"device": str(device), "rows": rows, "table": text}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

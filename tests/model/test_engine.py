@@ -1,0 +1,178 @@
+"""The training loop: resume equals an uninterrupted run, schedules, negatives, safety."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from dqe_cir_pipeline.model.backbone import Backbone, TinyBackboneSpec, build_tiny_backbone  # noqa: E402
+from dqe_cir_pipeline.model.engine import (  # noqa: E402
+    TrainConfig,
+    TrainData,
+    fit,
+    lr_lambda,
+    mining_from_state,
+    mining_to_state,
+    random_negatives,
+)
+from dqe_cir_pipeline.model.evaluate import EvalSet, evaluate  # noqa: E402
+from dqe_cir_pipeline.model.extract import MemoryFeatures  # noqa: E402
+from dqe_cir_pipeline.model.negatives import MiningConfig, mine_negatives  # noqa: E402
+from dqe_cir_pipeline.model.state import CheckpointMismatchError  # noqa: E402
+from dqe_cir_pipeline.pipelines.common import build_loss, build_model  # noqa: E402
+
+WORDS = ["red", "blue", "green", "circle", "square", "star", "make", "the", "a", "into", "turn"]
+SPEC = TinyBackboneSpec(image_size=32, vision_layers=1, qformer_layers=1, num_query_tokens=4,
+                        projection_dim=16, qformer_hidden=32, qformer_mlp=64, vision_hidden=32,
+                        vision_mlp=64, vision_heads=2, qformer_heads=2, vocab_size=200)
+
+
+@pytest.fixture(scope="module")
+def backbone(tmp_path_factory: pytest.TempPathFactory) -> Backbone:
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    captions = [" ".join(rng.choice(WORDS, 5)) for _ in range(50)]
+    return build_tiny_backbone(SPEC, captions, tmp_path_factory.mktemp("tiny"))
+
+
+def make_data(n_pool: int = 40, n_query: int = 24, seed: int = 0) -> tuple[TrainData, MemoryFeatures, EvalSet]:
+    rng = np.random.default_rng(seed)
+    ids = [f"img{i}" for i in range(n_pool)]
+    tokens = rng.standard_normal((n_pool, 17, SPEC.vision_hidden)).astype(np.float16)
+    ref = rng.integers(0, n_pool, n_query)
+    tgt = (ref + 1 + rng.integers(0, n_pool - 1, n_query)) % n_pool
+    texts = [" ".join(rng.choice(WORDS, 4)) for _ in range(n_query)]
+    data = TrainData(
+        query_ids=[str(i) for i in range(n_query)],
+        reference_ids=[ids[i] for i in ref],
+        target_ids=[ids[i] for i in tgt],
+        captions_train=[[t, t + " now"] for t in texts],
+        caption_eval=texts,
+        edits_color=rng.random(n_query) < 0.5,
+        edits_shape=rng.random(n_query) < 0.5,
+        pool_ids=ids,
+        target_idx=tgt.astype(np.int64),
+        reference_idx=ref.astype(np.int64),
+    )
+    members = [[ids[r], ids[t]] + [ids[(t + k) % n_pool] for k in range(2, 6)] for r, t in zip(ref, tgt, strict=True)]
+    val = EvalSet(
+        dataset="synthetic", split="val", query_ids=data.query_ids, reference_ids=data.reference_ids,
+        target_ids=list(data.target_ids), texts=texts, edit_types=["color"] * n_query,
+        categories=["all"] * n_query, subset_members=members, gallery_ids=ids,
+        gallery_categories=["all"] * n_pool,
+    )
+    return data, MemoryFeatures(ids, tokens), val
+
+
+def run_fit(backbone: Backbone, run_dir: Path | None, stop: int | None = None, **over: object):
+    data, feats, val = make_data()
+    cfg = TrainConfig(epochs=3, batch_size=8, lr=1e-3, warmup_steps=2, refresh_interval=1, device="cpu",
+                      run_dir=str(run_dir) if run_dir else None, **over)
+    model = build_model(backbone, cfg)
+    mining = MiningConfig(zone_quantile=0.2, epsilon=0.0)
+    return fit(
+        model, build_loss(cfg), backbone.tokenizer, feats, data, cfg, mining,
+        lambda m: evaluate(m, feats, backbone.tokenizer, val, ks=(1, 5)).metrics,
+        backbone_meta={"key": backbone.key, "name": backbone.name}, stop_after_epochs=stop,
+    )
+
+
+def test_killed_run_resumes_to_the_same_result(backbone: Backbone, tmp_path: Path) -> None:
+    full = run_fit(backbone, tmp_path / "a")
+    first = run_fit(backbone, tmp_path / "b", stop=1)
+    assert len(first.history) == 1 and (tmp_path / "b" / "last.pt").exists()
+    resumed = run_fit(backbone, tmp_path / "b")
+    assert resumed.resumed_from_epoch == 1
+    assert len(resumed.history) == len(full.history) == 3
+    for a, b in zip(full.history, resumed.history, strict=True):
+        for key in a:
+            if "seconds" not in key and "per_s" not in key:
+                assert a[key] == pytest.approx(b[key], abs=1e-6), key
+    sa, sb = full.best_checkpoint["model"], resumed.best_checkpoint["model"]
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert torch.allclose(sa[k], sb[k], atol=1e-6), k
+
+
+def test_resume_refuses_a_changed_recipe(backbone: Backbone, tmp_path: Path) -> None:
+    run_fit(backbone, tmp_path, stop=1)
+    with pytest.raises(CheckpointMismatchError, match="training.lr"):
+        data, feats, val = make_data()
+        cfg = TrainConfig(epochs=3, batch_size=8, lr=5e-4, warmup_steps=2, refresh_interval=1,
+                          device="cpu", run_dir=str(tmp_path))
+        fit(build_model(backbone, cfg), build_loss(cfg), backbone.tokenizer, feats, data, cfg,
+            MiningConfig(), lambda m: {"avg": 0.0}, backbone_meta={"key": backbone.key, "name": backbone.name})
+
+
+def test_training_improves_the_training_objective(backbone: Backbone) -> None:
+    result = run_fit(backbone, None, objective="contrastive", negatives="none", use_margins=False)
+    losses = [h["train/loss"] for h in result.history]
+    assert losses[-1] < losses[0]
+
+
+def test_models_from_one_backbone_do_not_share_weights(backbone: Backbone) -> None:
+    cfg = TrainConfig(device="cpu")
+    a, b = build_model(backbone, cfg), build_model(backbone, cfg)
+    with torch.no_grad():
+        a.qformer.layernorm.weight.add_(1.0)
+    assert not torch.equal(a.qformer.layernorm.weight, b.qformer.layernorm.weight)
+    assert not torch.equal(a.qformer.layernorm.weight, backbone.model.qformer.layernorm.weight)
+
+
+def test_lr_schedule_warmup_then_cosine_to_floor() -> None:
+    fn = lr_lambda(warmup_steps=4, total_steps=14, min_ratio=0.01)
+    assert [fn(s) for s in range(4)] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    assert fn(4) == pytest.approx(1.0)
+    assert fn(9) == pytest.approx(0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert fn(14) == pytest.approx(0.01) and fn(100) == pytest.approx(0.01)
+
+
+def test_random_negatives_avoid_target_reference_and_other_groups() -> None:
+    data, _, _ = make_data(n_pool=12, n_query=200)
+    data.pool_groups = np.arange(12) % 2
+    data.query_groups = data.pool_groups[data.target_idx]
+    data.reference_idx = np.where(data.pool_groups[data.reference_idx] == data.query_groups, data.reference_idx, -1)
+    neg = random_negatives(data, np.random.default_rng(0))
+    assert (neg != data.target_idx).all() and (neg != data.reference_idx).all()
+    assert (data.pool_groups[neg] == data.query_groups).all()
+
+
+def test_mining_state_round_trips_through_weights_only(tmp_path: Path) -> None:
+    g = torch.Generator().manual_seed(0)
+    q = torch.nn.functional.normalize(torch.randn(10, 8, generator=g), dim=-1)
+    pool = torch.nn.functional.normalize(torch.randn(30, 3, 8, generator=g), dim=-1)
+    result = mine_negatives(q, pool, torch.arange(10), torch.arange(10, 20), MiningConfig(zone_quantile=0.3, epsilon=0.0))
+    torch.save(mining_to_state(result), tmp_path / "m.pt")
+    back = mining_from_state(torch.load(tmp_path / "m.pt", weights_only=True))
+    for name in ("candidates", "deltas", "zone_size", "fallback"):
+        np.testing.assert_array_equal(getattr(result, name), getattr(back, name))
+    assert back.strategy == result.strategy
+
+
+def test_train_config_rejects_unknown_keys_and_bad_combinations() -> None:
+    with pytest.raises(ValueError, match="unknown training parameters"):
+        TrainConfig.from_dict({"epochz": 3})
+    with pytest.raises(ValueError, match="needs a negative"):
+        TrainConfig(objective="pairwise_kl", negatives="none")
+
+
+def test_eval_set_from_tables_selects_split() -> None:
+    triplets = pd.DataFrame({
+        "query_id": ["1", "2"], "dataset": ["synthetic"] * 2, "category": ["all"] * 2, "split": ["val", "train"],
+        "reference_id": ["a", "b"], "target_id": ["b", "a"], "captions_raw": [["x"], ["y"]], "caption_eval": ["x", "y"],
+        "captions_train": [["x"], ["y"]], "edit_type": ["color", "shape"], "edits_color": [True, False],
+        "edits_shape": [False, True], "subset_members": [["a", "b"], ["a", "b"]], "edit_labels": ["{}", "{}"],
+    })
+    images = pd.DataFrame({"image_id": ["a", "b", "a"], "category": ["all"] * 3, "split": ["val", "val", "train"]})
+    ev = EvalSet.from_tables(triplets, images, "val")
+    assert ev.query_ids == ["1"] and ev.gallery_ids == ["a", "b"] and ev.labelled
+    with pytest.raises(ValueError, match="no triplets"):
+        EvalSet.from_tables(triplets, images, "test1")
