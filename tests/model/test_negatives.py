@@ -14,7 +14,6 @@ from dqe_cir_pipeline.model.negatives import (
     MiningConfig,
     delta_histogram,
     mine_negatives,
-    mining_schedule,
     refresh_epochs,
     sample_negatives,
 )
@@ -276,15 +275,6 @@ def test_refresh_schedule() -> None:
     assert refresh_epochs(50) == [8, 16, 24, 32, 40, 48]
     assert refresh_epochs(10, interval=3) == [3, 6, 9]
     assert refresh_epochs(4) == [1, 2, 3]
-    assert mining_schedule(30, MiningConfig(initial="random", strategy="qure"))[:2] == [
-        (0, "random"),
-        (5, "qure"),
-    ]
-    assert mining_schedule(12, MiningConfig(refresh_interval=4)) == [
-        (0, "midzone"),
-        (4, "midzone"),
-        (8, "midzone"),
-    ]
     with pytest.raises(ValueError):
         MiningConfig(strategy="hardest")
 

@@ -67,7 +67,6 @@ __all__ = [
     "MiningResult",
     "delta_histogram",
     "mine_negatives",
-    "mining_schedule",
     "refresh_epochs",
     "sample_negatives",
 ]
@@ -102,9 +101,6 @@ class MiningConfig:
         qure_topk: QuRe: length of the below-target list the drops are searched in.
         seed: Seed of the uniform choices (zone subset, random strategy / fallback).
         zone_keep: ``"uniform"`` or ``"hardest"`` subset of an oversized zone [design].
-        initial: Negatives before the first refresh: ``"model"`` = mined with the
-            initial model before epoch 0 (ours), ``"random"`` = random (QuRe).
-        refresh_interval: Epochs between refreshes; ``None`` = QuRe's ``floor(E / 6)``.
     """
 
     strategy: str = "midzone"
@@ -117,16 +113,12 @@ class MiningConfig:
     qure_topk: int = 100
     seed: int = 0
     zone_keep: str = "uniform"
-    initial: str = "model"
-    refresh_interval: int | None = None
 
     def __post_init__(self) -> None:
         if self.strategy not in _STRATEGIES:
             raise ValueError(f"strategy must be one of {_STRATEGIES}; got {self.strategy!r}")
         if self.zone_keep not in ("uniform", "hardest"):
             raise ValueError(f"zone_keep must be 'uniform' or 'hardest'; got {self.zone_keep!r}")
-        if self.initial not in ("model", "random"):
-            raise ValueError(f"initial must be 'model' or 'random'; got {self.initial!r}")
         if not 0.0 < self.zone_quantile <= 1.0:
             raise ValueError("zone_quantile must be in (0, 1]")
         if self.epsilon < 0:
@@ -654,9 +646,8 @@ def refresh_epochs(total_epochs: int, interval: int | None = None) -> list[int]:
 
     ``interval=None`` uses QuRe's rule ``max(1, floor(E / 6))``: E=30 -> 5, 10, 15, 20, 25;
     E=50 -> 8, 16, 24, 32, 40, 48. Epoch 0 is never in the list: the first negatives are
-    produced *before* training, by the initial model (``MiningConfig.initial="model"``,
-    ours) or at random (``"random"``, QuRe: random until the first refresh); see
-    :func:`mining_schedule`.
+    produced *before* training, by the initial model (``training.initial_negatives:
+    model``, ours) or at random (``random``, QuRe: random until the first refresh).
 
     Args:
         total_epochs: Number of training epochs E.
@@ -671,22 +662,3 @@ def refresh_epochs(total_epochs: int, interval: int | None = None) -> list[int]:
     if step < 1:
         raise ValueError("interval must be >= 1")
     return list(range(step, total_epochs, step))
-
-
-def mining_schedule(total_epochs: int, cfg: MiningConfig | None = None) -> list[tuple[int, str]]:
-    """Full negative schedule: ``(epoch, strategy)`` pairs, epoch 0 first.
-
-    Epoch 0 uses ``"random"`` when ``cfg.initial == "random"`` (QuRe) and otherwise
-    ``cfg.strategy`` on the initial model; every refresh epoch uses ``cfg.strategy``.
-
-    Args:
-        total_epochs: Number of training epochs.
-        cfg: Mining configuration.
-
-    Returns:
-        List of ``(epoch, strategy)``.
-    """
-    cfg = cfg or MiningConfig()
-    first = "random" if cfg.initial == "random" else cfg.strategy
-    rest = refresh_epochs(total_epochs, cfg.refresh_interval)
-    return [(0, first)] + [(e, cfg.strategy) for e in rest] if total_epochs >= 1 else []
