@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,3 +25,32 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def kedro(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Run the project's ``kedro`` CLI in the repository with ``env``; fail with its log."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "kedro", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900
+    )
+    if proc.returncode != 0:
+        raise AssertionError(f"kedro {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def kedro_test_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One ``kedro run --env test --pipeline=train`` into a temporary data root and
+    MLflow store, shared by the end-to-end, notebook and report tests."""
+    tmp = tmp_path_factory.mktemp("kedro_run")
+    env = {
+        **os.environ,
+        "DQE_DATA_ROOT": str(tmp / "data"),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}",
+        "DQE_MLFLOW_ARTIFACTS": (tmp / "artifacts").as_uri(),
+        "HF_HUB_OFFLINE": "1",
+    }
+    proc = kedro(["run", "--env", "test", "--pipeline", "train"], env)
+    return {"tmp": tmp, "env": env, "data": tmp / "data" / "synthetic", "log": proc.stdout + proc.stderr}

@@ -1,0 +1,66 @@
+"""The whole job through the real Kedro CLI, catalog, kedro-mlflow and sqlite store."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import mlflow
+import pandas as pd
+import pytest
+import torch
+
+from tests.conftest import kedro
+
+pytestmark = pytest.mark.slow
+
+
+def _runs(run: dict[str, Any]) -> pd.DataFrame:
+    mlflow.set_tracking_uri(run["env"]["MLFLOW_TRACKING_URI"])
+    return mlflow.search_runs(experiment_names=["dqe_cir_test"], order_by=["start_time ASC"])
+
+
+def test_train_pipeline_writes_every_artifact(kedro_test_run: dict[str, Any]) -> None:
+    data = kedro_test_run["data"]
+    for rel in ("02_intermediate/images.parquet", "02_intermediate/triplets.parquet",
+                "02_intermediate/quarantine.parquet", "05_model_input/initial_negatives.parquet",
+                "06_models/best_checkpoint.pt", "07_model_output/training_history.parquet",
+                "08_reporting/evaluation.json", "08_reporting/recall_curves.png",
+                "08_reporting/qualitative_failures.png", "08_reporting/delta_distribution.png"):
+        assert (data / rel).exists(), rel
+    ckpt = torch.load(data / "06_models/best_checkpoint.pt", weights_only=True)
+    assert ckpt["backbone"]["name"] == "tiny"
+    summary = json.loads((data / "08_reporting/evaluation.json").read_text())
+    assert set(summary["models"]) == {"dqe_cir", "zero_shot", "text_blind"}
+
+
+def test_mlflow_run_has_params_metrics_tags_and_artifacts(kedro_test_run: dict[str, Any]) -> None:
+    runs = _runs(kedro_test_run)
+    assert len(runs) >= 1
+    run = mlflow.get_run(runs.run_id.iloc[0])
+    assert run.data.params["training.epochs"] == "2"  # the test env, flattened
+    assert run.data.tags["dataset_fingerprint"]
+    assert run.data.tags["git_commit"]
+    metrics = run.data.metrics
+    for key in ("ingestion_metrics.images", "training_metrics.train/loss", "training_metrics.val/avg",
+                "evaluation_metrics.eval.dqe_cir.avg", "evaluation_metrics.eval.text_blind.recall_at_10",
+                "mining_metrics.mining.initial.seconds"):
+        assert key in metrics, key
+    history = mlflow.tracking.MlflowClient().get_metric_history(run.info.run_id, "training_metrics.train/loss")
+    assert [m.step for m in history] == [0, 1]
+    artifacts = {a.path for a in mlflow.tracking.MlflowClient().list_artifacts(run.info.run_id, "plots")}
+    assert "plots/recall_curves.png" in artifacts
+    ckpts = {a.path for a in mlflow.tracking.MlflowClient().list_artifacts(run.info.run_id, "checkpoints")}
+    assert "checkpoints/best_checkpoint.pt" in ckpts
+
+
+def test_rerun_reuses_features_and_evaluation_runs_alone(kedro_test_run: dict[str, Any]) -> None:
+    env = kedro_test_run["env"]
+    kedro(["run", "--env", "test", "--pipeline", "embedding_extraction"], env)
+    report = json.loads((kedro_test_run["data"] / "08_reporting/extraction_report.json").read_text())
+    assert report["last_save"]["computed"] == 0 and report["last_save"]["reused"] == report["images"]
+    kedro(["run", "--env", "test", "--pipeline", "evaluation"], env)
+    kedro(["run", "--env", "test", "--pipeline", "zero_shot"], env)
+    zero = json.loads((kedro_test_run["data"] / "08_reporting/zero_shot.json").read_text())
+    assert "zero_shot" in zero["models"] and "dqe_cir" not in zero["models"]
+    assert len(_runs(kedro_test_run)) >= 4  # one MLflow run per kedro run
