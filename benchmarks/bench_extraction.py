@@ -137,6 +137,7 @@ def run_extraction_bench(
     png_size: tuple[int, int] | None = None,
     tmp_root: str | None = None,
     seed: int = 0,
+    into: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Model-only and end-to-end extraction rates, FLOPs and MFU.
 
@@ -153,6 +154,7 @@ def run_extraction_bench(
         png_size: (w, h) of the PNGs (default 1.25 S x S: exercises target-pad + resize).
         tmp_root: parent of the temporary folder.
         seed: RNG seed.
+        into: dict filled in place as figures arrive (partial figures survive an abort).
 
     Returns:
         Flat dict of figures.
@@ -160,12 +162,13 @@ def run_extraction_bench(
     flops = vit_forward_flops(bench.tokens, bench.width, bench.mlp, bench.layers, bench.patch_size)
     peak = peak or matmul_peak(device)
     nb = model_batches or max(3, images // batch)
-    res: dict[str, Any] = {
+    res = into if into is not None else {}
+    res.update({
         "preset": bench.preset, "device": str(device), "batch": batch, "workers": workers,
         "amp_dtype": amp_dtype if device.type == "cuda" else "float32",
         "gflop_per_image": flops / 1e9, "peak_tflops": peak["peak_tflops"],
         "peak_matmul": f"{peak['n']}^3 {peak['dtype']}",
-    }
+    })
     rate = model_only_rate(bench, device, batch, nb, amp_dtype=amp_dtype)
     res["model_only_images_per_s"] = rate
     res["model_only_tflops"] = rate * flops / 1e12

@@ -335,6 +335,7 @@ def run_training_bench(
     end_to_end: bool = True,
     tmp_root: str | None = None,
     seed: int = 0,
+    into: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Measure bare and end-to-end triplets/s of the cached and the recompute step.
 
@@ -355,6 +356,8 @@ def run_training_bench(
         end_to_end: also run the data-loading variants.
         tmp_root: parent folder of the temporary files.
         seed: RNG seed.
+        into: dict filled in place as figures arrive (a caller that aborts the run,
+            e.g. on a time box, keeps the figures measured so far).
 
     Returns:
         Flat dict of figures (triplets/s, seconds per step, ratios, settings).
@@ -364,12 +367,13 @@ def run_training_bench(
     g = torch.Generator(device="cpu").manual_seed(seed)
     tokens = [torch.randn(batch, t, d, generator=g).to(device) for _ in range(3)]
     pixels = [torch.randn(batch, 3, s, s, generator=g).to(device) for _ in range(3)]
-    res: dict[str, Any] = {
+    res = into if into is not None else {}
+    res.update({
         "preset": bench.preset, "device": str(device), "batch": batch, "steps": steps,
         "warmup": warmup, "amp_dtype": amp_dtype if device.type == "cuda" else "float32",
         "vit_tokens": t, "vit_width": d, "image_size": s,
         "trainable_params": sum(p.numel() for p in stepper.dqe.trainable_parameters()),
-    }
+    })
 
     def cached() -> None:
         stepper.step(*tokens)

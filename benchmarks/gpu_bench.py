@@ -90,7 +90,8 @@ def _normalised(shape: Sequence[int], gen: torch.Generator) -> torch.Tensor:
 
 
 def bench_mining(
-    device: torch.device, mining: Sequence[int], ranks: Sequence[int]
+    device: torch.device, mining: Sequence[int], ranks: Sequence[int],
+    into: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Mining + target ranks on random normalised embeddings created on the host.
 
@@ -98,13 +99,15 @@ def bench_mining(
         device: compute device (bf16 matmuls on CUDA, fp32 on CPU).
         mining: (N queries, M pool, Q tokens, P dims) of ``mine_negatives``.
         ranks: (N, M, Q, P) of ``target_ranks``.
+        into: dict filled in place (partial figures survive an abort).
 
     Wall times include the host -> device transfer of queries and pool / gallery.
     """
     n, m, q, p = mining
     gen = torch.Generator().manual_seed(0)
     amp = torch.bfloat16 if device.type == "cuda" else None
-    res: dict[str, Any] = {"mining_shape": f"{n}x{m}x{q}x{p}"}
+    res = into if into is not None else {}
+    res["mining_shape"] = f"{n}x{m}x{q}x{p}"
     queries, pool = _normalised((n, p), gen), _normalised((m, q, p), gen)
     target = torch.randint(0, m, (n,), generator=gen)
     reference = (target + 1 + torch.randint(0, m - 1, (n,), generator=gen)) % m
@@ -150,9 +153,13 @@ class Runner:
         """Seconds left of the global budget."""
         return self.budget - (time.perf_counter() - self.start)
 
-    def run(self, name: str, limit_s: float, fn: Callable[[], dict[str, Any]],
+    def run(self, name: str, limit_s: float, fn: Callable[[dict[str, Any]], dict[str, Any]],
             device: torch.device) -> None:
-        """Run ``fn`` within ``min(limit_s, remaining)`` seconds; record figures or error."""
+        """Run ``fn(partial)`` within ``min(limit_s, remaining)`` seconds.
+
+        ``fn`` fills ``partial`` as it goes, so figures measured before a failure or a
+        time-out are kept next to the error.
+        """
         box = int(min(limit_s, self.remaining()))
         if box < 5:
             self.results[name] = {"status": "skipped", "error": "global budget spent"}
@@ -162,13 +169,14 @@ class Runner:
         t0 = time.perf_counter()
         signal.signal(signal.SIGALRM, _on_alarm)
         signal.alarm(box)
+        partial: dict[str, Any] = {}
         try:
-            out = fn()
+            out = fn(partial)
             status = {"status": "ok"}
         except BaseException as err:  # noqa: BLE001 - report everything, keep going
             if isinstance(err, KeyboardInterrupt):
                 raise
-            out = {}
+            out = partial
             status = {"status": "timeout" if isinstance(err, SectionTimeout) else "error",
                       "error": f"{type(err).__name__}: {err}"[:500]}
             traceback.print_exc()
@@ -266,27 +274,28 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             print(f"built {sizes['preset']} model in {time.perf_counter() - t0:.1f}s", flush=True)
         return model[0]
 
-    def sec_a() -> dict[str, Any]:
+    def sec_a(partial: dict[str, Any]) -> dict[str, Any]:
         peak.update(matmul_peak(device, n=sizes["matmul_n"]))
-        return dict(peak)
+        partial.update(peak)
+        return partial
 
-    def sec_b() -> dict[str, Any]:
+    def sec_b(partial: dict[str, Any]) -> dict[str, Any]:
         e = sizes["extract"]
         return run_extraction_bench(
             get_model(), device, images=e["images"], batch=e["batch"], workers=workers,
             unique_images=e["unique_images"], model_batches=e["model_batches"],
-            peak=peak or None, png_size=(280, 224) if not args.smoke else None,
+            peak=peak or None, png_size=(280, 224) if not args.smoke else None, into=partial,
         )
 
-    def sec_c() -> dict[str, Any]:
+    def sec_c(partial: dict[str, Any]) -> dict[str, Any]:
         t = sizes["train"]
         return run_training_bench(
             get_model(), device, batch=t["batch"], steps=t["steps"], warmup=t["warmup"],
-            images=t["images"], workers=workers, e2e_steps=t["e2e_steps"],
+            images=t["images"], workers=workers, e2e_steps=t["e2e_steps"], into=partial,
         )
 
-    def sec_d() -> dict[str, Any]:
-        return bench_mining(device, sizes["mining"], sizes["ranks"])
+    def sec_d(partial: dict[str, Any]) -> dict[str, Any]:
+        return bench_mining(device, sizes["mining"], sizes["ranks"], into=partial)
 
     runner.run("a_matmul_peak", 40, sec_a, device)
     runner.run("d_mining", 70, sec_d, device)

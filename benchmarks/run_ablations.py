@@ -17,7 +17,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import multiprocessing
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +112,21 @@ def run_variant(
     return metrics
 
 
+def run_variant_seeds(name: str, seeds: list[int], workdir: Path, device: str, epochs: int | None) -> list[dict[str, Any]]:
+    """One worker: load the prepared data (reused from ``workdir``), run every seed."""
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s [{name}] %(message)s")
+    for noisy in ("dqe_cir_pipeline.model.negatives", "dqe_cir_pipeline.model.engine", "transformers"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    params = base_params()
+    prep = prepare(workdir, params, resolve_device(device))
+    rows = []
+    for seed in seeds:
+        metrics = run_variant(name, seed, prep, params, device, epochs)
+        rows.append({"variant": name, "seed": seed, **metrics})
+        logging.info("seed %d: avg %.2f R@10 %.2f (%.0fs)", seed, metrics["avg"], metrics["recall@10"], metrics["seconds"])
+    return rows
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     df = pd.DataFrame(rows)
     lines = ["| variant | " + " | ".join(COLUMNS) + " | s/run |", "|---" * (len(COLUMNS) + 2) + "|"]
@@ -130,6 +147,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/dqe_ablations"))
     parser.add_argument("--out", type=Path, default=None, help="write rows + table as JSON")
+    parser.add_argument("--jobs", type=int, default=1, help="variants run in parallel processes (GPU)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     for noisy in ("dqe_cir_pipeline.model.negatives", "dqe_cir_pipeline.model.engine", "transformers"):
@@ -145,12 +163,20 @@ def main() -> None:
     cfg0 = train_config({**params["training"], "run_dir": None}, {"device": str(device)}, params["backbone"])
     zero = evaluate(build_model(prep["backbone"], cfg0), prep["features"], prep["backbone"].tokenizer, val).metrics
     rows.append({"variant": "untrained", "seed": -1, "seconds": 0.0, **zero})
-    for name in args.variants:
-        for seed in args.seeds:
-            metrics = run_variant(name, seed, prep, params, str(device), args.epochs)
-            rows.append({"variant": name, "seed": seed, **metrics})
-            logging.info("%s seed %d: avg %.2f R@10 %.2f (%.0fs)", name, seed, metrics["avg"],
-                         metrics["recall@10"], metrics["seconds"])
+    if args.jobs > 1:
+        ctx = multiprocessing.get_context("spawn")  # CUDA cannot be re-initialised in a fork
+        with ProcessPoolExecutor(max_workers=args.jobs, mp_context=ctx) as pool:
+            futures = [pool.submit(run_variant_seeds, n, args.seeds, args.workdir, str(device), args.epochs)
+                       for n in args.variants]
+            for fut in futures:
+                rows.extend(fut.result())
+    else:
+        for name in args.variants:
+            for seed in args.seeds:
+                metrics = run_variant(name, seed, prep, params, str(device), args.epochs)
+                rows.append({"variant": name, "seed": seed, **metrics})
+                logging.info("%s seed %d: avg %.2f R@10 %.2f (%.0fs)", name, seed, metrics["avg"],
+                             metrics["recall@10"], metrics["seconds"])
     text = table(rows)
     print(f"device: {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'})")
     print(text)

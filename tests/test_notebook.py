@@ -1,19 +1,18 @@
 """The exploration notebook runs headless against a fresh ``test``-env run.
 
-One ``kedro run --env test --pipeline=train`` in a subprocess (about a minute on two
-CPU cores) writes every catalog output to a temporary data root; the notebook is then
-executed with nbclient on the venv's own ``python3`` kernel, reading that run through
-the Kedro IPython extension.
+The suite's shared ``kedro run --env test --pipeline=train`` (the session fixture
+``kedro_test_run`` in ``tests/conftest.py``; about a minute on two CPU cores) writes every
+catalog output to a temporary data root; the notebook is then executed with nbclient on
+the venv's own ``python3`` kernel, reading that run through the Kedro IPython extension.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,18 +23,6 @@ REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "notebooks" / "explore.ipynb"
 
 pytestmark = pytest.mark.slow
-
-
-def _run_env(root: Path) -> dict[str, str]:
-    """Environment variables that keep every output of a run inside ``root``."""
-    return {
-        "DQE_DATA_ROOT": str(root / "data"),
-        "MLFLOW_TRACKING_URI": f"sqlite:///{(root / 'mlflow.db').as_posix()}",
-        "DQE_MLFLOW_ARTIFACTS": (root / "mlartifacts").as_uri(),
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-        "KEDRO_DISABLE_TELEMETRY": "true",
-    }
 
 
 def _ensure_python3_kernel(root: Path, mp: pytest.MonkeyPatch) -> None:
@@ -63,24 +50,20 @@ def _ensure_python3_kernel(root: Path, mp: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(scope="module")
-def executed_notebook(tmp_path_factory: pytest.TempPathFactory) -> Iterator[nbformat.NotebookNode]:
-    """Run the train pipeline once, then execute the notebook on its outputs."""
-    root = tmp_path_factory.mktemp("notebook_run")
-    env = _run_env(root)
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in env.items():
-            mp.setenv(key, value)
-        proc = subprocess.run(
-            [sys.executable, "-m", "kedro", "run", "--env", "test", "--pipeline=train"],
-            cwd=REPO,
-            env=dict(os.environ),
-            capture_output=True,
-            text=True,
-            timeout=900,
-        )
-        assert proc.returncode == 0, proc.stderr[-4000:]
-        assert (root / "data" / "synthetic" / "07_model_output" / "query_rankings.parquet").exists()
+def executed_notebook(
+    kedro_test_run: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[nbformat.NotebookNode]:
+    """Execute the notebook on the outputs of the suite's shared ``test``-env run.
 
+    ``kedro_test_run`` (tests/conftest.py) ran ``kedro run --env test --pipeline=train``
+    once into a temporary data root and MLflow store; the kernel inherits the same
+    environment variables, so the notebook's catalog reads exactly that run.
+    """
+    assert (kedro_test_run["data"] / "07_model_output" / "query_rankings.parquet").exists()
+    root = tmp_path_factory.mktemp("notebook_kernel")
+    with pytest.MonkeyPatch.context() as mp:
+        for key in ("DQE_DATA_ROOT", "MLFLOW_TRACKING_URI", "DQE_MLFLOW_ARTIFACTS", "HF_HUB_OFFLINE"):
+            mp.setenv(key, kedro_test_run["env"][key])
         mp.setenv("DQE_PROJECT_PATH", str(REPO))
         mp.setenv("DQE_KEDRO_ENV", "test")
         _ensure_python3_kernel(root, mp)

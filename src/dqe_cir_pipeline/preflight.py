@@ -1,0 +1,454 @@
+"""Pre-flight check for a benchmark run: is everything in place before hours of GPU time?
+
+Run it with the environment you are about to train with::
+
+    python -m dqe_cir_pipeline.preflight --env fashioniq
+    python -m dqe_cir_pipeline.preflight --env cirr --params "backbone.name_or_path=/models/blip2"
+    python -m dqe_cir_pipeline.preflight --env fashioniq --skip-backbone   # no 4 GB load
+
+It reads the project's parameters and catalog exactly as ``kedro run --env <env>`` does
+(the project's ``settings.py``: config loader class, merge strategy, resolvers, so
+``DQE_DATA_ROOT`` is honoured) and reports:
+
+* **annotations**: every captions / image-split file the configured splits need, present
+  and valid JSON (read with the readers' own :func:`~dqe_cir_pipeline.data_sources.common.load_json`);
+* **images**: the fraction of images the split files reference that exist on disk
+  (every image, not a sample: one directory listing per folder instead of one ``stat``
+  per image); blocking when more are missing than ingestion tolerates
+  (``data.max_rejected_fraction``);
+* **backbone**: whether ``backbone.name_or_path`` loads (the same
+  :func:`~dqe_cir_pipeline.model.backbone.load_backbone` call the pipeline makes);
+* **GPU**: presence and memory; blocking when ``runtime.device`` is ``cuda`` and none is
+  visible;
+* **disk**: free space where the ViT feature cache goes vs. what it needs
+  (images x tokens x dim x 2 bytes; BLIP-2 ViT-g: 257 x 1408).
+
+Exit code 0 when nothing blocking is missing, 1 otherwise, 2 for a configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dqe_cir_pipeline.data_sources.common import AnnotationError, load_json
+
+logger = logging.getLogger(__name__)
+
+#: Token grid of BLIP-2's ViT-g/14 at 224 px: 16 x 16 patches + [CLS], width 1408.
+VIT_G_TOKENS = 257
+VIT_G_DIM = 1408
+CACHE_BYTES_PER_VALUE = 2  # the feature cache stores float16
+
+PASS, WARN, FAIL = "ok", "warn", "FAIL"
+
+
+@dataclass
+class Check:
+    """One line of the report.
+
+    Attributes:
+        name: What was checked (``annotations``, ``images``, ``backbone``, ...).
+        status: ``ok``, ``warn`` (worth knowing, does not block) or ``FAIL`` (blocks).
+        summary: One-line result.
+        details: Extra lines (missing files, the loader's message, ...).
+    """
+
+    name: str
+    status: str
+    summary: str
+    details: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Report:
+    """All checks of one pre-flight run, plus numbers the tests and callers read."""
+
+    env: str
+    benchmark: str
+    checks: list[Check] = field(default_factory=list)
+    numbers: dict[str, Any] = field(default_factory=dict)
+
+    def add(self, check: Check) -> Check:
+        self.checks.append(check)
+        return check
+
+    @property
+    def blocking(self) -> list[Check]:
+        return [c for c in self.checks if c.status == FAIL]
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.blocking else 0
+
+    def render(self) -> str:
+        """Human-readable report (what ``main`` prints)."""
+        lines = [f"pre-flight: env={self.env} benchmark={self.benchmark}", ""]
+        for c in self.checks:
+            lines.append(f"[{c.status:>4}] {c.name:<12} {c.summary}")
+            lines.extend(f"         {d}" for d in c.details)
+        lines.append("")
+        if self.blocking:
+            names = ", ".join(c.name for c in self.blocking)
+            lines.append(f"NOT READY: {len(self.blocking)} blocking problem(s): {names}")
+        else:
+            lines.append("READY: nothing blocking found")
+        return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- config
+
+
+def parse_params(text: str | None) -> dict[str, Any]:
+    """``"a.b=1,c=x"`` -> ``{"a": {"b": 1}, "c": "x"}`` (values parsed as YAML scalars).
+
+    The same ``key=value`` syntax as ``kedro run --params``; a dotted key sets a nested
+    parameter. Commas inside ``[...]`` / ``{...}`` or quotes do not split items, so list
+    values work: ``data.cirr.image_only_splits=[train],runtime.device=cpu``.
+    """
+    out: dict[str, Any] = {}
+    if not text:
+        return out
+    for item in _split_top_level(text):
+        if not item.strip():
+            continue
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--params item {item!r} is not key=value")
+        node = out
+        *parents, leaf = key.strip().split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(value) if value.strip() else ""
+    return out
+
+
+def _split_top_level(text: str) -> list[str]:
+    """Split on commas that are not inside brackets, braces or quotes."""
+    items, depth, quote, start = [], 0, "", 0
+    for i, ch in enumerate(text):
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "[{":
+            depth += 1
+        elif ch in "]}":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            items.append(text[start:i])
+            start = i + 1
+    items.append(text[start:])
+    return items
+
+
+def load_config(
+    env: str, project_path: Path, runtime_params: dict[str, Any] | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The parameters and catalog config ``kedro run --env <env>`` would use.
+
+    Builds the config loader the way a Kedro session does (the project's
+    ``CONFIG_LOADER_CLASS`` and ``CONFIG_LOADER_ARGS``), so resolvers such as
+    ``${data_root:}`` and the soft merge of parameters behave identically.
+    """
+    from kedro.framework.project import settings
+    from kedro.framework.startup import bootstrap_project
+
+    bootstrap_project(project_path)
+    loader = settings.CONFIG_LOADER_CLASS(
+        conf_source=str(project_path / settings.CONF_SOURCE),
+        env=env,
+        runtime_params=runtime_params or {},
+        **settings.CONFIG_LOADER_ARGS,
+    )
+    return dict(loader["parameters"]), dict(loader["catalog"])
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass
+class AnnotationSpec:
+    """One annotation file a run needs: which split / category and what it is."""
+
+    path: Path
+    kind: str  # "split" (image list / map) or "captions"
+    split: str
+    category: str
+
+
+def annotation_specs(benchmark: str, data: dict[str, Any]) -> list[AnnotationSpec]:
+    """Annotation files the configured splits need (same layout as the readers)."""
+    cfg = data[benchmark]
+    root = Path(cfg["annotation_root"])
+    specs: list[AnnotationSpec] = []
+    if benchmark == "fashioniq":
+        for cat in cfg["categories"]:
+            for split in cfg["splits"]:
+                specs.append(AnnotationSpec(root / "image_splits" / f"split.{cat}.{split}.json", "split", split, cat))
+                specs.append(AnnotationSpec(root / "captions" / f"cap.{cat}.{split}.json", "captions", split, cat))
+    elif benchmark == "cirr":
+        image_only = set(cfg.get("image_only_splits") or ())
+        for split in cfg["splits"]:
+            specs.append(AnnotationSpec(root / "image_splits" / f"split.rc2.{split}.json", "split", split, "all"))
+            if split not in image_only:
+                specs.append(AnnotationSpec(root / "captions" / f"cap.rc2.{split}.json", "captions", split, "all"))
+    else:
+        raise ValueError(f"no pre-flight data check for benchmark {benchmark!r}")
+    return specs
+
+
+class _DirListing:
+    """Names in a folder, listed once (one ``scandir`` per folder, not a ``stat`` per file)."""
+
+    def __init__(self) -> None:
+        self._cache: dict[Path, frozenset[str]] = {}
+
+    def __call__(self, folder: Path) -> frozenset[str]:
+        if folder not in self._cache:
+            try:
+                with os.scandir(folder) as it:
+                    self._cache[folder] = frozenset(e.name for e in it)
+            except (FileNotFoundError, NotADirectoryError, PermissionError):
+                self._cache[folder] = frozenset()
+        return self._cache[folder]
+
+
+def _image_files(benchmark: str, cfg: dict[str, Any], entries: Any, image_root: Path) -> dict[str, list[Path]]:
+    """Candidate files per image id of one split file (several when extensions vary)."""
+    if benchmark == "fashioniq":
+        if not isinstance(entries, list):
+            raise AnnotationError("expected a list of image ids")
+        exts = list(cfg.get("image_exts") or ["jpg"])
+        return {str(i): [image_root / f"{i}.{ext}" for ext in exts] for i in entries if isinstance(i, str) and i}
+    if not isinstance(entries, dict):
+        raise AnnotationError("expected an object mapping image name -> relative path")
+    return {str(k): [Path(os.path.normpath(image_root / str(v)))] for k, v in entries.items()}
+
+
+def check_data(benchmark: str, data: dict[str, Any], report: Report) -> set[str]:
+    """Annotation and image checks; returns the distinct image ids the splits reference."""
+    cfg = data[benchmark]
+    image_root = Path(cfg["image_root"]).absolute()
+    specs = annotation_specs(benchmark, data)
+    missing: list[str] = []
+    broken: list[str] = []
+    records = 0
+    files: dict[str, list[Path]] = {}
+    for spec in specs:
+        try:
+            payload = load_json(spec.path)
+            if spec.kind == "split":
+                files.update(_image_files(benchmark, cfg, payload, image_root))
+            elif isinstance(payload, list):
+                records += len(payload)
+            else:
+                raise AnnotationError(f"{spec.path}: expected a list of caption records")
+        except AnnotationError as err:
+            (missing if "not found" in str(err) else broken).append(str(err))
+    n_ok = len(specs) - len(missing) - len(broken)
+    report.numbers.update(
+        annotation_files=len(specs), annotation_files_ok=n_ok, caption_records=records
+    )
+    status = PASS if n_ok == len(specs) else FAIL
+    report.add(
+        Check(
+            "annotations",
+            status,
+            f"{n_ok}/{len(specs)} files present and valid JSON under {cfg['annotation_root']} "
+            f"({records} caption records)",
+            [*missing, *broken],
+        )
+    )
+
+    listing = _DirListing()
+    found = sum(any(p.name in listing(p.parent) for p in paths) for paths in files.values())
+    total = len(files)
+    fraction = found / total if total else 0.0
+    tolerated = float(data.get("max_rejected_fraction", 0.0))
+    report.numbers.update(images_referenced=total, images_found=found, images_found_fraction=fraction)
+    if total == 0:
+        status, summary = FAIL, f"no image is referenced (image root {image_root})"
+    else:
+        status = PASS if found == total else (WARN if 1.0 - fraction <= tolerated else FAIL)
+        summary = f"{found}/{total} referenced images found ({100 * fraction:.1f} %) under {image_root}"
+    details = []
+    if found < total:
+        absent = sorted(i for i, paths in files.items() if not any(p.name in listing(p.parent) for p in paths))
+        details.append(f"missing e.g.: {', '.join(absent[:5])}")
+        details.append(
+            f"ingestion fails above data.max_rejected_fraction = {tolerated:g} "
+            f"({100 * (1 - fraction):.1f} % missing)"
+        )
+    report.add(Check("images", status, summary, details))
+    return set(files)
+
+
+# --------------------------------------------------------------------------- backbone
+
+
+def check_backbone(backbone: dict[str, Any], report: Report, skip: bool = False) -> tuple[int, int]:
+    """Load the backbone; return its ViT token grid (tokens, dim) for the cache estimate."""
+    from dqe_cir_pipeline.model.backbone import BackboneConfig, BackboneNotFoundError, load_backbone
+
+    cfg = BackboneConfig.from_dict(backbone)
+    if cfg.source == "tiny":
+        spec = cfg.tiny
+        tokens = (spec.image_size // spec.patch_size) ** 2 + 1
+        report.add(Check("backbone", PASS, "tiny random preset (built on the first run)"))
+        return tokens, spec.vision_hidden
+    if skip:
+        report.add(Check("backbone", WARN, f"not loaded (--skip-backbone): {cfg.name_or_path}"))
+        return VIT_G_TOKENS, VIT_G_DIM
+    try:
+        bb = load_backbone(cfg)
+    except BackboneNotFoundError as err:
+        report.add(
+            Check(
+                "backbone",
+                FAIL,
+                f"backbone.name_or_path = {cfg.name_or_path!r} could not be loaded",
+                str(err).splitlines(),
+            )
+        )
+        return VIT_G_TOKENS, VIT_G_DIM
+    vision = bb.model.config.vision_config
+    image_size = vision.image_size if isinstance(vision.image_size, int) else vision.image_size[0]
+    tokens = (int(image_size) // int(vision.patch_size)) ** 2 + 1
+    dim = int(vision.hidden_size)
+    n_params = sum(p.numel() for p in bb.model.parameters())
+    report.add(
+        Check(
+            "backbone",
+            PASS,
+            f"{bb.name} loads ({n_params / 1e6:.0f} M parameters, key {bb.key}, ViT tokens {tokens} x {dim})",
+        )
+    )
+    del bb
+    return tokens, dim
+
+
+# --------------------------------------------------------------------------- compute
+
+
+def check_gpu(runtime: dict[str, Any], report: Report) -> None:
+    """GPU presence and memory; blocking only when ``runtime.device`` demands CUDA."""
+    import torch
+
+    wanted = str(runtime.get("device", "auto"))
+    if not torch.cuda.is_available():
+        status = FAIL if wanted == "cuda" else WARN
+        report.add(Check("gpu", status, f"no CUDA device visible (runtime.device = {wanted})"))
+        report.numbers["gpus"] = 0
+        return
+    details = []
+    for i in range(torch.cuda.device_count()):
+        props = torch.cuda.get_device_properties(i)
+        free, total = torch.cuda.mem_get_info(i)
+        details.append(f"cuda:{i} {props.name}: {free / 2**30:.1f} GiB free of {total / 2**30:.1f} GiB")
+    report.numbers["gpus"] = torch.cuda.device_count()
+    report.add(Check("gpu", PASS, f"{torch.cuda.device_count()} CUDA device(s)", details))
+
+
+def _human(n_bytes: float) -> str:
+    """Decimal units, as disks are sold: ``53.8 GB``."""
+    for unit in ("B", "kB", "MB", "GB"):
+        if abs(n_bytes) < 1000:
+            return f"{n_bytes:.1f} {unit}" if unit != "B" else f"{int(n_bytes)} B"
+        n_bytes /= 1000
+    return f"{n_bytes:.1f} TB"
+
+
+def _existing(path: Path) -> Path:
+    """The nearest existing ancestor (where ``disk_usage`` can be asked)."""
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _folder_bytes(path: Path) -> int:
+    if not path.is_dir():
+        return 0
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def check_disk(cache_dir: Path, n_images: int, tokens: int, dim: int, report: Report) -> None:
+    """Free space at the feature cache vs. ``n_images x tokens x dim x 2`` bytes."""
+    need = n_images * tokens * dim * CACHE_BYTES_PER_VALUE
+    have = _folder_bytes(cache_dir)
+    remaining = max(0, need - have)
+    free = shutil.disk_usage(_existing(cache_dir)).free
+    report.numbers.update(cache_bytes_needed=need, cache_bytes_present=have, disk_bytes_free=free)
+    summary = (
+        f"feature cache needs {_human(need)} ({n_images} images x {tokens} x {dim} x 2 B), "
+        f"{_human(have)} already cached; {_human(free)} free at {_existing(cache_dir)}"
+    )
+    report.add(Check("disk", PASS if free >= remaining else FAIL, summary, [f"cache folder: {cache_dir}"]))
+
+
+# --------------------------------------------------------------------------- entry
+
+
+def run_checks(
+    env: str,
+    project_path: Path,
+    runtime_params: dict[str, Any] | None = None,
+    skip_backbone: bool = False,
+) -> Report:
+    """Run every check for ``env`` and return the report (prints nothing)."""
+    params, catalog = load_config(env, project_path, runtime_params)
+    data = params["data"]
+    benchmark = str(data["benchmark"])
+    report = Report(env=env, benchmark=benchmark)
+    image_ids: set[str] = set()
+    if benchmark == "synthetic":
+        report.add(Check("data", PASS, "generated benchmark (written on the first run)"))
+        image_ids = set()
+    else:
+        image_ids = check_data(benchmark, data, report)
+    tokens, dim = check_backbone(params["backbone"], report, skip=skip_backbone)
+    check_gpu(params.get("runtime", {}), report)
+    if image_ids:
+        cache_dir = Path(catalog["vit_features"]["filepath"])
+        check_disk(cache_dir, len(image_ids), tokens, dim, report)
+    return report
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(
+        prog="python -m dqe_cir_pipeline.preflight",
+        description="Check data, weights, GPU and disk before `kedro run --env <env>`.",
+    )
+    ap.add_argument("--env", default="fashioniq", help="Kedro environment (fashioniq, cirr, ...)")
+    ap.add_argument("--params", default=None, help='overrides as in kedro run: "a.b=1,c=x"')
+    ap.add_argument("--project-path", type=Path, default=None, help="project root (default: this checkout)")
+    ap.add_argument("--skip-backbone", action="store_true", help="do not load the pretrained weights")
+    return ap.parse_args(argv)
+
+
+def main(argv: Iterable[str] | None = None) -> int:
+    """CLI entry point: print the report, return the exit code."""
+    args = _parse_args(list(argv) if argv is not None else None)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    project_path = (args.project_path or Path(__file__).resolve().parents[2]).resolve()
+    try:
+        report = run_checks(args.env, project_path, parse_params(args.params), args.skip_backbone)
+    except (KeyError, ValueError, TypeError) as err:
+        print(f"pre-flight: configuration error for env {args.env!r}: {err}", file=sys.stderr)
+        return 2
+    print(report.render())
+    return report.exit_code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
