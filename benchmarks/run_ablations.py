@@ -170,6 +170,9 @@ def main() -> None:
                        for n in args.variants]
             for fut in futures:
                 rows.extend(fut.result())
+                if args.out:  # partial results survive a time-out
+                    args.out.parent.mkdir(parents=True, exist_ok=True)
+                    args.out.write_text(json.dumps({"device": str(device), "rows": rows}, indent=1))
     else:
         for name in args.variants:
             for seed in args.seeds:
