@@ -48,7 +48,9 @@ from dqe_cir_pipeline.pipelines.common import (
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "dqe_cir": ({}, {}),
-    "contrastive": ({"objective": "contrastive", "negatives": "none", "use_margins": False}, {}),
+    "contrastive": ({"objective": "contrastive", "negatives": "none", "use_margins": False,
+                     "use_attribute_weights": False}, {}),
+    "pairwise_kl": ({"objective": "pairwise_kl"}, {}),
     "qure_negatives": ({"initial_negatives": "random", "refresh_interval": None}, {"strategy": "qure"}),
     "no_attr_weights": ({"use_attribute_weights": False}, {}),
     "no_trns": ({"negatives": "random"}, {}),

@@ -37,4 +37,5 @@ def register_pipelines() -> dict[str, Pipeline]:
         "evaluation": evaluate,
         "zero_shot": zero_shot,
         "zero_shot_full": ingestion + extraction + zero_shot,
+        "cirr_submission": evaluation.create_submission_pipeline(),
     }

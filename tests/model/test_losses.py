@@ -113,3 +113,21 @@ def test_dqe_loss_contrastive_uses_rolled_negatives() -> None:
     assert terms["color_margin"].item() == 0.0 and terms["shape_margin"].item() == 0.0
     with pytest.raises(ValueError):
         LossConfig(objective="triplet")
+
+
+def test_batch_kl_is_cross_entropy_over_targets_and_negatives_with_duplicates_masked() -> None:
+    from dqe_cir_pipeline.model.losses import batch_kl_loss
+
+    scores = torch.tensor([[0.9, 0.2, 0.5, 0.8], [0.1, 0.7, 0.3, 0.6]])  # 2 rows: 2 targets + 2 negatives
+    tau = 0.5
+    plain = batch_kl_loss(scores, tau)
+    z = scores / tau
+    expected = -(torch.log_softmax(z[0], 0)[0] + torch.log_softmax(z[1], 0)[1]) / 2
+    assert torch.isclose(plain, expected)
+    # row 0's target (image 7) is also row 1's negative (column 3): masked for row 0 only
+    target_index = torch.tensor([7, 8])
+    cand_index = torch.tensor([7, 8, 5, 7])
+    masked = batch_kl_loss(scores, tau, target_index, cand_index)
+    row0 = -torch.log_softmax(z[0, :3], 0)[0]
+    row1 = -torch.log_softmax(z[1], 0)[1]
+    assert torch.isclose(masked, (row0 + row1) / 2)

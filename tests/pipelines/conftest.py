@@ -54,7 +54,8 @@ class KeptDataset(MemoryDataset):
 
 def catalog_for(params: dict[str, Any], tmp: Path) -> DataCatalog:
     """Every dataset of the full pipeline in memory, except the real feature cache."""
-    full = register_pipelines()["__default__"] + register_pipelines()["zero_shot"]
+    pipes = register_pipelines()
+    full = pipes["__default__"] + pipes["zero_shot"] + pipes["cirr_submission"]
     catalog = DataCatalog({"vit_features": FeatureCacheDataset(filepath=str(tmp / "vit_cache"))})
     for name in sorted(full.datasets()):
         if name.startswith("params:") or name == "vit_features":

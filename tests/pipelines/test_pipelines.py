@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pytest
+from kedro.io import MemoryDataset
 from kedro.runner import SequentialRunner
 
 from dqe_cir_pipeline.data_sources.schema import IMAGE_SCHEMA, TRIPLET_SCHEMA
@@ -92,3 +93,22 @@ def test_training_and_evaluation_pipelines(prepared: dict[str, Any]) -> None:
     assert (ranks["rank"] >= 0).all()
     metrics = cat.load("evaluation_metrics")
     assert all("@" not in k for k in metrics)
+
+
+@pytest.mark.slow
+def test_cirr_submission_files_are_valid(prepared: dict[str, Any]) -> None:
+    cat = prepared["catalog"]
+    if not cat.exists("model_checkpoint"):
+        SequentialRunner().run(register_pipelines()["training"], cat)
+    params = prepared["params"]
+    # the tiny val gallery is smaller than a top-50 list: write train's "submission"
+    cat["params:evaluation"] = MemoryDataset({**params["evaluation"], "submission_split": "train"})
+    SequentialRunner().run(register_pipelines()["cirr_submission"], cat)
+    recall, subset = cat.load("cirr_submission_recall"), cat.load("cirr_submission_subset")
+    val = cat.load("triplets").query("split == 'train'")
+    assert recall["version"] == subset["version"] == "rc2"
+    assert recall["metric"] == "recall" and subset["metric"] == "recall_subset"
+    assert set(recall) - {"version", "metric"} == set(val["query_id"])
+    row = val.iloc[0]
+    assert len(recall[row.query_id]) == 50 and row.reference_id not in recall[row.query_id]
+    assert len(subset[row.query_id]) == 3 and set(subset[row.query_id]) <= set(row.subset_members)

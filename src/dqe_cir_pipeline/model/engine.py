@@ -67,7 +67,7 @@ class TrainConfig:
     min_lr_ratio: float = 0.01
     grad_clip: float = 1.0
     amp_dtype: str = "bfloat16"
-    objective: str = "pairwise_kl"
+    objective: str = "batch_kl"
     negatives: str = "mined"  # mined | random | none
     refresh_interval: int | None = 2
     initial_negatives: str = "model"  # model | random
@@ -87,8 +87,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.negatives not in {"mined", "random", "none"}:
             raise ValueError(f"training.negatives must be mined|random|none, got {self.negatives!r}")
-        if self.objective == "pairwise_kl" and self.negatives == "none":
-            raise ValueError("objective pairwise_kl needs a negative: set negatives to mined or random")
+        if self.objective in ("pairwise_kl", "batch_kl") and self.negatives == "none":
+            raise ValueError(f"objective {self.objective} needs a negative: set negatives to mined or random")
         if self.caption_form not in {"random", "eval"}:
             raise ValueError(f"training.caption_form must be random|eval, got {self.caption_form!r}")
 
@@ -474,7 +474,11 @@ def fit(
                 if negatives is not None:
                     neg = load_tokens(features, [data.pool_ids[j] for j in negatives[idx]], device)
                     neg_emb = model.encode_targets(neg)
-                terms = loss_fn(model, out, tgt_emb, neg_emb, color, shape)
+                terms = loss_fn(
+                    model, out, tgt_emb, neg_emb, color, shape,
+                    target_index=torch.as_tensor(data.target_idx[idx], device=device),
+                    negative_index=None if negatives is None else torch.as_tensor(negatives[idx], device=device),
+                )
             optimizer.zero_grad(set_to_none=True)
             terms["loss"].backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)

@@ -13,14 +13,18 @@ from torch import nn
 
 from .dqe import DQECIR, QueryOutput
 
+OBJECTIVES = ("pairwise_kl", "batch_kl", "contrastive")
+
 
 @dataclass
 class LossConfig:
     """Objective configuration.
 
     Attributes:
-        objective: "pairwise_kl" (target vs one mined negative) or "contrastive"
-            (in-batch cross-entropy baseline).
+        objective: "pairwise_kl" (target vs its one mined negative, QuRe's form),
+            "batch_kl" (KL to one-hot over the batch's targets plus every row's mined
+            negative; [design] the default, see docs/method.md) or "contrastive"
+            (in-batch cross-entropy over targets only: SPRC / CLIP4Cir).
         use_margins: add the attribute margin losses.
         margin: hinge margin m.
         lambda_color: weight of the color margin loss.
@@ -34,9 +38,9 @@ class LossConfig:
     lambda_shape: float = 0.5
 
     def __post_init__(self) -> None:
-        if self.objective not in ("pairwise_kl", "contrastive"):
+        if self.objective not in OBJECTIVES:
             raise ValueError(
-                f"objective must be 'pairwise_kl' or 'contrastive', got {self.objective!r}"
+                f"objective must be one of {OBJECTIVES}, got {self.objective!r}"
             )
 
 
@@ -92,6 +96,38 @@ def in_batch_contrastive_loss(scores: torch.Tensor, tau: torch.Tensor | float) -
     return F.cross_entropy(scores / tau, labels)
 
 
+def batch_kl_loss(
+    scores: torch.Tensor,
+    tau: torch.Tensor | float,
+    target_index: torch.Tensor | None = None,
+    candidate_index: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """KL(one-hot || softmax(scores / tau)) over the batch's candidates (= cross-entropy).
+
+    Candidate ``i`` is row ``i``'s target; the other columns are the other rows' targets
+    and, for ``batch_kl``, every row's mined negative. [design] Columns showing the same
+    image as the row's own target (a sibling's target, or a negative mined for another
+    row that *is* this row's target) are masked out rather than pushed away.
+
+    Args:
+        scores: (B, C) query i vs candidate c, C >= B, the first B candidates are targets.
+        tau: temperature.
+        target_index: (B,) image index of each row's target (None: no masking).
+        candidate_index: (C,) image index of each candidate.
+
+    Returns:
+        Scalar loss.
+    """
+    b = scores.shape[0]
+    rows = torch.arange(b, device=scores.device)
+    logits = scores / tau
+    if target_index is not None and candidate_index is not None:
+        same = candidate_index.unsqueeze(0) == target_index.unsqueeze(1)  # (B, C)
+        same[rows, rows] = False
+        logits = logits.masked_fill(same, float("-inf"))
+    return F.cross_entropy(logits, rows)
+
+
 class DQELoss(nn.Module):
     """L = main + lambda_c L_color + lambda_s L_shape, returned as named terms.
 
@@ -111,6 +147,8 @@ class DQELoss(nn.Module):
         negative_emb: torch.Tensor | None,
         edits_color: torch.Tensor,
         edits_shape: torch.Tensor,
+        target_index: torch.Tensor | None = None,
+        negative_index: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Compute the loss terms.
 
@@ -123,6 +161,9 @@ class DQELoss(nn.Module):
                 otherwise take the target of the previous row (a rolled batch).
             edits_color: (B,) bool, edit touches color.
             edits_shape: (B,) bool, edit touches shape.
+            target_index: (B,) image index of each target (masks duplicates in batch
+                objectives).
+            negative_index: (B,) image index of each negative.
 
         Returns:
             dict with scalar tensors "loss", "main", "color_margin", "shape_margin".
@@ -134,8 +175,14 @@ class DQELoss(nn.Module):
             main = pairwise_kl_loss(
                 model.pair_score(out.q, target_emb), model.pair_score(out.q, negative_emb), tau
             )
+        elif cfg.objective == "batch_kl":
+            if negative_emb is None:
+                raise ValueError("objective 'batch_kl' needs one negative per query")
+            cand = torch.cat([target_emb, negative_emb])
+            idx = None if target_index is None or negative_index is None else torch.cat([target_index, negative_index])
+            main = batch_kl_loss(model.score(out.q, cand), tau, target_index, idx)
         else:
-            main = in_batch_contrastive_loss(model.score(out.q, target_emb), tau)
+            main = batch_kl_loss(model.score(out.q, target_emb), tau, target_index, target_index)
 
         if cfg.use_margins:
             neg = negative_emb if negative_emb is not None else target_emb.roll(1, dims=0)

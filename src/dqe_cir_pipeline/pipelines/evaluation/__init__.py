@@ -5,4 +5,4 @@ from dqe_cir_pipeline.pipelines.evaluation.pipeline import (
     create_zero_shot_pipeline,
 )
 
-__all__ = ["create_pipeline", "create_zero_shot_pipeline"]
+__all__ = ["create_pipeline", "create_submission_pipeline", "create_zero_shot_pipeline"]

@@ -15,8 +15,9 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from dqe_cir_pipeline.datasets.feature_cache import FeatureCache
-from dqe_cir_pipeline.model.engine import TrainConfig
-from dqe_cir_pipeline.model.evaluate import EvalOutput, EvalSet, evaluate
+from dqe_cir_pipeline.model.engine import TrainConfig, encode_images, encode_queries
+from dqe_cir_pipeline.model.evaluate import EvalOutput, EvalSet, evaluate, submission_rankings
+from dqe_cir_pipeline.model.retrieval import cirr_submission, validate_cirr_submission
 from dqe_cir_pipeline.model.state import CheckpointMismatchError
 from dqe_cir_pipeline.pipelines.common import (
     backbone_from_params,
@@ -146,3 +147,35 @@ def evaluate_zero_shot(
     blind = text_blind_baseline(images, data, ks)
     table, summary, metrics, *_ = _evaluate_all(None, zero, blind, data, images, evaluation, bb.name)
     return table, summary, metrics
+
+
+def write_cirr_submission(
+    model_checkpoint: dict[str, Any],
+    vit_features: FeatureCache,
+    triplets: pd.DataFrame,
+    images: pd.DataFrame,
+    backbone: dict[str, Any],
+    evaluation: dict[str, Any],
+    runtime: dict[str, Any],
+) -> tuple[dict[str, object], dict[str, object]]:
+    """The two files the CIRR evaluation server takes, validated before they are written.
+
+    ``recall``: top-50 of the split's gallery with the reference removed;
+    ``recall_subset``: top-3 of ``img_set.members`` minus the reference; both with
+    ``"version": "rc2"``, keyed by ``str(pairid)``.
+    """
+    bb, model, cfg = _model_from_checkpoint(model_checkpoint, backbone, runtime)
+    data = EvalSet.from_tables(triplets, images, evaluation["submission_split"])
+    gallery = encode_images(model, vit_features, data.gallery_ids, amp_dtype=cfg.amp_dtype)
+    q = encode_queries(model, vit_features, bb.tokenizer, data.reference_ids, data.texts,
+                       max_len=cfg.max_text_len, amp_dtype=cfg.amp_dtype).q
+    full, subset = submission_rankings(q, gallery, data, int(evaluation["chunk_size"]))
+    pair_ids = [int(p) for p in data.query_ids]
+    recall_json, subset_json = cirr_submission(pair_ids, full, subset)
+    validate_cirr_submission(
+        recall_json, subset_json, pair_ids,
+        references=dict(zip(pair_ids, data.reference_ids, strict=True)),
+        members=dict(zip(pair_ids, data.subset_members, strict=True)),
+    )
+    logger.info("CIRR submission for %d pairs of %s", len(pair_ids), data.split)
+    return recall_json, subset_json

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from kedro.pipeline import Pipeline, node, pipeline
 
-from dqe_cir_pipeline.pipelines.evaluation.nodes import evaluate_checkpoint, evaluate_zero_shot
+from dqe_cir_pipeline.pipelines.evaluation.nodes import (
+    evaluate_checkpoint,
+    evaluate_zero_shot,
+    write_cirr_submission,
+)
 
 
 def create_pipeline(**kwargs: object) -> Pipeline:
@@ -54,6 +58,28 @@ def create_zero_shot_pipeline(**kwargs: object) -> Pipeline:
                 ],
                 ["zero_shot_table", "zero_shot_summary", "zero_shot_metrics"],
                 name="evaluate_zero_shot",
+            )
+        ]
+    )
+
+
+def create_submission_pipeline(**kwargs: object) -> Pipeline:
+    """CIRR test1: the evaluation server's two JSON files from the best checkpoint."""
+    return pipeline(
+        [
+            node(
+                write_cirr_submission,
+                [
+                    "model_checkpoint",
+                    "vit_features",
+                    "triplets",
+                    "images",
+                    "params:backbone",
+                    "params:evaluation",
+                    "params:runtime",
+                ],
+                ["cirr_submission_recall", "cirr_submission_subset"],
+                name="write_cirr_submission",
             )
         ]
     )
