@@ -2,6 +2,7 @@
 
 from dqe_cir_pipeline.pipelines.evaluation.pipeline import (
     create_pipeline,
+    create_submission_pipeline,
     create_zero_shot_pipeline,
 )
 
