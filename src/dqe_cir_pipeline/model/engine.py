@@ -225,6 +225,45 @@ def encode_queries(
     return QueryEmbeddings(q=torch.cat(qs), weights=torch.cat(ws))
 
 
+def encode_for_mining(
+    model: DQECIR,
+    features: FeatureSource,
+    tokenizer: Any,
+    data: TrainData,
+    *,
+    batch_size: int = 256,
+    max_len: int = 32,
+    amp_dtype: str | None = "bfloat16",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training queries (N, P) and the pool (M, Q, P) as ``model`` embeds them now.
+
+    Queries use their evaluation caption (deterministic) so a refresh does not depend on
+    which random caption form an epoch drew.
+    """
+    device = next(model.parameters()).device
+    pool = encode_images(model, features, data.pool_ids, batch_size=batch_size, device=device, amp_dtype=amp_dtype)
+    queries = encode_queries(
+        model, features, tokenizer, data.reference_ids, data.caption_eval,
+        batch_size=batch_size, max_len=max_len, device=device, amp_dtype=amp_dtype,
+    )
+    return queries.q, pool
+
+
+def mine_from_embeddings(
+    queries: torch.Tensor, pool: torch.Tensor, data: TrainData, mining: MiningConfig, device: torch.device
+) -> MiningResult:
+    """``mine_negatives`` for ``data``'s targets, references and groups."""
+    return mine_negatives(
+        queries.to(device),
+        pool.to(device),
+        torch.as_tensor(data.target_idx),
+        torch.as_tensor(data.reference_idx),
+        mining,
+        query_groups=None if data.query_groups is None else torch.as_tensor(data.query_groups),
+        pool_groups=None if data.pool_groups is None else torch.as_tensor(data.pool_groups),
+    )
+
+
 def mine_with_model(
     model: DQECIR,
     features: FeatureSource,
@@ -236,35 +275,11 @@ def mine_with_model(
     max_len: int = 32,
     amp_dtype: str | None = "bfloat16",
 ) -> MiningResult:
-    """Encode the pool and the training queries with ``model`` and mine negatives.
-
-    Queries use their evaluation caption (deterministic) so a refresh does not depend on
-    which random caption form an epoch drew.
-    """
-    device = next(model.parameters()).device
-    pool = encode_images(
-        model, features, data.pool_ids, batch_size=batch_size, device=device, amp_dtype=amp_dtype
+    """Encode the pool and the training queries with ``model`` and mine negatives."""
+    queries, pool = encode_for_mining(
+        model, features, tokenizer, data, batch_size=batch_size, max_len=max_len, amp_dtype=amp_dtype
     )
-    queries = encode_queries(
-        model,
-        features,
-        tokenizer,
-        data.reference_ids,
-        data.caption_eval,
-        batch_size=batch_size,
-        max_len=max_len,
-        device=device,
-        amp_dtype=amp_dtype,
-    )
-    return mine_negatives(
-        queries.q.to(device),
-        pool.to(device),
-        torch.as_tensor(data.target_idx),
-        torch.as_tensor(data.reference_idx),
-        mining,
-        query_groups=None if data.query_groups is None else torch.as_tensor(data.query_groups),
-        pool_groups=None if data.pool_groups is None else torch.as_tensor(data.pool_groups),
-    )
+    return mine_from_embeddings(queries, pool, data, mining, next(model.parameters()).device)
 
 
 def mining_to_state(result: MiningResult) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from dqe_cir_pipeline.datasets.feature_cache import FeatureCache
 from dqe_cir_pipeline.model.engine import TrainConfig, encode_images, encode_queries
 from dqe_cir_pipeline.model.evaluate import EvalOutput, EvalSet, evaluate, submission_rankings
 from dqe_cir_pipeline.model.retrieval import cirr_submission, validate_cirr_submission
-from dqe_cir_pipeline.model.state import CheckpointMismatchError
+from dqe_cir_pipeline.model.state import CheckpointMismatchError, load_trainable_state
 from dqe_cir_pipeline.pipelines.common import (
     backbone_from_params,
     build_model,
@@ -44,8 +44,7 @@ def _model_from_checkpoint(checkpoint: dict[str, Any], backbone: dict[str, Any],
         device=runtime.get("device", "auto"),
     )
     model = build_model(bb, cfg)
-    missing, unexpected = model.load_state_dict(checkpoint["model"], strict=True), None
-    del missing, unexpected
+    load_trainable_state(model, checkpoint, bb.key, {})  # strict: a clear error on any mismatch
     return bb, model, cfg
 
 

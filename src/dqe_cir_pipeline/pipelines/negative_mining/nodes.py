@@ -22,7 +22,7 @@ import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from dqe_cir_pipeline.datasets.feature_cache import FeatureCache  # noqa: E402
-from dqe_cir_pipeline.model.engine import encode_images, encode_queries, mine_with_model  # noqa: E402
+from dqe_cir_pipeline.model.engine import encode_for_mining, mine_from_embeddings  # noqa: E402
 from dqe_cir_pipeline.model.negatives import MiningResult, delta_histogram  # noqa: E402
 from dqe_cir_pipeline.pipelines.common import (  # noqa: E402
     backbone_from_params,
@@ -58,12 +58,14 @@ def mine_initial_negatives(
     model = build_model(bb, cfg)
     data = build_train_data(triplets, images, "train")
     start = time.perf_counter()
-    result = mine_with_model(model, vit_features, bb.tokenizer, data, mcfg, max_len=cfg.max_text_len, amp_dtype=cfg.amp_dtype)
+    queries, pool = encode_for_mining(model, vit_features, bb.tokenizer, data, max_len=cfg.max_text_len,
+                                      amp_dtype=cfg.amp_dtype)
+    result = mine_from_embeddings(queries, pool, data, mcfg, next(model.parameters()).device)
     seconds = time.perf_counter() - start
     summary = {**result.summary(), "seconds": seconds, "queries": float(len(data)), "peak_rss_mb": _peak_rss_mb()}
     logger.info("mined %s negatives for %d queries in %.2fs: %s", mcfg.strategy, len(data), seconds,
                 {k: round(v, 3) for k, v in summary.items()})
-    fig = _delta_plot(model, vit_features, bb.tokenizer, data, result, cfg)
+    fig = _delta_plot(queries, pool, data, result)
     return mining_table(result, data), mlflow_metrics(summary, prefix="mining.initial."), fig
 
 
@@ -71,15 +73,11 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _delta_plot(model, features, tokenizer, data, result: MiningResult, cfg) -> Figure:
+def _delta_plot(queries: torch.Tensor, pool: torch.Tensor, data, result: MiningResult) -> Figure:
     """Delta distributions of a few queries (pool vs zone) and zone sizes over all queries."""
     sample = list(range(min(4, len(data))))
-    ids = data.pool_ids
-    pool = encode_images(model, features, ids, amp_dtype=cfg.amp_dtype)
-    q = encode_queries(model, features, tokenizer, [data.reference_ids[i] for i in sample],
-                       [data.caption_eval[i] for i in sample], max_len=cfg.max_text_len, amp_dtype=cfg.amp_dtype).q
     hist = delta_histogram(
-        q, pool, torch.as_tensor(data.target_idx[sample]), torch.as_tensor(data.reference_idx[sample]),
+        queries[sample], pool, torch.as_tensor(data.target_idx[sample]), torch.as_tensor(data.reference_idx[sample]),
         query_indices=list(range(len(sample))), result=_subset(result, sample),
         query_groups=None if data.query_groups is None else data.query_groups[sample],
         pool_groups=data.pool_groups,
