@@ -16,44 +16,12 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import threading
-import time
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from _measure import measure
 
 from dqe_cir_pipeline.model.negatives import MiningConfig, mine_negatives
-
-
-def _rss_bytes() -> int:
-    """Current resident set size of this process (Linux /proc)."""
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-def measure(fn: Callable[[], object]) -> tuple[float, int, object]:
-    """Run ``fn``; return (seconds, peak RSS growth in bytes, result), RSS sampled every 2 ms."""
-    base = _rss_bytes()
-    peak = [base]
-    done = threading.Event()
-
-    def poll() -> None:
-        while not done.is_set():
-            peak[0] = max(peak[0], _rss_bytes())
-            time.sleep(0.002)
-
-    th = threading.Thread(target=poll, daemon=True)
-    th.start()
-    t0 = time.perf_counter()
-    out = fn()
-    dt = time.perf_counter() - t0
-    done.set()
-    th.join()
-    return dt, max(peak[0], _rss_bytes()) - base, out
 
 
 def run_point(n: int, m: int, q: int, p: int, cfg: MiningConfig, device: str, seed: int) -> None:

@@ -14,45 +14,12 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import threading
-import time
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from _measure import measure
 
 from dqe_cir_pipeline.model.retrieval import target_ranks, topk
-
-
-def _rss_bytes() -> int:
-    """Current resident set size of this process (Linux /proc)."""
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-def measure(fn: Callable[[], object]) -> tuple[float, int]:
-    """Run ``fn``; return (seconds, peak RSS growth in bytes) sampled every 2 ms."""
-    base = _rss_bytes()
-    peak = [base]
-    done = threading.Event()
-
-    def poll() -> None:
-        while not done.is_set():
-            peak[0] = max(peak[0], _rss_bytes())
-            time.sleep(0.002)
-
-    th = threading.Thread(target=poll, daemon=True)
-    th.start()
-    t0 = time.perf_counter()
-    fn()
-    dt = time.perf_counter() - t0
-    done.set()
-    th.join()
-    peak[0] = max(peak[0], _rss_bytes())
-    return dt, peak[0] - base
 
 
 def main() -> None:
@@ -91,7 +58,7 @@ def main() -> None:
         f"N x M score matrix: {n * m * 4 / 2**20:.0f} MiB"
     )
     ranks: list[torch.Tensor] = []
-    dt, mem = measure(
+    dt, mem, _ = measure(
         lambda: ranks.append(target_ranks(queries, gallery, target, chunk_size=args.chunk_size))
     )
     print(
@@ -99,7 +66,7 @@ def main() -> None:
         f"R@10 on random data {float((ranks[0] < 10).float().mean() * 100):.2f} % "
         f"(chance {100 * 10 / m:.2f} %)"
     )
-    dt, mem = measure(lambda: topk(queries, gallery, args.k, chunk_size=args.chunk_size))
+    dt, mem, _ = measure(lambda: topk(queries, gallery, args.k, chunk_size=args.chunk_size))
     print(
         f"topk({args.k}): {dt:.2f} s ({flops / dt / 1e9:.1f} GFLOP/s), peak RSS growth {mem / 2**20:.0f} MiB"
     )
