@@ -147,7 +147,6 @@ class FitResult:
     best_checkpoint: dict[str, Any]
     history: list[dict[str, float]]
     mining_summaries: list[dict[str, float]] = field(default_factory=list)
-    last_mining: MiningResult | None = None
     resumed_from_epoch: int = 0
 
 
@@ -559,7 +558,6 @@ def fit(
         best_checkpoint=checkpoint,
         history=history,
         mining_summaries=mining_summaries,
-        last_mining=current,
         resumed_from_epoch=start_epoch,
     )
 

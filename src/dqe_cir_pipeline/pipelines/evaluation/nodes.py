@@ -52,19 +52,16 @@ def _rows(name: str, metrics: dict[str, float]) -> list[dict[str, Any]]:
     return [{"model": name, "metric": k, "value": float(v)} for k, v in metrics.items()]
 
 
-def _evaluate_all(
+def _report(
     model_out: EvalOutput | None,
     zero: EvalOutput,
     blind: EvalOutput,
     data: EvalSet,
-    images: pd.DataFrame,
-    evaluation: dict[str, Any],
     backbone_name: str,
-) -> tuple[pd.DataFrame, dict[str, Any], dict[str, Any], pd.DataFrame, Figure, Figure, Figure, Figure, Figure]:
-    main = model_out or zero
-    main_name = "dqe_cir" if model_out is not None else "zero_shot"
-    rows = (_rows(main_name, main.metrics) if model_out is not None else []) + _rows("zero_shot", zero.metrics) + _rows("text_blind", blind.metrics)
-    table = pd.DataFrame(rows)
+) -> tuple[pd.DataFrame, dict[str, Any], dict[str, Any]]:
+    """Metrics table, JSON summary and MLflow metrics for the evaluated rows."""
+    outputs = ([("dqe_cir", model_out)] if model_out is not None else []) + [("zero_shot", zero), ("text_blind", blind)]
+    table = pd.DataFrame([row for name, out in outputs for row in _rows(name, out.metrics)])
     table["split"] = data.split
     table["dataset"] = data.dataset
     table["backbone"] = backbone_name
@@ -76,10 +73,25 @@ def _evaluate_all(
         "gallery": len(data.gallery_ids),
         "models": {name: dict(zip(g["metric"], g["value"], strict=True)) for name, g in table.groupby("model")},
     }
-    metrics = {}
-    for name, out in (("eval." + main_name + ".", main.metrics), ("eval.zero_shot.", zero.metrics), ("eval.text_blind.", blind.metrics)):
-        metrics.update(mlflow_metrics(out, prefix=name))
-    per_query = main.per_query.copy()
+    metrics: dict[str, Any] = {}
+    for name, out in outputs:
+        metrics.update(mlflow_metrics(out.metrics, prefix=f"eval.{name}."))
+    main = model_out or zero
+    logger.info("%s %s: %s", data.dataset, data.split, {k: round(v, 2) for k, v in main.metrics.items() if "/" not in k})
+    return table, summary, metrics
+
+
+def _rankings_and_figures(
+    trained: EvalOutput,
+    zero: EvalOutput,
+    blind: EvalOutput,
+    table: pd.DataFrame,
+    data: EvalSet,
+    images: pd.DataFrame,
+    evaluation: dict[str, Any],
+) -> tuple[pd.DataFrame, Figure, Figure, Figure, Figure, Figure]:
+    """Per-query rankings of the trained model, Recall@K / edit-type / weight plots and grids."""
+    per_query = trained.per_query.copy()
     per_query["reference_id"] = data.reference_ids
     per_query["target_id"] = data.target_ids
     per_query["text"] = data.texts
@@ -93,15 +105,14 @@ def _evaluate_all(
     bad = labelled[labelled["rank"] >= k]
     good = good.iloc[rng.permutation(len(good))[:n]] if len(good) else good
     bad = bad.iloc[rng.permutation(len(bad))[:n]] if len(bad) else bad
-    figs = (
+    return (
+        per_query,
         plots.recall_curves(table),
         plots.edit_type_bars(table),
         plots.attribute_weights(per_query),
-        plots.qualitative_grid(good, paths, f"{main_name}: successes (target in top {k})", k),
-        plots.qualitative_grid(bad, paths, f"{main_name}: failures (target not in top {k})", k),
+        plots.qualitative_grid(good, paths, f"dqe_cir: successes (target in top {k})", k),
+        plots.qualitative_grid(bad, paths, f"dqe_cir: failures (target not in top {k})", k),
     )
-    logger.info("%s %s: %s", data.dataset, data.split, {k: round(v, 2) for k, v in main.metrics.items() if "/" not in k})
-    return (table, summary, metrics, per_query, *figs)
 
 
 def evaluate_checkpoint(
@@ -122,7 +133,8 @@ def evaluate_checkpoint(
     zero_model = build_model(bb, cfg)
     zero = evaluate(zero_model, vit_features, bb.tokenizer, data, **common)
     blind = text_blind_baseline(images, data, ks)
-    return _evaluate_all(trained, zero, blind, data, images, evaluation, bb.name)
+    table, summary, metrics = _report(trained, zero, blind, data, bb.name)
+    return (table, summary, metrics, *_rankings_and_figures(trained, zero, blind, table, data, images, evaluation))
 
 
 def evaluate_zero_shot(
@@ -144,8 +156,7 @@ def evaluate_zero_shot(
         ks=ks, chunk_size=int(evaluation["chunk_size"]), max_len=cfg.max_text_len, amp_dtype=cfg.amp_dtype,
     )
     blind = text_blind_baseline(images, data, ks)
-    table, summary, metrics, *_ = _evaluate_all(None, zero, blind, data, images, evaluation, bb.name)
-    return table, summary, metrics
+    return _report(None, zero, blind, data, bb.name)
 
 
 def write_cirr_submission(
