@@ -26,9 +26,12 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
-from dqe_cir_pipeline.model.device import autocast, resolve_device
-from dqe_cir_pipeline.model.dqe import DQECIR
+from dqe_cir_pipeline.model.device import autocast
+from dqe_cir_pipeline.model.distributed import SINGLE, Distributed
+from dqe_cir_pipeline.model.dqe import DQECIR, QueryOutput
+from dqe_cir_pipeline.model.losses import GlobalBatch
 from dqe_cir_pipeline.model.negatives import (
     MiningConfig,
     MiningResult,
@@ -348,6 +351,32 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
     )
 
 
+class TrainStep(nn.Module):
+    """The forward of one training batch, as one module DistributedDataParallel can wrap.
+
+    DDP synchronises gradients of the parameters its wrapped ``forward`` touched, so the
+    query, target and negative encodings all run through here rather than through the
+    model's methods directly.
+    """
+
+    def __init__(self, model: DQECIR) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self,
+        reference_tokens: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        target_tokens: torch.Tensor,
+        negative_tokens: torch.Tensor | None,
+    ) -> tuple[QueryOutput, torch.Tensor, torch.Tensor | None]:
+        out = self.model.encode_queries(reference_tokens, input_ids, attention_mask)
+        target = self.model.encode_targets(target_tokens)
+        negative = None if negative_tokens is None else self.model.encode_targets(negative_tokens)
+        return out, target, negative
+
+
 def _state_to_cpu(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
@@ -366,6 +395,7 @@ def fit(
     initial_mining: MiningResult | None = None,
     selection_metric: str = "avg",
     stop_after_epochs: int | None = None,
+    distributed: Distributed = SINGLE,
 ) -> FitResult:
     """Train ``model`` on cached ViT tokens and return the best checkpoint and history.
 
@@ -384,14 +414,26 @@ def fit(
         selection_metric: validation key that picks the best epoch (higher is better).
         stop_after_epochs: stop (as if killed) after this many epochs of this call; tests
             use it to prove that resuming gives the same result.
+        distributed: this process's rank under ``torchrun``. With more than one rank
+            the model is wrapped in DistributedDataParallel and each rank trains on a
+            slice of every global batch (``cfg.batch_size`` is the global batch); rank
+            0 alone mines, validates and writes checkpoints and broadcasts what the
+            others need. ``run_dir`` must be on a filesystem every rank can read.
 
     Returns:
         FitResult with the best checkpoint dict (weights, config, backbone, metrics).
     """
-    device = resolve_device(cfg.device)
-    torch.manual_seed(cfg.seed)
+    device = distributed.setup(cfg.device)
+    rank, world = distributed.rank, distributed.world_size
+    main_rank = distributed.is_main
+    torch.manual_seed(cfg.seed + rank)
     model.to(device)
     model.train()
+    step_module: nn.Module = TrainStep(model)
+    if distributed.enabled:
+        step_module = DistributedDataParallel(
+            step_module, device_ids=[device.index] if device.type == "cuda" else None
+        )
     optimizer = build_optimizer(model, cfg)
     steps_per_epoch = math.ceil(len(data) / cfg.batch_size)
     total_steps = cfg.epochs * steps_per_epoch
@@ -428,6 +470,8 @@ def fit(
             best = load_torch(best_path)
             best_state, best_metrics = best["model"], dict(best["metrics"])
         restore_rng_state(ckpt["rng"])
+        if rank:  # the checkpoint holds rank 0's generators; keep dropout streams distinct
+            torch.manual_seed(cfg.seed + 7919 * rank + start_epoch)
         logger.info("resumed training from %s at epoch %d", last_path, start_epoch)
 
     refresh = set(refresh_epochs(cfg.epochs, cfg.refresh_interval)) if cfg.negatives == "mined" else set()
@@ -436,78 +480,104 @@ def fit(
     for epoch in range(start_epoch, cfg.epochs):
         if stop_after_epochs is not None and epochs_run >= stop_after_epochs:
             break
-        rng = np.random.default_rng([cfg.seed, epoch])
         epoch_start = time.perf_counter()
         mining_seconds = 0.0
-        # -- negatives for this epoch ------------------------------------------------------
-        if cfg.negatives == "mined":
-            if epoch == 0 and cfg.initial_negatives == "model":
-                t0 = time.perf_counter()
-                current = initial_mining or mine_with_model(
-                    model, features, tokenizer, data, mining, max_len=cfg.max_text_len, amp_dtype=amp
-                )
-                mining_seconds = time.perf_counter() - t0
-                mining_summaries.append({"epoch": float(epoch), "seconds": mining_seconds, **current.summary()})
-            elif epoch in refresh:
-                t0 = time.perf_counter()
-                current = mine_with_model(
-                    model, features, tokenizer, data, mining, max_len=cfg.max_text_len, amp_dtype=amp
-                )
-                mining_seconds = time.perf_counter() - t0
-                mining_summaries.append({"epoch": float(epoch), "seconds": mining_seconds, **current.summary()})
-                logger.info("epoch %d: refreshed negatives in %.2fs", epoch, mining_seconds)
-        if cfg.negatives == "random" or (cfg.negatives == "mined" and current is None):
-            negatives = random_negatives(data, rng)  # QuRe: random before the first refresh
-        elif cfg.negatives == "mined":
-            assert current is not None
-            negatives = sample_negatives(current, rng)
-        else:
-            negatives = None
+        # -- negatives, order and captions for this epoch (rank 0 decides, all ranks use) --
+        if main_rank:
+            rng = np.random.default_rng([cfg.seed, epoch])
+            if cfg.negatives == "mined":
+                if epoch == 0 and cfg.initial_negatives == "model":
+                    t0 = time.perf_counter()
+                    current = initial_mining or mine_with_model(
+                        model, features, tokenizer, data, mining, max_len=cfg.max_text_len, amp_dtype=amp
+                    )
+                    mining_seconds = time.perf_counter() - t0
+                    mining_summaries.append({"epoch": float(epoch), "seconds": mining_seconds, **current.summary()})
+                elif epoch in refresh:
+                    t0 = time.perf_counter()
+                    current = mine_with_model(
+                        model, features, tokenizer, data, mining, max_len=cfg.max_text_len, amp_dtype=amp
+                    )
+                    mining_seconds = time.perf_counter() - t0
+                    mining_summaries.append({"epoch": float(epoch), "seconds": mining_seconds, **current.summary()})
+                    logger.info("epoch %d: refreshed negatives in %.2fs", epoch, mining_seconds)
+            if cfg.negatives == "random" or (cfg.negatives == "mined" and current is None):
+                negatives = random_negatives(data, rng)  # QuRe: random before the first refresh
+            elif cfg.negatives == "mined":
+                assert current is not None
+                negatives = sample_negatives(current, rng)
+            else:
+                negatives = None
 
-        order = rng.permutation(len(data))
-        if cfg.caption_form == "random":
-            texts = [forms[int(rng.integers(len(forms)))] for forms in data.captions_train]
+            order = rng.permutation(len(data))
+            if cfg.caption_form == "random":
+                texts = [forms[int(rng.integers(len(forms)))] for forms in data.captions_train]
+            else:
+                texts = list(data.caption_eval)
+            plan = (negatives, order, texts)
         else:
-            texts = list(data.caption_eval)
+            plan = None
+        negatives, order, texts = distributed.broadcast(plan)
 
         # -- one epoch ----------------------------------------------------------------------
         model.train()
         sums = dict.fromkeys(loss_names, 0.0)
         train_start = time.perf_counter()
+        skipped = 0
         for step_start in range(0, len(order), cfg.batch_size):
             idx = order[step_start : step_start + cfg.batch_size]
-            ref = load_tokens(features, [data.reference_ids[i] for i in idx], device)
-            tgt = load_tokens(features, [data.target_ids[i] for i in idx], device)
-            ids, mask = tokenize(tokenizer, [texts[i] for i in idx], cfg.max_text_len, device)
-            color = torch.as_tensor(data.edits_color[idx], device=device)
-            shape = torch.as_tensor(data.edits_shape[idx], device=device)
+            sizes = [len(part) for part in np.array_split(idx, world)]
+            if min(sizes) == 0:  # a tail batch smaller than the world: every rank skips it
+                skipped += len(idx)
+                continue
+            offset = sum(sizes[:rank])
+            local = idx[offset : offset + sizes[rank]]
+            ref = load_tokens(features, [data.reference_ids[i] for i in local], device)
+            tgt = load_tokens(features, [data.target_ids[i] for i in local], device)
+            neg = None
+            if negatives is not None:
+                neg = load_tokens(features, [data.pool_ids[j] for j in negatives[local]], device)
+            ids, mask = tokenize(tokenizer, [texts[i] for i in local], cfg.max_text_len, device)
+            color = torch.as_tensor(data.edits_color[local], device=device)
+            shape = torch.as_tensor(data.edits_shape[local], device=device)
+            target_index = torch.as_tensor(data.target_idx[local], device=device)
+            negative_index = None if negatives is None else torch.as_tensor(negatives[local], device=device)
             with autocast(device, amp):
-                out = model.encode_queries(ref, ids, mask)
-                tgt_emb = model.encode_targets(tgt)
-                neg_emb = None
-                if negatives is not None:
-                    neg = load_tokens(features, [data.pool_ids[j] for j in negatives[idx]], device)
-                    neg_emb = model.encode_targets(neg)
+                out, tgt_emb, neg_emb = step_module(ref, ids, mask, tgt, neg)
+                global_batch = None
+                if distributed.enabled:
+                    global_batch = GlobalBatch(
+                        targets=distributed.gather_rows(tgt_emb, sizes, differentiable=True),
+                        negatives=None if neg_emb is None else distributed.gather_rows(neg_emb, sizes, differentiable=True),
+                        target_index=torch.as_tensor(data.target_idx[idx], device=device),
+                        negative_index=None if negatives is None else torch.as_tensor(negatives[idx], device=device),
+                        offset=offset,
+                        n_color=int(data.edits_color[idx].sum()),
+                        n_shape=int(data.edits_shape[idx].sum()),
+                        world_size=world,
+                    )
                 terms = loss_fn(
                     model, out, tgt_emb, neg_emb, color, shape,
-                    target_index=torch.as_tensor(data.target_idx[idx], device=device),
-                    negative_index=None if negatives is None else torch.as_tensor(negatives[idx], device=device),
+                    target_index=target_index, negative_index=negative_index, global_batch=global_batch,
                 )
             optimizer.zero_grad(set_to_none=True)
             terms["loss"].backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()
             scheduler.step()
-            for name in loss_names:
-                sums[name] += float(terms[name].detach()) * len(idx)
+            values = distributed.sum(torch.stack([terms[name].detach().float() for name in loss_names])) / world
+            for name, value in zip(loss_names, values.tolist(), strict=True):
+                sums[name] += value * len(idx)
         train_seconds = time.perf_counter() - train_start
 
-        metrics = validate(model)
+        metrics = distributed.broadcast(validate(model) if main_rank else None)
+        if skipped:
+            logger.warning("epoch %d: skipped %d triplets in a batch smaller than the world size", epoch, skipped)
         record: dict[str, float] = {
             "epoch": float(epoch),
-            **{f"train/{k}": v / len(data) for k, v in sums.items()},
+            **{f"train/{k}": v / max(1, len(data) - skipped) for k, v in sums.items()},
             "train/lr": float(scheduler.get_last_lr()[0]),
-            "train/temperature": float(model.temperature()),
+            "train/temperature": float(model.temperature().detach()),
             "train/triplets_per_s": len(data) / max(train_seconds, 1e-9),
             "train/epoch_seconds": time.perf_counter() - epoch_start,
             "train/mining_seconds": mining_seconds,
@@ -523,9 +593,9 @@ def fit(
         if score > best_score:
             best_score, best_epoch = score, epoch
             best_state, best_metrics = _state_to_cpu(model), dict(metrics)
-            if best_path is not None:
+            if best_path is not None and main_rank:
                 atomic_torch_save(best_path, {"model": best_state, "metrics": best_metrics, "epoch": epoch})
-        if last_path is not None:
+        if last_path is not None and main_rank:
             atomic_torch_save(
                 last_path,
                 {

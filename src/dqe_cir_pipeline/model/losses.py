@@ -45,7 +45,7 @@ class LossConfig:
 
 
 def pairwise_kl_loss(
-    s_pos: torch.Tensor, s_neg: torch.Tensor, tau: torch.Tensor | float
+    s_pos: torch.Tensor, s_neg: torch.Tensor, tau: torch.Tensor | float, reduction: str = "mean"
 ) -> torch.Tensor:
     """KL(one-hot [1, 0] || softmax([s_pos, s_neg] / tau)), averaged over the batch.
 
@@ -56,15 +56,21 @@ def pairwise_kl_loss(
         s_pos: (B,) query-target scores.
         s_neg: (B,) query-negative scores.
         tau: temperature (scalar).
+        reduction: "mean" or "sum" over rows.
 
     Returns:
         Scalar loss.
     """
-    return F.softplus((s_neg - s_pos) / tau).mean()
+    rows = F.softplus((s_neg - s_pos) / tau)
+    return rows.sum() if reduction == "sum" else rows.mean()
 
 
 def attribute_margin_loss(
-    s_pos_attr: torch.Tensor, s_neg_attr: torch.Tensor, mask: torch.Tensor, margin: float
+    s_pos_attr: torch.Tensor,
+    s_neg_attr: torch.Tensor,
+    mask: torch.Tensor,
+    margin: float,
+    denominator: float | None = None,
 ) -> torch.Tensor:
     """Hinge max(0, m - (s_pos - s_neg)) averaged over the rows selected by ``mask``.
 
@@ -73,13 +79,17 @@ def attribute_margin_loss(
         s_neg_attr: (B,) attribute sub-query vs negative scores.
         mask: (B,) bool, rows whose edit touches the attribute.
         margin: m.
+        denominator: what the hinge sum is divided by; default the number of selected
+            rows (data-parallel ranks pass the global count over the world size).
 
     Returns:
         Scalar; exactly 0 (still attached to the graph) when no row is selected.
     """
     hinge = F.relu(margin - (s_pos_attr - s_neg_attr))
     m = mask.to(hinge.dtype)
-    return (hinge * m).sum() / m.sum().clamp_min(1.0)
+    if denominator is None:
+        return (hinge * m).sum() / m.sum().clamp_min(1.0)
+    return (hinge * m).sum() / denominator
 
 
 def in_batch_contrastive_loss(scores: torch.Tensor, tau: torch.Tensor | float) -> torch.Tensor:
@@ -101,31 +111,92 @@ def batch_kl_loss(
     tau: torch.Tensor | float,
     target_index: torch.Tensor | None = None,
     candidate_index: torch.Tensor | None = None,
+    labels: torch.Tensor | None = None,
+    reduction: str = "mean",
 ) -> torch.Tensor:
     """KL(one-hot || softmax(scores / tau)) over the batch's candidates (= cross-entropy).
 
-    Candidate ``i`` is row ``i``'s target; the other columns are the other rows' targets
-    and, for ``batch_kl``, every row's mined negative. [design] Columns showing the same
-    image as the row's own target (a sibling's target, or a negative mined for another
-    row that *is* this row's target) are masked out rather than pushed away.
+    Candidate ``labels[i]`` (default ``i``) is row ``i``'s target; the other columns are
+    the other rows' targets and, for ``batch_kl``, every row's mined negative. [design]
+    Columns showing the same image as the row's own target (a sibling's target, or a
+    negative mined for another row that *is* this row's target) are masked out rather
+    than pushed away.
 
     Args:
-        scores: (B, C) query i vs candidate c, C >= B, the first B candidates are targets.
+        scores: (B, C) query i vs candidate c.
         tau: temperature.
         target_index: (B,) image index of each row's target (None: no masking).
         candidate_index: (C,) image index of each candidate.
+        labels: (B,) column of each row's own target (data-parallel ranks hold a slice
+            of the global batch, so their targets do not start at column 0).
+        reduction: "mean" or "sum" over rows.
 
     Returns:
         Scalar loss.
     """
     b = scores.shape[0]
     rows = torch.arange(b, device=scores.device)
+    cols = rows if labels is None else labels
     logits = scores / tau
     if target_index is not None and candidate_index is not None:
         same = candidate_index.unsqueeze(0) == target_index.unsqueeze(1)  # (B, C)
-        same[rows, rows] = False
+        same[rows, cols] = False
         logits = logits.masked_fill(same, float("-inf"))
-    return F.cross_entropy(logits, rows)
+    return F.cross_entropy(logits, cols, reduction=reduction)
+
+
+@dataclass
+class GlobalBatch:
+    """The global batch a process's rows belong to (data-parallel training).
+
+    On one process this is the local batch itself. Under ``torchrun`` each rank embeds a
+    slice of the global batch; the candidates here are every rank's targets and
+    negatives (gathered with gradients), and the counts are global, so that the
+    per-rank losses, averaged by DistributedDataParallel, equal the one-process loss.
+
+    Attributes:
+        targets: (G, Q, P) every row's target embedding.
+        negatives: (G, Q, P) every row's negative, or None.
+        target_index: (G,) image index of each target (duplicate masking), or None.
+        negative_index: (G,) image index of each negative, or None.
+        offset: position of this process's first row in the global batch.
+        n_color: global number of rows whose edit touches colour.
+        n_shape: global number of rows whose edit touches shape.
+        world_size: number of processes (the gradient average divides by it).
+    """
+
+    targets: torch.Tensor
+    negatives: torch.Tensor | None
+    target_index: torch.Tensor | None
+    negative_index: torch.Tensor | None
+    offset: int = 0
+    n_color: int = 0
+    n_shape: int = 0
+    world_size: int = 1
+
+    @property
+    def size(self) -> int:
+        return int(self.targets.shape[0])
+
+    @classmethod
+    def local(
+        cls,
+        targets: torch.Tensor,
+        negatives: torch.Tensor | None,
+        edits_color: torch.Tensor,
+        edits_shape: torch.Tensor,
+        target_index: torch.Tensor | None = None,
+        negative_index: torch.Tensor | None = None,
+    ) -> GlobalBatch:
+        """A single-process batch: global = local."""
+        return cls(
+            targets=targets,
+            negatives=negatives,
+            target_index=target_index,
+            negative_index=negative_index,
+            n_color=int(edits_color.sum()),
+            n_shape=int(edits_shape.sum()),
+        )
 
 
 class DQELoss(nn.Module):
@@ -149,6 +220,7 @@ class DQELoss(nn.Module):
         edits_shape: torch.Tensor,
         target_index: torch.Tensor | None = None,
         negative_index: torch.Tensor | None = None,
+        global_batch: GlobalBatch | None = None,
     ) -> dict[str, torch.Tensor]:
         """Compute the loss terms.
 
@@ -164,41 +236,67 @@ class DQELoss(nn.Module):
             target_index: (B,) image index of each target (masks duplicates in batch
                 objectives).
             negative_index: (B,) image index of each negative.
+            global_batch: the global batch these rows are a slice of (data-parallel
+                training); None means the rows are the whole batch.
 
         Returns:
             dict with scalar tensors "loss", "main", "color_margin", "shape_margin".
+            Under data parallelism each term is this rank's share scaled by the world
+            size: their mean over ranks is the global-batch value.
         """
         cfg, tau = self.cfg, model.temperature()
+        g = global_batch or GlobalBatch.local(
+            target_emb, negative_emb, edits_color, edits_shape, target_index, negative_index
+        )
+        b = out.q.shape[0]
+        scale = g.world_size / g.size  # sum over local rows -> share of the global mean
+        labels = torch.arange(g.offset, g.offset + b, device=out.q.device)
         if cfg.objective == "pairwise_kl":
             if negative_emb is None:
                 raise ValueError("objective 'pairwise_kl' needs one negative per query")
             main = pairwise_kl_loss(
-                model.pair_score(out.q, target_emb), model.pair_score(out.q, negative_emb), tau
-            )
+                model.pair_score(out.q, target_emb), model.pair_score(out.q, negative_emb), tau, reduction="sum"
+            ) * scale
         elif cfg.objective == "batch_kl":
-            if negative_emb is None:
+            if negative_emb is None or g.negatives is None:
                 raise ValueError("objective 'batch_kl' needs one negative per query")
-            cand = torch.cat([target_emb, negative_emb])
-            idx = None if target_index is None or negative_index is None else torch.cat([target_index, negative_index])
-            main = batch_kl_loss(model.score(out.q, cand), tau, target_index, idx)
+            cand = torch.cat([g.targets, g.negatives])
+            idx = None if g.target_index is None or g.negative_index is None else torch.cat([g.target_index, g.negative_index])
+            main = batch_kl_loss(
+                model.score(out.q, cand), tau, target_index, idx, labels=labels, reduction="sum"
+            ) * scale
         else:
-            main = batch_kl_loss(model.score(out.q, target_emb), tau, target_index, target_index)
+            main = batch_kl_loss(
+                model.score(out.q, g.targets), tau, target_index, g.target_index, labels=labels, reduction="sum"
+            ) * scale
 
         if cfg.use_margins:
-            neg = negative_emb if negative_emb is not None else target_emb.roll(1, dims=0)
-            color = attribute_margin_loss(
-                model.pair_score(out.q_color, target_emb),
-                model.pair_score(out.q_color, neg),
-                edits_color,
-                cfg.margin,
-            )
-            shape = attribute_margin_loss(
-                model.pair_score(out.q_shape, target_emb),
-                model.pair_score(out.q_shape, neg),
-                edits_shape,
-                cfg.margin,
-            )
+            if negative_emb is not None:
+                neg = negative_emb
+            else:  # the previous row's target, over the global batch
+                neg = g.targets.roll(1, dims=0)[g.offset : g.offset + b]
+            color = self._margin(model, out.q_color, target_emb, neg, edits_color, g.n_color, g.world_size)
+            shape = self._margin(model, out.q_shape, target_emb, neg, edits_shape, g.n_shape, g.world_size)
         else:
             color = shape = main.new_zeros(())
         loss = main + cfg.lambda_color * color + cfg.lambda_shape * shape
         return {"loss": loss, "main": main, "color_margin": color, "shape_margin": shape}
+
+    def _margin(
+        self,
+        model: DQECIR,
+        sub_query: torch.Tensor,
+        target_emb: torch.Tensor,
+        negative_emb: torch.Tensor,
+        mask: torch.Tensor,
+        global_count: int,
+        world_size: int,
+    ) -> torch.Tensor:
+        """``attribute_margin_loss`` normalised by the global number of selected rows."""
+        return attribute_margin_loss(
+            model.pair_score(sub_query, target_emb),
+            model.pair_score(sub_query, negative_emb),
+            mask,
+            self.cfg.margin,
+            denominator=max(global_count, 1) / world_size,
+        )

@@ -1,0 +1,171 @@
+"""Data-parallel training under ``torchrun``: rank facts, process group, collectives.
+
+``torchrun`` starts one process per GPU and sets ``RANK``, ``LOCAL_RANK``,
+``WORLD_SIZE``, ``MASTER_ADDR`` and ``MASTER_PORT``. ``Distributed.from_env`` reads
+them; without them (a plain ``kedro run``) everything here is a no-op with world size 1,
+so the single-process path runs the same code.
+
+The training loop uses it to keep the global batch exact: each rank embeds its slice of
+the global batch, the target and negative embeddings are all-gathered *with* gradients
+(so every query still sees the whole batch's candidates), losses are normalised by
+global counts and scaled by the world size (``DistributedDataParallel`` averages
+gradients). One step on W ranks therefore equals one step of the same global batch on
+one process, up to float summation order (``tests/model/test_distributed.py``).
+
+Kept free of Kedro and MLflow.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from dqe_cir_pipeline.model.device import resolve_device
+
+logger = logging.getLogger(__name__)
+
+
+def env_rank() -> int:
+    """This process's global rank from the ``torchrun`` environment (0 without it)."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def env_world_size() -> int:
+    """The number of processes ``torchrun`` started (1 without it)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """Who this process is in a data-parallel job.
+
+    Attributes:
+        rank: global rank (0 writes checkpoints, datasets and MLflow).
+        world_size: number of processes.
+        local_rank: rank on this machine (selects the GPU).
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @classmethod
+    def from_env(cls) -> Distributed:
+        return cls(
+            rank=env_rank(),
+            world_size=env_world_size(),
+            local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+        )
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def setup(self, device: str = "auto", timeout_minutes: float = 60.0) -> torch.device:
+        """Pick this rank's device and join the process group (idempotent).
+
+        CUDA ranks use ``cuda:LOCAL_RANK`` and NCCL; CPU ranks use gloo. The timeout
+        covers rank 0 validating or re-mining alone while the others wait.
+        """
+        resolved = resolve_device(device)
+        if self.enabled and resolved.type == "cuda":
+            if torch.cuda.device_count() <= self.local_rank:
+                raise RuntimeError(
+                    f"LOCAL_RANK={self.local_rank} but only {torch.cuda.device_count()} CUDA devices are visible"
+                )
+            resolved = torch.device("cuda", self.local_rank)
+            torch.cuda.set_device(resolved)
+        if self.enabled and not dist.is_initialized():
+            backend = "nccl" if resolved.type == "cuda" else "gloo"
+            dist.init_process_group(
+                backend=backend,
+                rank=self.rank,
+                world_size=self.world_size,
+                timeout=timedelta(minutes=timeout_minutes),
+            )
+            logger.info("rank %d/%d joined the %s process group on %s", self.rank, self.world_size, backend, resolved)
+        return resolved
+
+    def teardown(self) -> None:
+        if self.enabled and dist.is_initialized():
+            dist.destroy_process_group()
+
+    def broadcast(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` on every rank (pickled; for small control data)."""
+        if not self.enabled:
+            return obj
+        box = [obj if self.is_main else None]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+    def sum(self, values: torch.Tensor) -> torch.Tensor:
+        """Element-wise sum over ranks (no gradient)."""
+        if not self.enabled:
+            return values
+        out = values.detach().clone()
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        return out
+
+    def gather_rows(self, tensor: torch.Tensor, sizes: Sequence[int], *, differentiable: bool) -> torch.Tensor:
+        """Concatenate every rank's rows in rank order; rank r contributes ``sizes[r]`` rows.
+
+        Uneven slices are padded to the largest for the collective and trimmed after.
+        With ``differentiable`` the gradient of the gathered rows flows back to the rank
+        that produced them.
+        """
+        if not self.enabled:
+            return tensor
+        if tensor.shape[0] != sizes[self.rank]:
+            raise ValueError(f"rank {self.rank} has {tensor.shape[0]} rows, expected {sizes[self.rank]}")
+        longest = max(sizes)
+        if tensor.shape[0] < longest:
+            pad = tensor.new_zeros((longest - tensor.shape[0], *tensor.shape[1:]))
+            tensor = torch.cat([tensor, pad])
+        gathered = _GatherRows.apply(tensor) if differentiable else _all_gather(tensor)
+        parts = gathered.split(longest)
+        return torch.cat([p[:n] for p, n in zip(parts, sizes, strict=True)])
+
+
+def _all_gather(tensor: torch.Tensor) -> torch.Tensor:
+    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts)
+
+
+class _GatherRows(torch.autograd.Function):
+    """All-gather along dim 0 whose backward hands each rank the gradient of its rows.
+
+    Every rank's loss depends on every rank's rows, so the gradient of rank r's rows is
+    the sum over ranks of d loss_k / d rows_r: an all-reduce of the full gradient,
+    then this rank's slice.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, tensor: torch.Tensor) -> torch.Tensor:
+        ctx.rows = tensor.shape[0]
+        return _all_gather(tensor)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        start = dist.get_rank() * ctx.rows
+        return grad[start : start + ctx.rows]
+
+
+SINGLE = Distributed()

@@ -1,0 +1,1 @@
+"""Helpers shared by tests (importable as ``helpers`` from the tests folder)."""

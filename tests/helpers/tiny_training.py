@@ -1,0 +1,96 @@
+"""A tiny backbone spec and a random training/validation set for loop-level tests.
+
+Used in-process by ``tests/model`` and, under ``torchrun``, by ``ddp_worker.py``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from dqe_cir_pipeline.model.backbone import Backbone, TinyBackboneSpec, build_tiny_backbone
+from dqe_cir_pipeline.model.distributed import SINGLE, Distributed
+from dqe_cir_pipeline.model.engine import FitResult, TrainConfig, TrainData, fit
+from dqe_cir_pipeline.model.evaluate import EvalSet, evaluate
+from dqe_cir_pipeline.model.extract import MemoryFeatures
+from dqe_cir_pipeline.model.negatives import MiningConfig
+from dqe_cir_pipeline.pipelines.common import build_loss, build_model
+
+WORDS = ["red", "blue", "green", "circle", "square", "star", "make", "the", "a", "into", "turn"]
+SPEC = TinyBackboneSpec(image_size=32, vision_layers=1, qformer_layers=1, num_query_tokens=4,
+                        projection_dim=16, qformer_hidden=32, qformer_mlp=64, vision_hidden=32,
+                        vision_mlp=64, vision_heads=2, qformer_heads=2, vocab_size=200)
+
+
+def tiny_backbone(out_dir: Path) -> Backbone:
+    """Build (or reload, bit for bit) the tiny backbone in ``out_dir``."""
+    rng = np.random.default_rng(0)
+    captions = [" ".join(rng.choice(WORDS, 5)) for _ in range(50)]
+    return build_tiny_backbone(SPEC, captions, out_dir)
+
+
+def make_data(n_pool: int = 40, n_query: int = 24, seed: int = 0) -> tuple[TrainData, MemoryFeatures, EvalSet]:
+    rng = np.random.default_rng(seed)
+    ids = [f"img{i}" for i in range(n_pool)]
+    tokens = rng.standard_normal((n_pool, 17, SPEC.vision_hidden)).astype(np.float16)
+    ref = rng.integers(0, n_pool, n_query)
+    tgt = (ref + 1 + rng.integers(0, n_pool - 1, n_query)) % n_pool
+    texts = [" ".join(rng.choice(WORDS, 4)) for _ in range(n_query)]
+    data = TrainData(
+        query_ids=[str(i) for i in range(n_query)],
+        reference_ids=[ids[i] for i in ref],
+        target_ids=[ids[i] for i in tgt],
+        captions_train=[[t, t + " now"] for t in texts],
+        caption_eval=texts,
+        edits_color=rng.random(n_query) < 0.5,
+        edits_shape=rng.random(n_query) < 0.5,
+        pool_ids=ids,
+        target_idx=tgt.astype(np.int64),
+        reference_idx=ref.astype(np.int64),
+    )
+    members = [[ids[r], ids[t]] + [ids[(t + k) % n_pool] for k in range(2, 6)] for r, t in zip(ref, tgt, strict=True)]
+    val = EvalSet(
+        dataset="synthetic", split="val", query_ids=data.query_ids, reference_ids=data.reference_ids,
+        target_ids=list(data.target_ids), texts=texts, edit_types=["color"] * n_query,
+        categories=["all"] * n_query, subset_members=members, gallery_ids=ids,
+        gallery_categories=["all"] * n_pool,
+    )
+    return data, MemoryFeatures(ids, tokens), val
+
+
+def run_fit(
+    backbone: Backbone,
+    run_dir: Path | None,
+    stop: int | None = None,
+    *,
+    n_query: int = 24,
+    no_dropout: bool = False,
+    distributed: Distributed = SINGLE,
+    **over: object,
+) -> FitResult:
+    """Three epochs (unless overridden) of the training loop on ``make_data``."""
+    data, feats, val = make_data(n_query=n_query)
+    params: dict[str, object] = dict(epochs=3, batch_size=8, lr=1e-3, warmup_steps=2, refresh_interval=1, device="cpu")
+    params.update(over)
+    cfg = TrainConfig(run_dir=str(run_dir) if run_dir else None, **params)  # type: ignore[arg-type]
+    model = build_model(backbone, cfg)
+    if no_dropout:  # data-parallel equivalence is exact only without random masks
+        for module in model.modules():
+            if isinstance(module, nn.Dropout):
+                module.p = 0.0
+            if isinstance(getattr(module, "attention_dropout", None), float):
+                module.attention_dropout = 0.0  # HF attention passes it to the kernel
+    mining = MiningConfig(zone_quantile=0.2, epsilon=0.0)
+    return fit(
+        model, build_loss(cfg), backbone.tokenizer, feats, data, cfg, mining,
+        lambda m: evaluate(m, feats, backbone.tokenizer, val, ks=(1, 5)).metrics,
+        backbone_meta={"key": backbone.key, "name": backbone.name}, stop_after_epochs=stop,
+        distributed=distributed,
+    )
+
+
+def save_result(result: FitResult, path: Path) -> None:
+    torch.save({"history": result.history, "model": result.best_checkpoint["model"]}, path)
