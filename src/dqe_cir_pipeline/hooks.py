@@ -1,19 +1,27 @@
-"""Hooks for what kedro-mlflow does not do by itself: provenance tags on every run.
+"""Hooks: provenance tags on every MLflow run, and rank-0-only writes under ``torchrun``.
 
 kedro-mlflow opens one MLflow run per ``kedro run`` and logs parameters and the
-``Mlflow*Dataset`` outputs. These hooks add the tags a reader of the MLflow UI needs to
-trust a number: the git commit of the code and a fingerprint of the data it saw.
+``Mlflow*Dataset`` outputs. ``ProvenanceHooks`` adds the tags a reader of the MLflow UI
+needs to trust a number: the git commit of the code and a fingerprint of the data it saw.
 Nodes never talk to MLflow; only this module and kedro-mlflow do.
+
+``DistributedHooks``: ``torchrun --nproc_per_node=N -m kedro run --pipeline training``
+runs the whole Kedro session in every rank. Rank 0 is the run: it alone writes datasets
+and talks to MLflow (``settings.py`` does not even register kedro-mlflow on the other
+ranks). The other ranks load inputs as usual and keep their outputs in memory.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 from pathlib import Path
 from typing import Any
 
 from kedro.framework.hooks import hook_impl
+from kedro.io import AbstractDataset, DataCatalog
+from kedro.pipeline import Pipeline
 
 logger = logging.getLogger(__name__)
 
@@ -67,3 +75,81 @@ class ProvenanceHooks:
 
         if mlflow.active_run() is not None:
             mlflow.set_tag("dataset_fingerprint", str(report["fingerprint"]))
+
+
+def launch_rank() -> tuple[int, int]:
+    """``(RANK, WORLD_SIZE)`` as ``torchrun`` sets them; ``(0, 1)`` for a plain run."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+class RankLocalDataset(AbstractDataset[Any, Any]):
+    """A catalog entry as a rank other than 0 sees it: loads as usual, saves to memory.
+
+    Args:
+        inner: the configured dataset (read from when nothing was saved in this run).
+        name: the catalog name (for messages).
+        rank: this process's rank.
+    """
+
+    def __init__(self, inner: AbstractDataset[Any, Any], name: str, rank: int) -> None:
+        self._inner = inner
+        self._name = name
+        self._rank = rank
+        self._saved = False
+        self._data: Any = None
+
+    def load(self) -> Any:
+        return self._data if self._saved else self._inner.load()
+
+    def save(self, data: Any) -> None:
+        logger.debug("rank %d: keeping %s in memory (rank 0 writes it)", self._rank, self._name)
+        self._data, self._saved = data, True
+
+    def _exists(self) -> bool:
+        return self._saved or self._inner.exists()
+
+    def _describe(self) -> dict[str, Any]:
+        return {"rank": self._rank, "inner": type(self._inner).__name__}
+
+
+def ddp_pipeline_nodes() -> set[str]:
+    """Nodes that may run under ``torchrun``: training, and evaluation after it."""
+    from dqe_cir_pipeline.pipelines import evaluation, training
+
+    allowed = training.create_pipeline() + evaluation.create_pipeline()
+    return {n.name for n in allowed.nodes}
+
+
+class DistributedHooks:
+    """Make a ``torchrun`` launch of Kedro write once, from rank 0."""
+
+    @hook_impl
+    def after_catalog_created(self, catalog: DataCatalog) -> None:
+        rank, world = launch_rank()
+        if rank == 0:
+            return
+        catalog_logger = logging.getLogger("kedro.io.data_catalog")
+        level = catalog_logger.level
+        catalog_logger.setLevel(logging.ERROR)  # silence one "Replacing dataset" per entry
+        try:
+            for name in catalog.keys():
+                if name == "parameters" or name.startswith("params:"):
+                    continue
+                catalog[name] = RankLocalDataset(catalog.get(name), name, rank)
+        finally:
+            catalog_logger.setLevel(level)
+        logger.info("rank %d/%d: datasets are read-only here; rank 0 writes them and logs to MLflow", rank, world)
+
+    @hook_impl
+    def before_pipeline_run(self, pipeline: Pipeline) -> None:
+        rank, world = launch_rank()
+        if world == 1:
+            return
+        extra = sorted({n.name for n in pipeline.nodes} - ddp_pipeline_nodes())
+        if extra:
+            raise RuntimeError(
+                f"under torchrun (WORLD_SIZE={world}) only the training and evaluation pipelines run; "
+                f"this run also has {extra}. Run the earlier stages in one process first "
+                "(kedro run --pipeline data_ingestion, embedding_extraction, negative_mining), "
+                "then torchrun ... -m kedro run --pipeline training"
+            )

@@ -13,6 +13,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from dqe_cir_pipeline.datasets.feature_cache import FeatureCache  # noqa: E402
+from dqe_cir_pipeline.model.distributed import Distributed  # noqa: E402
 from dqe_cir_pipeline.model.engine import fit  # noqa: E402
 from dqe_cir_pipeline.model.evaluate import EvalSet, evaluate  # noqa: E402
 from dqe_cir_pipeline.pipelines.common import (  # noqa: E402
@@ -43,11 +44,16 @@ def train_model(
 ) -> tuple[dict[str, Any], pd.DataFrame, dict[str, Any], Figure]:
     """Train DQE-CIR (or a configured baseline); validate every epoch; keep the best.
 
+    Under ``torchrun`` every rank runs this node: DistributedDataParallel over the ranks,
+    ``training.batch_size`` is the global batch, rank 0 validates and writes.
+
     Returns:
         The best checkpoint dict, the per-epoch history table, MLflow metric histories
         and a figure of the training curves.
     """
     cfg = train_config(training, runtime, backbone)
+    distributed = Distributed.from_env()
+    distributed.setup(cfg.device)  # before the model is built: picks this rank's GPU
     bb = backbone_from_params(backbone)
     if bb.key != backbone_info["key"]:
         raise RuntimeError(
@@ -68,10 +74,14 @@ def train_model(
             max_len=cfg.max_text_len, amp_dtype=cfg.amp_dtype,
         ).metrics
 
-    result = fit(
-        model, build_loss(cfg), bb.tokenizer, vit_features, data, cfg, mcfg, validate,
-        backbone_meta={"key": bb.key, "name": bb.name}, initial_mining=initial,
-    )
+    try:
+        result = fit(
+            model, build_loss(cfg), bb.tokenizer, vit_features, data, cfg, mcfg, validate,
+            backbone_meta={"key": bb.key, "name": bb.name}, initial_mining=initial,
+            distributed=distributed,
+        )
+    finally:
+        distributed.teardown()
     history = pd.DataFrame(result.history)
     metrics = mlflow_history(result.history)
     for rec in result.mining_summaries:
