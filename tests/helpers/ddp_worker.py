@@ -14,9 +14,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from helpers.tiny_training import run_fit, save_result, tiny_backbone  # noqa: E402
-
 from dqe_cir_pipeline.model.distributed import Distributed  # noqa: E402
+from helpers.tiny_training import run_fit, save_result, tiny_backbone  # noqa: E402
 
 
 def main() -> None:

@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers.tiny_training import run_fit, tiny_backbone
 
 from dqe_cir_pipeline.model.distributed import Distributed
 from dqe_cir_pipeline.model.losses import DQELoss, GlobalBatch, LossConfig
-from helpers.tiny_training import run_fit, tiny_backbone
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER = ROOT / "tests" / "helpers" / "ddp_worker.py"

@@ -13,10 +13,11 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from helpers.tiny_training import make_data, run_fit, tiny_backbone  # noqa: E402
+
 from dqe_cir_pipeline.model.backbone import Backbone  # noqa: E402
 from dqe_cir_pipeline.model.engine import (  # noqa: E402
     TrainConfig,
-    TrainData,
     fit,
     lr_lambda,
     mining_from_state,
@@ -27,7 +28,6 @@ from dqe_cir_pipeline.model.evaluate import EvalSet  # noqa: E402
 from dqe_cir_pipeline.model.negatives import MiningConfig, mine_negatives  # noqa: E402
 from dqe_cir_pipeline.model.state import CheckpointMismatchError  # noqa: E402
 from dqe_cir_pipeline.pipelines.common import build_loss, build_model  # noqa: E402
-from helpers.tiny_training import make_data, run_fit, tiny_backbone  # noqa: E402
 
 
 @pytest.fixture(scope="module")
