@@ -15,13 +15,17 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from kedro.framework.hooks import hook_impl
 from kedro.io import AbstractDataset, DataCatalog
 from kedro.pipeline import Pipeline
+from kedro.pipeline.node import Node
 
 logger = logging.getLogger(__name__)
 
@@ -153,3 +157,49 @@ class DistributedHooks:
                 "(kedro run --pipeline data_ingestion, embedding_extraction, negative_mining), "
                 "then torchrun ... -m kedro run --pipeline training"
             )
+
+
+class ResourceHooks:
+    """Wall time and peak memory of every node: a log line and, in an MLflow run, metrics.
+
+    ``resources.<node>.seconds``, ``resources.<node>.peak_gpu_gib`` (CUDA memory
+    allocated by tensors at the node's peak, when the node used CUDA) and
+    ``resources.<node>.peak_rss_gib`` (the process's peak resident memory so far: it
+    only grows, so read it as "the run had reached this by the end of the node").
+    """
+
+    def __init__(self) -> None:
+        self._start: dict[str, float] = {}
+
+    @staticmethod
+    def _cuda() -> Any:
+        torch = sys.modules.get("torch")  # never import torch (or start CUDA) just to measure
+        if torch is None or not torch.cuda.is_available() or not torch.cuda.is_initialized():
+            return None
+        return torch.cuda
+
+    @hook_impl
+    def before_node_run(self, node: Node) -> None:
+        cuda = self._cuda()
+        if cuda is not None:
+            cuda.reset_peak_memory_stats()
+        self._start[node.name] = time.perf_counter()
+
+    @hook_impl
+    def after_node_run(self, node: Node) -> None:
+        seconds = time.perf_counter() - self._start.pop(node.name, time.perf_counter())
+        values = {
+            "seconds": seconds,
+            "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,  # Linux: KiB
+        }
+        cuda = self._cuda()
+        if cuda is not None:
+            values["peak_gpu_gib"] = cuda.max_memory_allocated() / 2**30
+        logger.info(
+            "node %s: %.1f s, peak RSS %.2f GiB%s", node.name, seconds, values["peak_rss_gib"],
+            f", peak GPU {values['peak_gpu_gib']:.2f} GiB" if "peak_gpu_gib" in values else "",
+        )
+        import mlflow
+
+        if mlflow.active_run() is not None:
+            mlflow.log_metrics({f"resources.{node.name}.{k}": float(v) for k, v in values.items()})

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from kedro.config import OmegaConfigLoader
 
-from dqe_cir_pipeline.hooks import DistributedHooks, ProvenanceHooks, launch_rank
+from dqe_cir_pipeline.hooks import DistributedHooks, ProvenanceHooks, ResourceHooks, launch_rank
 
 #: The project root (the folder holding ``pyproject.toml``). Kedro runs from it; the
 #: resolvers below make paths absolute so nothing depends on the current directory.
@@ -36,7 +36,7 @@ def _artifact_root() -> str:
     return os.environ.get("DQE_MLFLOW_ARTIFACTS", (PROJECT_ROOT / "mlartifacts").as_uri())
 
 
-HOOKS = (ProvenanceHooks(), DistributedHooks())
+HOOKS = (ProvenanceHooks(), DistributedHooks(), ResourceHooks())
 
 # Under ``torchrun`` only rank 0 is an MLflow run: the other ranks never load
 # kedro-mlflow's hooks (no second run, no racing writes to the tracking store).

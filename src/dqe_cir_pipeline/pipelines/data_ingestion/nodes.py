@@ -96,10 +96,14 @@ def ingest_benchmark(
 def fingerprint(images: pd.DataFrame, triplets: pd.DataFrame) -> str:
     """A short hash of what the run trains and evaluates on (image bytes + queries)."""
     h = hashlib.sha256()
+
+    def text(values: pd.Series) -> bytes:  # a missing value (unlabelled test target) hashes as ""
+        return "\x1f".join("" if pd.isna(v) else str(v) for v in values).encode()
+
     for col in ("image_id", "split", "content_hash"):
-        h.update("\x1f".join(images[col].astype(str)).encode())
+        h.update(text(images[col]))
     for col in ("query_id", "split", "reference_id", "target_id", "caption_eval"):
-        h.update("\x1f".join(triplets[col].astype(str)).encode())
+        h.update(text(triplets[col]))
     return h.hexdigest()[:16]
 
 

@@ -1,0 +1,211 @@
+"""GPU smoke run of the real-data path: placeholder CIRR / FashionIQ, full-size random BLIP-2.
+
+What it runs, per benchmark, through the project's own ``kedro run --env <benchmark>
+--pipeline train`` (catalog, feature cache, kedro-mlflow, the same nodes a real run
+uses):
+
+1. a placeholder data tree with the real annotation layout and (``--scale 1``) the real
+   val/test sizes, small generated images (``data_sources/placeholder.py``);
+2. ingestion, ViT feature extraction, initial negative mining, a short training run
+   (``--epochs``, with a negative refresh) and evaluation with the benchmark's protocol;
+3. on a BLIP-2 with the ``blip2-itm-vit-g`` shapes (ViT-g/14 at 224 px, 32 query tokens,
+   12-layer Q-Former) and random weights, built locally (``--size full``), bf16 autocast
+   on CUDA.
+
+It prints one table per benchmark: seconds and peak GPU memory per node, extraction
+images/s, training triplets/s, evaluation queries/s and the (chance-level) recall, and
+writes everything to ``<work>/smoke_report.json``. Recall on placeholders means
+nothing; the run checks that every stage works at full size and how fast it is.
+
+    python benchmarks/gpu_smoke.py                      # both benchmarks, full size, CUDA
+    python benchmarks/gpu_smoke.py --benchmarks cirr --scale 0.25
+    python benchmarks/gpu_smoke.py --size tiny --device cpu --scale 0.01 --train-queries 48
+
+Expected on one H200 (``--scale 1``): a few minutes per benchmark; the random ViT-g is
+built once (~1.1 B parameters, 4.4 GB in ``<work>/backbone-full``) and reused. The
+CPU form (``--size tiny``) is what ``tests/test_gpu_smoke.py`` runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from dqe_cir_pipeline.data_sources.placeholder import PlaceholderConfig, write_benchmark  # noqa: E402
+from dqe_cir_pipeline.model.backbone import TinyBackboneSpec  # noqa: E402
+
+#: ``Salesforce/blip2-itm-vit-g`` shapes: EVA ViT-g/14 (39 layers, 1408 wide) and the
+#: 12-layer BERT-base Q-Former with cross-attention every second layer.
+FULL_SIZE = TinyBackboneSpec(
+    image_size=224, patch_size=14, vision_hidden=1408, vision_layers=39, vision_heads=16,
+    vision_mlp=6144, qformer_hidden=768, qformer_layers=12, qformer_heads=12, qformer_mlp=3072,
+    cross_attention_frequency=2, num_query_tokens=32, projection_dim=256, max_text_len=32,
+    vocab_size=30523,
+)
+SIZES = {"full": FULL_SIZE, "tiny": TinyBackboneSpec()}
+
+
+def kedro_params(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """``--params`` overrides on top of ``conf/<benchmark>``: random backbone, short training."""
+    spec = SIZES[args.size]
+    params: dict[str, Any] = {
+        "backbone.source": "tiny",
+        "backbone.tiny_dir": str(work / f"backbone-{args.size}"),
+        **{f"backbone.tiny.{f.name}": getattr(spec, f.name) for f in fields(spec)},
+        "runtime.device": args.device,
+        "extraction.batch_size": args.extraction_batch,
+        "extraction.num_workers": args.workers,
+        "training.epochs": args.epochs,
+        "training.batch_size": args.batch_size,
+        "training.refresh_interval": 1,
+        "training.warmup_steps": 10,
+        "training.run_dir": str(work / "runs"),
+        "training.resume": False,
+        "evaluation.qualitative_queries": 2,
+    }
+    return params
+
+
+def run_kedro(benchmark: str, params: dict[str, Any], env: dict[str, str], log: Path) -> float:
+    items = ",".join(f"{k}={v}" for k, v in params.items())
+    cmd = [sys.executable, "-m", "kedro", "run", "--env", benchmark, "--pipeline", "train", "--params", items]
+    start = time.perf_counter()
+    with log.open("w") as fh:
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT)
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        tail = log.read_text()[-6000:]
+        raise SystemExit(f"kedro run --env {benchmark} failed (exit {proc.returncode}); log {log}:\n{tail}")
+    return seconds
+
+
+def collect(benchmark: str, data_root: Path, tracking_uri: str) -> dict[str, Any]:
+    """Throughput, memory and metrics of the latest run of ``benchmark``."""
+    import mlflow
+    import pandas as pd
+
+    bench = data_root / benchmark
+    mlflow.set_tracking_uri(tracking_uri)
+    runs = mlflow.search_runs(experiment_names=[f"dqe_cir_{benchmark}"], order_by=["start_time DESC"], max_results=1)
+    metrics = mlflow.get_run(runs.run_id.iloc[0]).data.metrics
+    nodes: dict[str, dict[str, float]] = {}
+    for key, value in metrics.items():
+        if key.startswith("resources."):
+            _, node, what = key.split(".", 2)
+            nodes.setdefault(node, {})[what] = value
+    extraction = json.loads((bench / "08_reporting/extraction_report.json").read_text())["last_save"]
+    history = pd.read_parquet(bench / "07_model_output/training_history.parquet")
+    evaluation = json.loads((bench / "08_reporting/evaluation.json").read_text())
+    eval_seconds = nodes.get("evaluate_checkpoint", {}).get("seconds", float("nan"))
+    return {
+        "run_id": str(runs.run_id.iloc[0]),
+        "nodes": nodes,
+        "extraction": {
+            "images": extraction["computed"],
+            "encode_seconds": extraction["encode_seconds"],
+            "images_per_s": extraction["computed"] / max(extraction["encode_seconds"], 1e-9),
+        },
+        "training": {
+            "epochs": len(history),
+            "triplets_per_s_last_epoch": float(history["train/triplets_per_s"].iloc[-1]),
+            "mining_seconds": [float(x) for x in history["train/mining_seconds"]],
+            "loss": [float(x) for x in history["train/loss"]],
+        },
+        "evaluation": {
+            "queries": evaluation["queries"],
+            "gallery": evaluation["gallery"],
+            "queries_per_s": evaluation["queries"] / eval_seconds if eval_seconds == eval_seconds else None,
+            "metrics": {k: v for k, v in evaluation["models"]["dqe_cir"].items() if isinstance(v, (int, float))},
+        },
+    }
+
+
+def table(benchmark: str, rep: dict[str, Any]) -> str:
+    lines = [f"== {benchmark}: {rep['kedro_seconds']:.0f} s for kedro run (data written in {rep['data_seconds']:.0f} s)"]
+    lines.append(f"   {'node':<34}{'seconds':>9}{'peak GPU GiB':>14}{'peak RSS GiB':>14}")
+    for name, v in rep["nodes"].items():
+        gpu = v.get("peak_gpu_gib")
+        lines.append(
+            f"   {name:<34}{v.get('seconds', float('nan')):>9.1f}"
+            f"{(f'{gpu:.2f}' if gpu is not None else '-'):>14}{v.get('peak_rss_gib', float('nan')):>14.2f}"
+        )
+    ex, tr, ev = rep["extraction"], rep["training"], rep["evaluation"]
+    lines.append(f"   extraction: {ex['images']} images, {ex['images_per_s']:.1f} images/s (encode loop, decode included)")
+    lines.append(f"   training:   {tr['epochs']} epochs, {tr['triplets_per_s_last_epoch']:.1f} triplets/s, loss {tr['loss']}")
+    qps = ev["queries_per_s"]
+    lines.append(
+        f"   evaluation: {ev['queries']} queries x {ev['gallery']} gallery, "
+        f"{(f'{qps:.1f}' if qps else '?')} queries/s (node, incl. plots and baselines)"
+    )
+    shown = {k: round(v, 2) for k, v in ev["metrics"].items() if "recall" in k or k == "avg"}
+    lines.append(f"   recall on placeholders (chance level expected): {shown}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--work", type=Path, default=ROOT / "data" / "smoke", help="data, MLflow store, logs")
+    parser.add_argument("--benchmarks", nargs="+", default=["cirr", "fashioniq"], choices=["cirr", "fashioniq"])
+    parser.add_argument("--size", choices=sorted(SIZES), default="full", help="backbone shapes (random weights)")
+    parser.add_argument("--device", default="cuda", help="cuda | cpu | auto")
+    parser.add_argument("--scale", type=float, default=1.0, help="fraction of the real val/test sizes")
+    parser.add_argument("--train-queries", type=int, default=1024)
+    parser.add_argument("--image-size", type=int, default=256, help="side of the placeholder images")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--extraction-batch", type=int, default=256)
+    parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="decode workers")
+    args = parser.parse_args(argv)
+
+    work = args.work.resolve()
+    data_root = work / "data"
+    tracking_uri = f"sqlite:///{(work / 'mlflow.db').as_posix()}"
+    env = {
+        **os.environ,
+        "DQE_DATA_ROOT": str(data_root),
+        "MLFLOW_TRACKING_URI": tracking_uri,
+        "DQE_MLFLOW_ARTIFACTS": (work / "mlartifacts").as_uri(),
+        "HF_HUB_OFFLINE": "1",
+        "KEDRO_DISABLE_TELEMETRY": "true",
+    }
+    cfg = PlaceholderConfig(scale=args.scale, train_queries=args.train_queries, image_size=args.image_size,
+                            workers=args.workers)
+    report: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()}, "placeholder": asdict(cfg),
+                              "benchmarks": {}}
+    for benchmark in args.benchmarks:
+        t0 = time.perf_counter()
+        counts = write_benchmark(benchmark, data_root / benchmark / "01_raw", cfg)
+        data_seconds = time.perf_counter() - t0
+        seconds = run_kedro(benchmark, kedro_params(args, work), env, work / f"{benchmark}.log")
+        rep = {"data": counts, "data_seconds": data_seconds, "kedro_seconds": seconds,
+               **collect(benchmark, data_root, tracking_uri)}
+        report["benchmarks"][benchmark] = rep
+        print(table(benchmark, rep), flush=True)
+    report["max_child_rss_gib"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            report["device"] = torch.cuda.get_device_name(0)
+    except ImportError:  # pragma: no cover - torch is a project dependency
+        pass
+    out = work / "smoke_report.json"
+    out.write_text(json.dumps(report, indent=2, default=str))
+    print(f"peak host RSS of a kedro run: {report['max_child_rss_gib']:.2f} GiB; report: {out}")
+    return report
+
+
+if __name__ == "__main__":
+    main()
