@@ -431,8 +431,10 @@ def fit(
     model.train()
     step_module: nn.Module = TrainStep(model)
     if distributed.enabled:
+        # static_graph: the same parameters take part in every step, and ablations leave
+        # some unused for the whole run (the attribute heads without weights and margins)
         step_module = DistributedDataParallel(
-            step_module, device_ids=[device.index] if device.type == "cuda" else None
+            step_module, device_ids=[device.index] if device.type == "cuda" else None, static_graph=True
         )
     optimizer = build_optimizer(model, cfg)
     steps_per_epoch = math.ceil(len(data) / cfg.batch_size)
