@@ -12,7 +12,8 @@ uses):
    12-layer Q-Former) and random weights, built locally (``--size full``), bf16 autocast
    on CUDA.
 
-It prints one table per benchmark: seconds and peak GPU memory per node, extraction
+It prints one table per benchmark: seconds (running the node, saving its outputs: the
+feature cache computes the ViT features while it is saved) and peak GPU memory per node, extraction
 images/s, training triplets/s, evaluation queries/s and the (chance-level) recall, and
 writes everything to ``<work>/smoke_report.json``. Recall on placeholders means
 nothing; the run checks that every stage works at full size and how fast it is.
@@ -134,11 +135,11 @@ def collect(benchmark: str, data_root: Path, tracking_uri: str) -> dict[str, Any
 
 def table(benchmark: str, rep: dict[str, Any]) -> str:
     lines = [f"== {benchmark}: {rep['kedro_seconds']:.0f} s for kedro run (data written in {rep['data_seconds']:.0f} s)"]
-    lines.append(f"   {'node':<34}{'seconds':>9}{'peak GPU GiB':>14}{'peak RSS GiB':>14}")
+    lines.append(f"   {'node':<30}{'run s':>8}{'save s':>8}{'peak GPU GiB':>14}{'peak RSS GiB':>14}")
     for name, v in rep["nodes"].items():
-        gpu = v.get("peak_gpu_gib")
+        gpu, save = v.get("peak_gpu_gib"), v.get("save_seconds")
         lines.append(
-            f"   {name:<34}{v.get('seconds', float('nan')):>9.1f}"
+            f"   {name:<30}{v.get('seconds', float('nan')):>8.1f}{(f'{save:.1f}' if save else '-'):>8}"
             f"{(f'{gpu:.2f}' if gpu is not None else '-'):>14}{v.get('peak_rss_gib', float('nan')):>14.2f}"
         )
     ex, tr, ev = rep["extraction"], rep["training"], rep["evaluation"]
