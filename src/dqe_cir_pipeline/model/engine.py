@@ -476,6 +476,11 @@ def fit(
             torch.manual_seed(cfg.seed + 7919 * rank + start_epoch)
         logger.info("resumed training from %s at epoch %d", last_path, start_epoch)
 
+    if distributed.broadcast(start_epoch) != start_epoch:
+        raise RuntimeError(
+            f"rank {rank} would resume at epoch {start_epoch} but rank 0 would not: every rank must "
+            f"see the same {last_path} (put training.run_dir on a shared file system)"
+        )
     refresh = set(refresh_epochs(cfg.epochs, cfg.refresh_interval)) if cfg.negatives == "mined" else set()
     loss_names = ("loss", "main", "color_margin", "shape_margin")
     epochs_run = 0
