@@ -58,10 +58,17 @@ FULL_SIZE = TinyBackboneSpec(
 SIZES = {"full": FULL_SIZE, "tiny": TinyBackboneSpec()}
 
 
-def kedro_params(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    """``--params`` overrides on top of ``conf/<benchmark>``: random backbone, short training."""
+def kedro_params(args: argparse.Namespace, work: Path, benchmark: str) -> dict[str, Any]:
+    """``--params`` overrides on top of ``conf/<benchmark>``: random backbone, short training.
+
+    The data roots are passed explicitly too, so that a user's ``conf/local`` (merged over
+    the benchmark environments) cannot point the smoke run at the real data.
+    """
     spec = SIZES[args.size]
+    raw = work / "data" / benchmark / "01_raw"
     params: dict[str, Any] = {
+        f"data.{benchmark}.annotation_root": str(raw / "annotations"),
+        f"data.{benchmark}.image_root": str(raw / "images"),
         "backbone.source": "tiny",
         "backbone.tiny_dir": str(work / f"backbone-{args.size}"),
         **{f"backbone.tiny.{f.name}": getattr(spec, f.name) for f in fields(spec)},
@@ -189,7 +196,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         t0 = time.perf_counter()
         counts = write_benchmark(benchmark, data_root / benchmark / "01_raw", cfg)
         data_seconds = time.perf_counter() - t0
-        seconds = run_kedro(benchmark, kedro_params(args, work), env, work / f"{benchmark}.log")
+        seconds = run_kedro(benchmark, kedro_params(args, work, benchmark), env, work / f"{benchmark}.log")
         rep = {"data": counts, "data_seconds": data_seconds, "kedro_seconds": seconds,
                **collect(benchmark, data_root, tracking_uri)}
         report["benchmarks"][benchmark] = rep

@@ -5,8 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from kedro.config import OmegaConfigLoader
-
+from dqe_cir_pipeline.config_loader import LocalOverlayConfigLoader
 from dqe_cir_pipeline.hooks import DistributedHooks, ProvenanceHooks, ResourceHooks, launch_rank
 
 #: The project root (the folder holding ``pyproject.toml``). Kedro runs from it; the
@@ -42,12 +41,14 @@ HOOKS = (ProvenanceHooks(), DistributedHooks(), ResourceHooks())
 # kedro-mlflow's hooks (no second run, no racing writes to the tracking store).
 DISABLE_HOOKS_FOR_PLUGINS = ("kedro-mlflow", "kedro_mlflow") if launch_rank()[0] > 0 else ()
 
-CONFIG_LOADER_CLASS = OmegaConfigLoader
+CONFIG_LOADER_CLASS = LocalOverlayConfigLoader
 CONFIG_LOADER_ARGS = {
     "base_env": "base",
     "default_run_env": "local",
     # A `local` (or benchmark env) override of one key must not wipe its whole block.
     "merge_strategy": {"parameters": "soft", "mlflow": "soft"},
+    # conf/local/parameters*.yml (data roots, weights) also applies to these environments
+    "local_overlay_envs": ("fashioniq", "cirr"),
     "custom_resolvers": {
         "data_root": _data_root,
         "tracking_uri": _tracking_uri,

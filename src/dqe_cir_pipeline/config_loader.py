@@ -1,0 +1,52 @@
+"""The project's config loader: Kedro's OmegaConfigLoader plus a ``conf/local`` overlay.
+
+Kedro reads ``conf/base`` plus exactly one environment, so ``kedro run --env fashioniq``
+would never see the data roots and weight locations a user keeps in ``conf/local``. For
+the real-data environments (``fashioniq``, ``cirr``) this loader merges the parameters
+files of ``conf/local`` over the environment's, key by key; ``--params`` still wins.
+Every other environment (``test`` above all) stays isolated from a user's local files.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from kedro.config import OmegaConfigLoader
+from omegaconf import OmegaConf
+
+logger = logging.getLogger(__name__)
+
+
+class LocalOverlayConfigLoader(OmegaConfigLoader):
+    """``OmegaConfigLoader`` that layers ``conf/local/parameters*`` over chosen environments.
+
+    Args:
+        local_overlay_envs: environments that get the overlay.
+        local_env: the folder holding the user's overrides.
+        **kwargs: passed to ``OmegaConfigLoader``.
+    """
+
+    def __init__(
+        self, *args: Any, local_overlay_envs: Iterable[str] = (), local_env: str = "local", **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.local_overlay_envs = frozenset(local_overlay_envs)
+        self.local_env = local_env
+
+    def __getitem__(self, key: str) -> dict[str, Any]:
+        config = super().__getitem__(key)
+        run_env = self.env or self.default_run_env
+        if key != "parameters" or run_env not in self.local_overlay_envs or run_env == self.local_env:
+            return config
+        local_path = Path(self.conf_source) / self.local_env
+        if not local_path.is_dir():
+            return config
+        # merged with the runtime parameters inside, so ``--params`` keeps the last word
+        overlay = self.load_and_merge_dir_config(str(local_path), [*self.config_patterns[key]], key, set())
+        if not overlay or overlay == (self.runtime_params or {}):
+            return config
+        logger.info("conf/%s overrides %s for --env %s", self.local_env, sorted(overlay), run_env)
+        return OmegaConf.to_container(OmegaConf.unsafe_merge(config, overlay))  # type: ignore[return-value]

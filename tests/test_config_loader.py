@@ -1,0 +1,62 @@
+"""``conf/local`` reaches the real-data environments; ``--params`` still wins; ``test`` stays isolated."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import yaml
+
+from dqe_cir_pipeline import settings
+from dqe_cir_pipeline.config_loader import LocalOverlayConfigLoader
+from tests.conftest import ROOT
+
+
+def _write(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(data))
+
+
+def test_overlay_merges_key_by_key_and_runtime_params_win(tmp_path: Path) -> None:
+    _write(tmp_path / "base/parameters.yml", {"a": {"x": 1, "y": 2}, "b": 1})
+    _write(tmp_path / "fashioniq/parameters.yml", {"a": {"x": 10}})
+    _write(tmp_path / "test/parameters.yml", {"b": 5})
+    _write(tmp_path / "local/parameters.yml", {"a": {"y": 20}, "c": 3})
+
+    def load(env: str | None, **runtime: object) -> dict:
+        return LocalOverlayConfigLoader(
+            conf_source=str(tmp_path), env=env, runtime_params=runtime, base_env="base",
+            default_run_env="local", merge_strategy={"parameters": "soft"}, local_overlay_envs=("fashioniq",),
+        )["parameters"]
+
+    assert load("fashioniq") == {"a": {"x": 10, "y": 20}, "b": 1, "c": 3}
+    assert load("fashioniq", a={"y": 99}) == {"a": {"x": 10, "y": 99}, "b": 1, "c": 3}
+    assert load("test") == {"a": {"x": 1, "y": 2}, "b": 5}  # not an overlay env
+    assert load(None) == {"a": {"x": 1, "y": 20}, "b": 1, "c": 3}  # plain run: Kedro's own base + local
+
+
+def test_project_envs_read_a_users_local_weights_and_data_roots(tmp_path: Path) -> None:
+    conf = tmp_path / "conf"
+    shutil.copytree(ROOT / "conf", conf)
+    for mine in (conf / "local").glob("*.yml"):  # a developer's own local files stay out
+        if mine.name != "parameters.example.yml":
+            mine.unlink()
+    _write(conf / "local/parameters.yml", {
+        "backbone": {"name_or_path": "/models/blip2-itm-vit-g"},
+        "data": {"cirr": {"image_root": "/datasets/cirr/img_raw"}},
+    })
+
+    def load(env: str, **runtime: object) -> dict:
+        return settings.CONFIG_LOADER_CLASS(
+            conf_source=str(conf), env=env, runtime_params=runtime, **settings.CONFIG_LOADER_ARGS
+        )["parameters"]
+
+    cirr = load("cirr")
+    assert cirr["backbone"]["name_or_path"] == "/models/blip2-itm-vit-g"
+    assert cirr["backbone"]["source"] == "pretrained"  # the env's value survives the overlay
+    assert cirr["data"]["cirr"]["image_root"] == "/datasets/cirr/img_raw"
+    assert cirr["data"]["cirr"]["annotation_root"].endswith("cirr/01_raw/annotations")
+    assert cirr["training"]["lr"] == 1.0e-5
+    assert load("fashioniq")["backbone"]["name_or_path"] == "/models/blip2-itm-vit-g"
+    assert load("cirr", backbone={"name_or_path": "/other"})["backbone"]["name_or_path"] == "/other"
+    assert load("test")["backbone"]["name_or_path"] == "Salesforce/blip2-itm-vit-g"  # CI stays isolated
