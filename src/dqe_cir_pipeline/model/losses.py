@@ -70,7 +70,7 @@ def attribute_margin_loss(
     s_neg_attr: torch.Tensor,
     mask: torch.Tensor,
     margin: float,
-    denominator: float | None = None,
+    denominator: float | torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Hinge max(0, m - (s_pos - s_neg)) averaged over the rows selected by ``mask``.
 
@@ -170,8 +170,8 @@ class GlobalBatch:
     target_index: torch.Tensor | None
     negative_index: torch.Tensor | None
     offset: int = 0
-    n_color: int = 0
-    n_shape: int = 0
+    n_color: int | torch.Tensor = 0
+    n_shape: int | torch.Tensor = 0
     world_size: int = 1
 
     @property
@@ -188,14 +188,14 @@ class GlobalBatch:
         target_index: torch.Tensor | None = None,
         negative_index: torch.Tensor | None = None,
     ) -> GlobalBatch:
-        """A single-process batch: global = local."""
+        """A single-process batch: global = local (counts stay on the device: no sync)."""
         return cls(
             targets=targets,
             negatives=negatives,
             target_index=target_index,
             negative_index=negative_index,
-            n_color=int(edits_color.sum()),
-            n_shape=int(edits_shape.sum()),
+            n_color=edits_color.sum(),
+            n_shape=edits_shape.sum(),
         )
 
 
@@ -289,7 +289,7 @@ class DQELoss(nn.Module):
         target_emb: torch.Tensor,
         negative_emb: torch.Tensor,
         mask: torch.Tensor,
-        global_count: int,
+        global_count: int | torch.Tensor,
         world_size: int,
     ) -> torch.Tensor:
         """``attribute_margin_loss`` normalised by the global number of selected rows."""
@@ -298,5 +298,9 @@ class DQELoss(nn.Module):
             model.pair_score(sub_query, negative_emb),
             mask,
             self.cfg.margin,
-            denominator=max(global_count, 1) / world_size,
+            denominator=(
+                global_count.clamp_min(1) / world_size
+                if isinstance(global_count, torch.Tensor)
+                else max(global_count, 1) / world_size
+            ),
         )
