@@ -222,6 +222,7 @@ def summary_table(results: dict[str, dict[str, Any]]) -> str:
     add("c_training_step", "bare recompute", "bare_recompute_triplets_per_s", " trip/s")
     add("c_training_step", "bare cached/recompute", "bare_speedup_cached_over_recompute", "x")
     add("c_training_step", "e2e cached", "e2e_cached_triplets_per_s", " trip/s")
+    add("c_training_step", "e2e cached, prefetched", "e2e_cached_prefetch_triplets_per_s", " trip/s")
     add("c_training_step", "e2e recompute", "e2e_recompute_triplets_per_s", " trip/s")
     add("c_training_step", "e2e cached/recompute", "e2e_speedup_cached_over_recompute", "x")
     add("c_training_step", "peak mem recompute", "bare_recompute_peak_mem_gib", " GiB")

@@ -127,3 +127,30 @@ def test_eval_set_from_tables_selects_split() -> None:
     assert ev.query_ids == ["1"] and ev.gallery_ids == ["a", "b"] and ev.labelled
     with pytest.raises(ValueError, match="no triplets"):
         EvalSet.from_tables(triplets, images, "test1")
+
+
+def test_prefetch_gathers_one_batch_ahead_on_a_worker_thread() -> None:
+    import threading
+
+    from dqe_cir_pipeline.model.engine import prefetched, to_device
+
+    class Recording:
+        def __init__(self) -> None:
+            self.calls: list[tuple[str, list[str]]] = []
+
+        def get(self, ids: list[str]) -> np.ndarray:
+            self.calls.append((threading.current_thread().name, list(ids)))
+            return np.stack([np.full((2, 3), float(i[1:]), dtype=np.float16) for i in ids])
+
+    src = Recording()
+    batches = [[[f"i{k}", f"i{k + 1}"], [f"i{k + 2}"]] for k in range(0, 30, 10)]
+    seen = []
+    for k, host in enumerate(prefetched(src, batches, pin=False)):
+        assert len(src.calls) <= 2 * (k + 2)  # never more than one batch ahead
+        seen.append([t.dtype for t in host])
+        dev = to_device(host[0], torch.device("cpu"))
+        assert dev.dtype == torch.float32 and dev[1, 0, 0].item() == float(batches[k][0][1][1:])
+    assert seen == [[torch.float16, torch.float16]] * 3
+    assert [ids for _, ids in src.calls] == [ids for b in batches for ids in b]  # in order
+    assert all(name.startswith("token-prefetch") for name, _ in src.calls)
+    assert list(prefetched(src, [], pin=False)) == []
