@@ -1,4 +1,4 @@
-"""Hooks: provenance tags on every MLflow run, and rank-0-only writes under ``torchrun``.
+"""Hooks: provenance tags, rank-0-only writes under ``torchrun``, per-node time and memory.
 
 kedro-mlflow opens one MLflow run per ``kedro run`` and logs parameters and the
 ``Mlflow*Dataset`` outputs. ``ProvenanceHooks`` adds the tags a reader of the MLflow UI
@@ -9,6 +9,9 @@ Nodes never talk to MLflow; only this module and kedro-mlflow do.
 runs the whole Kedro session in every rank. Rank 0 is the run: it alone writes datasets
 and talks to MLflow (``settings.py`` does not even register kedro-mlflow on the other
 ranks). The other ranks load inputs as usual and keep their outputs in memory.
+
+``ResourceHooks``: wall time, save time and peak memory of every node, as log lines and
+``resources.<node>.*`` MLflow metrics (what ``benchmarks/gpu_smoke.py`` reports).
 """
 
 from __future__ import annotations
