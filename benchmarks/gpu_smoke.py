@@ -45,6 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from dqe_cir_pipeline.data_sources.placeholder import PlaceholderConfig, write_benchmark  # noqa: E402
+from dqe_cir_pipeline.io_utils import atomic_write_json  # noqa: E402
 from dqe_cir_pipeline.model.backbone import TinyBackboneSpec  # noqa: E402
 
 #: ``Salesforce/blip2-itm-vit-g`` shapes: EVA ViT-g/14 (39 layers, 1408 wide) and the
@@ -210,7 +211,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     except ImportError:  # pragma: no cover - torch is a project dependency
         pass
     out = work / "smoke_report.json"
-    out.write_text(json.dumps(report, indent=2, default=str))
+    atomic_write_json(out, report, sort_keys=False)
     print(f"peak host RSS of a kedro run: {report['max_child_rss_gib']:.2f} GiB; report: {out}")
     return report
 

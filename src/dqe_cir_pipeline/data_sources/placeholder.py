@@ -18,7 +18,7 @@ Kept free of Kedro and MLflow. Rerunning is cheap: files that exist are kept.
 from __future__ import annotations
 
 import hashlib
-import json
+import io
 import math
 import os
 from collections.abc import Iterable
@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from dqe_cir_pipeline.io_utils import atomic_write_bytes, atomic_write_text
+from dqe_cir_pipeline.io_utils import atomic_write_bytes, atomic_write_json
 
 CIRR_SIZES = {"val": (4181, 2297), "test1": (4148, 2315)}
 FASHIONIQ_SIZES = {"dress": (2017, 3817), "shirt": (2038, 6346), "toptee": (1961, 5373)}
@@ -89,8 +89,6 @@ def _picture(key: str, size: int) -> Image.Image:
 def _write_image(path: Path, size: int) -> bool:
     if path.exists():
         return False
-    import io
-
     buf = io.BytesIO()
     fmt = "PNG" if path.suffix.lower() == ".png" else "JPEG"
     _picture(path.stem, size).save(buf, format=fmt)
@@ -103,10 +101,6 @@ def write_images(paths: Iterable[Path], size: int, workers: int = 8) -> int:
     todo = list(paths)
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         return sum(pool.map(lambda p: _write_image(p, size), todo))
-
-
-def _dump(path: Path, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data))
 
 
 # --- CIRR ------------------------------------------------------------------------------
@@ -151,8 +145,9 @@ def _cirr_split(
             rec["target_soft"] = {target: 1.0}
             rec["img_set"]["target_rank"] = int(tgt_pos)
         records.append(rec)
-    _dump(annotations / "captions" / f"cap.rc2.{split}.json", records)
-    _dump(annotations / "image_splits" / f"split.rc2.{split}.json", rel)
+    # record keys keep the order of the real files
+    atomic_write_json(annotations / "captions" / f"cap.rc2.{split}.json", records, indent=None, sort_keys=False)
+    atomic_write_json(annotations / "image_splits" / f"split.rc2.{split}.json", rel, indent=None, sort_keys=False)
     return [images / r[2:] for r in rel.values()]
 
 
@@ -215,8 +210,10 @@ def write_fashioniq(root: Path, cfg: PlaceholderConfig) -> dict[str, Any]:
             for _ in range(n_q):
                 cand, target = rng.choice(n_img, 2, replace=False)
                 records.append({"target": ids[int(target)], "candidate": ids[int(cand)], "captions": _fiq_captions(rng)})
-            _dump(annotations / "captions" / f"cap.{category}.{split}.json", records)
-            _dump(annotations / "image_splits" / f"split.{category}.{split}.json", ids)
+            atomic_write_json(annotations / "captions" / f"cap.{category}.{split}.json", records,
+                              indent=None, sort_keys=False)
+            atomic_write_json(annotations / "image_splits" / f"split.{category}.{split}.json", ids,
+                              indent=None, sort_keys=False)
             paths += [images / f"{i}.jpg" for i in ids]
             counts[f"{category}/{split}"] = {"queries": n_q, "images": n_img}
     counts["images_written"] = write_images(paths, cfg.image_size, cfg.workers)
