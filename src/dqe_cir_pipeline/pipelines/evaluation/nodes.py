@@ -115,6 +115,16 @@ def _rankings_and_figures(
     )
 
 
+def _evaluate_kwargs(evaluation: dict[str, Any], cfg: Any) -> dict[str, Any]:
+    """The ``evaluate`` settings shared by the trained and the untrained model."""
+    return {
+        "ks": tuple(int(k) for k in evaluation["ks"]),
+        "chunk_size": int(evaluation["chunk_size"]),
+        "max_len": cfg.max_text_len,
+        "amp_dtype": cfg.amp_dtype,
+    }
+
+
 def evaluate_checkpoint(
     model_checkpoint: dict[str, Any],
     vit_features: FeatureCache,
@@ -127,12 +137,11 @@ def evaluate_checkpoint(
     """Evaluate a trained checkpoint next to zero-shot and the text-blind baseline."""
     bb, model, cfg = _model_from_checkpoint(model_checkpoint, backbone, runtime)
     data = EvalSet.from_tables(triplets, images, evaluation["split"])
-    ks = tuple(int(k) for k in evaluation["ks"])
-    common = dict(ks=ks, chunk_size=int(evaluation["chunk_size"]), max_len=cfg.max_text_len, amp_dtype=cfg.amp_dtype)
+    common = _evaluate_kwargs(evaluation, cfg)
     trained = evaluate(model, vit_features, bb.tokenizer, data, **common)
     zero_model = build_model(bb, cfg)
     zero = evaluate(zero_model, vit_features, bb.tokenizer, data, **common)
-    blind = text_blind_baseline(images, data, ks)
+    blind = text_blind_baseline(images, data, common["ks"])
     table, summary, metrics = _report(trained, zero, blind, data, bb.name)
     return (table, summary, metrics, *_rankings_and_figures(trained, zero, blind, table, data, images, evaluation))
 
@@ -150,12 +159,9 @@ def evaluate_zero_shot(
     cfg = train_config(training, runtime, backbone)
     bb = backbone_from_params(backbone)
     data = EvalSet.from_tables(triplets, images, evaluation["split"])
-    ks = tuple(int(k) for k in evaluation["ks"])
-    zero = evaluate(
-        build_model(bb, cfg), vit_features, bb.tokenizer, data,
-        ks=ks, chunk_size=int(evaluation["chunk_size"]), max_len=cfg.max_text_len, amp_dtype=cfg.amp_dtype,
-    )
-    blind = text_blind_baseline(images, data, ks)
+    common = _evaluate_kwargs(evaluation, cfg)
+    zero = evaluate(build_model(bb, cfg), vit_features, bb.tokenizer, data, **common)
+    blind = text_blind_baseline(images, data, common["ks"])
     return _report(None, zero, blind, data, bb.name)
 
 
