@@ -16,8 +16,10 @@ from dqe_cir_pipeline.data_sources.common import (
     ImageIndex,
     IngestionError,
     IngestResult,
+    PhaseTimer,
+    assemble_result,
     check_images,
-    concat_results,
+    concat_frames,
     empty_frame,
     enforce_rejection_threshold,
     frame_from_rows,
@@ -95,12 +97,35 @@ def test_to_arrow_rejects_nulls_and_wrong_columns() -> None:
         to_arrow(df[["dataset", "kind"]], QUARANTINE_SCHEMA)
 
 
-def test_concat_results_keeps_dtypes(tmp_path: Path) -> None:
+def test_concat_frames_keeps_dtypes(tmp_path: Path) -> None:
     a, _ = check_images([("a", "all", "val", str(_image(tmp_path / "a.png")))], "cirr")
-    merged = concat_results([IngestResult(images=a), IngestResult(), IngestResult(images=a)])
-    assert len(merged.images) == 2
-    assert merged.images["width"].dtype == "int32"
-    assert merged.to_arrow()["images"].schema.equals(IMAGE_SCHEMA)
+    images = concat_frames([a, empty_frame(IMAGE_SCHEMA), a], IMAGE_SCHEMA)
+    assert len(images) == 2
+    assert images["width"].dtype == "int32"
+    assert IngestResult(images=images).to_arrow()["images"].schema.equals(IMAGE_SCHEMA)
+    assert concat_frames([], IMAGE_SCHEMA).columns.tolist() == IMAGE_SCHEMA.names
+
+
+def test_assemble_result_orders_quarantine_and_times_phases(tmp_path: Path) -> None:
+    images, image_q = check_images(
+        [
+            ("a", "all", "val", str(_image(tmp_path / "a.png"))),
+            ("b", "all", "val", str(tmp_path / "missing.png")),
+        ],
+        "cirr",
+    )
+    triplet_q = [quarantine_row("cirr", "triplet", "cap.json", "7", "duplicate: pairid 7")]
+    result = assemble_result(images, image_q, [], triplet_q, PhaseTimer(), "cirr")
+    assert result.counts() == {
+        "images": 1,
+        "triplets": 0,
+        "quarantined_images": 1,
+        "quarantined_triplets": 1,
+    }
+    assert result.quarantine["kind"].tolist() == ["image", "triplet"]
+    assert result.triplets.columns.tolist() == TRIPLET_SCHEMA.names
+    assert {"frames_s", "total_s", "records_s"} <= set(result.timings)
+    assert result.to_arrow()["quarantine"].schema.equals(QUARANTINE_SCHEMA)
 
 
 # ----------------------------------------------------------------------------- images

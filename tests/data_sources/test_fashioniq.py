@@ -82,7 +82,7 @@ def _reasons(res: IngestResult, kind: str = "triplet") -> list[str]:
         # c2 keeps its case
         ("Is Darker.", "has a V-neck?", "Is darker and has a V-neck"),
         ("  is red, ", "Longer. ", "Is red and Longer"),
-        # leading spaces / dots go too (the anchors use str.strip, not rstrip)
+        # leading spaces / dots go too (the published code uses str.strip, not rstrip)
         (
             " yello and more flowing",
             "short and black",

@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from kedro.io import DataCatalog
 from kedro.io.core import DatasetError
 
@@ -142,11 +141,6 @@ def test_get_preserves_order_and_duplicates(dataset: FeatureCacheDataset) -> Non
         cache.get(ids, out=np.zeros((len(ids), T, D), dtype=np.float32))
     with_prefetch = FeatureCacheDataset(filepath=dataset._describe()["filepath"], prefetch=True)
     np.testing.assert_array_equal(with_prefetch.load().get(ids), got)
-
-    tensor = cache.get_torch(ids[:2])
-    assert tensor.dtype == torch.float32 and tensor.shape == (2, T, D)
-    torch.testing.assert_close(tensor, torch.from_numpy(got[:2].astype(np.float32)))
-    assert cache.get_torch(ids[:2], device="cpu", dtype=torch.float16).dtype == torch.float16
 
 
 def test_second_save_with_nothing_changed_encodes_nothing(dataset: FeatureCacheDataset) -> None:

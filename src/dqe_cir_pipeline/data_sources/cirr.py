@@ -44,6 +44,7 @@ from dqe_cir_pipeline.data_sources.common import (
     ImageRecord,
     IngestResult,
     PhaseTimer,
+    assemble_result,
     check_images,
     concat_frames,
     expect_type,
@@ -52,11 +53,7 @@ from dqe_cir_pipeline.data_sources.common import (
     quarantine_row,
 )
 from dqe_cir_pipeline.data_sources.lexicon import attribute_flags
-from dqe_cir_pipeline.data_sources.schema import (
-    QUARANTINE_SCHEMA,
-    TRIPLET_SCHEMA,
-    edit_type_of,
-)
+from dqe_cir_pipeline.data_sources.schema import QUARANTINE_SCHEMA, edit_type_of
 
 logger = logging.getLogger(__name__)
 
@@ -75,8 +72,8 @@ class CIRRConfig:
             read (e.g. CIRR train here, whose captions file is not shipped).
         quarantine_empty_captions: Quarantine records whose caption is blank. Off by
             default [design]: real test1 has one (pairid 27098, caption " ") and the
-            evaluation server expects every test1 pairid, and the anchors evaluate val
-            over all queries, so blank captions are kept (``caption_eval = ""``) and
+            evaluation server expects every test1 pairid, and the published CIRR
+            results evaluate val over all queries, so blank captions are kept (``caption_eval = ""``) and
             counted in the log.
         unlabelled_splits: Splits whose records have no ``target_hard`` (``target_id``
             is null there); elsewhere a missing target quarantines the record.
@@ -154,37 +151,23 @@ def _parse_record(rec: Any, labelled: bool) -> dict[str, Any] | str:
     }
 
 
-def read_cirr(
-    annotation_root: str | os.PathLike[str],
-    image_root: str | os.PathLike[str],
-    cfg: CIRRConfig | None = None,
-) -> IngestResult:
-    """Read CIRR-layout annotations and check their images.
-
-    Args:
-        annotation_root: Folder holding ``captions/`` and ``image_splits/``.
-        image_root: Folder the split files' relative paths start from.
-        cfg: What to read; defaults to CIRR rc2 train/val/test1.
+def _read_image_splits(
+    ann: Path, img_root: Path, cfg: CIRRConfig, timer: PhaseTimer
+) -> tuple[dict[tuple[str, str], list[str]], list[ImageRecord], list[dict]]:
+    """Read every split file: the listed names, the images to check, bad entries.
 
     Returns:
-        Images (category ``"all"``), triplets (``query_id = str(pairid)``) and
-        quarantine rows.
+        ``(listed, records, quarantine)``: ``(category, split) -> names``, one
+        ``(name, category, split, absolute path)`` record per usable entry, and image
+        quarantine rows for entries with a bad path.
 
     Raises:
-        AnnotationError: A split file is missing, a captions file is missing for a
-            split not in ``image_only_splits``, a file is not valid JSON, or a file
-            has the wrong top-level type.
+        AnnotationError: A split file is missing, not valid JSON or not an object.
     """
-    cfg = cfg or CIRRConfig()
     ds = cfg.dataset_name
-    ann = Path(annotation_root)
-    img_root = Path(os.path.abspath(image_root))
-    timer = PhaseTimer()
     layout = (
         f"expected <annotation_root>/image_splits/{_file_name('split', cfg.version, '<split>')}"
     )
-
-    # 1. Image splits.
     listed: dict[tuple[str, str], list[str]] = {}
     records: list[ImageRecord] = []
     pre_q: list[dict] = []
@@ -215,7 +198,176 @@ def read_cirr(
                 )
                 continue
             records.append((name, CATEGORY, split, str(resolved)))
+    return listed, records, pre_q
 
+
+def _unique_record(
+    rec: Any, position: int, labelled: bool, seen: dict[str, int]
+) -> tuple[str, dict[str, Any] | str]:
+    """Parse one captions record and reject a repeated ``pairid``.
+
+    Args:
+        rec: The raw record.
+        position: Its index in the captions file.
+        labelled: Whether the split carries targets.
+        seen: ``pairid -> position`` of the records accepted so far; updated here.
+
+    Returns:
+        ``(record id, fields)`` or ``(record id, quarantine reason)``.
+    """
+    fields = _parse_record(rec, labelled)
+    record_id = str(rec["pairid"]) if isinstance(rec, dict) and "pairid" in rec else f"#{position}"
+    where = f"record {position}"
+    if isinstance(fields, str):
+        return record_id, f"{fields} ({where})"
+    qid = str(fields["pairid"])
+    if qid in seen:
+        return qid, (
+            f"{REASON_DUPLICATE}: pairid {qid} already used by record {seen[qid]} ({where})"
+        )
+    seen[qid] = position
+    return qid, fields
+
+
+def _image_problem(fields: dict[str, Any], split: str, index: ImageIndex) -> str | None:
+    """The first unusable image among reference, target and subset members, if any."""
+    refs = [("reference", fields["reference"])]
+    if fields["target"] is not None:
+        refs.append(("target", fields["target"]))
+    refs += [("img_set member", m) for m in fields["members"]]
+    return next(
+        (
+            p
+            for role, image_id in refs
+            if (p := index.problem(image_id, CATEGORY, split, role)) is not None
+        ),
+        None,
+    )
+
+
+def _triplet_row(
+    fields: dict[str, Any],
+    qid: str,
+    split: str,
+    where: str,
+    index: ImageIndex,
+    cfg: CIRRConfig,
+) -> dict[str, Any] | str:
+    """One TRIPLET_SCHEMA row from a parsed, unique record, or the quarantine reason.
+
+    Args:
+        fields: The record's fields from :func:`_parse_record`.
+        qid: Its query id (``str(pairid)``).
+        split: The split it belongs to.
+        where: ``"record <position>"``, appended to some reasons.
+        index: The usable images.
+        cfg: The reader settings.
+    """
+    caption = fields["caption"].strip()
+    if not caption and cfg.quarantine_empty_captions:
+        return f"{REASON_EMPTY_CAPTIONS}: caption is {fields['caption']!r} ({where})"
+    problem = _image_problem(fields, split, index)
+    if problem is not None:
+        return problem
+    if fields["edit"] is not None:
+        flags = _exact_flags(fields["edit"])
+        if isinstance(flags, str):
+            return f"{flags} ({where})"
+        color, shape = flags
+        edit_labels = json.dumps(fields["edit"], sort_keys=True)
+    else:
+        color, shape = attribute_flags(caption)
+        edit_labels = "{}"
+    return {
+        "query_id": qid,
+        "dataset": cfg.dataset_name,
+        "category": CATEGORY,
+        "split": split,
+        "reference_id": fields["reference"],
+        "target_id": fields["target"],
+        "captions_raw": [fields["caption"]],
+        "caption_eval": caption,
+        "captions_train": [caption],
+        "edit_type": edit_type_of(color, shape),
+        "edits_color": color,
+        "edits_shape": shape,
+        "subset_members": list(fields["members"]),
+        "edit_labels": edit_labels,
+    }
+
+
+def _read_split_captions(
+    path: Path, split: str, index: ImageIndex, cfg: CIRRConfig, timer: PhaseTimer
+) -> tuple[list[dict], list[dict]]:
+    """Read one split's captions file into triplet rows and quarantine rows.
+
+    Raises:
+        AnnotationError: The file is missing, not valid JSON or not a list.
+    """
+    ds = cfg.dataset_name
+    with timer("json_s"):
+        recs = load_json(
+            path,
+            hint=f"captions for split {split!r}; list the split in image_only_splits "
+            "to index its images without captions",
+        )
+    expect_type(recs, list, path, "a list of caption records")
+    labelled = split not in cfg.unlabelled_splits
+    triplets: list[dict] = []
+    triplet_q: list[dict] = []
+    seen: dict[str, int] = {}
+    n_empty = 0
+    for i, rec in enumerate(recs):
+        qid, fields = _unique_record(rec, i, labelled, seen)
+        if isinstance(fields, str):
+            triplet_q.append(quarantine_row(ds, "triplet", str(path), qid, fields))
+            continue
+        n_empty += not fields["caption"].strip()
+        row = _triplet_row(fields, qid, split, f"record {i}", index, cfg)
+        if isinstance(row, str):
+            triplet_q.append(quarantine_row(ds, "triplet", str(path), qid, row))
+            continue
+        triplets.append(row)
+    if n_empty:
+        logger.warning(
+            "%s %s: %d records have a blank caption (%s)",
+            ds,
+            split,
+            n_empty,
+            "quarantined" if cfg.quarantine_empty_captions else "kept with empty text",
+        )
+    return triplets, triplet_q
+
+
+def read_cirr(
+    annotation_root: str | os.PathLike[str],
+    image_root: str | os.PathLike[str],
+    cfg: CIRRConfig | None = None,
+) -> IngestResult:
+    """Read CIRR-layout annotations and check their images.
+
+    Args:
+        annotation_root: Folder holding ``captions/`` and ``image_splits/``.
+        image_root: Folder the split files' relative paths start from.
+        cfg: What to read; defaults to CIRR rc2 train/val/test1.
+
+    Returns:
+        Images (category ``"all"``), triplets (``query_id = str(pairid)``) and
+        quarantine rows.
+
+    Raises:
+        AnnotationError: A split file is missing, a captions file is missing for a
+            split not in ``image_only_splits``, a file is not valid JSON, or a file
+            has the wrong top-level type.
+    """
+    cfg = cfg or CIRRConfig()
+    ds = cfg.dataset_name
+    ann = Path(annotation_root)
+    img_root = Path(os.path.abspath(image_root))
+    timer = PhaseTimer()
+
+    # 1. Image splits.
+    listed, records, pre_q = _read_image_splits(ann, img_root, cfg, timer)
     with timer("image_check_s"):
         images, image_q = check_images(
             records, ds, workers=cfg.workers, full_decode=cfg.full_decode
@@ -240,120 +392,8 @@ def read_cirr(
                 path,
             )
             continue
-        with timer("json_s"):
-            recs = load_json(
-                path,
-                hint=f"captions for split {split!r}; list the split in image_only_splits "
-                "to index its images without captions",
-            )
-        expect_type(recs, list, path, "a list of caption records")
-        labelled = split not in cfg.unlabelled_splits
-        seen: dict[str, int] = {}
-        n_empty = 0
-        for i, rec in enumerate(recs):
-            fields = _parse_record(rec, labelled)
-            record_id = str(rec["pairid"]) if isinstance(rec, dict) and "pairid" in rec else f"#{i}"
-            where = f"record {i}"
-            if isinstance(fields, str):
-                triplet_q.append(
-                    quarantine_row(ds, "triplet", str(path), record_id, f"{fields} ({where})")
-                )
-                continue
-            qid = str(fields["pairid"])
-            if qid in seen:
-                triplet_q.append(
-                    quarantine_row(
-                        ds,
-                        "triplet",
-                        str(path),
-                        qid,
-                        f"{REASON_DUPLICATE}: pairid {qid} already used by record {seen[qid]} "
-                        f"({where})",
-                    )
-                )
-                continue
-            seen[qid] = i
-            caption = fields["caption"].strip()
-            if not caption:
-                n_empty += 1
-            if not caption and cfg.quarantine_empty_captions:
-                triplet_q.append(
-                    quarantine_row(
-                        ds,
-                        "triplet",
-                        str(path),
-                        qid,
-                        f"{REASON_EMPTY_CAPTIONS}: caption is {fields['caption']!r} ({where})",
-                    )
-                )
-                continue
-            refs = [("reference", fields["reference"])]
-            if fields["target"] is not None:
-                refs.append(("target", fields["target"]))
-            refs += [("img_set member", m) for m in fields["members"]]
-            problem = next(
-                (
-                    p
-                    for role, image_id in refs
-                    if (p := index.problem(image_id, CATEGORY, split, role)) is not None
-                ),
-                None,
-            )
-            if problem is not None:
-                triplet_q.append(quarantine_row(ds, "triplet", str(path), qid, problem))
-                continue
-            if fields["edit"] is not None:
-                flags = _exact_flags(fields["edit"])
-                if isinstance(flags, str):
-                    triplet_q.append(
-                        quarantine_row(ds, "triplet", str(path), qid, f"{flags} ({where})")
-                    )
-                    continue
-                color, shape = flags
-                edit_labels = json.dumps(fields["edit"], sort_keys=True)
-            else:
-                color, shape = attribute_flags(caption)
-                edit_labels = "{}"
-            triplets.append(
-                {
-                    "query_id": qid,
-                    "dataset": ds,
-                    "category": CATEGORY,
-                    "split": split,
-                    "reference_id": fields["reference"],
-                    "target_id": fields["target"],
-                    "captions_raw": [fields["caption"]],
-                    "caption_eval": caption,
-                    "captions_train": [caption],
-                    "edit_type": edit_type_of(color, shape),
-                    "edits_color": color,
-                    "edits_shape": shape,
-                    "subset_members": list(fields["members"]),
-                    "edit_labels": edit_labels,
-                }
-            )
-        if n_empty:
-            logger.warning(
-                "%s %s: %d records have a blank caption (%s)",
-                ds,
-                split,
-                n_empty,
-                "quarantined" if cfg.quarantine_empty_captions else "kept with empty text",
-            )
+        rows, rejected = _read_split_captions(path, split, index, cfg, timer)
+        triplets += rows
+        triplet_q += rejected
 
-    with timer("frames_s"):
-        result = IngestResult(
-            images=images,
-            triplets=frame_from_rows(triplets, TRIPLET_SCHEMA),
-            quarantine=concat_frames(
-                [image_q, frame_from_rows(triplet_q, QUARANTINE_SCHEMA)], QUARANTINE_SCHEMA
-            ),
-        )
-    result.timings = timer.finish()
-    logger.info(
-        "%s: %s; timings %s",
-        ds,
-        result.counts(),
-        {k: round(v, 2) for k, v in result.timings.items()},
-    )
-    return result
+    return assemble_result(images, image_q, triplets, triplet_q, timer, ds, logger)

@@ -174,16 +174,6 @@ def concat_frames(frames: Iterable[pd.DataFrame], schema: pa.Schema) -> pd.DataF
     return out.astype({f.name: _pandas_dtype(f.type) for f in schema})
 
 
-def concat_results(results: Iterable[IngestResult]) -> IngestResult:
-    """Stack several results (e.g. FashionIQ and CIRR) keeping the schema dtypes."""
-    results = list(results)
-    return IngestResult(
-        images=concat_frames([r.images for r in results], IMAGE_SCHEMA),
-        triplets=concat_frames([r.triplets for r in results], TRIPLET_SCHEMA),
-        quarantine=concat_frames([r.quarantine for r in results], QUARANTINE_SCHEMA),
-    )
-
-
 class PhaseTimer:
     """Accumulates wall time per named phase (``with timer("json_s"): ...``)."""
 
@@ -485,6 +475,48 @@ class ImageIndex:
             )
         why = self._why.get(image_id, "rejected by the image check")
         return f"{REASON_QUARANTINED_IMAGE}: {role} {image_id!r} ({why})"
+
+
+def assemble_result(
+    images: pd.DataFrame,
+    image_quarantine: pd.DataFrame,
+    triplets: Sequence[Mapping[str, Any]],
+    triplet_quarantine: Sequence[Mapping[str, Any]],
+    timer: PhaseTimer,
+    label: str,
+    log: logging.Logger = logger,
+) -> IngestResult:
+    """A reader's :class:`IngestResult` from its parts, timed and logged.
+
+    Args:
+        images: The accepted IMAGE_SCHEMA frame.
+        image_quarantine: The QUARANTINE_SCHEMA frame of rejected images.
+        triplets: Accepted TRIPLET_SCHEMA rows.
+        triplet_quarantine: Quarantine rows of rejected triplets (listed after images').
+        timer: The reader's timer (building the frames counts as ``frames_s``).
+        label: Name of the dataset in the log line.
+        log: Logger for the summary line (the reader's own).
+
+    Returns:
+        The result, its ``timings`` set from ``timer``.
+    """
+    with timer("frames_s"):
+        result = IngestResult(
+            images=images,
+            triplets=frame_from_rows(triplets, TRIPLET_SCHEMA),
+            quarantine=concat_frames(
+                [image_quarantine, frame_from_rows(triplet_quarantine, QUARANTINE_SCHEMA)],
+                QUARANTINE_SCHEMA,
+            ),
+        )
+    result.timings = timer.finish()
+    log.info(
+        "%s: %s; timings %s",
+        label,
+        result.counts(),
+        {k: round(v, 2) for k, v in result.timings.items()},
+    )
+    return result
 
 
 # ------------------------------------------------------------------------ threshold

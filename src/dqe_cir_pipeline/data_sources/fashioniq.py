@@ -8,8 +8,8 @@ Layout (as distributed)::
 
 ``target`` is absent from the test split (its targets were never released).
 
-Caption protocol (METHOD.md section 7), reproduced from the anchors' code rather than
-from its prose summary:
+Caption protocol, reproduced from the published code of the FashionIQ baselines this
+project follows rather than from their papers' prose summaries:
 
 * each caption is cleaned with Python's ``str.strip(".?, ")`` - the characters
   ``.``, ``?``, ``,`` and space are removed from **both** ends;
@@ -19,7 +19,7 @@ from its prose summary:
   ``cap(c2) and c1``, ``cap(c1)``, ``cap(c2)``.
 
 [design] Empty captions (empty after cleaning, e.g. ``""`` or ``"."``; 16 in the real
-files): the anchors would produce ``" and <c2>"``; we use the non-empty caption alone
+files): the published code would produce ``" and <c2>"``; we use the non-empty caption alone
 (capitalised) as eval text and as the single training form, and count these records in
 the log. A record whose two captions are both empty is quarantined.
 
@@ -47,6 +47,7 @@ from dqe_cir_pipeline.data_sources.common import (
     ImageRecord,
     IngestResult,
     PhaseTimer,
+    assemble_result,
     check_images,
     concat_frames,
     expect_type,
@@ -55,11 +56,7 @@ from dqe_cir_pipeline.data_sources.common import (
     quarantine_row,
 )
 from dqe_cir_pipeline.data_sources.lexicon import attribute_flags
-from dqe_cir_pipeline.data_sources.schema import (
-    QUARANTINE_SCHEMA,
-    TRIPLET_SCHEMA,
-    edit_type_of,
-)
+from dqe_cir_pipeline.data_sources.schema import QUARANTINE_SCHEMA, edit_type_of
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +74,7 @@ class FashionIQConfig:
         categories: Garment categories to read.
         splits: Splits to read (captions and image lists).
         image_exts: Extensions tried in order for ``<image_root>/<id>.<ext>``.
-        random_train_forms: Emit the anchors' four training caption forms; when False
+        random_train_forms: Emit the four published training caption forms; when False
             the only training form is the eval text.
         unlabelled_splits: Splits whose records carry no ``target``; elsewhere a
             missing target quarantines the record.
@@ -95,13 +92,8 @@ class FashionIQConfig:
 
 
 def clean_caption(text: str) -> str:
-    """Strip ``.``, ``?``, ``,`` and spaces from both ends (anchors' ``strip('.?, ')``)."""
+    """Strip ``.``, ``?``, ``,`` and spaces from both ends (the published ``strip('.?, ')``)."""
     return text.strip(_STRIP_CHARS)
-
-
-def lead_caption(text: str) -> str:
-    """Clean a caption that starts a query text, then ``str.capitalize`` it."""
-    return clean_caption(text).capitalize()
 
 
 def eval_caption(c1: str, c2: str) -> str:
@@ -126,7 +118,7 @@ def train_captions(c1: str, c2: str, random_forms: bool = True) -> list[str]:
     Args:
         c1: First raw caption.
         c2: Second raw caption.
-        random_forms: The anchors' four forms; otherwise only the eval text.
+        random_forms: The four published forms; otherwise only the eval text.
 
     Returns:
         ``[c1 and c2, c2 and c1, c1, c2]`` (cleaned, leading caption capitalised) or
@@ -187,6 +179,129 @@ def _parse_record(rec: Any, index: int, labelled: bool) -> tuple[dict[str, Any] 
     return {"candidate": candidate, "target": target, "captions": captions}, None
 
 
+def _match_image_files(
+    ids: list[Any],
+    path: Path,
+    cat: str,
+    split: str,
+    present: set[str],
+    img_root: Path,
+    cfg: FashionIQConfig,
+) -> tuple[list[str], list[ImageRecord], list[dict]]:
+    """Find the image file of each id one split file lists.
+
+    Args:
+        ids: The split file's entries.
+        path: The split file, named in quarantine rows.
+        cat: Its category.
+        split: Its split.
+        present: File names directly under ``img_root``.
+        img_root: The absolute image folder.
+        cfg: The reader settings (``image_exts``).
+
+    Returns:
+        ``(ids, records, quarantine)``: the valid ids listed, one
+        ``(id, category, split, path)`` record per id with an image file, and image
+        quarantine rows for bad entries and ids without a file.
+    """
+    good_ids: list[str] = []
+    records: list[ImageRecord] = []
+    quarantine: list[dict] = []
+    for i, image_id in enumerate(ids):
+        if not isinstance(image_id, str) or not image_id:
+            quarantine.append(
+                quarantine_row(
+                    DATASET,
+                    "image",
+                    str(path),
+                    str(i),
+                    f"{REASON_BAD_VALUE}: entry {i} is {image_id!r}, not an image id",
+                )
+            )
+            continue
+        good_ids.append(image_id)
+        name = next(
+            (f"{image_id}.{ext}" for ext in cfg.image_exts if f"{image_id}.{ext}" in present),
+            None,
+        )
+        if name is None:
+            tried = ", ".join(f"{image_id}.{ext}" for ext in cfg.image_exts)
+            quarantine.append(
+                quarantine_row(
+                    DATASET,
+                    "image",
+                    str(img_root / f"{image_id}.{cfg.image_exts[0]}"),
+                    image_id,
+                    f"{REASON_MISSING_FILE}: none of {tried} exists in {img_root}",
+                )
+            )
+            continue
+        records.append((image_id, cat, split, str(img_root / name)))
+    return good_ids, records, quarantine
+
+
+def _read_image_splits(
+    ann: Path, img_root: Path, cfg: FashionIQConfig, timer: PhaseTimer
+) -> tuple[dict[tuple[str, str], list[str]], list[ImageRecord], list[dict]]:
+    """Read every (category, split) file: listed ids, images to check, bad entries.
+
+    Raises:
+        AnnotationError: A split file is missing, not valid JSON or not a list.
+    """
+    with timer("listdir_s"):
+        present = _list_image_dir(img_root)
+    listed: dict[tuple[str, str], list[str]] = {}
+    records: list[ImageRecord] = []
+    quarantine: list[dict] = []
+    for cat in cfg.categories:
+        for split in cfg.splits:
+            path = _split_file(ann, cat, split)
+            with timer("json_s"):
+                ids = load_json(path, hint=_SPLIT_HINT)
+            expect_type(ids, list, path, "a list of image ids")
+            good, found, rejected = _match_image_files(
+                ids, path, cat, split, present, img_root, cfg
+            )
+            listed[(cat, split)] = good
+            records += found
+            quarantine += rejected
+    return listed, records, quarantine
+
+
+def _read_captions(
+    ann: Path, index: ImageIndex, cfg: FashionIQConfig, timer: PhaseTimer
+) -> tuple[list[dict], list[dict], int]:
+    """Read every captions file into triplet rows and quarantine rows.
+
+    Returns:
+        ``(triplets, quarantine, n_one_empty)``, the last counting accepted records
+        with one caption empty after cleaning.
+
+    Raises:
+        AnnotationError: A captions file is missing, not valid JSON or not a list.
+    """
+    triplets: list[dict] = []
+    triplet_q: list[dict] = []
+    n_one_empty = 0
+    for cat in cfg.categories:
+        for split in cfg.splits:
+            path = _caption_file(ann, cat, split)
+            with timer("json_s"):
+                recs = load_json(path, hint=_CAPTION_HINT)
+            expect_type(recs, list, path, "a list of caption records")
+            labelled = split not in cfg.unlabelled_splits
+            seen: dict[tuple, int] = {}
+            for i, rec in enumerate(recs):
+                qid = f"{cat}-{split}-{i}"
+                row = _triplet_row(rec, i, qid, cat, split, labelled, seen, index, cfg)
+                if isinstance(row, str):
+                    triplet_q.append(quarantine_row(DATASET, "triplet", str(path), qid, row))
+                    continue
+                n_one_empty += not all(clean_caption(c) for c in row["captions_raw"])
+                triplets.append(row)
+    return triplets, triplet_q, n_one_empty
+
+
 def read_fashioniq(
     annotation_root: str | os.PathLike[str],
     image_root: str | os.PathLike[str],
@@ -213,53 +328,7 @@ def read_fashioniq(
     timer = PhaseTimer()
 
     # 1. Image splits -> (id, category, split, path) records.
-    with timer("listdir_s"):
-        present = _list_image_dir(img_root)
-    listed: dict[tuple[str, str], list[str]] = {}
-    records: list[ImageRecord] = []
-    quarantine: list[dict] = []
-    for cat in cfg.categories:
-        for split in cfg.splits:
-            path = _split_file(ann, cat, split)
-            with timer("json_s"):
-                ids = load_json(path, hint=_SPLIT_HINT)
-            expect_type(ids, list, path, "a list of image ids")
-            good_ids: list[str] = []
-            for i, image_id in enumerate(ids):
-                if not isinstance(image_id, str) or not image_id:
-                    quarantine.append(
-                        quarantine_row(
-                            DATASET,
-                            "image",
-                            str(path),
-                            str(i),
-                            f"{REASON_BAD_VALUE}: entry {i} is {image_id!r}, not an image id",
-                        )
-                    )
-                    continue
-                good_ids.append(image_id)
-                name = next(
-                    (
-                        f"{image_id}.{ext}"
-                        for ext in cfg.image_exts
-                        if f"{image_id}.{ext}" in present
-                    ),
-                    None,
-                )
-                if name is None:
-                    tried = ", ".join(f"{image_id}.{ext}" for ext in cfg.image_exts)
-                    quarantine.append(
-                        quarantine_row(
-                            DATASET,
-                            "image",
-                            str(img_root / f"{image_id}.{cfg.image_exts[0]}"),
-                            image_id,
-                            f"{REASON_MISSING_FILE}: none of {tried} exists in {img_root}",
-                        )
-                    )
-                    continue
-                records.append((image_id, cat, split, str(img_root / name)))
-            listed[(cat, split)] = good_ids
+    listed, records, quarantine = _read_image_splits(ann, img_root, cfg, timer)
 
     # 2. Image checks (threaded).
     with timer("image_check_s"):
@@ -272,46 +341,13 @@ def read_fashioniq(
         index = ImageIndex(listed, images, image_q)
 
     # 3. Captions -> triplets.
-    triplets: list[dict] = []
-    triplet_q: list[dict] = []
-    n_one_empty = 0
-    for cat in cfg.categories:
-        for split in cfg.splits:
-            path = _caption_file(ann, cat, split)
-            with timer("json_s"):
-                recs = load_json(path, hint=_CAPTION_HINT)
-            expect_type(recs, list, path, "a list of caption records")
-            labelled = split not in cfg.unlabelled_splits
-            seen: dict[tuple, int] = {}
-            for i, rec in enumerate(recs):
-                qid = f"{cat}-{split}-{i}"
-                row = _triplet_row(rec, i, qid, cat, split, labelled, seen, index, cfg)
-                if isinstance(row, str):
-                    triplet_q.append(quarantine_row(DATASET, "triplet", str(path), qid, row))
-                    continue
-                n_one_empty += not all(clean_caption(c) for c in row["captions_raw"])
-                triplets.append(row)
-
-    with timer("frames_s"):
-        result = IngestResult(
-            images=images,
-            triplets=frame_from_rows(triplets, TRIPLET_SCHEMA),
-            quarantine=concat_frames(
-                [image_q, frame_from_rows(triplet_q, QUARANTINE_SCHEMA)], QUARANTINE_SCHEMA
-            ),
-        )
-    result.timings = timer.finish()
+    triplets, triplet_q, n_one_empty = _read_captions(ann, index, cfg, timer)
     if n_one_empty:
         logger.warning(
             "FashionIQ: %d records have one empty caption; the other is used alone",
             n_one_empty,
         )
-    logger.info(
-        "FashionIQ: %s; timings %s",
-        result.counts(),
-        {k: round(v, 2) for k, v in result.timings.items()},
-    )
-    return result
+    return assemble_result(images, image_q, triplets, triplet_q, timer, "FashionIQ", logger)
 
 
 def _triplet_row(

@@ -7,60 +7,49 @@ extracted once and read back at random during training. For ViT-g/14 an image is
 needs the whole cache in RAM: shards are ``.npy`` files opened with
 ``np.load(mmap_mode="r")`` and only the requested rows are read.
 
-Layout under ``filepath`` (a local directory)::
-
-    <filepath>/ACTIVE                         {"cache_key": ...}  (written last)
-    <filepath>/<cache_key>/meta.json          tokens, dim, dtype, description
-    <filepath>/<cache_key>/shard-000000.npy   float16, (n, T, D)
-    <filepath>/<cache_key>/shard-000000.parquet   image_id, content_hash, row
-
-Each shard's ``.npy`` is written first and its ``.parquet`` index second, both
-atomically (temp file + ``os.replace``). The parquet is the commit marker: a shard
-without it is incomplete, ignored by readers and deleted by the next save. That is
-what makes an interrupted extraction resumable.
+The on-disk layout (shards committed by their Parquet index, an ``ACTIVE`` marker
+naming the current cache key) is implemented in
+:mod:`dqe_cir_pipeline.datasets.feature_shards`; an interrupted extraction resumes
+from the last committed shard.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import os
-import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from kedro.io.core import AbstractDataset, DatasetError, get_protocol_and_path
 
-from dqe_cir_pipeline.io_utils import (
-    TEMP_MARKER,
-    atomic_save,
-    atomic_write_json,
-    canonical_json,
+from dqe_cir_pipeline.datasets.feature_shards import (
+    ACTIVE_FILE,
+    KEY_RE,
+    META_FILE,
+    STORED_DTYPE,
+    ShardInfo,
+    cached_pairs,
+    complete_shards,
+    new_meta,
+    read_active,
+    read_index,
+    read_meta,
+    remove_incomplete,
+    shard_stem,
+    stored_features,
+    write_shard,
 )
-
-if TYPE_CHECKING:
-    import torch
+from dqe_cir_pipeline.io_utils import atomic_write_json, canonical_json
 
 logger = logging.getLogger(__name__)
 
-FORMAT = "dqe-cir-feature-cache/1"
-ACTIVE_FILE = "ACTIVE"
-META_FILE = "meta.json"
-STORED_DTYPE = np.float16
-_SHARD_RE = re.compile(r"^shard-(\d{6})\.(npy|parquet)$")
-_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 REQUIRED_COLUMNS = ("image_id", "path", "content_hash")
-
-
-def _shard_stem(index: int) -> str:
-    return f"shard-{index:06d}"
 
 
 @dataclass(frozen=True)
@@ -103,13 +92,6 @@ class FeatureExtractionJob:
 
     def __deepcopy__(self, memo: dict[int, Any]) -> FeatureExtractionJob:
         return self
-
-
-@dataclass(frozen=True)
-class _ShardInfo:
-    index: int
-    npy: Path
-    parquet: Path
 
 
 class FeatureCache:
@@ -212,7 +194,7 @@ class FeatureCache:
     def _shard(self, index: int) -> np.ndarray:
         mapped = self._maps.get(index)
         if mapped is None:
-            path = self._root / f"{_shard_stem(index)}.npy"
+            path = self._root / f"{shard_stem(index)}.npy"
             mapped = np.load(path, mmap_mode="r", allow_pickle=False)
             if mapped.ndim != 3 or mapped.shape[1:] != (self.tokens, self.dim):
                 raise DatasetError(
@@ -226,7 +208,7 @@ class FeatureCache:
         mapped = self._shard(shard)
         row_bytes = self.tokens * self.dim * mapped.itemsize
         base = int(getattr(mapped, "offset", 0))
-        fd = os.open(self._root / f"{_shard_stem(shard)}.npy", os.O_RDONLY)
+        fd = os.open(self._root / f"{shard_stem(shard)}.npy", os.O_RDONLY)
         try:
             for row in rows:
                 os.posix_fadvise(fd, base + int(row) * row_bytes, row_bytes, os.POSIX_FADV_WILLNEED)
@@ -283,32 +265,6 @@ class FeatureCache:
             for position, row in zip(where.tolist(), shard_rows.tolist(), strict=True):
                 out[position] = mapped[row]
         return out
-
-    def get_torch(
-        self,
-        ids: Sequence[str],
-        device: str | torch.device | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> torch.Tensor:
-        """Like :meth:`get`, as a tensor on ``device``.
-
-        The float16 data is moved first and cast on the device, which halves the
-        host-to-device traffic compared to casting on the CPU.
-
-        Args:
-            ids: Image ids.
-            device: Target device (``None``: CPU).
-            dtype: Target dtype (``None``: ``torch.float32``).
-
-        Returns:
-            Tensor of shape (len(ids), T, D).
-        """
-        import torch
-
-        tensor = torch.from_numpy(self.get(ids))
-        if device is not None:
-            tensor = tensor.to(device=device)
-        return tensor.to(dtype=torch.float32 if dtype is None else dtype)
 
     def close(self) -> None:
         """Drops the open memory maps (they are re-opened on the next read)."""
@@ -399,13 +355,13 @@ class FeatureCacheDataset(AbstractDataset["FeatureExtractionJob", FeatureCache])
 
     def _exists(self) -> bool:
         try:
-            key = self._active_key()
+            key, _ = read_active(self._root)
         except DatasetError:
             return False
         key_dir = self._root / key
         if not (key_dir / META_FILE).is_file():
             return False
-        return all(shard.npy.is_file() for shard in self._complete_shards(key_dir))
+        return all(shard.npy.is_file() for shard in complete_shards(key_dir))
 
     def load(self) -> FeatureCache:
         """Opens the active cache key for reading.
@@ -416,15 +372,15 @@ class FeatureCacheDataset(AbstractDataset["FeatureExtractionJob", FeatureCache])
         Raises:
             DatasetError: If there is no completed cache under ``filepath``.
         """
-        key, active = self._active()
+        key, active = read_active(self._root)
         key_dir = self._root / key
-        meta = self._read_meta(key_dir)
+        meta = read_meta(key_dir)
         if meta is None:
             raise DatasetError(
                 f"Feature cache {self._root} names active key {key!r} but "
                 f"{key_dir / META_FILE} is missing; re-run the feature extraction."
             )
-        index = self._read_index(key_dir)
+        index = read_index(key_dir)
         logger.info(
             "Opened feature cache %s/%s: %d images, %d x %d tokens",
             self._root,
@@ -462,22 +418,11 @@ class FeatureCacheDataset(AbstractDataset["FeatureExtractionJob", FeatureCache])
         images = self._validate_job(job)
         key_dir = self._root / job.cache_key
         key_dir.mkdir(parents=True, exist_ok=True)
-        meta = self._read_meta(key_dir)
-        if meta is not None and canonical_json(meta.get("description", {})) != canonical_json(
-            job.description
-        ):
-            raise DatasetError(
-                f"Cache key {job.cache_key!r} under {self._root} already holds features "
-                f"described by {meta.get('description')!r}, but the job describes "
-                f"{job.description!r}. Derive the cache key from all of the description."
-            )
+        meta = self._matching_meta(key_dir, job)
 
-        removed = self._remove_incomplete(key_dir)
-        shards = self._complete_shards(key_dir)
-        cached = self._cached_pairs(shards)
-        pairs = list(zip(images["image_id"], images["content_hash"], strict=True))
-        missing_mask = np.fromiter((pair not in cached for pair in pairs), bool, len(pairs))
-        missing = images.loc[missing_mask].reset_index(drop=True)
+        removed = remove_incomplete(key_dir)
+        shards = complete_shards(key_dir)
+        missing = self._missing_images(images, shards)
         reused = len(images) - len(missing)
         logger.info(
             "Feature cache %s/%s: %d images requested, %d cached, %d to compute%s",
@@ -490,39 +435,9 @@ class FeatureCacheDataset(AbstractDataset["FeatureExtractionJob", FeatureCache])
         )
 
         next_index = max((shard.index for shard in shards), default=-1) + 1
-        shards_written = 0
-        encode_seconds = 0.0
-        for start in range(0, len(missing), job.shard_size):
-            batch = missing.iloc[start : start + job.shard_size].reset_index(drop=True)
-            tic = time.perf_counter()
-            features = np.asarray(job.encode(batch))
-            encode_seconds += time.perf_counter() - tic
-            features = self._check_features(features, len(batch), meta)
-            if meta is None:
-                meta = {
-                    "format": FORMAT,
-                    "cache_key": job.cache_key,
-                    "tokens": int(features.shape[1]),
-                    "dim": int(features.shape[2]),
-                    "dtype": np.dtype(STORED_DTYPE).name,
-                    "description": job.description,
-                    "created": datetime.now(timezone.utc).isoformat(),
-                }
-                atomic_write_json(key_dir / META_FILE, meta)
-            self._write_shard(key_dir, next_index, batch, features)
-            next_index += 1
-            shards_written += 1
-            done = start + len(batch)
-            logger.info(
-                "Feature cache %s: shard %d written (%d/%d images)",
-                job.cache_key,
-                next_index - 1,
-                done,
-                len(missing),
-            )
-            if job.progress is not None:
-                job.progress(done, len(missing))
-
+        meta, shards_written, encode_seconds = self._encode_missing(
+            job, key_dir, missing, meta, next_index
+        )
         if meta is None:  # nothing to compute and no meta: only possible if corrupted
             raise DatasetError(
                 f"{key_dir} has cached shards but no {META_FILE}; delete the directory "
@@ -549,9 +464,80 @@ class FeatureCacheDataset(AbstractDataset["FeatureExtractionJob", FeatureCache])
         self.last_save_stats = stats
 
     # -- helpers --------------------------------------------------------------------
+    def _matching_meta(self, key_dir: Path, job: FeatureExtractionJob) -> dict[str, Any] | None:
+        """The key's existing ``meta.json`` (or ``None``), checked against the job.
+
+        Raises:
+            DatasetError: If the stored description differs from the job's.
+        """
+        meta = read_meta(key_dir)
+        if meta is not None and canonical_json(meta.get("description", {})) != canonical_json(
+            job.description
+        ):
+            raise DatasetError(
+                f"Cache key {job.cache_key!r} under {self._root} already holds features "
+                f"described by {meta.get('description')!r}, but the job describes "
+                f"{job.description!r}. Derive the cache key from all of the description."
+            )
+        return meta
+
+    @staticmethod
+    def _missing_images(images: pd.DataFrame, shards: list[ShardInfo]) -> pd.DataFrame:
+        """The rows of ``images`` whose (image_id, content_hash) no shard holds yet."""
+        cached = cached_pairs(shards)
+        pairs = list(zip(images["image_id"], images["content_hash"], strict=True))
+        missing_mask = np.fromiter((pair not in cached for pair in pairs), bool, len(pairs))
+        return images.loc[missing_mask].reset_index(drop=True)
+
+    def _encode_missing(
+        self,
+        job: FeatureExtractionJob,
+        key_dir: Path,
+        missing: pd.DataFrame,
+        meta: dict[str, Any] | None,
+        next_index: int,
+    ) -> tuple[dict[str, Any] | None, int, float]:
+        """Encodes ``missing`` shard by shard, writing ``meta.json`` with the first one.
+
+        Args:
+            job: The extraction job.
+            key_dir: The cache-key directory.
+            missing: Image rows to encode.
+            meta: The key's metadata, ``None`` while no shard was ever written.
+            next_index: Number of the first new shard.
+
+        Returns:
+            ``(meta, shards written, seconds spent in encode)``.
+        """
+        shards_written = 0
+        encode_seconds = 0.0
+        for start in range(0, len(missing), job.shard_size):
+            batch = missing.iloc[start : start + job.shard_size].reset_index(drop=True)
+            tic = time.perf_counter()
+            features = np.asarray(job.encode(batch))
+            encode_seconds += time.perf_counter() - tic
+            features = stored_features(features, len(batch), meta)
+            if meta is None:
+                meta = new_meta(job.cache_key, job.description, features)
+                atomic_write_json(key_dir / META_FILE, meta)
+            write_shard(key_dir, next_index, batch, features)
+            next_index += 1
+            shards_written += 1
+            done = start + len(batch)
+            logger.info(
+                "Feature cache %s: shard %d written (%d/%d images)",
+                job.cache_key,
+                next_index - 1,
+                done,
+                len(missing),
+            )
+            if job.progress is not None:
+                job.progress(done, len(missing))
+        return meta, shards_written, encode_seconds
+
     @staticmethod
     def _validate_job(job: FeatureExtractionJob) -> pd.DataFrame:
-        if not isinstance(job.cache_key, str) or not _KEY_RE.match(job.cache_key):
+        if not isinstance(job.cache_key, str) or not KEY_RE.match(job.cache_key):
             raise DatasetError(
                 f"Invalid cache_key {job.cache_key!r}: use 1-128 letters, digits, '.', "
                 "'_' or '-', starting with a letter or digit."
@@ -574,133 +560,3 @@ class FeatureCacheDataset(AbstractDataset["FeatureExtractionJob", FeatureCache])
                 f"image id(s), e.g. {clashes.unique()[:5].tolist()}."
             )
         return images
-
-    @staticmethod
-    def _check_features(
-        features: np.ndarray, expected_rows: int, meta: dict[str, Any] | None
-    ) -> np.ndarray:
-        if features.ndim != 3 or features.shape[0] != expected_rows:
-            raise DatasetError(
-                f"encode returned shape {features.shape}, expected ({expected_rows}, T, D)."
-            )
-        if not np.issubdtype(features.dtype, np.floating):
-            raise DatasetError(f"encode returned dtype {features.dtype}, expected floats.")
-        if meta is not None and features.shape[1:] != (meta["tokens"], meta["dim"]):
-            raise DatasetError(
-                f"encode returned {features.shape[1:]} tokens x dim but this cache key "
-                f"stores ({meta['tokens']}, {meta['dim']})."
-            )
-        with np.errstate(over="ignore"):  # overflow is reported just below
-            stored = np.ascontiguousarray(features, dtype=STORED_DTYPE)
-        if not np.isfinite(stored).all():
-            # float16 overflows above 65504; storing inf/nan would poison training.
-            raise DatasetError("encode returned values that are not finite in float16.")
-        return stored
-
-    @staticmethod
-    def _write_shard(key_dir: Path, index: int, batch: pd.DataFrame, features: np.ndarray) -> None:
-        stem = _shard_stem(index)
-        atomic_save(key_dir / f"{stem}.npy", lambda tmp: np.save(tmp, features))
-        table = pd.DataFrame(
-            {
-                "image_id": batch["image_id"].astype(str),
-                "content_hash": batch["content_hash"].astype(str),
-                "row": np.arange(len(batch), dtype=np.int64),
-            }
-        )
-        # Written last: its presence commits the shard.
-        atomic_save(key_dir / f"{stem}.parquet", lambda tmp: table.to_parquet(tmp, index=False))
-
-    def _active_key(self) -> str:
-        return self._active()[0]
-
-    def _active(self) -> tuple[str, dict[str, Any]]:
-        active = self._root / ACTIVE_FILE
-        try:
-            content = json.loads(active.read_text(encoding="utf-8"))
-            key = content["cache_key"]
-        except FileNotFoundError as exc:
-            raise DatasetError(
-                f"No feature cache at {self._root}: {active} does not exist. Run the "
-                "feature extraction (embedding_extraction pipeline) first."
-            ) from exc
-        except (ValueError, KeyError, TypeError) as exc:
-            raise DatasetError(f"Corrupt feature cache marker {active}: {exc}") from exc
-        if not isinstance(key, str) or not _KEY_RE.match(key):
-            raise DatasetError(f"Corrupt feature cache marker {active}: bad key {key!r}.")
-        return key, content
-
-    @staticmethod
-    def _read_meta(key_dir: Path) -> dict[str, Any] | None:
-        path = key_dir / META_FILE
-        if not path.is_file():
-            return None
-        meta = json.loads(path.read_text(encoding="utf-8"))
-        if meta.get("format") != FORMAT:
-            raise DatasetError(f"{path} has format {meta.get('format')!r}, expected {FORMAT}.")
-        return meta
-
-    @staticmethod
-    def _complete_shards(key_dir: Path) -> list[_ShardInfo]:
-        shards: list[_ShardInfo] = []
-        if not key_dir.is_dir():
-            return shards
-        for path in key_dir.iterdir():
-            match = _SHARD_RE.match(path.name)
-            if match and match.group(2) == "parquet":
-                index = int(match.group(1))
-                npy = key_dir / f"{_shard_stem(index)}.npy"
-                if npy.is_file():
-                    shards.append(_ShardInfo(index=index, npy=npy, parquet=path))
-                else:
-                    logger.warning("Ignoring shard index %s without its .npy data", path)
-        return sorted(shards, key=lambda shard: shard.index)
-
-    @staticmethod
-    def _remove_incomplete(key_dir: Path) -> int:
-        """Deletes shard data without a commit marker and stale temporary files."""
-        names = {path.name for path in key_dir.iterdir()}
-        removed = 0
-        for name in sorted(names):
-            match = _SHARD_RE.match(name)
-            stale_tmp = name.startswith(".") and TEMP_MARKER in name
-            orphan = (
-                match is not None
-                and match.group(2) == "npy"
-                and f"{_shard_stem(int(match.group(1)))}.parquet" not in names
-            )
-            if stale_tmp or orphan:
-                logger.warning("Removing incomplete cache file %s", key_dir / name)
-                with contextlib.suppress(FileNotFoundError):
-                    (key_dir / name).unlink()
-                removed += 1
-        return removed
-
-    @staticmethod
-    def _cached_pairs(shards: list[_ShardInfo]) -> set[tuple[str, str]]:
-        pairs: set[tuple[str, str]] = set()
-        for shard in shards:
-            table = pd.read_parquet(shard.parquet, columns=["image_id", "content_hash"])
-            pairs.update(zip(table["image_id"], table["content_hash"], strict=True))
-        return pairs
-
-    def _read_index(self, key_dir: Path) -> pd.DataFrame:
-        shards = self._complete_shards(key_dir)
-        tables = []
-        for shard in shards:
-            table = pd.read_parquet(shard.parquet, columns=["image_id", "content_hash", "row"])
-            table["shard"] = shard.index
-            tables.append(table)
-        if not tables:
-            return pd.DataFrame(
-                {
-                    "image_id": pd.Series(dtype=str),
-                    "content_hash": pd.Series(dtype=str),
-                    "shard": pd.Series(dtype=np.int64),
-                    "row": pd.Series(dtype=np.int64),
-                }
-            )
-        index = pd.concat(tables, ignore_index=True)
-        # Shards are in ascending order, so keeping the last row lets the newest win.
-        index = index.drop_duplicates("image_id", keep="last").reset_index(drop=True)
-        return index[["image_id", "content_hash", "shard", "row"]]

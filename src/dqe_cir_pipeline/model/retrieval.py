@@ -1,6 +1,6 @@
 """Chunked late-interaction retrieval: scores, top-k, target ranks and CIR metrics.
 
-Embedding conventions (see ``docs`` / METHOD.md §2):
+Embedding conventions:
 
 * a composed query is an L2-normalised ``(P,)`` vector; a batch of queries is ``(N, P)``;
 * a gallery image is an L2-normalised ``(Q, P)`` matrix of token embeddings (Q = 32 for
@@ -15,8 +15,10 @@ scores queries in chunks so that the transient memory is ``O(chunk_size * M)`` (
 Metric keys are stable (they become MLflow metric names):
 
 * :func:`recall_at_k` -> ``"recall@{k}"``
-* :func:`cirr_metrics` -> ``"recall@{1,5,10,50}"``, ``"recall_subset@{1,2,3}"``, ``"avg"``
-* :func:`fashioniq_metrics` -> ``"{cat}/recall@{10,50}"``, ``"mean/recall@{10,50}"``, ``"avg"``
+* :func:`cirr_metrics_from_ranks` -> ``"recall@{1,5,10,50}"``, ``"recall_subset@{1,2,3}"``,
+  ``"avg"``
+* :func:`fashioniq_metrics_from_ranks` -> ``"{cat}/recall@{10,50}"``,
+  ``"mean/recall@{10,50}"``, ``"avg"``
 * :func:`breakdown_by_group` -> ``"{group}/recall@{k}"``, ``"{group}/count"``
 
 Tie rule [design, pessimistic]: the rank of a target counts every other (non-excluded)
@@ -24,40 +26,29 @@ item whose score is *strictly higher* plus every other item whose score is *exac
 equal*. A model that collapses all embeddings therefore gets chance-or-worse recall
 instead of a free R@1 = 100 %. With random float embeddings exact ties essentially never
 occur; in bf16 they do, which is one more reason to compute final metrics in fp32.
+
+The CIRR test1 submission files are built and checked in
+:mod:`dqe_cir_pipeline.model.cirr_submission`.
 """
 
 from __future__ import annotations
 
-import json
-import logging
 import math
 from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
 
-logger = logging.getLogger(__name__)
-
 __all__ = [
-    "CIRR_SUBMISSION_MAX_BYTES",
     "breakdown_by_group",
-    "cirr_metrics",
     "cirr_metrics_from_ranks",
-    "cirr_submission",
-    "fashioniq_metrics",
     "fashioniq_metrics_from_ranks",
-    "names_from_indices",
     "recall_at_k",
-    "score_matrix_chunks",
     "subset_ranks",
     "subset_topk",
     "target_ranks",
     "topk",
-    "validate_cirr_submission",
 ]
-
-#: Upper bound the CIRR evaluation server accepts per JSON file.
-CIRR_SUBMISSION_MAX_BYTES = 5 * 1024 * 1024
 
 
 # --------------------------------------------------------------------------------------
@@ -156,32 +147,6 @@ def _iter_scores(
     with torch.no_grad():
         for start in range(0, queries.shape[0], chunk_size):
             yield start, scorer(queries[start : start + chunk_size], out_dtype)
-
-
-def score_matrix_chunks(
-    queries: torch.Tensor,
-    gallery: torch.Tensor,
-    chunk_size: int = 1024,
-    device: str | torch.device | None = None,
-    amp_dtype: torch.dtype | None = None,
-    to_cpu: bool = True,
-) -> Iterator[tuple[int, torch.Tensor]]:
-    """Iterate over the query x gallery score matrix in row chunks.
-
-    Args:
-        queries: ``(N, P)`` L2-normalised composed queries.
-        gallery: ``(M, Q, P)`` L2-normalised token embeddings (or ``(M, P)``).
-        chunk_size: Queries per chunk ``c``.
-        device: Compute device; ``None`` follows ``queries``.
-        amp_dtype: Matmul dtype on CUDA (e.g. ``torch.bfloat16``); ignored on CPU.
-        to_cpu: Move each chunk to CPU before yielding (default) or leave it on ``device``.
-
-    Yields:
-        ``(start, scores)`` with ``scores`` of shape ``(c, M)`` (float32, float64 for
-        float64 inputs) for query rows ``start : start + c``.
-    """
-    for start, scores in _iter_scores(queries, gallery, chunk_size, device, amp_dtype):
-        yield start, (scores.cpu() if to_cpu else scores)
 
 
 def _check_index(name: str, idx: torch.Tensor | None, n: int, m: int, allow_neg: bool) -> None:
@@ -479,49 +444,6 @@ def cirr_metrics_from_ranks(
     return out
 
 
-def cirr_metrics(
-    queries: torch.Tensor,
-    gallery: torch.Tensor,
-    target_idx: torch.Tensor,
-    reference_idx: torch.Tensor,
-    subset_idx: torch.Tensor,
-    ks: Sequence[int] = (1, 5, 10, 50),
-    subset_ks: Sequence[int] = (1, 2, 3),
-    chunk_size: int = 1024,
-    device: str | torch.device | None = None,
-    amp_dtype: torch.dtype | None = None,
-) -> dict[str, float]:
-    """CIRR (rc2) protocol: reference removed from both the full and the subset ranking.
-
-    Args:
-        queries: ``(N, P)`` composed queries.
-        gallery: ``(M, Q, P)`` the split's whole gallery.
-        target_idx: ``(N,)`` gallery index of each target.
-        reference_idx: ``(N,)`` gallery index of each reference (``-1`` if absent).
-        subset_idx: ``(N, 6)`` gallery indices of ``img_set.members`` (incl. reference).
-        ks: Recall cut-offs.
-        subset_ks: Recall_subset cut-offs.
-        chunk_size: Queries per chunk for the full ranking.
-        device: Compute device (default: the queries').
-        amp_dtype: Matmul dtype on CUDA.
-
-    Returns:
-        Flat dict, see :func:`cirr_metrics_from_ranks`.
-    """
-    ranks = target_ranks(queries, gallery, target_idx, reference_idx, chunk_size, device, amp_dtype)
-    sub = subset_ranks(
-        queries,
-        gallery,
-        target_idx,
-        subset_idx,
-        reference_idx,
-        max(1, chunk_size // 4),
-        device,
-        amp_dtype,
-    )
-    return cirr_metrics_from_ranks(ranks, sub, ks, subset_ks)
-
-
 def fashioniq_metrics_from_ranks(
     per_category_ranks: Mapping[str, torch.Tensor | np.ndarray], ks: Sequence[int] = (10, 50)
 ) -> dict[str, float]:
@@ -533,8 +455,8 @@ def fashioniq_metrics_from_ranks(
 
     Returns:
         ``{"{cat}/recall@k"}`` per category, ``"mean/recall@k"`` = unweighted mean over
-        categories (as the anchors report it), and ``"avg"`` = mean of the
-        ``"mean/recall@k"`` values (with the default ks: (mean R@10 + mean R@50) / 2).
+        categories (as published FashionIQ results report it), and ``"avg"`` = mean of
+        the ``"mean/recall@k"`` values (with the default ks: (mean R@10 + mean R@50) / 2).
     """
     if not per_category_ranks:
         raise ValueError("no categories")
@@ -550,32 +472,6 @@ def fashioniq_metrics_from_ranks(
         means.append(mean_k)
     out["avg"] = float(np.mean(means))
     return out
-
-
-def fashioniq_metrics(
-    per_category: Mapping[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
-    ks: Sequence[int] = (10, 50),
-    chunk_size: int = 1024,
-    device: str | torch.device | None = None,
-    amp_dtype: torch.dtype | None = None,
-) -> dict[str, float]:
-    """FashionIQ (val) protocol: per-category gallery, reference **not** removed.
-
-    Args:
-        per_category: ``{category: (queries (N_c, P), gallery (M_c, Q, P), target_idx (N_c,))}``.
-        ks: Cut-offs (anchors: 10, 50).
-        chunk_size: Queries per chunk.
-        device: Compute device (default: the queries').
-        amp_dtype: Matmul dtype on CUDA.
-
-    Returns:
-        Flat dict, see :func:`fashioniq_metrics_from_ranks`.
-    """
-    ranks = {
-        cat: target_ranks(q, g, t, None, chunk_size, device, amp_dtype)
-        for cat, (q, g, t) in per_category.items()
-    }
-    return fashioniq_metrics_from_ranks(ranks, ks)
 
 
 def breakdown_by_group(
@@ -602,110 +498,3 @@ def breakdown_by_group(
             out[f"{name}/{key}"] = val
         out[f"{name}/count"] = float(sel.shape[0])
     return out
-
-
-# --------------------------------------------------------------------------------------
-# CIRR test1 submission
-# --------------------------------------------------------------------------------------
-def names_from_indices(indices: torch.Tensor | np.ndarray, names: Sequence[str]) -> list[list[str]]:
-    """Map ``(N, k)`` gallery indices to image names (``-1`` entries dropped)."""
-    arr = np.asarray(indices)
-    return [[names[int(j)] for j in row if j >= 0] for row in arr]
-
-
-def cirr_submission(
-    pair_ids: Sequence[int],
-    ranked_names: Sequence[Sequence[str]],
-    subset_ranked_names: Sequence[Sequence[str]],
-    version: str = "rc2",
-) -> tuple[dict[str, object], dict[str, object]]:
-    """Build the two CIRR evaluation-server JSON payloads.
-
-    Args:
-        pair_ids: ``N`` CIRR ``pairid`` values.
-        ranked_names: ``N`` rankings (reference already removed), at least 50 names each.
-        subset_ranked_names: ``N`` subset rankings (reference removed), at least 3 each.
-        version: Dataset version tag.
-
-    Returns:
-        ``(recall_json, subset_json)``: ``{"version": "rc2", "metric": "recall",
-        str(pairid): top-50 names}`` and the same with ``"recall_subset"`` / top-3.
-    """
-    if not len(pair_ids) == len(ranked_names) == len(subset_ranked_names):
-        raise ValueError("pair_ids, ranked_names and subset_ranked_names differ in length")
-    recall: dict[str, object] = {"version": version, "metric": "recall"}
-    subset: dict[str, object] = {"version": version, "metric": "recall_subset"}
-    for pid, full, sub in zip(pair_ids, ranked_names, subset_ranked_names, strict=True):
-        if len(full) < 50 or len(sub) < 3:
-            raise ValueError(f"pairid {pid}: need >= 50 ranked and >= 3 subset names")
-        recall[str(pid)] = [str(x) for x in full[:50]]
-        subset[str(pid)] = [str(x) for x in sub[:3]]
-    return recall, subset
-
-
-def validate_cirr_submission(
-    recall_json: Mapping[str, object],
-    subset_json: Mapping[str, object],
-    expected_pair_ids: Sequence[int],
-    references: Mapping[int | str, str],
-    members: Mapping[int | str, Sequence[str]] | None = None,
-    max_bytes: int = CIRR_SUBMISSION_MAX_BYTES,
-) -> None:
-    """Check both CIRR submission files before upload.
-
-    Checks: ``version == "rc2"`` and the right ``metric``; every expected pairid
-    present and no unexpected one; list lengths 50 / 3; entries are strings; no
-    duplicates; the pair's reference not in its own lists; optionally subset names
-    within ``members``; each file at most ``max_bytes`` when serialised with
-    ``json.dumps``.
-
-    Args:
-        recall_json: The ``"recall"`` payload.
-        subset_json: The ``"recall_subset"`` payload.
-        expected_pair_ids: Pair ids of the split (CIRR test1: 2,178).
-        references: ``pairid -> reference image name``.
-        members: Optional ``pairid -> img_set.members`` names.
-        max_bytes: Size limit per file.
-
-    Raises:
-        ValueError: listing every problem found (first 20), each naming the file and pair.
-    """
-    problems: list[str] = []
-    refs = {str(k): v for k, v in references.items()}
-    mem = {str(k): set(v) for k, v in members.items()} if members is not None else None
-    expected = {str(p) for p in expected_pair_ids}
-    for label, payload, metric, length in (
-        ("recall", recall_json, "recall", 50),
-        ("recall_subset", subset_json, "recall_subset", 3),
-    ):
-        if payload.get("version") != "rc2":
-            problems.append(f"{label}: version is {payload.get('version')!r}, expected 'rc2'")
-        if payload.get("metric") != metric:
-            problems.append(f"{label}: metric is {payload.get('metric')!r}, expected {metric!r}")
-        keys = {k for k in payload if k not in ("version", "metric")}
-        for pid in sorted(expected - keys):
-            problems.append(f"{label}: missing pairid {pid}")
-        for pid in sorted(keys - expected):
-            problems.append(f"{label}: unexpected pairid {pid}")
-        for pid in sorted(keys & expected):
-            names = payload[pid]
-            if not isinstance(names, list) or not all(isinstance(x, str) for x in names):
-                problems.append(f"{label}: pairid {pid} is not a list of strings")
-                continue
-            if len(names) != length:
-                problems.append(f"{label}: pairid {pid} has {len(names)} names, expected {length}")
-            if len(set(names)) != len(names):
-                problems.append(f"{label}: pairid {pid} has duplicate names")
-            if pid in refs and refs[pid] in names:
-                problems.append(f"{label}: pairid {pid} contains its reference {refs[pid]!r}")
-            if mem is not None and metric == "recall_subset" and pid in mem:
-                outside = [x for x in names if x not in mem[pid]]
-                if outside:
-                    problems.append(f"{label}: pairid {pid} names outside its subset: {outside}")
-        size = len(json.dumps(payload).encode("utf-8"))
-        if size > max_bytes:
-            problems.append(f"{label}: size {size} bytes exceeds {max_bytes} bytes")
-    if problems:
-        head = "; ".join(problems[:20])
-        more = f" (+{len(problems) - 20} more)" if len(problems) > 20 else ""
-        raise ValueError(f"invalid CIRR submission, {len(problems)} problem(s): {head}{more}")
