@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from dqe_cir_pipeline import settings
-from dqe_cir_pipeline.config_loader import LocalOverlayConfigLoader
+from dqe_cir_pipeline.config_loader import LocalOverlayConfigLoader, project_config_loader
 from tests.conftest import ROOT
 
 
@@ -56,7 +58,34 @@ def test_project_envs_read_a_users_local_weights_and_data_roots(tmp_path: Path) 
     assert cirr["backbone"]["source"] == "pretrained"  # the env's value survives the overlay
     assert cirr["data"]["cirr"]["image_root"] == "/datasets/cirr/img_raw"
     assert cirr["data"]["cirr"]["annotation_root"].endswith("cirr/01_raw/annotations")
-    assert cirr["training"]["lr"] == 1.0e-5
+    assert cirr["training"]["optim"]["lr"] == 1.0e-5
     assert load("fashioniq")["backbone"]["name_or_path"] == "/models/blip2-itm-vit-g"
     assert load("cirr", backbone={"name_or_path": "/other"})["backbone"]["name_or_path"] == "/other"
     assert load("test")["backbone"]["name_or_path"] == "Salesforce/blip2-itm-vit-g"  # CI stays isolated
+
+
+def _leaves(
+    tree: dict[str, Any], prefix: tuple[str, ...] = ()
+) -> Iterator[tuple[tuple[str, ...], Any]]:
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            yield from _leaves(value, (*prefix, key))
+        else:
+            yield (*prefix, key), value
+
+
+def test_project_config_loader_reads_the_project_conf_as_kedro_run_does() -> None:
+    base = project_config_loader("base")["parameters"]
+    test = project_config_loader("test")["parameters"]
+    override = yaml.safe_load((ROOT / "conf" / "test" / "parameters.yml").read_text())
+    for path, value in _leaves(override):  # the env's values, merged key by key over base
+        node: Any = test
+        for key in path:
+            node = node[key]
+        assert node == value, path
+    assert {k: v for k, v in base.items() if k not in override} == {
+        k: v for k, v in test.items() if k not in override
+    }
+    assert not [p for p, v in _leaves(base) if isinstance(v, str) and "${" in v]  # resolved
+    runtime = project_config_loader("test", runtime_params={"runtime": {"device": "meta"}})
+    assert runtime["parameters"]["runtime"]["device"] == "meta"  # --params still wins

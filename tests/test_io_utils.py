@@ -1,4 +1,4 @@
-"""Tests for atomic writes and stable hashes."""
+"""Tests for atomic writes and short content hashes."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from dqe_cir_pipeline.io_utils import (
     atomic_write_json,
     atomic_write_text,
     canonical_json,
-    sha256_file,
+    short_hash,
     stable_hash,
     temp_path_for,
 )
@@ -62,10 +62,10 @@ def test_temp_path_keeps_suffix_for_numpy(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["shard.npy"]
 
 
-def test_sha256_file(tmp_path: Path) -> None:
-    data = bytes(range(256)) * 5000  # > 1 MiB chunk
-    (tmp_path / "f").write_bytes(data)
-    assert sha256_file(tmp_path / "f") == hashlib.sha256(data).hexdigest()
+def test_short_hash_is_a_truncated_sha256_of_text_or_bytes() -> None:
+    assert short_hash(b"abc") == hashlib.sha256(b"abc").hexdigest()[:16]
+    expected = hashlib.sha256("é".encode()).hexdigest()[:16]
+    assert short_hash("é") == short_hash("é".encode()) == expected
 
 
 def test_stable_hash_is_order_independent_and_sensitive() -> None:
@@ -82,3 +82,20 @@ def test_stable_hash_is_order_independent_and_sensitive() -> None:
         stable_hash({"x": float("nan")})
     with pytest.raises(TypeError):
         stable_hash({"x": object()})
+
+
+def test_atomic_torch_save_goes_through_atomic_save(tmp_path: Path) -> None:
+    import torch
+
+    from dqe_cir_pipeline.model.state import atomic_torch_save, load_torch
+
+    class Unpicklable:
+        def __reduce__(self) -> tuple:
+            raise RuntimeError("boom")
+
+    path = tmp_path / "run" / "last.pt"
+    atomic_torch_save(path, {"x": torch.arange(3)})
+    with pytest.raises(RuntimeError, match="boom"):
+        atomic_torch_save(path, {"x": Unpicklable()})
+    torch.testing.assert_close(load_torch(path)["x"], torch.arange(3))  # old file intact
+    assert [p.name for p in path.parent.iterdir()] == ["last.pt"]  # no temporary left

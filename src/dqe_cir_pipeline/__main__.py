@@ -10,6 +10,16 @@ from kedro.framework.project import configure_project
 
 
 def main(*args: str, **kwargs: object) -> object:
+    """Runs ``kedro run`` for this package, with the same command-line options.
+
+    Args:
+        *args: Passed to Kedro's ``run`` command.
+        **kwargs: Passed to Kedro's ``run`` command; ``standalone_mode`` is set here
+            (off in an interactive interpreter, so errors do not exit it).
+
+    Returns:
+        Whatever Kedro's ``run`` command returns.
+    """
     package_name = Path(__file__).parent.name
     configure_project(package_name)
     interactive = hasattr(sys, "ps1")

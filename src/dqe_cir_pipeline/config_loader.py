@@ -5,17 +5,24 @@ would never see the data roots and weight locations a user keeps in ``conf/local
 the real-data environments (``fashioniq``, ``cirr``) this loader merges the parameters
 files of ``conf/local`` over the environment's, key by key; ``--params`` still wins.
 Every other environment (``test`` above all) stays isolated from a user's local files.
+
+:func:`project_config_loader` is the one way code outside a Kedro session (pre-flight
+check, benchmarks, test fixtures) reads the project's configuration: it builds the loader
+exactly as ``kedro run --env <env> --params ...`` does.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+import os
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from kedro.config import OmegaConfigLoader
 from omegaconf import OmegaConf
+
+from dqe_cir_pipeline.launch import PROJECT_ROOT
 
 logger = logging.getLogger(__name__)
 
@@ -50,3 +57,39 @@ class LocalOverlayConfigLoader(OmegaConfigLoader):
             return config
         logger.info("conf/%s overrides %s for --env %s", self.local_env, sorted(overlay), run_env)
         return OmegaConf.to_container(OmegaConf.unsafe_merge(config, overlay))  # type: ignore[return-value]
+
+
+def project_config_loader(
+    env: str | None = None,
+    project_path: str | os.PathLike[str] | None = None,
+    runtime_params: Mapping[str, Any] | None = None,
+) -> OmegaConfigLoader:
+    """Returns the config loader ``kedro run --env <env> --params ...`` would use.
+
+    Bootstraps the project like the ``kedro`` command does, then builds the project's
+    ``CONFIG_LOADER_CLASS`` with its ``CONFIG_LOADER_ARGS`` (``settings.py``), so the
+    environments merge, the resolvers (``${data_root:}``, ``${globals:...}``) and the
+    ``conf/local`` overlay behave exactly as in a run. Read a kind of configuration by
+    key: ``loader["parameters"]``, ``loader["catalog"]``.
+
+    Args:
+        env: Kedro environment (``test``, ``fashioniq``, ...); ``None`` is Kedro's
+            default run environment (``local``), and ``"base"`` reads ``conf/base``
+            alone.
+        project_path: Project root; defaults to this checkout.
+        runtime_params: Overrides, as ``kedro run --params`` gives them (nested dicts).
+
+    Returns:
+        The configured loader.
+    """
+    from kedro.framework.project import settings
+    from kedro.framework.startup import bootstrap_project
+
+    root = Path(project_path) if project_path is not None else PROJECT_ROOT
+    bootstrap_project(root)
+    return settings.CONFIG_LOADER_CLASS(
+        conf_source=str(root / settings.CONF_SOURCE),
+        env=env,
+        runtime_params=dict(runtime_params or {}),
+        **settings.CONFIG_LOADER_ARGS,
+    )

@@ -16,9 +16,8 @@ ranks). The other ranks load inputs as usual and keep their outputs in memory.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import os
-import resource
 import subprocess
 import sys
 import time
@@ -29,6 +28,8 @@ from kedro.framework.hooks import hook_impl
 from kedro.io import AbstractDataset, DataCatalog
 from kedro.pipeline import Pipeline
 from kedro.pipeline.node import Node
+
+from dqe_cir_pipeline.launch import PROJECT_ROOT, launch_rank, peak_rss_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -54,8 +55,43 @@ def git_commit(path: Path) -> str:
     return f"{sha}-dirty" if dirty else sha
 
 
+def flat_params(prefix: str, value: Any) -> dict[str, Any]:
+    """A typed parameter block as one ``prefix.field[.field]`` entry per leaf."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = dataclasses.asdict(value)
+    if not isinstance(value, dict):
+        return {prefix: value}
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        out.update(flat_params(f"{prefix}.{key}", item))
+    return out
+
+
 class ProvenanceHooks:
-    """Tag the active MLflow run with the git commit and the data fingerprint."""
+    """Tag the active MLflow run with the git commit and the data fingerprint, and log the
+    typed parameter blocks one leaf per MLflow param (``training.optim.lr``).
+
+    kedro-mlflow flattens parameter *dicts*; the blocks Kedro validated into dataclasses
+    reach it as objects, which it would log as a single string.
+    """
+
+    @hook_impl
+    def before_node_run(self, inputs: dict[str, Any]) -> None:
+        typed = {
+            name.removeprefix("params:"): value
+            for name, value in inputs.items()
+            if name.startswith("params:") and dataclasses.is_dataclass(value)
+        }
+        if not typed:
+            return
+        import mlflow
+
+        if mlflow.active_run() is None:
+            return
+        params: dict[str, Any] = {}
+        for name, value in typed.items():
+            params.update(flat_params(name, value))
+        mlflow.log_params(params)
 
     @hook_impl
     def before_pipeline_run(self, run_params: dict[str, Any]) -> None:
@@ -63,8 +99,6 @@ class ProvenanceHooks:
 
         if mlflow.active_run() is None:
             return
-        from dqe_cir_pipeline.settings import PROJECT_ROOT
-
         mlflow.set_tags(
             {
                 "git_commit": git_commit(PROJECT_ROOT),
@@ -82,11 +116,6 @@ class ProvenanceHooks:
 
         if mlflow.active_run() is not None:
             mlflow.set_tag("dataset_fingerprint", str(report["fingerprint"]))
-
-
-def launch_rank() -> tuple[int, int]:
-    """``(RANK, WORLD_SIZE)`` as ``torchrun`` sets them; ``(0, 1)`` for a plain run."""
-    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
 class RankLocalDataset(AbstractDataset[Any, Any]):
@@ -189,7 +218,7 @@ class ResourceHooks:
         return torch.cuda
 
     def _memory(self) -> dict[str, float]:
-        values = {"peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}  # Linux: KiB
+        values = {"peak_rss_gib": peak_rss_bytes() / 2**30}
         cuda = self._cuda()
         if cuda is not None:
             values["peak_gpu_gib"] = cuda.max_memory_allocated() / 2**30

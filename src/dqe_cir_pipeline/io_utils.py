@@ -1,4 +1,4 @@
-"""Small, dependency-free file helpers: atomic writes and stable hashes.
+"""Small, dependency-free file helpers: atomic writes and short content hashes.
 
 Every artifact this project persists (checkpoints, feature-cache shards, markers) is
 written through :func:`atomic_save`: the payload goes to a temporary file in the
@@ -28,7 +28,8 @@ logger = logging.getLogger(__name__)
 #: (e.g. after a ``SIGKILL`` which gives no chance to clean up).
 TEMP_MARKER = ".tmp-"
 
-_HASH_CHUNK = 1 << 20
+#: Hex characters kept by :func:`short_hash` (64 bits of SHA-256).
+SHORT_HASH_CHARS = 16
 
 
 def temp_path_for(path: str | os.PathLike[str]) -> Path:
@@ -164,22 +165,6 @@ def atomic_write_json(
     return atomic_write_text(path, text + "\n")
 
 
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    """Returns the hex SHA-256 digest of a file, read in 1 MiB chunks.
-
-    Args:
-        path: File to hash.
-
-    Returns:
-        64 lowercase hex characters.
-    """
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(_HASH_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _json_default(obj: Any) -> Any:
     """Converts the few non-JSON types that appear in configs to JSON values."""
     if isinstance(obj, PurePath):
@@ -219,6 +204,23 @@ def canonical_json(obj: Any) -> str:
     )
 
 
+def short_hash(data: str | bytes) -> str:
+    """Returns the first :data:`SHORT_HASH_CHARS` hex characters of the SHA-256 of ``data``.
+
+    The one place where the project truncates a digest into a key (cache keys, backbone
+    keys). Callers choose the serialisation; :func:`stable_hash` uses
+    :func:`canonical_json`.
+
+    Args:
+        data: Text (hashed as UTF-8) or bytes.
+
+    Returns:
+        16 lowercase hex characters (64 bits).
+    """
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    return hashlib.sha256(raw).hexdigest()[:SHORT_HASH_CHARS]
+
+
 def stable_hash(obj: Any) -> str:
     """Returns a short, order-independent content hash of a JSON-like object.
 
@@ -231,4 +233,4 @@ def stable_hash(obj: Any) -> str:
     Returns:
         The first 16 hex characters (64 bits) of the SHA-256 of the canonical JSON.
     """
-    return hashlib.sha256(canonical_json(obj).encode("utf-8")).hexdigest()[:16]
+    return short_hash(canonical_json(obj))

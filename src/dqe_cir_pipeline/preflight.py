@@ -40,7 +40,9 @@ from typing import Any
 
 import yaml
 
+from dqe_cir_pipeline.config_loader import project_config_loader
 from dqe_cir_pipeline.data_sources.common import AnnotationError, load_json
+from dqe_cir_pipeline.launch import PROJECT_ROOT
 
 logger = logging.getLogger(__name__)
 
@@ -149,28 +151,6 @@ def _split_top_level(text: str) -> list[str]:
             start = i + 1
     items.append(text[start:])
     return items
-
-
-def load_config(
-    env: str, project_path: Path, runtime_params: dict[str, Any] | None = None
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The parameters and catalog config ``kedro run --env <env>`` would use.
-
-    Builds the config loader the way a Kedro session does (the project's
-    ``CONFIG_LOADER_CLASS`` and ``CONFIG_LOADER_ARGS``), so resolvers such as
-    ``${data_root:}`` and the soft merge of parameters behave identically.
-    """
-    from kedro.framework.project import settings
-    from kedro.framework.startup import bootstrap_project
-
-    bootstrap_project(project_path)
-    loader = settings.CONFIG_LOADER_CLASS(
-        conf_source=str(project_path / settings.CONF_SOURCE),
-        env=env,
-        runtime_params=runtime_params or {},
-        **settings.CONFIG_LOADER_ARGS,
-    )
-    return dict(loader["parameters"]), dict(loader["catalog"])
 
 
 # --------------------------------------------------------------------------- data
@@ -405,8 +385,13 @@ def run_checks(
     runtime_params: dict[str, Any] | None = None,
     skip_backbone: bool = False,
 ) -> Report:
-    """Run every check for ``env`` and return the report (prints nothing)."""
-    params, catalog = load_config(env, project_path, runtime_params)
+    """Run every check for ``env`` and return the report (prints nothing).
+
+    The parameters and catalog are the ones ``kedro run --env <env>`` would use
+    (:func:`~dqe_cir_pipeline.config_loader.project_config_loader`).
+    """
+    loader = project_config_loader(env, project_path, runtime_params)
+    params, catalog = dict(loader["parameters"]), dict(loader["catalog"])
     data = params["data"]
     benchmark = str(data["benchmark"])
     report = Report(env=env, benchmark=benchmark)
@@ -440,7 +425,7 @@ def main(argv: Iterable[str] | None = None) -> int:
     """CLI entry point: print the report, return the exit code."""
     args = _parse_args(list(argv) if argv is not None else None)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    project_path = (args.project_path or Path(__file__).resolve().parents[2]).resolve()
+    project_path = (args.project_path or PROJECT_ROOT).resolve()
     try:
         report = run_checks(args.env, project_path, parse_params(args.params), args.skip_backbone)
     except (KeyError, ValueError, TypeError) as err:

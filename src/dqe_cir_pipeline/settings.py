@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from dqe_cir_pipeline.config_loader import LocalOverlayConfigLoader
-from dqe_cir_pipeline.hooks import DistributedHooks, ProvenanceHooks, ResourceHooks, launch_rank
+from dqe_cir_pipeline.hooks import DistributedHooks, ProvenanceHooks, ResourceHooks
+from dqe_cir_pipeline.launch import PROJECT_ROOT, launch_rank
 
-#: The project root (the folder holding ``pyproject.toml``). Kedro runs from it; the
-#: resolvers below make paths absolute so nothing depends on the current directory.
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+# PROJECT_ROOT (the folder holding ``pyproject.toml``, re-exported here) is where Kedro
+# runs from; the resolvers below make paths absolute against it, so nothing depends on
+# the current directory.
 
 
 def _data_root() -> str:

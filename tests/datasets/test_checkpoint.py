@@ -10,13 +10,11 @@ import pytest
 import torch
 from kedro.io import DataCatalog
 from kedro.io.core import DatasetError, Version
-from safetensors.torch import load_file
 
 from dqe_cir_pipeline.datasets.checkpoint import (
     CheckpointMismatchError,
     TorchCheckpointDataset,
     capture_rng_state,
-    export_weights,
     load_trainable_state,
     restore_rng_state,
 )
@@ -259,17 +257,3 @@ def test_load_trainable_state_names_mismatching_fields() -> None:
     )
     with pytest.raises(CheckpointMismatchError, match="does not fit the model"):
         load_trainable_state(wrong_shape, ckpt, "tiny-vit", {"hidden": 8})
-
-
-def test_export_weights_safetensors(tmp_path: Path) -> None:
-    model = _model()
-    state = dict(model.state_dict())
-    state["tied"] = state["0.weight"]  # shares storage
-    state["slice"] = state["0.bias"][:4]  # view of a larger storage
-    path = export_weights(state, tmp_path / "w" / "dqe.safetensors", metadata={"backbone": "tiny"})
-    loaded = load_file(str(path))
-    assert loaded.keys() == state.keys()
-    for key, value in state.items():
-        assert torch.equal(loaded[key], value)
-    with pytest.raises(TypeError, match="tensors only"):
-        export_weights({"a": 1}, tmp_path / "bad.safetensors")  # type: ignore[dict-item]

@@ -89,8 +89,12 @@ def test_vocabulary_is_deterministic() -> None:
     assert a.get_vocab() == b.get_vocab()
 
 
-def test_tokenize_pads_and_truncates(tiny: Backbone) -> None:
-    ids, mask = tiny.tokenize(["red", "a " * 100])
+def test_tokenizer_pads_with_zero_and_truncates(tiny: Backbone) -> None:
+    enc = tiny.tokenizer(
+        ["red", "a " * 100], padding="longest", truncation=True,
+        max_length=tiny.max_text_len, return_tensors="pt",
+    )
+    ids, mask = enc["input_ids"], enc["attention_mask"]
     assert ids.shape == mask.shape == (2, tiny.max_text_len)
     assert mask[0].sum() == 3 and (ids[0, 3:] == 0).all()
 
@@ -189,3 +193,11 @@ def test_encode_vit_features_are_informative(tiny: Backbone) -> None:
     g = F.normalize(tokens.mean(1), dim=-1)
     same_colour, other_colour = (g[0] @ g[1]).item(), (g[0] @ g[2]).item()
     assert other_colour < 0.9 and other_colour < same_colour < 0.999
+
+
+def test_backbone_key_hash_is_pinned() -> None:
+    # Backbone keys name feature caches and checkpoints: their hashing must not change.
+    from dqe_cir_pipeline.model.backbone import _key_hash
+
+    assert _key_hash(["Salesforce/blip2-itm-vit-g", "main"]) == "b1b3c1c684189e33"
+    assert _key_hash({"b": "ü", "a": [1, 2]}) == _key_hash({"a": [1, 2], "b": "ü"})

@@ -1,9 +1,10 @@
 """Keyword lexicons that guess which attribute a modification text edits.
 
-[design] DQE-CIR builds colour and shape sub-queries and applies attribute margins only
-to queries whose edit touches that attribute (METHOD.md section 3). Real benchmarks do
-not label this, so for FashionIQ and CIRR we fall back to this keyword heuristic; the
-generated benchmark records the exact flags and never uses it. The heuristic is
+[design] DQE-CIR builds colour and shape sub-queries and applies an attribute's margin
+only to queries whose modification text edits that attribute, so every triplet needs two
+flags: does the text edit colour, does it edit shape? Real benchmarks do not label this,
+so for FashionIQ and CIRR we fall back to this keyword heuristic; the generated
+benchmark records the exact flags and never uses it. The heuristic is
 deliberately simple and inspectable:
 
 * matching is case-insensitive and on word boundaries (``"red"`` matches ``"Red,"`` and
@@ -355,19 +356,6 @@ def _compile(words: frozenset[str]) -> re.Pattern[str]:
     alternatives = sorted((_entry_pattern(w) for w in words), key=len, reverse=True)
     # Letters/digits on either side mean we are inside another word: no match there.
     return re.compile(r"(?<![a-z0-9])(?:" + "|".join(alternatives) + r")(?![a-z0-9])")
-
-
-def matched_words(text: str, words: frozenset[str]) -> list[str]:
-    """Return the substrings of ``text`` that match a lexicon, in order of appearance.
-
-    Args:
-        text: Free text, any case and punctuation.
-        words: A lexicon such as :data:`COLOR_WORDS` or :data:`SHAPE_WORDS`.
-
-    Returns:
-        The lower-cased matches (useful to audit the heuristic on real captions).
-    """
-    return _compile(words).findall(text.lower())
 
 
 def attribute_flags(text: str) -> tuple[bool, bool]:

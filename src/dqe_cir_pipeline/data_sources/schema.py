@@ -55,10 +55,6 @@ QUARANTINE_SCHEMA = pa.schema(
     ]
 )
 
-IMAGE_COLUMNS: list[str] = IMAGE_SCHEMA.names
-TRIPLET_COLUMNS: list[str] = TRIPLET_SCHEMA.names
-QUARANTINE_COLUMNS: list[str] = QUARANTINE_SCHEMA.names
-
 EDIT_TYPES: tuple[str, ...] = ("color", "shape", "both", "other")
 
 

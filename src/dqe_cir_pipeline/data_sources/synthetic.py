@@ -465,15 +465,15 @@ def _select_edits(
     shortfall = 0
     got = take(shuffled(_edit_pool(objects, "color_shape")), quota["color_shape"])
     shortfall += quota["color_shape"] - got
-    anchors = [k for k in chosen if k[0] == "color_shape"]
+    full_edits = [k for k in chosen if k[0] == "color_shape"]
     for attr, slot in (("color", 2), ("shape", 3)):
         pool = _edit_pool(objects, attr)
         pool_set = set(pool)
         related: list[EditKey] = []
-        for a in shuffled(anchors):
-            value = a[slot]
-            related.append((attr, a[1], value))  # same object, same value
-            related += [(attr, j, value) for j in range(len(objects)) if j != a[1]]
+        for full in shuffled(full_edits):
+            value = full[slot]
+            related.append((attr, full[1], value))  # same object, same value
+            related += [(attr, j, value) for j in range(len(objects)) if j != full[1]]
         related = [k for k in related if k in pool_set]
         got = take(related + shuffled(pool), quota[attr])
         shortfall += quota[attr] - got

@@ -45,7 +45,6 @@ from dqe_cir_pipeline.io_utils import atomic_save
 from dqe_cir_pipeline.model.state import (  # re-exported: the dataset's public helpers
     CheckpointMismatchError,
     capture_rng_state,
-    export_weights,
     load_trainable_state,
     restore_rng_state,
 )
@@ -54,7 +53,6 @@ __all__ = [
     "CheckpointMismatchError",
     "TorchCheckpointDataset",
     "capture_rng_state",
-    "export_weights",
     "load_trainable_state",
     "restore_rng_state",
 ]

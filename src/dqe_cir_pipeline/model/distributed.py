@@ -2,8 +2,9 @@
 
 ``torchrun`` starts one process per GPU and sets ``RANK``, ``LOCAL_RANK``,
 ``WORLD_SIZE``, ``MASTER_ADDR`` and ``MASTER_PORT``. ``Distributed.from_env`` reads
-them; without them (a plain ``kedro run``) everything here is a no-op with world size 1,
-so the single-process path runs the same code.
+them (rank and world size through :func:`dqe_cir_pipeline.launch.launch_rank`, as the
+Kedro hooks do); without them (a plain ``kedro run``) everything here is a no-op with
+world size 1, so the single-process path runs the same code.
 
 The training loop uses it to keep the global batch exact: each rank embeds its slice of
 the global batch, the target and negative embeddings are all-gathered *with* gradients
@@ -27,19 +28,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from dqe_cir_pipeline.launch import launch_rank
 from dqe_cir_pipeline.model.device import resolve_device
 
 logger = logging.getLogger(__name__)
-
-
-def env_rank() -> int:
-    """This process's global rank from the ``torchrun`` environment (0 without it)."""
-    return int(os.environ.get("RANK", "0"))
-
-
-def env_world_size() -> int:
-    """The number of processes ``torchrun`` started (1 without it)."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 @dataclass(frozen=True)
@@ -58,9 +50,11 @@ class Distributed:
 
     @classmethod
     def from_env(cls) -> Distributed:
+        """This process as ``torchrun`` launched it; rank 0 of 1 without ``torchrun``."""
+        rank, world_size = launch_rank()
         return cls(
-            rank=env_rank(),
-            world_size=env_world_size(),
+            rank=rank,
+            world_size=world_size,
             local_rank=int(os.environ.get("LOCAL_RANK", "0")),
         )
 
@@ -108,10 +102,6 @@ class Distributed:
         box = [obj if self.is_main else None]
         dist.broadcast_object_list(box, src=0)
         return box[0]
-
-    def barrier(self) -> None:
-        if self.enabled:
-            dist.barrier()
 
     def sum(self, values: torch.Tensor) -> torch.Tensor:
         """Element-wise sum over ranks (no gradient)."""

@@ -8,9 +8,7 @@ RNG states are stored in that same safe form.
 from __future__ import annotations
 
 import logging
-import os
 import random
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -28,22 +26,17 @@ class CheckpointMismatchError(ValueError):
 
 
 def atomic_torch_save(path: str | Path, obj: dict[str, Any]) -> None:
-    """``torch.save`` to a temp file in the same folder, fsync, then ``os.replace``.
+    """``torch.save`` through :func:`~dqe_cir_pipeline.io_utils.atomic_save`.
 
-    An interrupted write leaves the previous file intact.
+    The checkpoint is written to a temporary file in the same folder, ``fsync``-ed and
+    moved over ``path`` with ``os.replace``, so an interrupted write leaves the previous
+    file intact. Missing parent folders are created.
+
+    Args:
+        path: Destination file.
+        obj: The checkpoint dict.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_save(path, lambda tmp: torch.save(obj, tmp))
 
 
 def load_torch(path: str | Path) -> dict[str, Any]:
@@ -201,48 +194,3 @@ def load_trainable_state(
         model.load_state_dict(ckpt["model"], strict=True)
     except RuntimeError as exc:
         raise CheckpointMismatchError(f"State dict does not fit the model: {exc}") from exc
-
-
-# -- sharing weights -----------------------------------------------------------------
-def export_weights(
-    state_dict: Mapping[str, torch.Tensor],
-    path: str | Path,
-    *,
-    metadata: Mapping[str, str] | None = None,
-) -> Path:
-    """Writes weights only to a ``.safetensors`` file (atomically), for sharing.
-
-    safetensors holds raw tensor bytes and a JSON header, so loading it can never run
-    code. Tensors sharing storage (tied weights, slices) are copied apart, as the
-    format requires.
-
-    Args:
-        state_dict: Parameter name -> tensor.
-        path: Destination file.
-        metadata: Optional string -> string header metadata (e.g. backbone key).
-
-    Returns:
-        The destination path.
-
-    Raises:
-        TypeError: If a value is not a tensor.
-    """
-    from safetensors.torch import save_file
-
-    not_tensors = [
-        name for name, value in state_dict.items() if not isinstance(value, torch.Tensor)
-    ]
-    if not_tensors:
-        raise TypeError(f"export_weights needs tensors only; not tensors: {not_tensors[:5]}")
-    tensors: dict[str, torch.Tensor] = {}
-    seen: set[int] = set()
-    for name, value in state_dict.items():
-        tensor = value.detach().cpu()
-        storage = tensor.untyped_storage()
-        whole = storage.nbytes() == tensor.numel() * tensor.element_size()
-        if storage.data_ptr() in seen or not whole or not tensor.is_contiguous():
-            tensor = tensor.clone(memory_format=torch.contiguous_format)
-        seen.add(tensor.untyped_storage().data_ptr())
-        tensors[name] = tensor
-    header = {str(key): str(value) for key, value in (metadata or {}).items()}
-    return atomic_save(path, lambda tmp: save_file(tensors, str(tmp), metadata=header or None))

@@ -1,0 +1,47 @@
+"""Facts about this process: where the project lives, its ``torchrun`` rank, its peak memory.
+
+``settings.py`` imports this module on every ``kedro`` command, and the hooks, the
+data-parallel helpers and the benchmarks read the same facts from here, so it uses the
+standard library only (no torch, no Kedro).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+#: The project root (the folder holding ``pyproject.toml``). Kedro runs from it; the
+#: config resolvers in ``settings.py`` make paths absolute against it.
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+def launch_rank() -> tuple[int, int]:
+    """Returns this process's place in a ``torchrun`` launch.
+
+    ``torchrun`` sets ``RANK`` and ``WORLD_SIZE`` in every process it starts; a plain
+    ``kedro run`` sets neither and is rank 0 of 1.
+
+    Returns:
+        ``(rank, world_size)``; ``(0, 1)`` without ``torchrun``.
+    """
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def peak_rss_bytes(*, children: bool = False) -> int:
+    """Returns the peak resident memory so far, from ``getrusage``.
+
+    The value only grows over the life of the process. Linux reports ``ru_maxrss`` in
+    KiB, which is what the conversion to bytes assumes.
+
+    Args:
+        children: Report the largest peak among the terminated child processes that
+            were waited for (e.g. a ``kedro run`` started with ``subprocess``)
+            instead of this process's own peak.
+
+    Returns:
+        The peak resident set size in bytes.
+    """
+    import resource  # POSIX only; imported here so importing this module works anywhere
+
+    who = resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF
+    return resource.getrusage(who).ru_maxrss * 1024
