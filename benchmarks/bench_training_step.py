@@ -2,7 +2,7 @@
 
 Two ways to run the same optimisation step (same model, same batch, same process):
 
-* **cached** (what ``model/engine.py`` does): reference, target and negative images
+* **cached** (what ``model/train.py`` does): reference, target and negative images
   arrive as ViT token matrices; the step is the composed-query Q-Former pass on the
   reference tokens + text, the target and negative Q-Former passes, ``DQELoss``
   (pairwise KL + attribute margins), backward, gradient clipping and an AdamW step.
@@ -14,7 +14,7 @@ Each is measured twice:
 
 * **bare step**: inputs already on the device (random tokens / random pixels);
 * **end to end**: plus data loading. Cached: random rows gathered from an fp16 numpy
-  memmap of N images, cast to fp32 and copied to the device (``engine.load_tokens``).
+  memmap of N images, cast to fp32 and copied to the device (``model.data.load_tokens``).
   Recompute: N random PNG files decoded with PIL + ``ImagePreprocessor`` by a
   ``DataLoader`` (``--workers``). The end-to-end time is counted from the first batch
   request to the last optimiser step, so it includes the DataLoader start-up.
@@ -57,13 +57,14 @@ from transformers import (
 )
 
 from dqe_cir_pipeline.model.backbone import TinyBackboneSpec, encode_vit, tiny_blip2_config
+from dqe_cir_pipeline.model.data import prefetched, to_device
 from dqe_cir_pipeline.model.device import autocast, resolve_device
 from dqe_cir_pipeline.model.dqe import DQECIR
-from dqe_cir_pipeline.model.engine import TrainConfig, build_optimizer, prefetched, to_device
 from dqe_cir_pipeline.model.losses import DQELoss, LossConfig
 from dqe_cir_pipeline.model.preprocess import ImagePreprocessor
+from dqe_cir_pipeline.model.train import OptimConfig, build_optimizer
 
-INIT_STD = 0.02  # CONVENTIONS: the vision default (1e-10) gives near-constant features
+INIT_STD = 0.02  # the vision config's default (1e-10) gives near-constant features
 
 
 # --------------------------------------------------------------------------- models
@@ -255,7 +256,7 @@ class MemmapSource:
 
 def load_cached_tokens(mm: np.ndarray, idx: np.ndarray, device: torch.device) -> torch.Tensor:
     """Gather rows of the fp16 memmap, cast to fp32 on the host and copy to ``device``:
-    the engine's loading before it prefetched (kept as the baseline of the same run)."""
+    the trainer's loading before it prefetched (kept as the baseline of the same run)."""
     arr = np.asarray(mm[np.sort(idx)]).astype(np.float32)
     return torch.from_numpy(arr).to(device, non_blocking=True)
 
@@ -268,7 +269,7 @@ def sync(device: torch.device) -> None:
 
 
 class Stepper:
-    """The engine's optimisation step on a ``DQECIR`` built from a benchmark model.
+    """The trainer's optimisation step on a ``DQECIR`` built from a benchmark model.
 
     Args:
         bench: the benchmark model (its Q-Former is trained in place).
@@ -287,8 +288,8 @@ class Stepper:
         self.device = device
         self.amp = amp_dtype
         self.dqe = DQECIR(bench.model).to(device).train()
-        self.loss_fn = DQELoss(LossConfig())
-        self.optimizer = build_optimizer(self.dqe, TrainConfig(lr=1e-5))
+        self.loss_fn = DQELoss(LossConfig(objective="pairwise_kl"))
+        self.optimizer = build_optimizer(self.dqe, OptimConfig(lr=1e-5))
         g = torch.Generator().manual_seed(seed)
         ids = torch.randint(5, bench.vocab_size, (batch, text_len), generator=g)
         ids[:, 0] = 2  # [CLS]
@@ -422,7 +423,7 @@ def run_training_bench(
         res["setup_png_s"] = time.perf_counter() - t0
         res.update({"images": images, "workers": workers, "png_size": [w, h], "e2e_steps": n_e2e})
 
-        # cached: gather from the memmap in the training loop (engine.load_tokens)
+        # cached: gather from the memmap in the training loop (model.data.load_tokens)
         for _ in range(max(1, warmup)):  # touch the pages: the cache is warm in practice
             stepper.step(*(load_cached_tokens(mm, rng.integers(0, images, batch), device)
                            for _ in range(3)))
@@ -436,7 +437,7 @@ def run_training_bench(
         sec = time.perf_counter() - t0
         res["e2e_cached_triplets_per_s"] = batch * n_e2e / sec
 
-        # cached as the engine trains now: next step's gather on a worker thread, fp16
+        # cached as the trainer trains now: next step's gather on a worker thread, fp16
         # (pinned on CUDA) to the device, cast there
         source = MemmapSource(mm)
         plan = [[rng.integers(0, images, batch) for _ in range(3)] for _ in range(n_e2e)]
@@ -490,7 +491,7 @@ def format_report(res: dict[str, Any]) -> str:
             f"  end to end  cached    {res['e2e_cached_triplets_per_s']:10.1f} triplets/s "
             f"(fp16 memmap of {res['images']} images, gathered in the loop, fp32 cast on the host)",
             f"  end to end  cached, prefetched {res['e2e_cached_prefetch_triplets_per_s']:10.1f} triplets/s "
-            f"(the engine: one batch ahead on a thread, fp16 to the device) = "
+            f"(the trainer: one batch ahead on a thread, fp16 to the device) = "
             f"{res['e2e_prefetch_speedup']:.2f}x",
             f"  end to end  recompute {res['e2e_recompute_triplets_per_s']:10.1f} triplets/s "
             f"({res['images']} PNGs {res['png_size'][0]}x{res['png_size'][1]}, "

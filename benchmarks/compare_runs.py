@@ -3,7 +3,7 @@
 Reads every finished run of an MLflow experiment (one run per ``kedro run``), keeps the
 final evaluation metrics (``evaluation_metrics.eval.<model>.<metric>``), groups the runs
 by a set of parameters (the ablation knobs by default) and reports mean +- std over the
-seeds of each group (``training.seed``), as
+seeds of each group (``training.loop.seed``), as
 
 * ``comparison.md``  - a Markdown table (``mean ± std``; std is the sample std, ddof=1,
   left out when a group has a single run),
@@ -41,8 +41,8 @@ logger = logging.getLogger("compare_runs")
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_GROUP_BY = (
-    "training.objective,training.negatives,training.use_attribute_weights,"
-    "training.use_margins,mining.strategy"
+    "training.loss.objective,training.loop.negatives,training.model.use_attribute_weights,"
+    "training.loss.use_margins,mining.strategy"
 )
 UNSET = "<unset>"  # value shown for a group-by parameter a run did not log
 
@@ -261,7 +261,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="metric names after the model, e.g. recall_at_10 avg (default: every headline metric)",
     )
     ap.add_argument("--group-by", default=DEFAULT_GROUP_BY, help="comma-separated parameter names")
-    ap.add_argument("--seed-param", default="training.seed")
+    ap.add_argument("--seed-param", default="training.loop.seed")
     ap.add_argument("--filter", default="", help="extra MLflow filter, e.g. \"tags.kedro_pipeline = 'train'\"")
     ap.add_argument("--out-dir", type=Path, default=None, help="default: <data root>/compare_runs/<experiment>")
     ap.add_argument("--digits", type=int, default=2)

@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -46,6 +45,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from dqe_cir_pipeline.data_sources.placeholder import PlaceholderConfig, write_benchmark  # noqa: E402
 from dqe_cir_pipeline.io_utils import atomic_write_json  # noqa: E402
+from dqe_cir_pipeline.launch import peak_rss_bytes  # noqa: E402
 from dqe_cir_pipeline.model.backbone import TinyBackboneSpec  # noqa: E402
 
 #: ``Salesforce/blip2-itm-vit-g`` shapes: EVA ViT-g/14 (39 layers, 1408 wide) and the
@@ -76,12 +76,12 @@ def kedro_params(args: argparse.Namespace, work: Path, benchmark: str) -> dict[s
         "runtime.device": args.device,
         "extraction.batch_size": args.extraction_batch,
         "extraction.num_workers": args.workers,
-        "training.epochs": args.epochs,
-        "training.batch_size": args.batch_size,
-        "training.refresh_interval": 1,
-        "training.warmup_steps": 10,
-        "training.run_dir": str(work / "runs"),
-        "training.resume": False,
+        "training.loop.epochs": args.epochs,
+        "training.loop.batch_size": args.batch_size,
+        "training.loop.refresh_interval": 1,
+        "training.optim.warmup_steps": 10,
+        "training.loop.run_dir": str(work / "runs"),
+        "training.loop.resume": False,
         "evaluation.qualitative_queries": 2,
     }
     return params
@@ -112,12 +112,12 @@ def collect(benchmark: str, data_root: Path, tracking_uri: str) -> dict[str, Any
     nodes: dict[str, dict[str, float]] = {}
     for key, value in metrics.items():
         if key.startswith("resources."):
-            _, node, what = key.split(".", 2)
+            node, what = key.removeprefix("resources.").rsplit(".", 1)  # node: namespace.name
             nodes.setdefault(node, {})[what] = value
     extraction = json.loads((bench / "08_reporting/extraction_report.json").read_text())["last_save"]
     history = pd.read_parquet(bench / "07_model_output/training_history.parquet")
     evaluation = json.loads((bench / "08_reporting/evaluation.json").read_text())
-    eval_seconds = nodes.get("evaluate_checkpoint", {}).get("seconds", float("nan"))
+    eval_seconds = nodes.get("evaluation.evaluate_checkpoint", {}).get("seconds", float("nan"))
     return {
         "run_id": str(runs.run_id.iloc[0]),
         "nodes": nodes,
@@ -202,7 +202,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                **collect(benchmark, data_root, tracking_uri)}
         report["benchmarks"][benchmark] = rep
         print(table(benchmark, rep), flush=True)
-    report["max_child_rss_gib"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
+    report["max_child_rss_gib"] = peak_rss_bytes(children=True) / 2**30
     try:
         import torch
 

@@ -1,6 +1,6 @@
 """Run the ablation set on the generated benchmark and print mean +- std over seeds.
 
-Variants (METHOD §5): DQE-CIR, in-batch contrastive (SPRC/CLIP4Cir), QuRe negatives,
+Variants: DQE-CIR, in-batch contrastive (SPRC/CLIP4Cir), QuRe negatives,
 and DQE-CIR without attribute weights / without TRNS / without margins. Every variant
 uses the project's default parameters (``conf/base``) plus its overrides, the same data,
 the same frozen tiny backbone and the same features; the best epoch is selected on val
@@ -26,35 +26,30 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-import yaml
 
+from dqe_cir_pipeline.baselines import text_blind_baseline
+from dqe_cir_pipeline.config_loader import project_config_loader
 from dqe_cir_pipeline.data_sources.cirr import CIRRConfig, read_cirr
 from dqe_cir_pipeline.data_sources.synthetic import SyntheticConfig, generate_benchmark
 from dqe_cir_pipeline.model.backbone import BackboneConfig, load_backbone
+from dqe_cir_pipeline.model.data import TrainData, train_captions
 from dqe_cir_pipeline.model.device import resolve_device
-from dqe_cir_pipeline.model.engine import fit
 from dqe_cir_pipeline.model.evaluate import EvalSet, evaluate
 from dqe_cir_pipeline.model.extract import VitEncoder, extract_to_memory
-from dqe_cir_pipeline.pipelines.common import (
-    build_loss,
-    build_model,
-    build_train_data,
-    mining_config,
-    text_blind_baseline,
-    train_captions,
-    train_config,
-)
+from dqe_cir_pipeline.model.factory import build_loss, build_model
+from dqe_cir_pipeline.model.negatives import MiningConfig
+from dqe_cir_pipeline.model.train import TrainingConfig, fit
 
-ROOT = Path(__file__).resolve().parents[1]
-VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+#: variant -> (overrides of the training blocks, overrides of mining)
+VARIANTS: dict[str, tuple[dict[str, dict[str, Any]], dict[str, Any]]] = {
     "dqe_cir": ({}, {}),
-    "contrastive": ({"objective": "contrastive", "negatives": "none", "use_margins": False,
-                     "use_attribute_weights": False}, {}),
-    "pairwise_kl": ({"objective": "pairwise_kl"}, {}),
-    "qure_negatives": ({"initial_negatives": "random", "refresh_interval": None}, {"strategy": "qure"}),
-    "no_attr_weights": ({"use_attribute_weights": False}, {}),
-    "no_trns": ({"negatives": "random"}, {}),
-    "no_margins": ({"use_margins": False}, {}),
+    "contrastive": ({"loss": {"objective": "contrastive", "use_margins": False}, "loop": {"negatives": "none"},
+                     "model": {"use_attribute_weights": False}}, {}),
+    "pairwise_kl": ({"loss": {"objective": "pairwise_kl"}}, {}),
+    "qure_negatives": ({"loop": {"initial_negatives": "random", "refresh_interval": None}}, {"strategy": "qure"}),
+    "no_attr_weights": ({"model": {"use_attribute_weights": False}}, {}),
+    "no_trns": ({"loop": {"negatives": "random"}}, {}),
+    "no_margins": ({"loss": {"use_margins": False}}, {}),
 }
 COLUMNS = [
     "avg", "recall@1", "recall@5", "recall@10", "recall_subset@1",
@@ -63,10 +58,15 @@ COLUMNS = [
 
 
 def base_params() -> dict[str, Any]:
-    params: dict[str, Any] = {}
-    for f in sorted((ROOT / "conf" / "base").glob("parameters*.yml")):
-        params.update(yaml.safe_load(f.read_text()))
-    return params
+    """``conf/base``'s parameters, read by the project's own config loader."""
+    return project_config_loader("base")["parameters"]
+
+
+def training_config(params: dict[str, Any], overrides: dict[str, dict[str, Any]]) -> TrainingConfig:
+    """``conf/base``'s training blocks with ``overrides`` merged into each block."""
+    blocks = {name: {**values, **overrides.get(name, {})} for name, values in params["training"].items()}
+    blocks["loop"]["run_dir"] = None  # the ablations keep nothing on disk
+    return TrainingConfig(**blocks)
 
 
 def prepare(root: Path, params: dict[str, Any], device: torch.device) -> dict[str, Any]:
@@ -92,22 +92,20 @@ def run_variant(
     name: str, seed: int, prep: dict[str, Any], params: dict[str, Any], device: str, epochs: int | None
 ) -> dict[str, float]:
     t_over, m_over = VARIANTS[name]
-    training = {**params["training"], **t_over, "seed": seed, "run_dir": None}
-    if epochs is not None:
-        training["epochs"] = epochs
-    cfg = train_config(training, {"device": device}, params["backbone"])
-    mcfg = mining_config({**params["mining"], **m_over, "seed": seed})
+    loop = {"seed": seed, "run_dir": None, **({"epochs": epochs} if epochs is not None else {})}
+    cfg = training_config(params, {**t_over, "loop": {**t_over.get("loop", {}), **loop}})
+    mcfg = MiningConfig(**{**params["mining"], **m_over, "seed": seed})
     bb = prep["backbone"]
-    model = build_model(bb, cfg)
-    data = build_train_data(prep["triplets"], prep["images"])
+    model = build_model(bb, cfg.model, seed, device)
+    data = TrainData.from_tables(prep["triplets"], prep["images"])
     val = EvalSet.from_tables(prep["triplets"], prep["images"], "val")
 
     def validate(m: Any) -> dict[str, float]:
-        return evaluate(m, prep["features"], bb.tokenizer, val, max_len=cfg.max_text_len).metrics
+        return evaluate(m, prep["features"], bb.tokenizer, val, max_len=bb.max_text_len).metrics
 
     t0 = time.perf_counter()
-    result = fit(model, build_loss(cfg), bb.tokenizer, prep["features"], data, cfg, mcfg, validate,
-                 backbone_meta={"key": bb.key, "name": bb.name})
+    result = fit(model, build_loss(cfg.loss), bb.tokenizer, prep["features"], data, cfg, mcfg, validate,
+                 backbone_meta={"key": bb.key, "name": bb.name}, max_text_len=bb.max_text_len, device=device)
     metrics = dict(result.best_checkpoint["metrics"])
     metrics["seconds"] = time.perf_counter() - t0
     metrics["best_epoch"] = float(result.best_checkpoint["epoch"])
@@ -117,7 +115,7 @@ def run_variant(
 def run_variant_seeds(name: str, seeds: list[int], workdir: Path, device: str, epochs: int | None) -> list[dict[str, Any]]:
     """One worker: load the prepared data (reused from ``workdir``), run every seed."""
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s [{name}] %(message)s")
-    for noisy in ("dqe_cir_pipeline.model.negatives", "dqe_cir_pipeline.model.engine", "transformers"):
+    for noisy in ("dqe_cir_pipeline.model.negatives", "dqe_cir_pipeline.model.train", "transformers"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     params = base_params()
     prep = prepare(workdir, params, resolve_device(device))
@@ -145,14 +143,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS))
-    parser.add_argument("--epochs", type=int, default=None, help="override training.epochs")
+    parser.add_argument("--epochs", type=int, default=None, help="override training.loop.epochs")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/dqe_ablations"))
     parser.add_argument("--out", type=Path, default=None, help="write rows + table as JSON")
     parser.add_argument("--jobs", type=int, default=1, help="variants run in parallel processes (GPU)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    for noisy in ("dqe_cir_pipeline.model.negatives", "dqe_cir_pipeline.model.engine", "transformers"):
+    for noisy in ("dqe_cir_pipeline.model.negatives", "dqe_cir_pipeline.model.train", "transformers"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
     params = base_params()
@@ -162,8 +160,9 @@ def main() -> None:
     val = EvalSet.from_tables(prep["triplets"], prep["images"], "val")
     blind = text_blind_baseline(prep["images"], val, (1, 5, 10, 50)).metrics
     rows.append({"variant": "text_blind", "seed": -1, "seconds": 0.0, **blind})
-    cfg0 = train_config({**params["training"], "run_dir": None}, {"device": str(device)}, params["backbone"])
-    zero = evaluate(build_model(prep["backbone"], cfg0), prep["features"], prep["backbone"].tokenizer, val).metrics
+    cfg0 = training_config(params, {})
+    untrained = build_model(prep["backbone"], cfg0.model, cfg0.loop.seed, str(device))
+    zero = evaluate(untrained, prep["features"], prep["backbone"].tokenizer, val).metrics
     rows.append({"variant": "untrained", "seed": -1, "seconds": 0.0, **zero})
     if args.jobs > 1:
         ctx = multiprocessing.get_context("spawn")  # CUDA cannot be re-initialised in a fork

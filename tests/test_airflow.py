@@ -19,16 +19,22 @@ pytest.importorskip("kedro_airflow")
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_NODES = {
-    "prepare_benchmark_source",
-    "ingest_benchmark",
-    "validate_ingestion",
-    "prepare_backbone",
-    "extract_vit_features",
-    "summarize_extraction",
-    "embed_initial_targets",
-    "mine_initial_negatives",
-    "train_dqe_cir",
-    "evaluate_checkpoint",
+    "data_ingestion.prepare_benchmark_source",
+    "data_ingestion.ingest_benchmark",
+    "data_ingestion.validate_ingestion",
+    "embedding_extraction.prepare_backbone",
+    "embedding_extraction.extract_vit_features",
+    "embedding_extraction.summarize_extraction",
+    "negative_mining.mine_initial_negatives",
+    "negative_mining.plot_delta_distribution",
+    "training.train_dqe_cir",
+    "training.plot_training_curves",
+    "evaluation.evaluate_checkpoint",
+    "evaluation.plot_recall_curves",
+    "evaluation.plot_edit_types",
+    "evaluation.plot_attribute_weights",
+    "evaluation.plot_qualitative_successes",
+    "evaluation.plot_qualitative_failures",
 }
 
 
@@ -101,7 +107,7 @@ def test_dag_is_python_with_one_task_per_node(dag_file: Path) -> None:
     source = dag_file.read_text()
     tree = ast.parse(source, filename=str(dag_file))
     tasks = _tasks(tree)
-    assert tasks["train-dqe-cir"] == ["train_dqe_cir"]  # the training node is its own task
+    assert tasks["training-train-dqe-cir"] == ["training.train_dqe_cir"]  # the training node is its own task
     assert {n for nodes in tasks.values() for n in nodes} == TRAIN_NODES
     assert all(len(nodes) == 1 for nodes in tasks.values())
     assert 'env = "test"' in source and 'pipeline_name = "train"' in source
@@ -109,9 +115,9 @@ def test_dag_is_python_with_one_task_per_node(dag_file: Path) -> None:
 
 def test_dag_dependencies_follow_the_pipeline(dag_file: Path) -> None:
     edges = _edges(ast.parse(dag_file.read_text()))
-    assert ("extract-vit-features", "train-dqe-cir") in edges
-    assert ("mine-initial-negatives", "train-dqe-cir") in edges
-    assert ("train-dqe-cir", "evaluate-checkpoint") in edges
-    assert ("prepare-benchmark-source", "ingest-benchmark") in edges
+    assert ("embedding-extraction-extract-vit-features", "training-train-dqe-cir") in edges
+    assert ("negative-mining-mine-initial-negatives", "training-train-dqe-cir") in edges
+    assert ("training-train-dqe-cir", "evaluation-evaluate-checkpoint") in edges
+    assert ("data-ingestion-prepare-benchmark-source", "data-ingestion-ingest-benchmark") in edges
     # training never runs before the features it reads exist
-    assert ("train-dqe-cir", "extract-vit-features") not in edges
+    assert ("training-train-dqe-cir", "embedding-extraction-extract-vit-features") not in edges

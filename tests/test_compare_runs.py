@@ -17,7 +17,7 @@ mlflow = pytest.importorskip("mlflow")
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "compare_runs.py"
 PREFIX = "evaluation_metrics.eval."
-GROUP_BY = "training.objective,training.use_margins"
+GROUP_BY = "training.loss.objective,training.loss.use_margins"
 
 
 @pytest.fixture(scope="module")
@@ -76,18 +76,18 @@ def _fill(uri: str, tmp_path: Path) -> None:
             "training_metrics.train/loss": 0.5,  # outside the prefix
         }
 
-    dqe = {"training.objective": "pairwise_kl", "training.use_margins": "True"}
-    con = {"training.objective": "contrastive", "training.use_margins": "False"}
+    dqe = {"training.loss.objective": "pairwise_kl", "training.loss.use_margins": "True"}
+    con = {"training.loss.objective": "contrastive", "training.loss.use_margins": "False"}
     # this first seed-0 run is superseded by the re-run below (only the latest counts)
-    _log_run(client, exp, {**dqe, "training.seed": "0"}, metrics(0.0, 0.0))
-    _log_run(client, exp, {**dqe, "training.seed": "0"}, metrics(50.0, 70.0))
-    _log_run(client, exp, {**dqe, "training.seed": "1"}, metrics(52.0, 74.0))
-    _log_run(client, exp, {**dqe, "training.seed": "2"}, metrics(54.0, 78.0))
-    _log_run(client, exp, {**con, "training.seed": "0"}, metrics(40.0, 60.0))
-    _log_run(client, exp, {**con, "training.seed": "1"}, metrics(44.0, 66.0))
+    _log_run(client, exp, {**dqe, "training.loop.seed": "0"}, metrics(0.0, 0.0))
+    _log_run(client, exp, {**dqe, "training.loop.seed": "0"}, metrics(50.0, 70.0))
+    _log_run(client, exp, {**dqe, "training.loop.seed": "1"}, metrics(52.0, 74.0))
+    _log_run(client, exp, {**dqe, "training.loop.seed": "2"}, metrics(54.0, 78.0))
+    _log_run(client, exp, {**con, "training.loop.seed": "0"}, metrics(40.0, 60.0))
+    _log_run(client, exp, {**con, "training.loop.seed": "1"}, metrics(44.0, 66.0))
     # not counted: a failed run and a run with no evaluation metrics (data_ingestion only)
-    _log_run(client, exp, {**con, "training.seed": "2"}, metrics(99.0, 99.0), status="FAILED")
-    _log_run(client, exp, {"training.seed": "3"}, {"ingestion_metrics.images": 128.0})
+    _log_run(client, exp, {**con, "training.loop.seed": "2"}, metrics(99.0, 99.0), status="FAILED")
+    _log_run(client, exp, {"training.loop.seed": "3"}, {"ingestion_metrics.images": 128.0})
 
 
 def test_main_writes_mean_and_std_per_group(compare_runs: ModuleType, store: str, tmp_path: Path) -> None:
@@ -99,8 +99,8 @@ def test_main_writes_mean_and_std_per_group(compare_runs: ModuleType, store: str
     assert rc == 0
     table = pd.read_csv(out / "comparison.csv")
     assert len(table) == 2
-    dqe = table[table["training.objective"] == "pairwise_kl"].iloc[0]
-    con = table[table["training.objective"] == "contrastive"].iloc[0]
+    dqe = table[table["training.loss.objective"] == "pairwise_kl"].iloc[0]
+    con = table[table["training.loss.objective"] == "contrastive"].iloc[0]
 
     assert dqe["n_runs"] == 3 and dqe["seeds"] == "0,1,2"
     assert dqe["dqe_cir.recall_at_10_mean"] == pytest.approx(52.0)
@@ -116,7 +116,7 @@ def test_main_writes_mean_and_std_per_group(compare_runs: ModuleType, store: str
     metric_cols = {c for c in table.columns if c.endswith("_mean")}
     assert metric_cols == {"dqe_cir.recall_at_10_mean", "dqe_cir.recall_at_50_mean"}
     # best group first
-    assert table.iloc[0]["training.objective"] == "pairwise_kl"
+    assert table.iloc[0]["training.loss.objective"] == "pairwise_kl"
 
     md = (out / "comparison.md").read_text()
     assert "| pairwise_kl | True | 3 | 0,1,2 | 52.00 ± 2.00 | 74.00 ± 4.00 |" in md
@@ -138,21 +138,21 @@ def test_models_and_metrics_selection(compare_runs: ModuleType, store: str, tmp_
         "dqe_cir.color/recall_at_10_mean",
         "zero_shot.recall_at_10_mean",
     }
-    dqe = table[table["training.objective"] == "pairwise_kl"].iloc[0]
+    dqe = table[table["training.loss.objective"] == "pairwise_kl"].iloc[0]
     assert dqe["dqe_cir.color/recall_at_10_mean"] == pytest.approx(51.0)
     assert dqe["zero_shot.recall_at_10_std"] == pytest.approx(0.0)
 
 
 def test_single_run_has_no_std_and_missing_param_is_marked(compare_runs: ModuleType, store: str) -> None:
-    runs = compare_runs.fetch_runs(store, "dqe_cir_synthetic", PREFIX, ["training.objective", "training.seed", "mining.strategy"])
+    runs = compare_runs.fetch_runs(store, "dqe_cir_synthetic", PREFIX, ["training.loss.objective", "training.loop.seed", "mining.strategy"])
     assert len(runs) == 7  # the failed run is left out
     assert set(runs["mining.strategy"]) == {compare_runs.UNSET}
-    one = runs[runs["training.seed"] == "2"]
-    summary = compare_runs.summarise(one, ["training.objective"], "training.seed", ["dqe_cir.recall_at_10"])
+    one = runs[runs["training.loop.seed"] == "2"]
+    summary = compare_runs.summarise(one, ["training.loss.objective"], "training.loop.seed", ["dqe_cir.recall_at_10"])
     assert summary["n_runs"].tolist() == [1]
     assert summary["dqe_cir.recall_at_10_mean"].tolist() == [54.0]
     assert math.isnan(summary["dqe_cir.recall_at_10_std"].iloc[0])
-    assert "| 54.00 |" in compare_runs.to_markdown(summary, ["training.objective"], ["dqe_cir.recall_at_10"])
+    assert "| 54.00 |" in compare_runs.to_markdown(summary, ["training.loss.objective"], ["dqe_cir.recall_at_10"])
 
 
 def test_unknown_experiment_and_no_metrics(compare_runs: ModuleType, store: str, tmp_path: Path) -> None:

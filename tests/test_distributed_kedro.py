@@ -39,7 +39,7 @@ def test_torchrun_kedro_training_writes_once_from_rank_zero(kedro_test_run: dict
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
          "-m", "kedro", "run", "--env", "test", "--pipeline", "training",
-         "--params", f"training.run_dir={run_dir}"],
+         "--params", f"training.loop.run_dir={run_dir}"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
     )
     log = proc.stdout + proc.stderr

@@ -38,7 +38,7 @@ def test_mlflow_run_has_params_metrics_tags_and_artifacts(kedro_test_run: dict[s
     runs = _runs(kedro_test_run)
     assert len(runs) >= 1
     run = mlflow.get_run(runs.run_id.iloc[0])
-    assert run.data.params["training.epochs"] == "2"  # the test env, flattened
+    assert run.data.params["training.loop.epochs"] == "2"  # the test env, flattened
     assert run.data.tags["dataset_fingerprint"]
     assert run.data.tags["git_commit"]
     metrics = run.data.metrics

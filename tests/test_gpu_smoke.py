@@ -38,8 +38,9 @@ def test_smoke_runs_every_stage_of_both_benchmarks(tmp_path: Path, capsys: pytes
     assert json.loads((tmp_path / "smoke_report.json").read_text())["benchmarks"].keys() == {"cirr", "fashioniq"}
     for name, rep in report["benchmarks"].items():
         assert f"== {name}:" in printed
-        for node in ("ingest_benchmark", "extract_vit_features", "mine_initial_negatives", "train_dqe_cir",
-                     "evaluate_checkpoint"):
+        for node in ("data_ingestion.ingest_benchmark", "embedding_extraction.extract_vit_features",
+                     "negative_mining.mine_initial_negatives", "training.train_dqe_cir",
+                     "evaluation.evaluate_checkpoint"):
             assert rep["nodes"][node]["seconds"] > 0, (name, node)
             assert rep["nodes"][node]["peak_rss_gib"] > 0.1
         images = sum(v["images"] for k, v in rep["data"].items() if isinstance(v, dict))

@@ -24,15 +24,17 @@ REPO = Path(__file__).resolve().parents[1]
 
 EXPECTED_PIPELINES = {
     "data_ingestion": {"prepare_benchmark_source", "ingest_benchmark", "validate_ingestion"},
-    "embedding_extraction": {
-        "prepare_backbone",
-        "extract_vit_features",
-        "summarize_extraction",
-        "embed_initial_targets",
+    "embedding_extraction": {"prepare_backbone", "extract_vit_features", "summarize_extraction"},
+    "negative_mining": {"mine_initial_negatives", "plot_delta_distribution"},
+    "training": {"train_dqe_cir", "plot_training_curves"},
+    "evaluation": {
+        "evaluate_checkpoint",
+        "plot_recall_curves",
+        "plot_edit_types",
+        "plot_attribute_weights",
+        "plot_qualitative_successes",
+        "plot_qualitative_failures",
     },
-    "negative_mining": {"mine_initial_negatives"},
-    "training": {"train_dqe_cir"},
-    "evaluation": {"evaluate_checkpoint"},
     "zero_shot": {"evaluate_zero_shot"},
 }
 

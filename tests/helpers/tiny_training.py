@@ -5,6 +5,7 @@ Used in-process by ``tests/model`` and, under ``torchrun``, by ``ddp_worker.py``
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -12,12 +13,13 @@ import torch
 from torch import nn
 
 from dqe_cir_pipeline.model.backbone import Backbone, TinyBackboneSpec, build_tiny_backbone
+from dqe_cir_pipeline.model.data import TrainData
 from dqe_cir_pipeline.model.distributed import SINGLE, Distributed
-from dqe_cir_pipeline.model.engine import FitResult, TrainConfig, TrainData, fit
 from dqe_cir_pipeline.model.evaluate import EvalSet, evaluate
 from dqe_cir_pipeline.model.extract import MemoryFeatures
+from dqe_cir_pipeline.model.factory import build_loss, build_model
 from dqe_cir_pipeline.model.negatives import MiningConfig
-from dqe_cir_pipeline.pipelines.common import build_loss, build_model
+from dqe_cir_pipeline.model.train import FitResult, TrainingConfig, fit
 
 WORDS = ["red", "blue", "green", "circle", "square", "star", "make", "the", "a", "into", "turn"]
 SPEC = TinyBackboneSpec(image_size=32, vision_layers=1, qformer_layers=1, num_query_tokens=4,
@@ -73,10 +75,10 @@ def run_fit(
 ) -> FitResult:
     """Three epochs (unless overridden) of the training loop on ``make_data``."""
     data, feats, val = make_data(n_query=n_query)
-    params: dict[str, object] = dict(epochs=3, batch_size=8, lr=1e-3, warmup_steps=2, refresh_interval=1, device="cpu")
+    params: dict[str, object] = dict(epochs=3, batch_size=8, lr=1e-3, warmup_steps=2, refresh_interval=1)
     params.update(over)
-    cfg = TrainConfig(run_dir=str(run_dir) if run_dir else None, **params)  # type: ignore[arg-type]
-    model = build_model(backbone, cfg)
+    cfg = training_config(run_dir=str(run_dir) if run_dir else None, **params)
+    model = build_model(backbone, cfg.model, cfg.loop.seed, "cpu")
     if no_dropout:  # data-parallel equivalence is exact only without random masks
         for module in model.modules():
             if isinstance(module, nn.Dropout):
@@ -85,11 +87,24 @@ def run_fit(
                 module.attention_dropout = 0.0  # HF attention passes it to the kernel
     mining = MiningConfig(zone_quantile=0.2, epsilon=0.0)
     return fit(
-        model, build_loss(cfg), backbone.tokenizer, feats, data, cfg, mining,
+        model, build_loss(cfg.loss), backbone.tokenizer, feats, data, cfg, mining,
         lambda m: evaluate(m, feats, backbone.tokenizer, val, ks=(1, 5)).metrics,
-        backbone_meta={"key": backbone.key, "name": backbone.name}, stop_after_epochs=stop,
-        distributed=distributed,
+        backbone_meta={"key": backbone.key, "name": backbone.name}, device="cpu",
+        stop_after_epochs=stop, distributed=distributed,
     )
+
+
+def training_config(**flat: object) -> TrainingConfig:
+    """A ``TrainingConfig`` from flat keys (``lr=...``, ``epochs=...``): each key goes to the
+    one block (model, loss, optim, loop) that has a field of that name."""
+    blocks: dict[str, dict[str, object]] = {"model": {}, "loss": {}, "optim": {}, "loop": {}}
+    defaults = TrainingConfig()
+    for key, value in flat.items():
+        owner = [name for name in blocks if key in {f.name for f in fields(getattr(defaults, name))}]
+        if len(owner) != 1:
+            raise KeyError(f"{key!r} is a field of {owner or 'no'} training block")
+        blocks[owner[0]][key] = value
+    return TrainingConfig(**blocks)  # type: ignore[arg-type]
 
 
 def save_result(result: FitResult, path: Path) -> None:

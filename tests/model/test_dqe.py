@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from dqe_cir_pipeline.model.backbone import Backbone, TinyBackboneSpec, build_tiny_backbone
+from dqe_cir_pipeline.model.data import tokenize
 from dqe_cir_pipeline.model.dqe import DQECIR, DQEConfig
 from dqe_cir_pipeline.model.losses import DQELoss, LossConfig
 
@@ -50,7 +51,7 @@ def _model(backbone: Backbone, **kw: object) -> DQECIR:
 def _batch(backbone: Backbone, seed: int = 0) -> tuple[torch.Tensor, ...]:
     g = torch.Generator().manual_seed(seed)
     ref, tgt, neg = (torch.randn(B, T, D, generator=g) for _ in range(3))
-    ids, mask = backbone.tokenize(CAPTIONS)
+    ids, mask = tokenize(backbone.tokenizer, CAPTIONS, backbone.max_text_len, torch.device("cpu"))
     return ref, tgt, neg, ids, mask
 
 
@@ -91,7 +92,7 @@ def test_query_depends_on_text_and_reference_not_on_padding(backbone: Backbone) 
     ref, _, _, ids, mask = _batch(backbone)
     with torch.no_grad():
         full = model.encode_queries(ref, ids, mask)
-        alone = model.encode_queries(ref[:1], *backbone.tokenize(CAPTIONS[:1]))  # no padding
+        alone = model.encode_queries(ref[:1], *tokenize(backbone.tokenizer, CAPTIONS[:1], backbone.max_text_len, torch.device("cpu")))  # no padding
         other_ref = model.encode_queries(ref.roll(1, 0), ids, mask)
     torch.testing.assert_close(alone.q[0], full.q[0], atol=1e-5, rtol=0)
     assert (full.q[0] - full.q[1]).abs().max() > 1e-3  # text matters

@@ -13,21 +13,17 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from helpers.tiny_training import make_data, run_fit, tiny_backbone  # noqa: E402
+from helpers.tiny_training import make_data, run_fit, tiny_backbone, training_config  # noqa: E402
 
 from dqe_cir_pipeline.model.backbone import Backbone  # noqa: E402
-from dqe_cir_pipeline.model.engine import (  # noqa: E402
-    TrainConfig,
-    fit,
-    lr_lambda,
-    mining_from_state,
-    mining_to_state,
-    random_negatives,
-)
+from dqe_cir_pipeline.model.dqe import DQEConfig  # noqa: E402
 from dqe_cir_pipeline.model.evaluate import EvalSet  # noqa: E402
+from dqe_cir_pipeline.model.factory import build_loss, build_model  # noqa: E402
+from dqe_cir_pipeline.model.mining import random_negatives  # noqa: E402
+from dqe_cir_pipeline.model.mining_result import MiningResult  # noqa: E402
 from dqe_cir_pipeline.model.negatives import MiningConfig, mine_negatives  # noqa: E402
 from dqe_cir_pipeline.model.state import CheckpointMismatchError  # noqa: E402
-from dqe_cir_pipeline.pipelines.common import build_loss, build_model  # noqa: E402
+from dqe_cir_pipeline.model.train import LoopConfig, TrainingConfig, fit, lr_lambda  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -55,12 +51,13 @@ def test_killed_run_resumes_to_the_same_result(backbone: Backbone, tmp_path: Pat
 
 def test_resume_refuses_a_changed_recipe(backbone: Backbone, tmp_path: Path) -> None:
     run_fit(backbone, tmp_path, stop=1)
-    with pytest.raises(CheckpointMismatchError, match="training.lr"):
+    with pytest.raises(CheckpointMismatchError, match="training.optim.lr"):
         data, feats, val = make_data()
-        cfg = TrainConfig(epochs=3, batch_size=8, lr=5e-4, warmup_steps=2, refresh_interval=1,
-                          device="cpu", run_dir=str(tmp_path))
-        fit(build_model(backbone, cfg), build_loss(cfg), backbone.tokenizer, feats, data, cfg,
-            MiningConfig(), lambda m: {"avg": 0.0}, backbone_meta={"key": backbone.key, "name": backbone.name})
+        cfg = training_config(epochs=3, batch_size=8, lr=5e-4, warmup_steps=2, refresh_interval=1,
+                              run_dir=str(tmp_path))
+        fit(build_model(backbone, cfg.model, device="cpu"), build_loss(cfg.loss), backbone.tokenizer, feats,
+            data, cfg, MiningConfig(), lambda m: {"avg": 0.0}, device="cpu",
+            backbone_meta={"key": backbone.key, "name": backbone.name})
 
 
 def test_training_improves_the_training_objective(backbone: Backbone) -> None:
@@ -70,8 +67,7 @@ def test_training_improves_the_training_objective(backbone: Backbone) -> None:
 
 
 def test_models_from_one_backbone_do_not_share_weights(backbone: Backbone) -> None:
-    cfg = TrainConfig(device="cpu")
-    a, b = build_model(backbone, cfg), build_model(backbone, cfg)
+    a, b = build_model(backbone, DQEConfig(), device="cpu"), build_model(backbone, DQEConfig(), device="cpu")
     with torch.no_grad():
         a.qformer.layernorm.weight.add_(1.0)
     assert not torch.equal(a.qformer.layernorm.weight, b.qformer.layernorm.weight)
@@ -101,18 +97,20 @@ def test_mining_state_round_trips_through_weights_only(tmp_path: Path) -> None:
     q = torch.nn.functional.normalize(torch.randn(10, 8, generator=g), dim=-1)
     pool = torch.nn.functional.normalize(torch.randn(30, 3, 8, generator=g), dim=-1)
     result = mine_negatives(q, pool, torch.arange(10), torch.arange(10, 20), MiningConfig(zone_quantile=0.3, epsilon=0.0))
-    torch.save(mining_to_state(result), tmp_path / "m.pt")
-    back = mining_from_state(torch.load(tmp_path / "m.pt", weights_only=True))
+    torch.save(result.to_state(), tmp_path / "m.pt")
+    back = MiningResult.from_state(torch.load(tmp_path / "m.pt", weights_only=True))
     for name in ("candidates", "deltas", "zone_size", "fallback"):
         np.testing.assert_array_equal(getattr(result, name), getattr(back, name))
     assert back.strategy == result.strategy
 
 
-def test_train_config_rejects_unknown_keys_and_bad_combinations() -> None:
-    with pytest.raises(ValueError, match="unknown training parameters"):
-        TrainConfig.from_dict({"epochz": 3})
+def test_train_config_rejects_unknown_keys_wrong_types_and_bad_combinations() -> None:
+    with pytest.raises(ValueError, match="epochz"):
+        TrainingConfig(loop={"epochz": 3})  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="epochs"):
+        LoopConfig(epochs="three")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="needs a negative"):
-        TrainConfig(objective="pairwise_kl", negatives="none")
+        TrainingConfig(loss={"objective": "pairwise_kl"}, loop={"negatives": "none"})  # type: ignore[arg-type]
 
 
 def test_eval_set_from_tables_selects_split() -> None:
@@ -132,7 +130,7 @@ def test_eval_set_from_tables_selects_split() -> None:
 def test_prefetch_gathers_one_batch_ahead_on_a_worker_thread() -> None:
     import threading
 
-    from dqe_cir_pipeline.model.engine import prefetched, to_device
+    from dqe_cir_pipeline.model.data import prefetched, to_device
 
     class Recording:
         def __init__(self) -> None:

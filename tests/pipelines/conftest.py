@@ -11,38 +11,24 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
+from kedro.validation.parameter_validator import ParameterValidator
 
+from dqe_cir_pipeline.config_loader import project_config_loader
 from dqe_cir_pipeline.datasets.feature_cache import FeatureCacheDataset
 from dqe_cir_pipeline.pipeline_registry import register_pipelines
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in over.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
-
 
 def load_params(tmp: Path) -> dict[str, Any]:
-    """Base parameters with the `test` env on top, every path under ``tmp``."""
-    params: dict[str, Any] = {}
-    for f in sorted((ROOT / "conf" / "base").glob("parameters*.yml")):
-        params.update(yaml.safe_load(f.read_text()))
-    params = _merge(params, yaml.safe_load((ROOT / "conf" / "test" / "parameters.yml").read_text()))
-    return _merge(
-        params,
-        {
-            "data": {"benchmark": "synthetic", "synthetic": {"root": str(tmp / "benchmark")}},
-            "backbone": {"tiny_dir": str(tmp / "tiny_backbone")},
-            "training": {"run_dir": str(tmp / "run")},
-            "runtime": {"device": "cpu"},
-        },
-    )
+    """The `test` env's parameters as a run reads them, every path under ``tmp``."""
+    overrides = {
+        "data": {"benchmark": "synthetic", "synthetic": {"root": str(tmp / "benchmark")}},
+        "backbone": {"tiny_dir": str(tmp / "tiny_backbone")},
+        "training": {"loop": {"run_dir": str(tmp / "run")}},
+        "runtime": {"device": "cpu"},
+    }
+    return project_config_loader("test", runtime_params=overrides)["parameters"]
 
 
 class KeptDataset(MemoryDataset):
@@ -61,8 +47,10 @@ def catalog_for(params: dict[str, Any], tmp: Path) -> DataCatalog:
         if name.startswith("params:") or name == "vit_features":
             continue
         catalog[name] = KeptDataset()
-    for key, value in params.items():
-        catalog[f"params:{key}"] = MemoryDataset(value)
+    # the nodes' typed parameters, instantiated by Kedro's own validator as a run does
+    typed = ParameterValidator(pipes).validate_raw_params(params)
+    for key, value in typed.items():
+        catalog[f"params:{key}"] = MemoryDataset(value, copy_mode="assign")
     return catalog
 
 

@@ -6,9 +6,9 @@ vision encoder, and a short ``key`` that identifies the weights (used in feature
 keys, so cached ViT tokens are never reused across different encoders).
 
 The tiny preset exists so that the whole pipeline runs on a CPU in seconds. Two traps
-of a from-scratch BLIP-2 are handled here (see CONVENTIONS.md): the vision config's
-``initializer_range`` defaults to 1e-10 (nearly constant features), and the
-``query_tokens`` are initialised to zeros (all query tokens stay identical).
+of a BLIP-2 built from scratch (rather than loaded from a checkpoint) are handled here:
+the vision config's ``initializer_range`` defaults to 1e-10 (nearly constant features),
+and the ``query_tokens`` are initialised to zeros (all query tokens stay identical).
 """
 
 from __future__ import annotations
@@ -37,6 +37,9 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from dqe_cir_pipeline.io_utils import SHORT_HASH_CHARS, short_hash
+
+from .config import config_block
 from .preprocess import ImagePreprocessor
 
 logger = logging.getLogger(__name__)
@@ -50,7 +53,7 @@ class BackboneNotFoundError(FileNotFoundError):
     """The requested backbone weights are not available (offline and not cached)."""
 
 
-@dataclass
+@config_block
 class TinyBackboneSpec:
     """Hyper-parameters of the tiny random BLIP-2 (CPU tests, smoke runs)."""
 
@@ -73,7 +76,7 @@ class TinyBackboneSpec:
     seed: int = 0
 
 
-@dataclass
+@config_block
 class BackboneConfig:
     """Which backbone to use.
 
@@ -120,7 +123,7 @@ class Backbone:
         preprocessor: image transform for ``model.vision_model``.
         key: short stable hash identifying the weights (feature-cache key part).
         name: human-readable name ("tiny" or the hub id / folder).
-        max_text_len: truncation length used by :meth:`tokenize`.
+        max_text_len: tokenizer truncation length for this backbone's texts.
     """
 
     model: Blip2ForImageTextRetrieval
@@ -130,28 +133,18 @@ class Backbone:
     name: str
     max_text_len: int = 32
 
-    def tokenize(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Tokenise a batch of texts (pad to the longest, truncate to ``max_text_len``).
-
-        Returns:
-            ``input_ids`` (B, L) int64 and ``attention_mask`` (B, L) int64.
-        """
-        enc = self.tokenizer(
-            list(texts),
-            padding="longest",
-            truncation=True,
-            max_length=self.max_text_len,
-            return_tensors="pt",
-        )
-        return enc["input_ids"], enc["attention_mask"]
-
 
 # --------------------------------------------------------------------------- helpers
 
 
-def _short_hash(payload: Any) -> str:
-    blob = json.dumps(payload, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
+def _key_hash(payload: Any) -> str:
+    """Short hash of ``payload`` for backbone keys and the tiny captions fingerprint.
+
+    Serialised with ``json.dumps(sort_keys=True, default=str)``, not
+    :func:`~dqe_cir_pipeline.io_utils.canonical_json`: keys already written into feature
+    caches, checkpoints and tiny backbone folders stay valid.
+    """
+    return short_hash(json.dumps(payload, sort_keys=True, default=str))
 
 
 def _freeze_vision(model: Blip2ForImageTextRetrieval) -> Blip2ForImageTextRetrieval:
@@ -162,7 +155,7 @@ def _freeze_vision(model: Blip2ForImageTextRetrieval) -> Blip2ForImageTextRetrie
 
 
 def _captions_fingerprint(captions: list[str]) -> str:
-    return _short_hash(sorted(set(captions)))
+    return _key_hash(sorted(set(captions)))
 
 
 def train_wordpiece_tokenizer(
@@ -242,7 +235,7 @@ def _tiny_key(spec: TinyBackboneSpec, tokenizer: PreTrainedTokenizerBase, folder
     differ between torch versions, the bytes on disk are what the features come from."""
     vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
     weights = hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
-    return "tiny-" + _short_hash({"spec": asdict(spec), "vocab": vocab, "weights": weights})
+    return "tiny-" + _key_hash({"spec": asdict(spec), "vocab": vocab, "weights": weights})
 
 
 def _read_tiny_marker(out_dir: Path) -> dict[str, Any] | None:
@@ -364,7 +357,7 @@ def _folder_fingerprint(folder: Path) -> str:
             if size > (1 << 20):
                 f.seek(max(size - (1 << 20), 1 << 20))
                 h.update(f.read())
-    return h.hexdigest()[:16]
+    return h.hexdigest()[:SHORT_HASH_CHARS]
 
 
 def _not_found_message(cfg: BackboneConfig, err: Exception) -> str:
@@ -425,7 +418,7 @@ def load_backbone(cfg: BackboneConfig, captions: Iterable[str] | None = None) ->
         key = "local-" + _folder_fingerprint(local)
     else:  # hub: the resolved commit pins the weights when transformers reports it
         commit = getattr(model.config, "_commit_hash", None)
-        key = "hub-" + _short_hash([cfg.name_or_path, commit or cfg.revision or "main"])
+        key = "hub-" + _key_hash([cfg.name_or_path, commit or cfg.revision or "main"])
     image_size = model.config.vision_config.image_size
     if isinstance(image_size, (list, tuple)):
         image_size = int(image_size[0])

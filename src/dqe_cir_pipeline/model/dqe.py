@@ -35,10 +35,12 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import Blip2ForImageTextRetrieval
 
+from dqe_cir_pipeline.model.config import config_block
 
-@dataclass
+
+@config_block
 class DQEConfig:
-    """DQE-CIR head configuration.
+    """DQE-CIR head configuration (``training.model``).
 
     Attributes:
         use_attribute_weights: learn text-conditioned weights and mix the sub-queries

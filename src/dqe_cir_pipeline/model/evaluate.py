@@ -1,7 +1,7 @@
 """Evaluation of a model on one benchmark split: the same code for validation during
 training, the evaluation pipeline and the zero-shot baseline.
 
-Protocols (METHOD §7): FashionIQ ranks each category's own gallery with the reference
+Protocols (as the FashionIQ and CIRR papers evaluate): FashionIQ ranks each category's own gallery with the reference
 kept; CIRR and the generated benchmark rank the split's whole gallery with the
 reference removed, plus Recall_subset over ``img_set.members``. The generated benchmark
 also gets a breakdown by edit type (color / shape / both / other).
@@ -16,9 +16,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from dqe_cir_pipeline.data_sources.schema import EDIT_TYPES
+from dqe_cir_pipeline.model.data import FeatureSource
 from dqe_cir_pipeline.model.dqe import DQECIR
-from dqe_cir_pipeline.model.engine import FeatureSource, encode_images, encode_queries
+from dqe_cir_pipeline.model.encode import encode_images, encode_queries
 from dqe_cir_pipeline.model.retrieval import (
     breakdown_by_group,
     cirr_metrics_from_ranks,
@@ -56,7 +56,7 @@ class EvalSet:
 
     @classmethod
     def from_tables(cls, triplets: pd.DataFrame, images: pd.DataFrame, split: str) -> EvalSet:
-        """Select one split from the canonical tables (see ``data_sources/schema.py``)."""
+        """Select one split from the canonical ``triplets`` / ``images`` tables."""
         q = triplets[triplets["split"] == split].reset_index(drop=True)
         g = images[images["split"] == split].drop_duplicates(["image_id", "category"])
         if q.empty:
@@ -107,7 +107,7 @@ def weight_stats(weights: torch.Tensor, edit_types: Sequence[str]) -> dict[str, 
     w = weights.numpy()
     groups = np.asarray(edit_types)
     out: dict[str, float] = {}
-    for et in EDIT_TYPES:
+    for et in dict.fromkeys(edit_types):  # the edit types present, in order of appearance
         sel = groups == et
         if sel.any():
             for j, name in enumerate(("base", "color", "shape")):

@@ -11,14 +11,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import config_block
 from .dqe import DQECIR, QueryOutput
 
 OBJECTIVES = ("pairwise_kl", "batch_kl", "contrastive")
 
 
-@dataclass
+@config_block
 class LossConfig:
-    """Objective configuration.
+    """Objective configuration (``training.loss``).
 
     Attributes:
         objective: "pairwise_kl" (target vs its one mined negative, QuRe's form),
@@ -31,7 +32,7 @@ class LossConfig:
         lambda_shape: weight of the shape margin loss.
     """
 
-    objective: str = "pairwise_kl"
+    objective: str = "batch_kl"
     use_margins: bool = True
     margin: float = 0.1
     lambda_color: float = 0.5

@@ -1,6 +1,6 @@
 """Target-relative negative sampling (TRNS), the QuRe rule and random negatives.
 
-For training query ``i`` with target ``t_i`` and a candidate pool (METHOD.md §4)::
+For training query ``i`` with target ``t_i`` and a candidate pool::
 
     Delta_i(c) = s(q_i, c) - s(q_i, t_i)      c in pool_i, c != t_i, c != reference_i
 
@@ -52,11 +52,13 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from .config import config_block
+from .mining_result import _FB, FALLBACK_NAMES, MiningResult
 from .retrieval import _iter_scores
 
 logger = logging.getLogger(__name__)
@@ -71,24 +73,14 @@ __all__ = [
     "sample_negatives",
 ]
 
-#: Fallback codes stored in :attr:`MiningResult.fallback` (index = code).
-FALLBACK_NAMES: tuple[str, ...] = (
-    "none",  # zone found at the first try
-    "widened",  # zone found after >= 1 widening (midzone)
-    "hardest_below",  # zone empty after all widenings: hardest candidate <= -epsilon
-    "random",  # nothing usable: a random pool member
-    "empty_pool",  # no candidate at all (pool reduced to target/reference)
-    "qure_short",  # QuRe: < 4 candidates below the target, all of them taken
-)
-_FB = {name: code for code, name in enumerate(FALLBACK_NAMES)}
 
 _STRATEGIES = ("midzone", "qure", "random")
 _HASH_MASK = 0x7FFFFFFF  # 2**31 - 1
 
 
-@dataclass
+@config_block
 class MiningConfig:
-    """Negative-mining settings.
+    """Negative-mining settings (``mining``).
 
     Attributes:
         strategy: ``"midzone"`` (TRNS), ``"qure"`` or ``"random"``.
@@ -104,8 +96,8 @@ class MiningConfig:
     """
 
     strategy: str = "midzone"
-    epsilon: float = 0.02
-    zone_quantile: float = 0.02
+    epsilon: float = 0.01
+    zone_quantile: float = 0.05
     max_zone: int = 64
     widen_factor: float = 2.0
     max_widenings: int = 3
@@ -127,72 +119,6 @@ class MiningConfig:
             raise ValueError("max_zone, chunk_size must be >= 1 and qure_topk >= 2")
         if self.widen_factor < 1.0 or self.max_widenings < 0:
             raise ValueError("widen_factor must be >= 1 and max_widenings >= 0")
-
-
-@dataclass
-class MiningResult:
-    """Mined negatives (all numpy, CPU).
-
-    Attributes:
-        candidates: ``(N, max_zone)`` int64 pool indices, left-packed, sorted by Delta
-            descending, padded with ``-1``.
-        deltas: ``(N, max_zone)`` float32 Delta of each stored candidate (NaN padding).
-        zone_size: ``(N,)`` int64 size of the full zone (may exceed ``max_zone``; 0 when a
-            fallback candidate is stored instead).
-        lower: ``(N,)`` float32 zone lower bound ``L_i`` on Delta (NaN if none).
-        upper: ``(N,)`` float32 zone upper bound ``U_i`` on Delta (NaN if none).
-        pool_size: ``(N,)`` int64 candidates in the query's pool (target/reference excluded).
-        fallback: ``(N,)`` int8 code, names in :data:`FALLBACK_NAMES`.
-        widenings: ``(N,)`` int8 widenings applied (midzone).
-        strategy: Strategy that produced the result.
-    """
-
-    candidates: np.ndarray
-    deltas: np.ndarray
-    zone_size: np.ndarray
-    lower: np.ndarray
-    upper: np.ndarray
-    pool_size: np.ndarray
-    fallback: np.ndarray
-    widenings: np.ndarray
-    strategy: str = "midzone"
-    fallback_names: tuple[str, ...] = field(default=FALLBACK_NAMES)
-
-    def __len__(self) -> int:
-        return int(self.candidates.shape[0])
-
-    @property
-    def n_stored(self) -> np.ndarray:
-        """``(N,)`` number of stored candidates per query."""
-        return (self.candidates >= 0).sum(axis=1)
-
-    def fallback_labels(self) -> np.ndarray:
-        """``(N,)`` fallback names as strings."""
-        return np.asarray(self.fallback_names, dtype=object)[self.fallback.astype(np.int64)]
-
-    def summary(self) -> dict[str, float]:
-        """Flat statistics for logging.
-
-        Returns:
-            ``zone_size/mean``, ``zone_size/median``, ``stored/mean``, ``pool_size/mean``,
-            ``empty_zone_rate`` (fraction whose first-try zone was empty, i.e. any
-            fallback or widening), ``fallback/<name>`` counts, ``delta/mean`` (mean Delta
-            of the stored candidates), ``lower/mean``, ``upper/mean``.
-        """
-        n = len(self)
-        out: dict[str, float] = {
-            "zone_size/mean": float(self.zone_size.mean()) if n else math.nan,
-            "zone_size/median": float(np.median(self.zone_size)) if n else math.nan,
-            "stored/mean": float(self.n_stored.mean()) if n else math.nan,
-            "pool_size/mean": float(self.pool_size.mean()) if n else math.nan,
-            "empty_zone_rate": float((self.fallback != _FB["none"]).mean()) if n else math.nan,
-        }
-        for code, name in enumerate(self.fallback_names):
-            out[f"fallback/{name}"] = float((self.fallback == code).sum())
-        for key, arr in (("delta", self.deltas), ("lower", self.lower), ("upper", self.upper)):
-            finite = arr[np.isfinite(arr)]
-            out[f"{key}/mean"] = float(finite.mean()) if finite.size else math.nan
-        return out
 
 
 # --------------------------------------------------------------------------------------
@@ -646,7 +572,7 @@ def refresh_epochs(total_epochs: int, interval: int | None = None) -> list[int]:
 
     ``interval=None`` uses QuRe's rule ``max(1, floor(E / 6))``: E=30 -> 5, 10, 15, 20, 25;
     E=50 -> 8, 16, 24, 32, 40, 48. Epoch 0 is never in the list: the first negatives are
-    produced *before* training, by the initial model (``training.initial_negatives:
+    produced *before* training, by the initial model (``training.loop.initial_negatives:
     model``, ours) or at random (``random``, QuRe: random until the first refresh).
 
     Args:

@@ -13,6 +13,8 @@ from dqe_cir_pipeline.data_sources.cirr import CIRRConfig, read_cirr
 from dqe_cir_pipeline.data_sources.common import IngestResult, enforce_rejection_threshold
 from dqe_cir_pipeline.data_sources.fashioniq import FashionIQConfig, read_fashioniq
 from dqe_cir_pipeline.data_sources.synthetic import SyntheticConfig, generate_benchmark
+from dqe_cir_pipeline.io_utils import SHORT_HASH_CHARS
+from dqe_cir_pipeline.tracking import metric_values
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +106,7 @@ def fingerprint(images: pd.DataFrame, triplets: pd.DataFrame) -> str:
         h.update(text(images[col]))
     for col in ("query_id", "split", "reference_id", "target_id", "caption_eval"):
         h.update(text(triplets[col]))
-    return h.hexdigest()[:16]
+    return h.hexdigest()[:SHORT_HASH_CHARS]
 
 
 def validate_ingestion(
@@ -137,8 +139,4 @@ def validate_ingestion(
         "per_edit_type": per_edit,
         "quarantine_reasons": {str(k): int(v) for k, v in reasons.items()},
     }
-    metrics = {
-        k: {"value": float(v), "step": 0}
-        for k, v in {**counts, **per_split}.items()
-    }
-    return report, metrics
+    return report, metric_values({**counts, **per_split})

@@ -5,28 +5,44 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from dqe_cir_pipeline.datasets.feature_cache import FeatureCache, FeatureExtractionJob
 from dqe_cir_pipeline.io_utils import stable_hash
+from dqe_cir_pipeline.model.backbone import BackboneConfig, load_backbone
+from dqe_cir_pipeline.model.config import RuntimeConfig, config_block
+from dqe_cir_pipeline.model.data import train_captions
 from dqe_cir_pipeline.model.device import resolve_device
-from dqe_cir_pipeline.model.engine import encode_images
 from dqe_cir_pipeline.model.extract import VitEncoder
-from dqe_cir_pipeline.pipelines.common import backbone_from_params, build_model, train_config
+from dqe_cir_pipeline.tracking import metric_values
 
 logger = logging.getLogger(__name__)
 
 
-def prepare_backbone(triplets: pd.DataFrame, backbone: dict[str, Any]) -> dict[str, Any]:
+@config_block
+class ExtractionConfig:
+    """Frozen-ViT feature extraction (``extraction``).
+
+    Attributes:
+        batch_size: images per forward (halved automatically on CUDA out-of-memory).
+        shard_size: images per cache shard (the unit of resume).
+        num_workers: DataLoader decode workers (4-8 on a GPU machine).
+    """
+
+    batch_size: int = 64
+    shard_size: int = 1024
+    num_workers: int = 0
+
+
+def prepare_backbone(triplets: pd.DataFrame, backbone: BackboneConfig) -> dict[str, Any]:
     """Load the backbone (building the tiny preset and its tokenizer once) and describe it."""
-    bb = backbone_from_params(backbone, triplets)
+    bb = load_backbone(backbone, train_captions(triplets) if backbone.source == "tiny" else None)
     vcfg = bb.model.config.vision_config
     qcfg = bb.model.config.qformer_config
     info = {
         "key": bb.key,
         "name": bb.name,
-        "source": backbone["source"],
+        "source": backbone.source,
         "image_size": int(bb.preprocessor.image_size),
         "vision_hidden": int(vcfg.hidden_size),
         "vision_layers": int(vcfg.num_hidden_layers),
@@ -42,23 +58,23 @@ def prepare_backbone(triplets: pd.DataFrame, backbone: dict[str, Any]) -> dict[s
 def extract_features(
     images: pd.DataFrame,
     backbone_info: dict[str, Any],
-    backbone: dict[str, Any],
-    extraction: dict[str, Any],
-    runtime: dict[str, Any],
+    backbone: BackboneConfig,
+    extraction: ExtractionConfig,
+    runtime: RuntimeConfig,
 ) -> FeatureExtractionJob:
     """Describe the extraction; the feature cache dataset runs it for missing images only.
 
     The cache key covers the backbone weights and the preprocessing, so changing either
     starts a new cache while a re-run with nothing changed computes nothing.
     """
-    bb = backbone_from_params(backbone)
+    bb = load_backbone(backbone)
     description = {"backbone": backbone_info["key"], "preprocessing": backbone_info["preprocessing"]}
     encoder = VitEncoder(
         bb,
-        resolve_device(runtime.get("device", "auto")),
-        batch_size=int(extraction["batch_size"]),
-        num_workers=int(extraction["num_workers"]),
-        amp_dtype=extraction.get("amp_dtype"),
+        resolve_device(runtime.device),
+        batch_size=extraction.batch_size,
+        num_workers=extraction.num_workers,
+        amp_dtype=runtime.amp_dtype,
     )
 
     def progress(done: int, total: int) -> None:
@@ -72,7 +88,7 @@ def extract_features(
         cache_key=f"vit-{stable_hash(description)}",
         description=description,
         encode=lambda rows: encoder(rows["path"].tolist()),
-        shard_size=int(extraction["shard_size"]),
+        shard_size=extraction.shard_size,
         progress=progress,
     )
 
@@ -91,34 +107,7 @@ def summarize_extraction(vit_features: FeatureCache, images: pd.DataFrame) -> tu
         "dim": vit_features.dim,
         "last_save": stats,
     }
-    metrics = {
-        f"extraction.{k}": {"value": float(v), "step": 0}
-        for k, v in {"images": len(wanted), **{k: v for k, v in stats.items() if isinstance(v, (int, float))}}.items()
-    }
+    figures = {"images": len(wanted), **{k: v for k, v in stats.items() if isinstance(v, (int, float))}}
     if stats.get("encode_seconds"):
-        metrics["extraction.images_per_s"] = {
-            "value": float(stats["computed"]) / max(float(stats["encode_seconds"]), 1e-9), "step": 0
-        }
-    return report, metrics
-
-
-def embed_initial_targets(
-    vit_features: FeatureCache,
-    images: pd.DataFrame,
-    backbone: dict[str, Any],
-    training: dict[str, Any],
-    runtime: dict[str, Any],
-) -> pd.DataFrame:
-    """The untrained model's target embeddings per image (zero-shot / first mining).
-
-    Returns a table ``image_id, num_tokens, dim, embedding`` where ``embedding`` is the
-    row-major flattened (num_tokens x dim) matrix.
-    """
-    cfg = train_config(training, runtime, backbone)
-    model = build_model(backbone_from_params(backbone), cfg)
-    ids = sorted(set(images["image_id"]))
-    emb = encode_images(model, vit_features, ids, amp_dtype=cfg.amp_dtype).numpy().astype(np.float32)
-    n, q, p = emb.shape
-    return pd.DataFrame(
-        {"image_id": ids, "num_tokens": q, "dim": p, "embedding": list(emb.reshape(n, q * p))}
-    )
+        figures["images_per_s"] = float(stats["computed"]) / max(float(stats["encode_seconds"]), 1e-9)
+    return report, metric_values(figures, prefix="extraction.")

@@ -1,11 +1,10 @@
-"""``embedding_extraction``: backbone -> frozen ViT token cache -> initial embeddings."""
+"""``embedding_extraction``: backbone -> frozen ViT token cache -> extraction report."""
 
 from __future__ import annotations
 
-from kedro.pipeline import Pipeline, node, pipeline
+from kedro.pipeline import Node, Pipeline
 
 from dqe_cir_pipeline.pipelines.embedding_extraction.nodes import (
-    embed_initial_targets,
     extract_features,
     prepare_backbone,
     summarize_extraction,
@@ -13,26 +12,30 @@ from dqe_cir_pipeline.pipelines.embedding_extraction.nodes import (
 
 
 def create_pipeline(**kwargs: object) -> Pipeline:
-    return pipeline(
-        [
-            node(prepare_backbone, ["triplets", "params:backbone"], "backbone_info", name="prepare_backbone"),
-            node(
-                extract_features,
-                ["images", "backbone_info", "params:backbone", "params:extraction", "params:runtime"],
-                "vit_features",
-                name="extract_vit_features",
-            ),
-            node(
-                summarize_extraction,
-                ["vit_features", "images"],
-                ["extraction_report", "extraction_metrics"],
-                name="summarize_extraction",
-            ),
-            node(
-                embed_initial_targets,
-                ["vit_features", "images", "params:backbone", "params:training", "params:runtime"],
-                "initial_target_embeddings",
-                name="embed_initial_targets",
-            ),
-        ]
+    nodes = [
+        Node(
+            func=prepare_backbone,
+            inputs=["triplets", "params:backbone"],
+            outputs="backbone_info",
+            name="prepare_backbone",
+        ),
+        Node(
+            func=extract_features,
+            inputs=["images", "backbone_info", "params:backbone", "params:extraction", "params:runtime"],
+            outputs="vit_features",
+            name="extract_vit_features",
+        ),
+        Node(
+            func=summarize_extraction,
+            inputs=["vit_features", "images"],
+            outputs=["extraction_report", "extraction_metrics"],
+            name="summarize_extraction",
+        ),
+    ]
+    return Pipeline(
+        nodes,
+        namespace="embedding_extraction",
+        inputs={"triplets", "images"},
+        outputs={"backbone_info", "vit_features", "extraction_report", "extraction_metrics"},
+        parameters={"params:backbone", "params:extraction", "params:runtime"},
     )

@@ -1,4 +1,4 @@
-"""Nodes of the ``evaluation`` pipeline.
+"""Nodes of the ``evaluation``, ``zero_shot`` and ``cirr_submission`` pipelines.
 
 Every evaluation reports three rows side by side: the trained model, the same backbone
 with no training (zero-shot) and a text-blind baseline (the reference's nearest
@@ -8,60 +8,62 @@ neighbours in pixel space), so a number is never read without its floor.
 from __future__ import annotations
 
 import logging
+from dataclasses import field
 from typing import Any
 
-import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
 
+from dqe_cir_pipeline.baselines import text_blind_baseline
 from dqe_cir_pipeline.datasets.feature_cache import FeatureCache
-from dqe_cir_pipeline.model.engine import TrainConfig, encode_images, encode_queries
+from dqe_cir_pipeline.model.backbone import Backbone, BackboneConfig, load_backbone
+from dqe_cir_pipeline.model.cirr_submission import cirr_submission, validate_cirr_submission
+from dqe_cir_pipeline.model.config import RuntimeConfig, config_block
+from dqe_cir_pipeline.model.dqe import DQECIR
+from dqe_cir_pipeline.model.encode import encode_images, encode_queries
 from dqe_cir_pipeline.model.evaluate import EvalOutput, EvalSet, evaluate, submission_rankings
-from dqe_cir_pipeline.model.retrieval import cirr_submission, validate_cirr_submission
-from dqe_cir_pipeline.model.state import CheckpointMismatchError, load_trainable_state
-from dqe_cir_pipeline.pipelines.common import (
-    backbone_from_params,
-    build_model,
-    mlflow_metrics,
-    text_blind_baseline,
-    train_config,
-)
-from dqe_cir_pipeline.pipelines.evaluation import plots
+from dqe_cir_pipeline.model.factory import build_model, checkpoint_seed, model_from_checkpoint
+from dqe_cir_pipeline.model.train import TrainingConfig
+from dqe_cir_pipeline.tracking import metric_values
 
 logger = logging.getLogger(__name__)
 
 
-def _model_from_checkpoint(checkpoint: dict[str, Any], backbone: dict[str, Any], runtime: dict[str, Any]):
-    bb = backbone_from_params(backbone)
-    saved_key = checkpoint.get("backbone", {}).get("key")
-    if saved_key != bb.key:
-        raise CheckpointMismatchError(
-            f"checkpoint was trained on backbone {saved_key!r} "
-            f"({checkpoint.get('backbone', {}).get('name')}), the configured backbone is {bb.key!r} ({bb.name})"
-        )
-    cfg = TrainConfig.from_dict(
-        {k: v for k, v in checkpoint["config"].items() if k in TrainConfig.__dataclass_fields__},
-        device=runtime.get("device", "auto"),
+@config_block
+class EvaluationConfig:
+    """Evaluation settings (``evaluation``), shared by validation during training.
+
+    Attributes:
+        split: the split evaluated (``val`` selects; the reported split is configured here).
+        ks: Recall@K cut-offs.
+        chunk_size: queries scored per chunk (bounds memory on large galleries).
+        qualitative_queries: rows per qualitative grid (successes and failures).
+        qualitative_topk: retrieved images shown per row.
+        submission_split: CIRR only: the split whose server files are written.
+    """
+
+    split: str = "val"
+    ks: list[int] = field(default_factory=lambda: [1, 5, 10, 50])
+    chunk_size: int = 1024
+    qualitative_queries: int = 6
+    qualitative_topk: int = 5
+    submission_split: str = "test1"
+
+
+def _evaluate(model: DQECIR, bb: Backbone, features: FeatureCache, data: EvalSet,
+              evaluation: EvaluationConfig, runtime: RuntimeConfig) -> EvalOutput:
+    return evaluate(
+        model, features, bb.tokenizer, data, ks=tuple(evaluation.ks), chunk_size=evaluation.chunk_size,
+        max_len=bb.max_text_len, amp_dtype=runtime.amp_dtype,
     )
-    model = build_model(bb, cfg)
-    load_trainable_state(model, checkpoint, bb.key, {})  # strict: a clear error on any mismatch
-    return bb, model, cfg
-
-
-def _rows(name: str, metrics: dict[str, float]) -> list[dict[str, Any]]:
-    return [{"model": name, "metric": k, "value": float(v)} for k, v in metrics.items()]
 
 
 def _report(
-    model_out: EvalOutput | None,
-    zero: EvalOutput,
-    blind: EvalOutput,
-    data: EvalSet,
-    backbone_name: str,
+    outputs: dict[str, EvalOutput], data: EvalSet, backbone_name: str
 ) -> tuple[pd.DataFrame, dict[str, Any], dict[str, Any]]:
     """Metrics table, JSON summary and MLflow metrics for the evaluated rows."""
-    outputs = ([("dqe_cir", model_out)] if model_out is not None else []) + [("zero_shot", zero), ("text_blind", blind)]
-    table = pd.DataFrame([row for name, out in outputs for row in _rows(name, out.metrics)])
+    table = pd.DataFrame(
+        [{"model": name, "metric": k, "value": float(v)} for name, out in outputs.items() for k, v in out.metrics.items()]
+    )
     table["split"] = data.split
     table["dataset"] = data.dataset
     table["backbone"] = backbone_name
@@ -74,55 +76,22 @@ def _report(
         "models": {name: dict(zip(g["metric"], g["value"], strict=True)) for name, g in table.groupby("model")},
     }
     metrics: dict[str, Any] = {}
-    for name, out in outputs:
-        metrics.update(mlflow_metrics(out.metrics, prefix=f"eval.{name}."))
-    main = model_out or zero
+    for name, out in outputs.items():
+        metrics.update(metric_values(out.metrics, prefix=f"eval.{name}."))
+    main = next(iter(outputs.values()))
     logger.info("%s %s: %s", data.dataset, data.split, {k: round(v, 2) for k, v in main.metrics.items() if "/" not in k})
     return table, summary, metrics
 
 
-def _rankings_and_figures(
-    trained: EvalOutput,
-    zero: EvalOutput,
-    blind: EvalOutput,
-    table: pd.DataFrame,
-    data: EvalSet,
-    images: pd.DataFrame,
-    evaluation: dict[str, Any],
-) -> tuple[pd.DataFrame, Figure, Figure, Figure, Figure, Figure]:
-    """Per-query rankings of the trained model, Recall@K / edit-type / weight plots and grids."""
-    per_query = trained.per_query.copy()
+def _rankings(outputs: dict[str, EvalOutput], data: EvalSet) -> pd.DataFrame:
+    """The trained model's per-query rankings, with the baselines' ranks beside them."""
+    per_query = outputs["dqe_cir"].per_query.copy()
     per_query["reference_id"] = data.reference_ids
     per_query["target_id"] = data.target_ids
     per_query["text"] = data.texts
-    per_query["zero_shot_rank"] = zero.per_query["rank"].to_numpy()
-    per_query["text_blind_rank"] = blind.per_query["rank"].to_numpy()
-    paths = images.drop_duplicates("image_id").set_index("image_id")["path"].to_dict()
-    n, k = int(evaluation["qualitative_queries"]), int(evaluation["qualitative_topk"])
-    labelled = per_query[per_query["rank"] >= 0]
-    rng = np.random.default_rng(0)
-    good = labelled[labelled["rank"] < k]
-    bad = labelled[labelled["rank"] >= k]
-    good = good.iloc[rng.permutation(len(good))[:n]] if len(good) else good
-    bad = bad.iloc[rng.permutation(len(bad))[:n]] if len(bad) else bad
-    return (
-        per_query,
-        plots.recall_curves(table),
-        plots.edit_type_bars(table),
-        plots.attribute_weights(per_query),
-        plots.qualitative_grid(good, paths, f"dqe_cir: successes (target in top {k})", k),
-        plots.qualitative_grid(bad, paths, f"dqe_cir: failures (target not in top {k})", k),
-    )
-
-
-def _evaluate_kwargs(evaluation: dict[str, Any], cfg: Any) -> dict[str, Any]:
-    """The ``evaluate`` settings shared by the trained and the untrained model."""
-    return {
-        "ks": tuple(int(k) for k in evaluation["ks"]),
-        "chunk_size": int(evaluation["chunk_size"]),
-        "max_len": cfg.max_text_len,
-        "amp_dtype": cfg.amp_dtype,
-    }
+    per_query["zero_shot_rank"] = outputs["zero_shot"].per_query["rank"].to_numpy()
+    per_query["text_blind_rank"] = outputs["text_blind"].per_query["rank"].to_numpy()
+    return per_query
 
 
 def evaluate_checkpoint(
@@ -130,39 +99,45 @@ def evaluate_checkpoint(
     vit_features: FeatureCache,
     triplets: pd.DataFrame,
     images: pd.DataFrame,
-    backbone: dict[str, Any],
-    evaluation: dict[str, Any],
-    runtime: dict[str, Any],
-):
-    """Evaluate a trained checkpoint next to zero-shot and the text-blind baseline."""
-    bb, model, cfg = _model_from_checkpoint(model_checkpoint, backbone, runtime)
-    data = EvalSet.from_tables(triplets, images, evaluation["split"])
-    common = _evaluate_kwargs(evaluation, cfg)
-    trained = evaluate(model, vit_features, bb.tokenizer, data, **common)
-    zero_model = build_model(bb, cfg)
-    zero = evaluate(zero_model, vit_features, bb.tokenizer, data, **common)
-    blind = text_blind_baseline(images, data, common["ks"])
-    table, summary, metrics = _report(trained, zero, blind, data, bb.name)
-    return (table, summary, metrics, *_rankings_and_figures(trained, zero, blind, table, data, images, evaluation))
+    backbone: BackboneConfig,
+    evaluation: EvaluationConfig,
+    runtime: RuntimeConfig,
+) -> tuple[pd.DataFrame, dict[str, Any], dict[str, Any], pd.DataFrame]:
+    """Evaluate a trained checkpoint next to zero-shot and the text-blind baseline.
+
+    Returns:
+        The metrics table, a JSON summary, MLflow metrics and the per-query rankings.
+    """
+    bb = load_backbone(backbone)
+    model = model_from_checkpoint(model_checkpoint, bb, runtime.device)
+    untrained = build_model(bb, model.cfg, checkpoint_seed(model_checkpoint), runtime.device)
+    data = EvalSet.from_tables(triplets, images, evaluation.split)
+    outputs = {
+        "dqe_cir": _evaluate(model, bb, vit_features, data, evaluation, runtime),
+        "zero_shot": _evaluate(untrained, bb, vit_features, data, evaluation, runtime),
+        "text_blind": text_blind_baseline(images, data, evaluation.ks),
+    }
+    return (*_report(outputs, data, bb.name), _rankings(outputs, data))
 
 
 def evaluate_zero_shot(
     vit_features: FeatureCache,
     triplets: pd.DataFrame,
     images: pd.DataFrame,
-    backbone: dict[str, Any],
-    training: dict[str, Any],
-    evaluation: dict[str, Any],
-    runtime: dict[str, Any],
-):
+    backbone: BackboneConfig,
+    training: TrainingConfig,
+    evaluation: EvaluationConfig,
+    runtime: RuntimeConfig,
+) -> tuple[pd.DataFrame, dict[str, Any], dict[str, Any]]:
     """Evaluate the backbone with no training at all (plus the text-blind baseline)."""
-    cfg = train_config(training, runtime, backbone)
-    bb = backbone_from_params(backbone)
-    data = EvalSet.from_tables(triplets, images, evaluation["split"])
-    common = _evaluate_kwargs(evaluation, cfg)
-    zero = evaluate(build_model(bb, cfg), vit_features, bb.tokenizer, data, **common)
-    blind = text_blind_baseline(images, data, common["ks"])
-    return _report(None, zero, blind, data, bb.name)
+    bb = load_backbone(backbone)
+    data = EvalSet.from_tables(triplets, images, evaluation.split)
+    untrained = build_model(bb, training.model, training.loop.seed, runtime.device)
+    outputs = {
+        "zero_shot": _evaluate(untrained, bb, vit_features, data, evaluation, runtime),
+        "text_blind": text_blind_baseline(images, data, evaluation.ks),
+    }
+    return _report(outputs, data, bb.name)
 
 
 def write_cirr_submission(
@@ -170,9 +145,9 @@ def write_cirr_submission(
     vit_features: FeatureCache,
     triplets: pd.DataFrame,
     images: pd.DataFrame,
-    backbone: dict[str, Any],
-    evaluation: dict[str, Any],
-    runtime: dict[str, Any],
+    backbone: BackboneConfig,
+    evaluation: EvaluationConfig,
+    runtime: RuntimeConfig,
 ) -> tuple[dict[str, object], dict[str, object]]:
     """The two files the CIRR evaluation server takes, validated before they are written.
 
@@ -180,12 +155,13 @@ def write_cirr_submission(
     ``recall_subset``: top-3 of ``img_set.members`` minus the reference; both with
     ``"version": "rc2"``, keyed by ``str(pairid)``.
     """
-    bb, model, cfg = _model_from_checkpoint(model_checkpoint, backbone, runtime)
-    data = EvalSet.from_tables(triplets, images, evaluation["submission_split"])
-    gallery = encode_images(model, vit_features, data.gallery_ids, amp_dtype=cfg.amp_dtype)
+    bb = load_backbone(backbone)
+    model = model_from_checkpoint(model_checkpoint, bb, runtime.device)
+    data = EvalSet.from_tables(triplets, images, evaluation.submission_split)
+    gallery = encode_images(model, vit_features, data.gallery_ids, amp_dtype=runtime.amp_dtype)
     q = encode_queries(model, vit_features, bb.tokenizer, data.reference_ids, data.texts,
-                       max_len=cfg.max_text_len, amp_dtype=cfg.amp_dtype).q
-    full, subset = submission_rankings(q, gallery, data, int(evaluation["chunk_size"]))
+                       max_len=bb.max_text_len, amp_dtype=runtime.amp_dtype).q
+    full, subset = submission_rankings(q, gallery, data, evaluation.chunk_size)
     pair_ids = [int(p) for p in data.query_ids]
     recall_json, subset_json = cirr_submission(pair_ids, full, subset)
     validate_cirr_submission(

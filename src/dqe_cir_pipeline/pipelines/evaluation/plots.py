@@ -14,6 +14,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from dqe_cir_pipeline.data_sources.schema import EDIT_TYPES  # noqa: E402
+from dqe_cir_pipeline.pipelines.evaluation.nodes import EvaluationConfig  # noqa: E402
 
 
 def recall_curves(table: pd.DataFrame) -> Figure:
@@ -105,3 +106,33 @@ def qualitative_grid(rows: pd.DataFrame, paths: dict[str, str], title: str, k: i
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def _qualitative_picks(rankings: pd.DataFrame, n: int, k: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Up to ``n`` random labelled queries whose target is in the top ``k``, and ``n`` whose
+    target is not (one seeded draw, so both grids are stable across runs)."""
+    labelled = rankings[rankings["rank"] >= 0]
+    rng = np.random.default_rng(0)
+    good = labelled[labelled["rank"] < k]
+    bad = labelled[labelled["rank"] >= k]
+    good = good.iloc[rng.permutation(len(good))[:n]] if len(good) else good
+    bad = bad.iloc[rng.permutation(len(bad))[:n]] if len(bad) else bad
+    return good, bad
+
+
+def _image_paths(images: pd.DataFrame) -> dict[str, str]:
+    return images.drop_duplicates("image_id").set_index("image_id")["path"].to_dict()
+
+
+def qualitative_successes(query_rankings: pd.DataFrame, images: pd.DataFrame, evaluation: EvaluationConfig) -> Figure:
+    """Queries the trained model gets right (target within ``qualitative_topk``)."""
+    k = evaluation.qualitative_topk
+    good, _ = _qualitative_picks(query_rankings, evaluation.qualitative_queries, k)
+    return qualitative_grid(good, _image_paths(images), f"dqe_cir: successes (target in top {k})", k)
+
+
+def qualitative_failures(query_rankings: pd.DataFrame, images: pd.DataFrame, evaluation: EvaluationConfig) -> Figure:
+    """Queries the trained model gets wrong (target outside ``qualitative_topk``)."""
+    k = evaluation.qualitative_topk
+    _, bad = _qualitative_picks(query_rankings, evaluation.qualitative_queries, k)
+    return qualitative_grid(bad, _image_paths(images), f"dqe_cir: failures (target not in top {k})", k)

@@ -2,27 +2,41 @@
 
 from __future__ import annotations
 
-from kedro.pipeline import Pipeline, node, pipeline
+from kedro.pipeline import Node, Pipeline
 
-from dqe_cir_pipeline.pipelines.negative_mining.nodes import mine_initial_negatives
+from dqe_cir_pipeline.pipelines.negative_mining.nodes import (
+    mine_initial_negatives,
+    plot_delta_distribution,
+)
 
 
 def create_pipeline(**kwargs: object) -> Pipeline:
-    return pipeline(
-        [
-            node(
-                mine_initial_negatives,
-                [
-                    "vit_features",
-                    "triplets",
-                    "images",
-                    "params:backbone",
-                    "params:training",
-                    "params:mining",
-                    "params:runtime",
-                ],
-                ["initial_negatives", "mining_metrics", "delta_distribution_plot"],
-                name="mine_initial_negatives",
-            )
-        ]
+    nodes = [
+        Node(
+            func=mine_initial_negatives,
+            inputs=[
+                "vit_features",
+                "triplets",
+                "images",
+                "params:backbone",
+                "params:training",
+                "params:mining",
+                "params:runtime",
+            ],
+            outputs=["initial_negatives", "mining_metrics", "delta_sample"],
+            name="mine_initial_negatives",
+        ),
+        Node(
+            func=plot_delta_distribution,
+            inputs=["delta_sample", "initial_negatives"],
+            outputs="delta_distribution_plot",
+            name="plot_delta_distribution",
+        ),
+    ]
+    return Pipeline(
+        nodes,
+        namespace="negative_mining",
+        inputs={"vit_features", "triplets", "images"},
+        outputs={"initial_negatives", "mining_metrics", "delta_distribution_plot"},
+        parameters={"params:backbone", "params:training", "params:mining", "params:runtime"},
     )

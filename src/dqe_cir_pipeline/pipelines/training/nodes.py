@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import asdict
 from typing import Any
 
 import matplotlib
@@ -13,19 +14,17 @@ import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from dqe_cir_pipeline.datasets.feature_cache import FeatureCache  # noqa: E402
+from dqe_cir_pipeline.model.backbone import BackboneConfig, load_backbone  # noqa: E402
+from dqe_cir_pipeline.model.config import RuntimeConfig  # noqa: E402
+from dqe_cir_pipeline.model.data import TrainData  # noqa: E402
 from dqe_cir_pipeline.model.distributed import Distributed  # noqa: E402
-from dqe_cir_pipeline.model.engine import fit  # noqa: E402
 from dqe_cir_pipeline.model.evaluate import EvalSet, evaluate  # noqa: E402
-from dqe_cir_pipeline.pipelines.common import (  # noqa: E402
-    backbone_from_params,
-    build_loss,
-    build_model,
-    build_train_data,
-    mining_config,
-    mining_from_table,
-    mlflow_history,
-    train_config,
-)
+from dqe_cir_pipeline.model.factory import build_loss, build_model  # noqa: E402
+from dqe_cir_pipeline.model.mining_result import MiningResult  # noqa: E402
+from dqe_cir_pipeline.model.negatives import MiningConfig  # noqa: E402
+from dqe_cir_pipeline.model.train import TrainingConfig, fit  # noqa: E402
+from dqe_cir_pipeline.pipelines.evaluation.nodes import EvaluationConfig  # noqa: E402
+from dqe_cir_pipeline.tracking import metric_history  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -36,65 +35,58 @@ def train_model(
     images: pd.DataFrame,
     initial_negatives: pd.DataFrame,
     backbone_info: dict[str, Any],
-    backbone: dict[str, Any],
-    training: dict[str, Any],
-    mining: dict[str, Any],
-    evaluation: dict[str, Any],
-    runtime: dict[str, Any],
-) -> tuple[dict[str, Any], pd.DataFrame, dict[str, Any], Figure]:
+    backbone: BackboneConfig,
+    training: TrainingConfig,
+    mining: MiningConfig,
+    evaluation: EvaluationConfig,
+    runtime: RuntimeConfig,
+) -> tuple[dict[str, Any], pd.DataFrame, dict[str, Any]]:
     """Train DQE-CIR (or a configured baseline); validate every epoch; keep the best.
 
     Under ``torchrun`` every rank runs this node: DistributedDataParallel over the ranks,
-    ``training.batch_size`` is the global batch, rank 0 validates and writes.
+    ``training.loop.batch_size`` is the global batch, rank 0 validates and writes.
 
     Returns:
-        The best checkpoint dict, the per-epoch history table, MLflow metric histories
-        and a figure of the training curves.
+        The best checkpoint dict, the per-epoch history table and MLflow metric histories.
     """
-    cfg = train_config(training, runtime, backbone)
     distributed = Distributed.from_env()
-    distributed.setup(cfg.device)  # before the model is built: picks this rank's GPU
-    bb = backbone_from_params(backbone)
+    distributed.setup(runtime.device)  # before the model is built: picks this rank's GPU
+    bb = load_backbone(backbone)
     if bb.key != backbone_info["key"]:
         raise RuntimeError(
-            f"backbone changed since extraction ({backbone_info['key']} -> {bb.key}): re-run embedding_extraction"
+            f"backbone changed since extraction ({backbone_info['key']} -> {bb.key}): "
+            "re-run embedding_extraction"
         )
-    model = build_model(bb, cfg)
-    data = build_train_data(triplets, images, "train")
-    val = EvalSet.from_tables(triplets, images, evaluation["split"])
-    mcfg = mining_config(mining)
+    data = TrainData.from_tables(triplets, images, "train")
+    val = EvalSet.from_tables(triplets, images, evaluation.split)
     initial = None
-    if cfg.negatives == "mined" and cfg.initial_negatives == "model":
-        initial = mining_from_table(initial_negatives, data, mcfg)
+    if training.loop.negatives == "mined" and training.loop.initial_negatives == "model":
+        initial = MiningResult.from_table(initial_negatives, data, mining.max_zone, mining.strategy)
 
     def validate(m: Any) -> dict[str, float]:
         return evaluate(
-            m, vit_features, bb.tokenizer, val,
-            ks=tuple(evaluation["ks"]), chunk_size=cfg.eval_chunk_size,
-            max_len=cfg.max_text_len, amp_dtype=cfg.amp_dtype,
+            m, vit_features, bb.tokenizer, val, ks=tuple(evaluation.ks), chunk_size=evaluation.chunk_size,
+            max_len=bb.max_text_len, amp_dtype=runtime.amp_dtype,
         ).metrics
 
+    model = build_model(bb, training.model, training.loop.seed, runtime.device)
     try:
         result = fit(
-            model, build_loss(cfg), bb.tokenizer, vit_features, data, cfg, mcfg, validate,
-            backbone_meta={"key": bb.key, "name": bb.name}, initial_mining=initial,
-            distributed=distributed,
+            model, build_loss(training.loss), bb.tokenizer, vit_features, data, training, mining, validate,
+            backbone_meta={"key": bb.key, "name": bb.name}, max_text_len=bb.max_text_len, device=runtime.device,
+            amp_dtype=runtime.amp_dtype, initial_mining=initial, distributed=distributed,
         )
     finally:
         distributed.teardown()
-    history = pd.DataFrame(result.history)
-    metrics = mlflow_history(result.history)
-    for rec in result.mining_summaries:
-        for k, v in rec.items():
-            if k != "epoch":
-                metrics.setdefault(f"mining.refresh.{k}", []).append({"value": float(v), "step": int(rec["epoch"])})
-    checkpoint = dict(result.best_checkpoint)
-    checkpoint["mining"] = dict(mining)
-    return checkpoint, history, metrics, plot_training_curves(history)
+    metrics = metric_history(result.history)
+    metrics.update(metric_history(result.mining_summaries, prefix="mining.refresh."))
+    checkpoint = {**result.best_checkpoint, "mining": asdict(mining)}
+    return checkpoint, pd.DataFrame(result.history), metrics
 
 
-def plot_training_curves(history: pd.DataFrame) -> Figure:
-    """Loss terms and the selection metric per epoch."""
+def plot_training_curves(training_history: pd.DataFrame) -> Figure:
+    """Loss terms, validation recall and the learned temperature per epoch."""
+    history = training_history
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     ep = history["epoch"] + 1
     for col in ("train/loss", "train/main", "train/color_margin", "train/shape_margin"):

@@ -1,0 +1,47 @@
+"""How every configuration block of the project is declared.
+
+Each block (``DQEConfig`` beside the model, ``LossConfig`` beside the losses,
+``MiningConfig`` beside the miner, ``OptimConfig`` / ``LoopConfig`` beside the trainer,
+...) is a *validating* dataclass: an unknown key or a value of the wrong type is refused
+with the key's name, whether it comes from Python or from ``conf/`` through Kedro's
+typed parameters (Kedro instantiates a dataclass type hint from the YAML block). The
+dataclass defaults equal ``conf/base`` (a test compares them), so there is one source
+of defaults.
+"""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+from pydantic import ConfigDict
+from pydantic.dataclasses import dataclass
+
+T = TypeVar("T")
+
+#: ``extra="forbid"``: a misspelt key is an error, not a silently ignored setting.
+_STRICT = ConfigDict(extra="forbid")
+
+
+def config_block(cls: type[T]) -> type[T]:
+    """Class decorator: a dataclass that validates its fields and refuses unknown keys."""
+    return dataclass(cls, config=_STRICT)  # type: ignore[return-value]
+
+
+@config_block
+class RuntimeConfig:
+    """Where compute runs (``runtime`` in ``conf/base/parameters.yml``).
+
+    Attributes:
+        device: ``auto | cpu | cuda | cuda:N`` (``auto``: CUDA when available).
+        amp_dtype: autocast dtype on CUDA (``bfloat16 | float16 | float32``); CPU runs
+            fp32 whatever this says.
+    """
+
+    device: str = "auto"
+    amp_dtype: str = "bfloat16"
+
+    def __post_init__(self) -> None:
+        if self.amp_dtype not in ("bfloat16", "float16", "float32"):
+            raise ValueError(f"amp_dtype must be bfloat16|float16|float32, got {self.amp_dtype!r}")
+
+

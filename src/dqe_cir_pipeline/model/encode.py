@@ -1,0 +1,83 @@
+"""Embedding a gallery and a query set with a DQE-CIR model, batch by batch, no gradients.
+
+The same two functions serve validation, evaluation, negative mining and the CIRR
+submission, so every consumer sees the exact embeddings training optimised.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from dqe_cir_pipeline.model.data import FeatureSource, load_tokens, tokenize
+from dqe_cir_pipeline.model.device import autocast
+from dqe_cir_pipeline.model.dqe import DQECIR
+
+
+@dataclass
+class QueryEmbeddings:
+    """Composed-query embeddings of a query set: ``q`` (N,P), attribute ``weights`` (N,3)."""
+
+    q: torch.Tensor
+    weights: torch.Tensor
+
+
+@torch.no_grad()
+def encode_images(
+    model: DQECIR,
+    features: FeatureSource,
+    image_ids: Sequence[str],
+    *,
+    batch_size: int = 256,
+    device: torch.device | None = None,
+    amp_dtype: str | None = "bfloat16",
+) -> torch.Tensor:
+    """Target/gallery embeddings for ``image_ids``: (M, Q, P) float32 on CPU."""
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out: list[torch.Tensor] = []
+    for start in range(0, len(image_ids), batch_size):
+        tokens = load_tokens(features, image_ids[start : start + batch_size], device)
+        with autocast(device, amp_dtype):
+            emb = model.encode_targets(tokens)
+        out.append(emb.float().cpu())
+    model.train(was_training)
+    if not out:
+        raise ValueError("encode_images got no image ids")
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def encode_queries(
+    model: DQECIR,
+    features: FeatureSource,
+    tokenizer: Any,
+    reference_ids: Sequence[str],
+    texts: Sequence[str],
+    *,
+    batch_size: int = 256,
+    max_len: int = 32,
+    device: torch.device | None = None,
+    amp_dtype: str | None = "bfloat16",
+) -> QueryEmbeddings:
+    """Composed-query embeddings (N, P) and attribute weights (N, 3), float32 on CPU."""
+    if len(reference_ids) != len(texts):
+        raise ValueError("reference_ids and texts must have the same length")
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    qs: list[torch.Tensor] = []
+    ws: list[torch.Tensor] = []
+    for start in range(0, len(texts), batch_size):
+        tokens = load_tokens(features, reference_ids[start : start + batch_size], device)
+        ids, mask = tokenize(tokenizer, texts[start : start + batch_size], max_len, device)
+        with autocast(device, amp_dtype):
+            out = model.encode_queries(tokens, ids, mask)
+        qs.append(out.q.float().cpu())
+        ws.append(out.weights.float().cpu())
+    model.train(was_training)
+    return QueryEmbeddings(q=torch.cat(qs), weights=torch.cat(ws))

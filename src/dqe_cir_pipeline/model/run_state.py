@@ -1,0 +1,197 @@
+"""What a training run carries from epoch to epoch, and its checkpoints as plain dicts.
+
+``last.pt`` holds everything needed to continue bit for bit (weights, optimiser,
+schedule, RNG states, history, the current negatives); ``best.pt`` the best epoch's
+weights and metrics. Both are dicts of tensors, numbers and strings
+(``torch.load(weights_only=True)`` reads them); the dicts are built here and written
+atomically, so a killed run resumes from its last finished epoch.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from dqe_cir_pipeline.model.distributed import Distributed
+from dqe_cir_pipeline.model.mining_result import MiningResult
+from dqe_cir_pipeline.model.state import (
+    CheckpointMismatchError,
+    atomic_torch_save,
+    capture_rng_state,
+    load_torch,
+    restore_rng_state,
+)
+
+if TYPE_CHECKING:
+    from dqe_cir_pipeline.model.train import Trainer
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class FitResult:
+    """What ``fit`` returns: the best checkpoint dict and the per-epoch history."""
+
+    best_checkpoint: dict[str, Any]
+    history: list[dict[str, float]]
+    mining_summaries: list[dict[str, float]] = field(default_factory=list)
+    resumed_from_epoch: int = 0
+
+
+def state_to_cpu(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A detached CPU copy of ``model``'s state dict."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+@dataclass
+class RunState:
+    """The mutable state of one training run (rank 0 owns what it writes)."""
+
+    config: dict[str, Any]
+    backbone: dict[str, str]
+    run_dir: Path | None = None
+    is_main: bool = True
+    start_epoch: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    mining_summaries: list[dict[str, float]] = field(default_factory=list)
+    mining: MiningResult | None = None
+    best_score: float = -math.inf
+    best_epoch: int = -1
+    best_state: dict[str, torch.Tensor] | None = None
+    best_metrics: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def last_path(self) -> Path | None:
+        return self.run_dir / "last.pt" if self.run_dir else None
+
+    @property
+    def best_path(self) -> Path | None:
+        return self.run_dir / "best.pt" if self.run_dir else None
+
+    @classmethod
+    def start(cls, trainer: Trainer, backbone: dict[str, str], distributed: Distributed) -> RunState:
+        """A fresh state, or the one in ``run_dir/last.pt`` when resuming is asked for.
+
+        Raises:
+            CheckpointMismatchError: ``last.pt`` was made with another backbone or recipe.
+            RuntimeError: the ranks disagree on where to resume.
+        """
+        loop = trainer.cfg.loop
+        state = cls(
+            config=trainer.cfg.fingerprint(trainer.max_text_len),
+            backbone=dict(backbone),
+            run_dir=Path(loop.run_dir) if loop.run_dir else None,
+            is_main=distributed.is_main,
+        )
+        if loop.resume and state.last_path is not None and state.last_path.exists():
+            state._resume(trainer)
+            if distributed.rank:  # the checkpoint holds rank 0's generators: keep streams distinct
+                torch.manual_seed(loop.seed + 7919 * distributed.rank + state.start_epoch)
+            logger.info("resumed training from %s at epoch %d", state.last_path, state.start_epoch)
+        if distributed.broadcast(state.start_epoch) != state.start_epoch:
+            raise RuntimeError(
+                f"rank {distributed.rank} would resume at epoch {state.start_epoch} but rank 0 "
+                f"would not: every rank must see the same {state.last_path} (put "
+                "training.loop.run_dir on a shared file system)"
+            )
+        return state
+
+    def _resume(self, trainer: Trainer) -> None:
+        assert self.last_path is not None
+        ckpt = load_torch(self.last_path)
+        self._check_compatible(ckpt)
+        trainer.model.load_state_dict(ckpt["model"], strict=True)
+        trainer.optimizer.load_state_dict(ckpt["optimizer"])
+        trainer.scheduler.load_state_dict(ckpt["scheduler"])
+        self.start_epoch = int(ckpt["epoch"])
+        self.history = list(ckpt["history"])
+        self.mining_summaries = list(ckpt["mining_summaries"])
+        self.best_score = float(ckpt["best_score"])
+        self.best_epoch = int(ckpt["best_epoch"])
+        if ckpt.get("mining") is not None:
+            self.mining = MiningResult.from_state(ckpt["mining"])
+        if self.best_path is not None and self.best_path.exists():
+            best = load_torch(self.best_path)
+            self.best_state, self.best_metrics = best["model"], dict(best["metrics"])
+        restore_rng_state(ckpt["rng"])
+
+    def _check_compatible(self, ckpt: dict[str, Any]) -> None:
+        """Refuse to resume a run made with another backbone or recipe."""
+        problems = []
+        saved_key = ckpt.get("backbone", {}).get("key")
+        if saved_key != self.backbone.get("key"):
+            problems.append(f"backbone key {saved_key!r} != {self.backbone.get('key')!r}")
+        saved = ckpt.get("config", {})
+        for block, values in self.config.items():
+            if not isinstance(values, dict):
+                if saved.get(block) != values:
+                    problems.append(f"training.{block}: checkpoint {saved.get(block)!r} != config {values!r}")
+                continue
+            have = saved.get(block) if isinstance(saved.get(block), dict) else {}
+            for k, v in values.items():
+                if have.get(k) != v:
+                    problems.append(f"training.{block}.{k}: checkpoint {have.get(k)!r} != config {v!r}")
+        if problems:
+            raise CheckpointMismatchError(
+                f"cannot resume from {self.last_path}: " + "; ".join(problems)
+                + ". Set training.loop.resume: false or point training.loop.run_dir at a new folder."
+            )
+
+    def end_epoch(
+        self, epoch: int, record: dict[str, float], score: float, metrics: dict[str, float],
+        trainer: Trainer,
+    ) -> None:
+        """Record the epoch, keep the best weights, write ``best.pt`` / ``last.pt`` (rank 0)."""
+        self.history.append(record)
+        if score > self.best_score:
+            self.best_score, self.best_epoch = score, epoch
+            self.best_state, self.best_metrics = state_to_cpu(trainer.model), dict(metrics)
+            if self.best_path is not None and self.is_main:
+                atomic_torch_save(
+                    self.best_path, {"model": self.best_state, "metrics": self.best_metrics, "epoch": epoch}
+                )
+        if self.last_path is not None and self.is_main:
+            atomic_torch_save(self.last_path, self.last_checkpoint(epoch + 1, trainer))
+
+    def last_checkpoint(self, next_epoch: int, trainer: Trainer) -> dict[str, Any]:
+        """Everything a resumed run needs to continue at ``next_epoch``."""
+        return {
+            "model": state_to_cpu(trainer.model),
+            "optimizer": trainer.optimizer.state_dict(),
+            "scheduler": trainer.scheduler.state_dict(),
+            "rng": capture_rng_state(),
+            "epoch": next_epoch,
+            "config": self.config,
+            "backbone": self.backbone,
+            "history": self.history,
+            "mining_summaries": self.mining_summaries,
+            "best_score": self.best_score,
+            "best_epoch": self.best_epoch,
+            "mining": None if self.mining is None else self.mining.to_state(),
+        }
+
+    def best_checkpoint(self) -> dict[str, Any]:
+        """The best epoch's weights with the recipe, backbone and validation metrics."""
+        if self.best_state is None:
+            raise RuntimeError("training ran no epoch: check training.loop.epochs and the resume state")
+        return {
+            "model": self.best_state,
+            "epoch": self.best_epoch,
+            "config": self.config,
+            "backbone": self.backbone,
+            "metrics": self.best_metrics,
+        }
+
+    def result(self) -> FitResult:
+        return FitResult(
+            best_checkpoint=self.best_checkpoint(),
+            history=self.history,
+            mining_summaries=self.mining_summaries,
+            resumed_from_epoch=self.start_epoch,
+        )

@@ -1,0 +1,81 @@
+"""Typed parameters: one source of defaults, and every block refuses bad keys by name."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict
+from typing import Any
+
+import pytest
+from kedro.validation.exceptions import ParameterValidationError
+from kedro.validation.parameter_validator import ParameterValidator
+
+from dqe_cir_pipeline.config_loader import project_config_loader
+from dqe_cir_pipeline.model.backbone import BackboneConfig
+from dqe_cir_pipeline.model.config import RuntimeConfig
+from dqe_cir_pipeline.model.negatives import MiningConfig
+from dqe_cir_pipeline.model.train import TrainingConfig
+from dqe_cir_pipeline.pipeline_registry import register_pipelines
+from dqe_cir_pipeline.pipelines.embedding_extraction.nodes import ExtractionConfig
+from dqe_cir_pipeline.pipelines.evaluation.nodes import EvaluationConfig
+
+BLOCKS: dict[str, type] = {
+    "backbone": BackboneConfig,
+    "runtime": RuntimeConfig,
+    "extraction": ExtractionConfig,
+    "mining": MiningConfig,
+    "training": TrainingConfig,
+    "evaluation": EvaluationConfig,
+}
+#: Paths under the data root: the YAML resolves them, the dataclass cannot know them.
+LOCATIONS = {("backbone", "tiny_dir"), ("training", "loop", "run_dir")}
+
+
+@pytest.fixture(scope="module")
+def base_params() -> dict[str, Any]:
+    return project_config_loader("base")["parameters"]
+
+
+def _drop_locations(values: dict[str, Any], path: tuple[str, ...]) -> dict[str, Any]:
+    out = {}
+    for key, value in values.items():
+        if path + (key,) in LOCATIONS:
+            continue
+        out[key] = _drop_locations(value, path + (key,)) if isinstance(value, dict) else value
+    return out
+
+
+@pytest.mark.parametrize("block", sorted(BLOCKS))
+def test_dataclass_defaults_equal_conf_base(block: str, base_params: dict[str, Any]) -> None:
+    defaults = _drop_locations(asdict(BLOCKS[block]()), (block,))
+    assert _drop_locations(base_params[block], (block,)) == defaults
+
+
+def test_every_typed_block_is_validated_at_startup(base_params: dict[str, Any]) -> None:
+    validated = ParameterValidator(register_pipelines()).validate_raw_params(base_params)
+    for block, cls in BLOCKS.items():
+        assert isinstance(validated[block], cls), block
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "named"),
+    [
+        (("training", "loop", "epochz"), 3, "epochz"),
+        (("training", "loop", "epochs"), "three", "epochs"),
+        (("training", "optim", "lr"), "fast", "lr"),
+        (("mining", "zone_quantil"), 0.1, "zone_quantil"),
+        (("evaluation", "ks"), "ten", "ks"),
+        (("backbone", "tiny", "vision_layerz"), 2, "vision_layerz"),
+        (("runtime", "amp_dtype"), "int8", "amp_dtype"),
+    ],
+)
+def test_bad_keys_and_types_are_refused_by_name(
+    path: tuple[str, ...], value: object, named: str, base_params: dict[str, Any]
+) -> None:
+    params = copy.deepcopy(base_params)
+    node = params
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    with pytest.raises(ParameterValidationError, match=named):
+        ParameterValidator(register_pipelines()).validate_raw_params(params)
