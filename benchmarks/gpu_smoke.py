@@ -53,7 +53,7 @@ from dqe_cir_pipeline.model.backbone import TinyBackboneSpec  # noqa: E402
 FULL_SIZE = TinyBackboneSpec(
     image_size=224, patch_size=14, vision_hidden=1408, vision_layers=39, vision_heads=16,
     vision_mlp=6144, qformer_hidden=768, qformer_layers=12, qformer_heads=12, qformer_mlp=3072,
-    cross_attention_frequency=2, num_query_tokens=32, projection_dim=256, max_text_len=32,
+    cross_attention_frequency=2, num_query_tokens=32, projection_dim=256, max_position_embeddings=32,
     vocab_size=30523,
 )
 SIZES = {"full": FULL_SIZE, "tiny": TinyBackboneSpec()}

@@ -77,7 +77,7 @@ def prepare(root: Path, params: dict[str, Any], device: torch.device) -> dict[st
         CIRRConfig(splits=("train", "val"), dataset_name="synthetic", version=None),
     )
     images, triplets = tables.images, tables.triplets
-    bcfg = BackboneConfig.from_dict({**params["backbone"], "tiny_dir": str(root / "tiny_backbone")})
+    bcfg = BackboneConfig(**{**params["backbone"], "tiny_dir": str(root / "tiny_backbone")})
     backbone = load_backbone(bcfg, train_captions(triplets))
     unique = images.drop_duplicates("image_id")
     t0 = time.perf_counter()

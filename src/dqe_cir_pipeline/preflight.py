@@ -280,7 +280,7 @@ def check_backbone(backbone: dict[str, Any], report: Report, skip: bool = False)
     """Load the backbone; return its ViT token grid (tokens, dim) for the cache estimate."""
     from dqe_cir_pipeline.model.backbone import BackboneConfig, BackboneNotFoundError, load_backbone
 
-    cfg = BackboneConfig.from_dict(backbone)
+    cfg = BackboneConfig(**backbone)
     if cfg.source == "tiny":
         spec = cfg.tiny
         tokens = (spec.image_size // spec.patch_size) ** 2 + 1

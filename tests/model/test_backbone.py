@@ -161,15 +161,12 @@ def test_missing_pretrained_raises_helpful_error() -> None:
     assert "backbone.name_or_path" in msg and "conf/local/parameters.yml" in msg
 
 
-def test_config_from_dict() -> None:
-    cfg = BackboneConfig.from_dict(
-        {"source": "tiny", "tiny": {"image_size": 32}, "max_text_len": 16}
-    )
+def test_config_from_a_parameters_dict() -> None:
+    cfg = BackboneConfig(**{"source": "tiny", "tiny": {"image_size": 32}, "max_text_len": 16})
     assert cfg.tiny.image_size == 32 and cfg.tiny.patch_size == 8 and cfg.max_text_len == 16
-    assert BackboneConfig.from_dict(None) == BackboneConfig()
-    with pytest.raises(TypeError):
-        BackboneConfig.from_dict({"sauce": "tiny"})
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="sauce"):
+        BackboneConfig(**{"sauce": "tiny"})
+    with pytest.raises(ValueError, match="huge"):
         BackboneConfig(source="huge")
 
 

@@ -21,7 +21,7 @@ import shutil
 import tempfile
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +70,7 @@ class TinyBackboneSpec:
     cross_attention_frequency: int = 1  # [design] every tiny layer cross-attends (BLIP-2 uses 2)
     num_query_tokens: int = 16
     projection_dim: int = 64
-    max_text_len: int = 32
+    max_position_embeddings: int = 32  # text positions of the tiny Q-Former
     vocab_size: int = 1000
     init_std: float = 0.02
     seed: int = 0
@@ -100,17 +100,6 @@ class BackboneConfig:
         if self.source not in ("tiny", "pretrained"):
             raise ValueError(f"backbone.source must be 'tiny' or 'pretrained', got {self.source!r}")
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any] | None) -> BackboneConfig:
-        """Build from a (Kedro parameters) dict; unknown keys raise ``TypeError``."""
-        d = dict(d or {})
-        tiny = d.pop("tiny", None)
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise TypeError(f"unknown backbone config keys: {sorted(unknown)}")
-        spec = tiny if isinstance(tiny, TinyBackboneSpec) else TinyBackboneSpec(**(tiny or {}))
-        return cls(tiny=spec, **d)
 
 
 @dataclass
@@ -215,7 +204,7 @@ def tiny_blip2_config(spec: TinyBackboneSpec) -> Blip2Config:
         num_hidden_layers=spec.qformer_layers,
         num_attention_heads=spec.qformer_heads,
         intermediate_size=spec.qformer_mlp,
-        max_position_embeddings=spec.max_text_len,
+        max_position_embeddings=spec.max_position_embeddings,
         initializer_range=spec.init_std,
         encoder_hidden_size=spec.vision_hidden,
         cross_attention_frequency=spec.cross_attention_frequency,
@@ -254,8 +243,20 @@ def _load_tiny(out_dir: Path, spec: TinyBackboneSpec, max_text_len: int | None =
         preprocessor=ImagePreprocessor(spec.image_size),
         key=_tiny_key(spec, tokenizer, out_dir),
         name="tiny",
-        max_text_len=min(max_text_len or spec.max_text_len, spec.max_text_len),
+        max_text_len=_text_len(spec, max_text_len),
     )
+
+
+def _text_len(spec: TinyBackboneSpec, max_text_len: int | None) -> int:
+    """The truncation length: ``max_text_len``, which the tiny model must have positions for."""
+    if max_text_len is None:
+        return spec.max_position_embeddings
+    if max_text_len > spec.max_position_embeddings:
+        raise ValueError(
+            f"backbone.max_text_len = {max_text_len} exceeds the tiny backbone's "
+            f"{spec.max_position_embeddings} text positions (backbone.tiny.max_position_embeddings)"
+        )
+    return max_text_len
 
 
 def build_tiny_backbone(
@@ -275,7 +276,8 @@ def build_tiny_backbone(
         spec: tiny hyper-parameters (``seed`` fixes the weights).
         captions: texts to train the WordPiece vocabulary on.
         out_dir: folder for ``save_pretrained`` (written atomically: temp dir + rename).
-        max_text_len: tokenizer truncation (default and upper bound: ``spec.max_text_len``).
+        max_text_len: tokenizer truncation (default and upper bound:
+            ``spec.max_position_embeddings``).
 
     Returns:
         The backbone, loaded back from ``out_dir`` (so a fresh build and a reuse are
@@ -299,7 +301,7 @@ def build_tiny_backbone(
     elif out.exists() and any(out.iterdir()):  # never delete a folder that is not ours
         raise FileExistsError(f"{out} exists and is not a tiny backbone; choose another tiny_dir")
 
-    tokenizer = train_wordpiece_tokenizer(caption_list, spec.vocab_size, spec.max_text_len)
+    tokenizer = train_wordpiece_tokenizer(caption_list, spec.vocab_size, spec.max_position_embeddings)
     config = tiny_blip2_config(spec)
     # Seeded construction without disturbing the caller's global RNG state.
     with torch.random.fork_rng(devices=[]):
