@@ -16,10 +16,12 @@ from dqe_cir_pipeline.model.config import RuntimeConfig
 from dqe_cir_pipeline.model.negatives import MiningConfig
 from dqe_cir_pipeline.model.train import TrainingConfig
 from dqe_cir_pipeline.pipeline_registry import register_pipelines
+from dqe_cir_pipeline.pipelines.data_ingestion.nodes import DataConfig
 from dqe_cir_pipeline.pipelines.embedding_extraction.nodes import ExtractionConfig
 from dqe_cir_pipeline.pipelines.evaluation.nodes import EvaluationConfig
 
 BLOCKS: dict[str, type] = {
+    "data": DataConfig,
     "backbone": BackboneConfig,
     "runtime": RuntimeConfig,
     "extraction": ExtractionConfig,
@@ -28,7 +30,16 @@ BLOCKS: dict[str, type] = {
     "evaluation": EvaluationConfig,
 }
 #: Paths under the data root: the YAML resolves them, the dataclass cannot know them.
-LOCATIONS = {("backbone", "tiny_dir"), ("training", "loop", "run_dir")}
+LOCATIONS = {
+    ("backbone", "tiny_dir"),
+    ("training", "loop", "run_dir"),
+    ("data", "benchmark"),  # from the environment's globals.yml
+    ("data", "synthetic"),  # checked below against the generator's own configuration
+    ("data", "fashioniq", "annotation_root"),
+    ("data", "fashioniq", "image_root"),
+    ("data", "cirr", "annotation_root"),
+    ("data", "cirr", "image_root"),
+}
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +78,9 @@ def test_every_typed_block_is_validated_at_startup(base_params: dict[str, Any]) 
         (("evaluation", "ks"), "ten", "ks"),
         (("backbone", "tiny", "vision_layerz"), 2, "vision_layerz"),
         (("runtime", "amp_dtype"), "int8", "amp_dtype"),
+        (("data", "synthetic", "val_familys"), 3, "val_familys"),
+        (("data", "cirr", "split"), ["val"], "split"),
+        (("data", "benchmark"), "imagenet", "imagenet"),
     ],
 )
 def test_bad_keys_and_types_are_refused_by_name(

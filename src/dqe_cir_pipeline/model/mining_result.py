@@ -111,7 +111,7 @@ class MiningResult:
         for f in fields(self):
             v = getattr(self, f.name)
             if isinstance(v, np.ndarray):
-                v = torch.from_numpy(np.ascontiguousarray(v))
+                v = torch.from_numpy(np.array(v, copy=True))  # a copy: arrays read from Parquet are read-only
             out[f.name] = list(v) if isinstance(v, tuple) else v
         return out
 

@@ -1,6 +1,6 @@
 """Image preprocessing shared by training, caching and evaluation.
 
-The CIR anchors (CLIP4Cir, SPRC, QuRe) all use the same deterministic transform, so the
+The published CIR methods (CLIP4Cir, SPRC, QuRe) all use the same deterministic transform, so the
 frozen ViT tokens can be cached once per image:
 
 1. convert to RGB;
@@ -34,7 +34,7 @@ def target_pad(img: Image.Image, ratio: float) -> Image.Image:
     """Pad the short side (black, centred) so the aspect ratio becomes ``ratio``.
 
     Images whose aspect ratio is below ``ratio`` are returned unchanged. Each side of
-    the short dimension gets ``int((long / ratio - short) / 2)`` pixels, the anchors'
+    the short dimension gets ``int((long / ratio - short) / 2)`` pixels, those methods'
     rounding, so the ratio is exact whenever ``long / ratio - short`` is an even integer
     and within two pixels of it otherwise.
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from dataclasses import field, fields
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from dqe_cir_pipeline.data_sources.common import IngestResult, enforce_rejection
 from dqe_cir_pipeline.data_sources.fashioniq import FashionIQConfig, read_fashioniq
 from dqe_cir_pipeline.data_sources.synthetic import SyntheticConfig, generate_benchmark
 from dqe_cir_pipeline.io_utils import SHORT_HASH_CHARS
+from dqe_cir_pipeline.model.config import config_block
 from dqe_cir_pipeline.tracking import metric_values
 
 logger = logging.getLogger(__name__)
@@ -21,24 +23,76 @@ logger = logging.getLogger(__name__)
 BENCHMARKS = ("synthetic", "fashioniq", "cirr")
 
 
-def prepare_benchmark_source(data: dict[str, Any]) -> dict[str, Any]:
+@config_block
+class FashionIQSource:
+    """Where FashionIQ lies and what to read of it (``data.fashioniq``)."""
+
+    annotation_root: str = "data/fashioniq/01_raw/annotations"
+    image_root: str = "data/fashioniq/01_raw/images"
+    categories: list[str] = field(default_factory=lambda: ["dress", "shirt", "toptee"])
+    splits: list[str] = field(default_factory=lambda: ["train", "val"])
+    image_exts: list[str] = field(default_factory=lambda: ["jpg", "png"])
+    random_train_forms: bool = True
+
+
+@config_block
+class CIRRSource:
+    """Where CIRR lies and what to read of it (``data.cirr``)."""
+
+    annotation_root: str = "data/cirr/01_raw/annotations"
+    image_root: str = "data/cirr/01_raw/images"
+    splits: list[str] = field(default_factory=lambda: ["train", "val", "test1"])
+    image_only_splits: list[str] = field(default_factory=list)
+
+
+@config_block
+class DataConfig:
+    """The ``data`` block: which benchmark, the rejection threshold, each benchmark's source.
+
+    ``synthetic`` holds the generator's settings (``SyntheticConfig``'s fields) plus
+    ``root``, the folder it writes; they are checked here, at start-up, by building the
+    generator's configuration once.
+    """
+
+    benchmark: str = "synthetic"
+    max_rejected_fraction: float = 0.02
+    check_workers: int = 8
+    synthetic: dict[str, Any] = field(default_factory=lambda: {"root": "data/synthetic/01_raw/benchmark"})
+    fashioniq: FashionIQSource = field(default_factory=FashionIQSource)
+    cirr: CIRRSource = field(default_factory=CIRRSource)
+
+    def __post_init__(self) -> None:
+        if self.benchmark not in BENCHMARKS:
+            raise ValueError(f"data.benchmark must be one of {BENCHMARKS}, got {self.benchmark!r}")
+        if "root" not in self.synthetic:
+            raise ValueError("data.synthetic.root is missing: the folder the benchmark is written to")
+        self.generator()  # an unknown key or a bad value fails now, naming it
+
+    def generator(self) -> SyntheticConfig:
+        """The generated benchmark's settings (``data.synthetic`` without ``root``)."""
+        settings = {k: v for k, v in self.synthetic.items() if k != "root"}
+        known = {f.name for f in fields(SyntheticConfig)}
+        unknown = sorted(set(settings) - known)
+        if unknown:
+            raise ValueError(f"unknown data.synthetic keys {unknown}; known: {sorted(known)}")
+        return SyntheticConfig(**settings)
+
+
+def prepare_benchmark_source(data: DataConfig) -> dict[str, Any]:
     """Generate the embedded benchmark, or check that a real benchmark's folders exist.
 
     Returns:
         ``{"dataset", "annotation_root", "image_root", "generation"}``: where the reader
         finds the benchmark, and the generator's summary for the synthetic one.
     """
-    benchmark = data["benchmark"]
-    if benchmark not in BENCHMARKS:
-        raise ValueError(f"data.benchmark must be one of {BENCHMARKS}, got {benchmark!r}")
+    benchmark = data.benchmark
     if benchmark == "synthetic":
-        params = dict(data["synthetic"])
-        root = params.pop("root")
-        summary = generate_benchmark(root, SyntheticConfig(**params))
+        root = str(data.synthetic["root"])
+        summary = generate_benchmark(root, data.generator())
         return {"dataset": "synthetic", "annotation_root": root, "image_root": root, "generation": summary}
-    cfg = data[benchmark]
+    cfg = getattr(data, benchmark)
     for key in ("annotation_root", "image_root"):
-        path = Path(cfg[key])
+        path = Path(getattr(cfg, key))
         if not path.is_dir():
             raise FileNotFoundError(
                 f"{benchmark}: data.{benchmark}.{key} = {path} is not a folder. Download the "
@@ -47,40 +101,38 @@ def prepare_benchmark_source(data: dict[str, Any]) -> dict[str, Any]:
             )
     return {
         "dataset": benchmark,
-        "annotation_root": str(cfg["annotation_root"]),
-        "image_root": str(cfg["image_root"]),
+        "annotation_root": cfg.annotation_root,
+        "image_root": cfg.image_root,
         "generation": {},
     }
 
 
 def ingest_benchmark(
-    source: dict[str, Any], data: dict[str, Any]
+    source: dict[str, Any], data: DataConfig
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Read the benchmark into the canonical images / triplets / quarantine tables."""
     dataset = source["dataset"]
-    workers = data.get("check_workers")
+    workers = data.check_workers
     if dataset == "fashioniq":
-        p = data["fashioniq"]
+        fiq = data.fashioniq
         result = read_fashioniq(
             source["annotation_root"],
             source["image_root"],
             FashionIQConfig(
-                categories=tuple(p["categories"]),
-                splits=tuple(p["splits"]),
-                image_exts=tuple(p["image_exts"]),
-                random_train_forms=bool(p["random_train_forms"]),
+                categories=tuple(fiq.categories),
+                splits=tuple(fiq.splits),
+                image_exts=tuple(fiq.image_exts),
+                random_train_forms=fiq.random_train_forms,
                 workers=workers,
             ),
         )
     elif dataset == "cirr":
-        p = data["cirr"]
-        splits = tuple(p["splits"])
         result = read_cirr(
             source["annotation_root"],
             source["image_root"],
             CIRRConfig(
-                splits=splits,
-                image_only_splits=tuple(p.get("image_only_splits", ())),
+                splits=tuple(data.cirr.splits),
+                image_only_splits=tuple(data.cirr.image_only_splits),
                 workers=workers,
             ),
         )
@@ -110,7 +162,7 @@ def fingerprint(images: pd.DataFrame, triplets: pd.DataFrame) -> str:
 
 
 def validate_ingestion(
-    images: pd.DataFrame, triplets: pd.DataFrame, quarantine: pd.DataFrame, data: dict[str, Any]
+    images: pd.DataFrame, triplets: pd.DataFrame, quarantine: pd.DataFrame, data: DataConfig
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Fail on too many rejections; report counts (JSON) and MLflow metrics.
 
@@ -118,7 +170,7 @@ def validate_ingestion(
     leaves the rejected rows on disk for inspection.
     """
     result = IngestResult(images=images, triplets=triplets, quarantine=quarantine)
-    enforce_rejection_threshold(result, float(data["max_rejected_fraction"]))
+    enforce_rejection_threshold(result, data.max_rejected_fraction)
     counts = result.counts()
     per_split = {
         f"triplets/{split}": int(n) for split, n in triplets.groupby("split").size().items()
