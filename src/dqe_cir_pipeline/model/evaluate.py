@@ -107,7 +107,7 @@ def weight_stats(weights: torch.Tensor, edit_types: Sequence[str]) -> dict[str, 
     w = weights.numpy()
     groups = np.asarray(edit_types)
     out: dict[str, float] = {}
-    for et in dict.fromkeys(edit_types):  # the edit types present, in order of appearance
+    for et in sorted(set(edit_types)):  # the edit types present (sorted, as the recall breakdown)
         sel = groups == et
         if sel.any():
             for j, name in enumerate(("base", "color", "shape")):
