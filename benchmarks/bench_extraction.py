@@ -83,7 +83,11 @@ def matmul_peak(
 
 
 def model_only_rate(
-    bench: BenchModel, device: torch.device, batch: int, batches: int, warmup: int = 2,
+    bench: BenchModel,
+    device: torch.device,
+    batch: int,
+    batches: int,
+    warmup: int = 2,
     amp_dtype: str = "bfloat16",
 ) -> float:
     """Images/s of ``encode_vit`` on random pixels already on the device."""
@@ -102,15 +106,25 @@ def model_only_rate(
 
 
 def end_to_end_rate(
-    bench: BenchModel, device: torch.device, paths: Sequence[str], out_file: Path, batch: int,
-    workers: int, amp_dtype: str = "bfloat16",
+    bench: BenchModel,
+    device: torch.device,
+    paths: Sequence[str],
+    out_file: Path,
+    batch: int,
+    workers: int,
+    amp_dtype: str = "bfloat16",
 ) -> float:
     """Images/s of PNG files -> ``VitEncoder`` -> fp16 ``.npy`` memmap on disk (flushed)."""
     backbone = Backbone(
-        model=bench.model, tokenizer=None, preprocessor=ImagePreprocessor(bench.image_size),  # type: ignore[arg-type]
-        key="bench", name=bench.preset,
+        model=bench.model,
+        tokenizer=None,
+        preprocessor=ImagePreprocessor(bench.image_size),  # type: ignore[arg-type]
+        key="bench",
+        name=bench.preset,
     )
-    encoder = VitEncoder(backbone, device, batch_size=batch, num_workers=workers, amp_dtype=amp_dtype)
+    encoder = VitEncoder(
+        backbone, device, batch_size=batch, num_workers=workers, amp_dtype=amp_dtype
+    )
     encoder(list(paths[: min(len(paths), batch)]))  # warm-up (kernels, page cache)
     sync(device)
     t0 = time.perf_counter()
@@ -163,12 +177,18 @@ def run_extraction_bench(
     peak = peak or matmul_peak(device)
     nb = model_batches or max(3, images // batch)
     res = into if into is not None else {}
-    res.update({
-        "preset": bench.preset, "device": str(device), "batch": batch, "workers": workers,
-        "amp_dtype": amp_dtype if device.type == "cuda" else "float32",
-        "gflop_per_image": flops / 1e9, "peak_tflops": peak["peak_tflops"],
-        "peak_matmul": f"{peak['n']}^3 {peak['dtype']}",
-    })
+    res.update(
+        {
+            "preset": bench.preset,
+            "device": str(device),
+            "batch": batch,
+            "workers": workers,
+            "amp_dtype": amp_dtype if device.type == "cuda" else "float32",
+            "gflop_per_image": flops / 1e9,
+            "peak_tflops": peak["peak_tflops"],
+            "peak_matmul": f"{peak['n']}^3 {peak['dtype']}",
+        }
+    )
     rate = model_only_rate(bench, device, batch, nb, amp_dtype=amp_dtype)
     res["model_only_images_per_s"] = rate
     res["model_only_tflops"] = rate * flops / 1e12
@@ -182,7 +202,9 @@ def run_extraction_bench(
         files = write_random_pngs(Path(tmp) / "png", uniq, (w, h), seed)
         res["setup_png_s"] = time.perf_counter() - t0
         paths = [files[i % uniq] for i in range(images)]
-        e2e = end_to_end_rate(bench, device, paths, Path(tmp) / "feats.npy", batch, workers, amp_dtype)
+        e2e = end_to_end_rate(
+            bench, device, paths, Path(tmp) / "feats.npy", batch, workers, amp_dtype
+        )
     res.update({"images": images, "unique_pngs": uniq, "png_size": [w, h]})
     res["e2e_images_per_s"] = e2e
     res["e2e_tflops"] = e2e * flops / 1e12
@@ -193,18 +215,22 @@ def run_extraction_bench(
 
 def format_report(res: dict[str, Any]) -> str:
     """Human-readable lines of the figures."""
-    return "\n".join([
-        f"preset {res['preset']} on {res['device']} ({res['amp_dtype']}), batch {res['batch']}, "
-        f"{res['gflop_per_image']:.2f} GFLOP/image, measured peak {res['peak_tflops']:.2f} TFLOP/s "
-        f"({res['peak_matmul']})",
-        f"  model-only  {res['model_only_images_per_s']:10.1f} images/s  "
-        f"{res['model_only_tflops']:.3f} TFLOP/s  MFU {100 * res['model_only_mfu']:.1f}%",
-        f"  end to end  {res['e2e_images_per_s']:10.1f} images/s  "
-        f"{res['e2e_tflops']:.3f} TFLOP/s  MFU {100 * res['e2e_mfu']:.1f}%  "
-        f"= {res['e2e_pct_of_model_only']:.1f}% of model-only "
-        f"({res['images']} images from {res['unique_pngs']} PNGs "
-        f"{res['png_size'][0]}x{res['png_size'][1]}, {res['workers']} workers)",
-    ])
+    return "\n".join(
+        [
+            f"preset {res['preset']} on {res['device']} ({res['amp_dtype']}), batch "
+            f"{res['batch']}, "
+            f"{res['gflop_per_image']:.2f} GFLOP/image, measured peak "
+            f"{res['peak_tflops']:.2f} TFLOP/s "
+            f"({res['peak_matmul']})",
+            f"  model-only  {res['model_only_images_per_s']:10.1f} images/s  "
+            f"{res['model_only_tflops']:.3f} TFLOP/s  MFU {100 * res['model_only_mfu']:.1f}%",
+            f"  end to end  {res['e2e_images_per_s']:10.1f} images/s  "
+            f"{res['e2e_tflops']:.3f} TFLOP/s  MFU {100 * res['e2e_mfu']:.1f}%  "
+            f"= {res['e2e_pct_of_model_only']:.1f}% of model-only "
+            f"({res['images']} images from {res['unique_pngs']} PNGs "
+            f"{res['png_size'][0]}x{res['png_size'][1]}, {res['workers']} workers)",
+        ]
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -226,8 +252,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     device = resolve_device(args.device)
     bench = build_model(args.preset, device, args.seed)
     res = run_extraction_bench(
-        bench, device, images=args.images, batch=args.batch, workers=args.workers,
-        unique_images=args.unique_images, amp_dtype=args.amp_dtype, seed=args.seed,
+        bench,
+        device,
+        images=args.images,
+        batch=args.batch,
+        workers=args.workers,
+        unique_images=args.unique_images,
+        amp_dtype=args.amp_dtype,
+        seed=args.seed,
     )
     res["torch_threads"] = torch.get_num_threads()
     print(format_report(res))

@@ -10,7 +10,8 @@ Usage::
 
     .venv/bin/python benchmarks/bench_mining.py
     .venv/bin/python benchmarks/bench_mining.py --strategy qure --large
-    .venv/bin/python benchmarks/bench_mining.py --queries 20000 --pool 20000 --tokens 32 --dim 256 --device cuda
+    .venv/bin/python benchmarks/bench_mining.py --queries 20000 --pool 20000 \
+        --tokens 32 --dim 256 --device cuda
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ def run_point(n: int, m: int, q: int, p: int, cfg: MiningConfig, device: str, se
         f"(full N x M x Q fp32 tensor would be {n * m * q * 4 / 2**30:.2f} GiB)"
     )
     print(
-        "  zone mean {:.1f} median {:.0f}, empty-zone rate {:.3f}, mean delta {:.3f}, fallbacks {}".format(
+        "  zone mean {:.1f} median {:.0f}, empty-zone rate {:.3f}, mean delta {:.3f}, "
+        "fallbacks {}".format(
             s["zone_size/mean"],
             s["zone_size/median"],
             s["empty_zone_rate"],

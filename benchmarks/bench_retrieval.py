@@ -62,13 +62,15 @@ def main() -> None:
         lambda: ranks.append(target_ranks(queries, gallery, target, chunk_size=args.chunk_size))
     )
     print(
-        f"target_ranks: {dt:.2f} s ({flops / dt / 1e9:.1f} GFLOP/s), peak RSS growth {mem / 2**20:.0f} MiB; "
+        f"target_ranks: {dt:.2f} s ({flops / dt / 1e9:.1f} GFLOP/s), peak RSS growth "
+        f"{mem / 2**20:.0f} MiB; "
         f"R@10 on random data {float((ranks[0] < 10).float().mean() * 100):.2f} % "
         f"(chance {100 * 10 / m:.2f} %)"
     )
     dt, mem, _ = measure(lambda: topk(queries, gallery, args.k, chunk_size=args.chunk_size))
     print(
-        f"topk({args.k}): {dt:.2f} s ({flops / dt / 1e9:.1f} GFLOP/s), peak RSS growth {mem / 2**20:.0f} MiB"
+        f"topk({args.k}): {dt:.2f} s ({flops / dt / 1e9:.1f} GFLOP/s), peak RSS growth "
+        f"{mem / 2**20:.0f} MiB"
     )
 
 

@@ -183,9 +183,7 @@ def build_model(
 
 
 # --------------------------------------------------------------------------- data
-def write_random_pngs(
-    folder: Path, n: int, size: tuple[int, int], seed: int = 0
-) -> list[str]:
+def write_random_pngs(folder: Path, n: int, size: tuple[int, int], seed: int = 0) -> list[str]:
     """Write ``n`` random RGB PNGs of ``size`` (w, h) into ``folder``.
 
     The pictures are smooth colour fields (an 8x8 random grid, bicubic upsampled) plus
@@ -228,7 +226,9 @@ def write_token_memmap(path: Path, n: int, tokens: int, width: int, seed: int = 
 class _TripletPixels(Dataset):
     """Item k -> preprocessed (reference, target, negative) pixels of random PNG files."""
 
-    def __init__(self, paths: Sequence[str], picks: np.ndarray, preprocess: ImagePreprocessor) -> None:
+    def __init__(
+        self, paths: Sequence[str], picks: np.ndarray, preprocess: ImagePreprocessor
+    ) -> None:
         self.paths = list(paths)
         self.picks = picks  # (items, 3) file indices
         self.preprocess = preprocess
@@ -281,8 +281,13 @@ class Stepper:
     """
 
     def __init__(
-        self, bench: BenchModel, device: torch.device, amp_dtype: str, text_len: int,
-        batch: int, seed: int = 0,
+        self,
+        bench: BenchModel,
+        device: torch.device,
+        amp_dtype: str,
+        text_len: int,
+        batch: int,
+        seed: int = 0,
     ) -> None:
         self.bench = bench
         self.device = device
@@ -380,12 +385,20 @@ def run_training_bench(
     tokens = [torch.randn(batch, t, d, generator=g).to(device) for _ in range(3)]
     pixels = [torch.randn(batch, 3, s, s, generator=g).to(device) for _ in range(3)]
     res = into if into is not None else {}
-    res.update({
-        "preset": bench.preset, "device": str(device), "batch": batch, "steps": steps,
-        "warmup": warmup, "amp_dtype": amp_dtype if device.type == "cuda" else "float32",
-        "vit_tokens": t, "vit_width": d, "image_size": s,
-        "trainable_params": sum(p.numel() for p in stepper.dqe.trainable_parameters()),
-    })
+    res.update(
+        {
+            "preset": bench.preset,
+            "device": str(device),
+            "batch": batch,
+            "steps": steps,
+            "warmup": warmup,
+            "amp_dtype": amp_dtype if device.type == "cuda" else "float32",
+            "vit_tokens": t,
+            "vit_width": d,
+            "image_size": s,
+            "trainable_params": sum(p.numel() for p in stepper.dqe.trainable_parameters()),
+        }
+    )
 
     def cached() -> None:
         stepper.step(*tokens)
@@ -425,13 +438,15 @@ def run_training_bench(
 
         # cached: gather from the memmap in the training loop (model.data.load_tokens)
         for _ in range(max(1, warmup)):  # touch the pages: the cache is warm in practice
-            stepper.step(*(load_cached_tokens(mm, rng.integers(0, images, batch), device)
-                           for _ in range(3)))
+            stepper.step(
+                *(load_cached_tokens(mm, rng.integers(0, images, batch), device) for _ in range(3))
+            )
         sync(device)
         t0 = time.perf_counter()
         for _ in range(n_e2e):
-            ref, tgt, neg = (load_cached_tokens(mm, rng.integers(0, images, batch), device)
-                             for _ in range(3))
+            ref, tgt, neg = (
+                load_cached_tokens(mm, rng.integers(0, images, batch), device) for _ in range(3)
+            )
             stepper.step(ref, tgt, neg)
         sync(device)
         sec = time.perf_counter() - t0
@@ -448,7 +463,9 @@ def run_training_bench(
         sync(device)
         sec = time.perf_counter() - t0
         res["e2e_cached_prefetch_triplets_per_s"] = batch * n_e2e / sec
-        res["e2e_prefetch_speedup"] = res["e2e_cached_prefetch_triplets_per_s"] / res["e2e_cached_triplets_per_s"]
+        res["e2e_prefetch_speedup"] = (
+            res["e2e_cached_prefetch_triplets_per_s"] / res["e2e_cached_triplets_per_s"]
+        )
 
         # recompute: decode + preprocess PNGs in DataLoader workers, ViT every step
         picks = rng.integers(0, images, (batch * n_e2e, 3))
@@ -490,7 +507,8 @@ def format_report(res: dict[str, Any]) -> str:
         lines += [
             f"  end to end  cached    {res['e2e_cached_triplets_per_s']:10.1f} triplets/s "
             f"(fp16 memmap of {res['images']} images, gathered in the loop, fp32 cast on the host)",
-            f"  end to end  cached, prefetched {res['e2e_cached_prefetch_triplets_per_s']:10.1f} triplets/s "
+            "  end to end  cached, prefetched "
+            f"{res['e2e_cached_prefetch_triplets_per_s']:10.1f} triplets/s "
             f"(the trainer: one batch ahead on a thread, fp16 to the device) = "
             f"{res['e2e_prefetch_speedup']:.2f}x",
             f"  end to end  recompute {res['e2e_recompute_triplets_per_s']:10.1f} triplets/s "
@@ -508,7 +526,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--steps", type=int, default=10, help="timed steps per mode")
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps per mode")
-    ap.add_argument("--e2e-steps", type=int, default=None, help="end-to-end steps (default --steps)")
+    ap.add_argument(
+        "--e2e-steps", type=int, default=None, help="end-to-end steps (default --steps)"
+    )
     ap.add_argument("--images", type=int, default=256, help="distinct images (memmap rows / PNGs)")
     ap.add_argument("--workers", type=int, default=0, help="PNG decode DataLoader workers")
     ap.add_argument("--text-len", type=int, default=24)
@@ -524,9 +544,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     device = resolve_device(args.device)
     bench = build_model(args.preset, device, args.seed)
     res = run_training_bench(
-        bench, device, batch=args.batch, steps=args.steps, warmup=args.warmup,
-        images=args.images, workers=args.workers, e2e_steps=args.e2e_steps,
-        text_len=args.text_len, amp_dtype=args.amp_dtype, end_to_end=not args.no_e2e,
+        bench,
+        device,
+        batch=args.batch,
+        steps=args.steps,
+        warmup=args.warmup,
+        images=args.images,
+        workers=args.workers,
+        e2e_steps=args.e2e_steps,
+        text_len=args.text_len,
+        amp_dtype=args.amp_dtype,
+        end_to_end=not args.no_e2e,
         seed=args.seed,
     )
     res["torch_threads"] = torch.get_num_threads()

@@ -6,7 +6,8 @@ theory says: R@K ~ K / M (CIRR: K / (M - 1)), Rs@1 ~ 1/5 (5 members after removi
 reference). A protocol bug (reference not removed, subset wrong) shows up here at once.
 Reads only the annotation JSON files (no images)::
 
-    PYTHONPATH=src .venv/bin/python benchmarks/chance_levels.py --annotations ../shared/data/annotations
+    PYTHONPATH=src .venv/bin/python benchmarks/chance_levels.py \
+        --annotations /path/to/annotations
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from dqe_cir_pipeline.data_sources.fashioniq import eval_caption
 from dqe_cir_pipeline.model.evaluate import EvalSet, evaluate_embeddings
 
 
-def random_embeddings(n: int, m: int, tokens: int, dim: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def random_embeddings(
+    n: int, m: int, tokens: int, dim: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     q = torch.nn.functional.normalize(torch.randn(n, dim, generator=g), dim=-1)
     gallery = torch.nn.functional.normalize(torch.randn(m, tokens, dim, generator=g), dim=-1)
@@ -32,14 +35,17 @@ def cirr_val(root: Path) -> EvalSet:
     records = json.loads((root / "cirr/captions/cap.rc2.val.json").read_text())
     gallery = sorted(json.loads((root / "cirr/image_splits/split.rc2.val.json").read_text()))
     return EvalSet(
-        dataset="cirr", split="val",
+        dataset="cirr",
+        split="val",
         query_ids=[str(r["pairid"]) for r in records],
         reference_ids=[r["reference"] for r in records],
         target_ids=[r["target_hard"] for r in records],
         texts=[r["caption"] for r in records],
-        edit_types=["other"] * len(records), categories=["all"] * len(records),
+        edit_types=["other"] * len(records),
+        categories=["all"] * len(records),
         subset_members=[r["img_set"]["members"] for r in records],
-        gallery_ids=gallery, gallery_categories=["all"] * len(gallery),
+        gallery_ids=gallery,
+        gallery_categories=["all"] * len(gallery),
     )
 
 
@@ -57,9 +63,17 @@ def fashioniq_val(root: Path) -> EvalSet:
         g_ids += split
         g_cats += [cat] * len(split)
     return EvalSet(
-        dataset="fashioniq", split="val", query_ids=q_ids, reference_ids=refs, target_ids=tgts,
-        texts=texts, edit_types=["other"] * len(q_ids), categories=cats, subset_members=[[] for _ in q_ids],
-        gallery_ids=g_ids, gallery_categories=g_cats,
+        dataset="fashioniq",
+        split="val",
+        query_ids=q_ids,
+        reference_ids=refs,
+        target_ids=tgts,
+        texts=texts,
+        edit_types=["other"] * len(q_ids),
+        categories=cats,
+        subset_members=[[] for _ in q_ids],
+        gallery_ids=g_ids,
+        gallery_categories=g_cats,
     )
 
 
@@ -68,7 +82,10 @@ def main() -> None:
     parser.add_argument("--annotations", type=Path, required=True)
     parser.add_argument("--seeds", type=int, default=3)
     args = parser.parse_args()
-    for name, data in (("CIRR val", cirr_val(args.annotations)), ("FashionIQ val", fashioniq_val(args.annotations))):
+    for name, data in (
+        ("CIRR val", cirr_val(args.annotations)),
+        ("FashionIQ val", fashioniq_val(args.annotations)),
+    ):
         m = len(data.gallery_ids)
         runs = []
         for seed in range(args.seeds):
@@ -81,7 +98,9 @@ def main() -> None:
         if data.dataset == "cirr":
             print(f"  theory: R@K = 100 K / {m - 1}; Rs@1 = 20.00, Rs@2 = 40.00, Rs@3 = 60.00")
         else:
-            sizes = {c: data.gallery_categories.count(c) for c in sorted(set(data.gallery_categories))}
+            sizes = {
+                c: data.gallery_categories.count(c) for c in sorted(set(data.gallery_categories))
+            }
             print(f"  theory: R@K = 100 K / M_cat with M = {sizes}")
 
 

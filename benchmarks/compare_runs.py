@@ -178,7 +178,9 @@ def summarise(
     latest = runs.sort_values("start_time").groupby(keys, dropna=False, sort=False).tail(1)
     dropped = len(runs) - len(latest)
     if dropped:
-        logger.info("kept the latest of repeated (group, seed) runs: %d older run(s) ignored", dropped)
+        logger.info(
+            "kept the latest of repeated (group, seed) runs: %d older run(s) ignored", dropped
+        )
     records = []
     for group, sub in latest.groupby(list(group_by), dropna=False, sort=False):
         values = group if isinstance(group, tuple) else (group,)
@@ -226,7 +228,9 @@ def group_label(row: pd.Series, group_by: Sequence[str]) -> str:
     return ", ".join(f"{g.rsplit('.', 1)[-1]}={row[g]}" for g in group_by)
 
 
-def plot(summary: pd.DataFrame, group_by: Sequence[str], metric_cols: Sequence[str], title: str) -> Figure:
+def plot(
+    summary: pd.DataFrame, group_by: Sequence[str], metric_cols: Sequence[str], title: str
+) -> Figure:
     """Grouped bars: one cluster per metric, one bar per group, std as error bars."""
     n_groups = max(1, len(summary))
     fig = Figure(figsize=(max(6.0, 1.2 * len(metric_cols) * max(1, n_groups) / 2 + 2), 4.8))
@@ -237,7 +241,9 @@ def plot(summary: pd.DataFrame, group_by: Sequence[str], metric_cols: Sequence[s
         means = [row[f"{m}_mean"] for m in metric_cols]
         stds = [0.0 if math.isnan(row[f"{m}_std"]) else row[f"{m}_std"] for m in metric_cols]
         ax.bar(x + j * width, means, width, yerr=stds, capsize=3, label=group_label(row, group_by))
-    ax.set_xticks(x + width * (n_groups - 1) / 2, list(metric_cols), rotation=30, ha="right", fontsize=8)
+    ax.set_xticks(
+        x + width * (n_groups - 1) / 2, list(metric_cols), rotation=30, ha="right", fontsize=8
+    )
     ax.set_ylabel("value (recall in %)")
     ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)
@@ -253,17 +259,25 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--tracking-uri", default=None, help="default: the project's sqlite store")
     ap.add_argument("--metric-prefix", default="evaluation_metrics.eval.")
     ap.add_argument(
-        "--models", nargs="+", default=["dqe_cir"],
+        "--models",
+        nargs="+",
+        default=["dqe_cir"],
         help="models to compare (dqe_cir zero_shot text_blind) or 'all'",
     )
     ap.add_argument(
-        "--metrics", nargs="+", default=None,
+        "--metrics",
+        nargs="+",
+        default=None,
         help="metric names after the model, e.g. recall_at_10 avg (default: every headline metric)",
     )
     ap.add_argument("--group-by", default=DEFAULT_GROUP_BY, help="comma-separated parameter names")
     ap.add_argument("--seed-param", default="training.loop.seed")
-    ap.add_argument("--filter", default="", help="extra MLflow filter, e.g. \"tags.kedro_pipeline = 'train'\"")
-    ap.add_argument("--out-dir", type=Path, default=None, help="default: <data root>/compare_runs/<experiment>")
+    ap.add_argument(
+        "--filter", default="", help="extra MLflow filter, e.g. \"tags.kedro_pipeline = 'train'\""
+    )
+    ap.add_argument(
+        "--out-dir", type=Path, default=None, help="default: <data root>/compare_runs/<experiment>"
+    )
     ap.add_argument("--digits", type=int, default=2)
     return ap.parse_args(argv)
 
@@ -274,7 +288,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     group_by = [g.strip() for g in args.group_by.split(",") if g.strip()]
     tracking_uri = args.tracking_uri or default_tracking_uri()
-    runs = fetch_runs(tracking_uri, args.experiment, args.metric_prefix, [*group_by, args.seed_param], args.filter)
+    runs = fetch_runs(
+        tracking_uri, args.experiment, args.metric_prefix, [*group_by, args.seed_param], args.filter
+    )
     fixed = {"run_id", "start_time", *group_by, args.seed_param}
     metric_cols = select_metrics(
         [c for c in runs.columns if c not in fixed],
@@ -282,7 +298,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.metrics,
     )
     if not metric_cols:
-        logger.error("no run of %s has metrics matching %s%s", args.experiment, args.metric_prefix, args.models)
+        logger.error(
+            "no run of %s has metrics matching %s%s",
+            args.experiment,
+            args.metric_prefix,
+            args.models,
+        )
         return 1
     summary = summarise(runs, group_by, args.seed_param, metric_cols)
     out_dir = args.out_dir or default_out_dir(args.experiment)

@@ -72,16 +72,22 @@ def _sizes(smoke: bool, device: torch.device) -> dict[str, Any]:
     workers = max(1, min(12, (os.cpu_count() or 2) - 2))
     if smoke:
         return {
-            "preset": "tiny", "matmul_n": 512, "workers": 1,
+            "preset": "tiny",
+            "matmul_n": 512,
+            "workers": 1,
             "extract": {"batch": 32, "images": 96, "unique_images": 48, "model_batches": 3},
             "train": {"batch": 8, "steps": 2, "warmup": 1, "images": 32, "e2e_steps": 2},
-            "mining": (1000, 1000, 16, 64), "ranks": (600, 600, 16, 64),
+            "mining": (1000, 1000, 16, 64),
+            "ranks": (600, 600, 16, 64),
         }
     return {
-        "preset": "vitg", "matmul_n": 8192, "workers": workers,
+        "preset": "vitg",
+        "matmul_n": 8192,
+        "workers": workers,
         "extract": {"batch": 256, "images": 2048, "unique_images": 384, "model_batches": 10},
         "train": {"batch": 128, "steps": 5, "warmup": 2, "images": 384, "e2e_steps": 6},
-        "mining": (20000, 20000, 32, 256), "ranks": (6000, 6000, 32, 256),
+        "mining": (20000, 20000, 32, 256),
+        "ranks": (6000, 6000, 32, 256),
     }
 
 
@@ -90,7 +96,9 @@ def _normalised(shape: Sequence[int], gen: torch.Generator) -> torch.Tensor:
 
 
 def bench_mining(
-    device: torch.device, mining: Sequence[int], ranks: Sequence[int],
+    device: torch.device,
+    mining: Sequence[int],
+    ranks: Sequence[int],
     into: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Mining + target ranks on random normalised embeddings created on the host.
@@ -115,8 +123,9 @@ def bench_mining(
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()
-    result = mine_negatives(queries, pool, target, reference, MiningConfig(), device=device,
-                            amp_dtype=amp)
+    result = mine_negatives(
+        queries, pool, target, reference, MiningConfig(), device=device, amp_dtype=amp
+    )
     res["mining_s"] = time.perf_counter() - t0  # returns numpy on the host: synchronised
     res["mining_queries_per_s"] = n / res["mining_s"]
     res["mining_stored_mean"] = float(result.n_stored.mean())
@@ -153,8 +162,13 @@ class Runner:
         """Seconds left of the global budget."""
         return self.budget - (time.perf_counter() - self.start)
 
-    def run(self, name: str, limit_s: float, fn: Callable[[dict[str, Any]], dict[str, Any]],
-            device: torch.device) -> None:
+    def run(
+        self,
+        name: str,
+        limit_s: float,
+        fn: Callable[[dict[str, Any]], dict[str, Any]],
+        device: torch.device,
+    ) -> None:
         """Run ``fn(partial)`` within ``min(limit_s, remaining)`` seconds.
 
         ``fn`` fills ``partial`` as it goes, so figures measured before a failure or a
@@ -177,8 +191,10 @@ class Runner:
             if isinstance(err, KeyboardInterrupt):
                 raise
             out = partial
-            status = {"status": "timeout" if isinstance(err, SectionTimeout) else "error",
-                      "error": f"{type(err).__name__}: {err}"[:500]}
+            status = {
+                "status": "timeout" if isinstance(err, SectionTimeout) else "error",
+                "error": f"{type(err).__name__}: {err}"[:500],
+            }
             traceback.print_exc()
         finally:
             signal.alarm(0)
@@ -208,7 +224,9 @@ def summary_table(results: dict[str, dict[str, Any]]) -> str:
 
     for sec in ("a_matmul_peak", "b_extraction", "c_training_step", "d_mining"):
         r = results.get(sec, {})
-        rows.append((sec, "status", f"{r.get('status', 'not run')} ({_fmt(r.get('section_s'), 's')})"))
+        rows.append(
+            (sec, "status", f"{r.get('status', 'not run')} ({_fmt(r.get('section_s'), 's')})")
+        )
         if r.get("error"):
             rows.append((sec, "error", r["error"][:90]))
     add("a_matmul_peak", "peak", "peak_tflops", " TFLOP/s")
@@ -222,7 +240,9 @@ def summary_table(results: dict[str, dict[str, Any]]) -> str:
     add("c_training_step", "bare recompute", "bare_recompute_triplets_per_s", " trip/s")
     add("c_training_step", "bare cached/recompute", "bare_speedup_cached_over_recompute", "x")
     add("c_training_step", "e2e cached", "e2e_cached_triplets_per_s", " trip/s")
-    add("c_training_step", "e2e cached, prefetched", "e2e_cached_prefetch_triplets_per_s", " trip/s")
+    add(
+        "c_training_step", "e2e cached, prefetched", "e2e_cached_prefetch_triplets_per_s", " trip/s"
+    )
     add("c_training_step", "e2e recompute", "e2e_recompute_triplets_per_s", " trip/s")
     add("c_training_step", "e2e cached/recompute", "e2e_speedup_cached_over_recompute", "x")
     add("c_training_step", "peak mem recompute", "bare_recompute_peak_mem_gib", " GiB")
@@ -253,8 +273,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     sizes = _sizes(args.smoke, device)
     workers = args.workers if args.workers is not None else sizes["workers"]
     env: dict[str, Any] = {
-        "device": str(device), "smoke": args.smoke, "torch": torch.__version__,
-        "python": platform.python_version(), "cpu_count": os.cpu_count(), "workers": workers,
+        "device": str(device),
+        "smoke": args.smoke,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "workers": workers,
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
     }
     try:
@@ -283,16 +307,30 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     def sec_b(partial: dict[str, Any]) -> dict[str, Any]:
         e = sizes["extract"]
         return run_extraction_bench(
-            get_model(), device, images=e["images"], batch=e["batch"], workers=workers,
-            unique_images=e["unique_images"], model_batches=e["model_batches"],
-            peak=peak or None, png_size=(280, 224) if not args.smoke else None, into=partial,
+            get_model(),
+            device,
+            images=e["images"],
+            batch=e["batch"],
+            workers=workers,
+            unique_images=e["unique_images"],
+            model_batches=e["model_batches"],
+            peak=peak or None,
+            png_size=(280, 224) if not args.smoke else None,
+            into=partial,
         )
 
     def sec_c(partial: dict[str, Any]) -> dict[str, Any]:
         t = sizes["train"]
         return run_training_bench(
-            get_model(), device, batch=t["batch"], steps=t["steps"], warmup=t["warmup"],
-            images=t["images"], workers=workers, e2e_steps=t["e2e_steps"], into=partial,
+            get_model(),
+            device,
+            batch=t["batch"],
+            steps=t["steps"],
+            warmup=t["warmup"],
+            images=t["images"],
+            workers=workers,
+            e2e_steps=t["e2e_steps"],
+            into=partial,
         )
 
     def sec_d(partial: dict[str, Any]) -> dict[str, Any]:
@@ -304,8 +342,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     runner.run("c_training_step", 150, sec_c, device)
 
     forbidden = sorted(m for m in sys.modules if m.split(".")[0] in ("kedro", "mlflow"))
-    out = {"env": env, "sections": runner.results, "total_s": time.perf_counter() - runner.start,
-           "kedro_or_mlflow_imported": forbidden}
+    out = {
+        "env": env,
+        "sections": runner.results,
+        "total_s": time.perf_counter() - runner.start,
+        "kedro_or_mlflow_imported": forbidden,
+    }
     print()
     print(summary_table(runner.results))
     print(f"total {out['total_s']:.1f}s; kedro/mlflow modules imported: {forbidden or 'none'}")

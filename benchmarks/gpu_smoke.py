@@ -51,9 +51,20 @@ from dqe_cir_pipeline.model.backbone import TinyBackboneSpec  # noqa: E402
 #: ``Salesforce/blip2-itm-vit-g`` shapes: EVA ViT-g/14 (39 layers, 1408 wide) and the
 #: 12-layer BERT-base Q-Former with cross-attention every second layer.
 FULL_SIZE = TinyBackboneSpec(
-    image_size=224, patch_size=14, vision_hidden=1408, vision_layers=39, vision_heads=16,
-    vision_mlp=6144, qformer_hidden=768, qformer_layers=12, qformer_heads=12, qformer_mlp=3072,
-    cross_attention_frequency=2, num_query_tokens=32, projection_dim=256, max_position_embeddings=32,
+    image_size=224,
+    patch_size=14,
+    vision_hidden=1408,
+    vision_layers=39,
+    vision_heads=16,
+    vision_mlp=6144,
+    qformer_hidden=768,
+    qformer_layers=12,
+    qformer_heads=12,
+    qformer_mlp=3072,
+    cross_attention_frequency=2,
+    num_query_tokens=32,
+    projection_dim=256,
+    max_position_embeddings=32,
     vocab_size=30523,
 )
 SIZES = {"full": FULL_SIZE, "tiny": TinyBackboneSpec()}
@@ -89,14 +100,27 @@ def kedro_params(args: argparse.Namespace, work: Path, benchmark: str) -> dict[s
 
 def run_kedro(benchmark: str, params: dict[str, Any], env: dict[str, str], log: Path) -> float:
     items = ",".join(f"{k}={v}" for k, v in params.items())
-    cmd = [sys.executable, "-m", "kedro", "run", "--env", benchmark, "--pipeline", "train", "--params", items]
+    cmd = [
+        sys.executable,
+        "-m",
+        "kedro",
+        "run",
+        "--env",
+        benchmark,
+        "--pipeline",
+        "train",
+        "--params",
+        items,
+    ]
     start = time.perf_counter()
     with log.open("w") as fh:
         proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT)
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
         tail = log.read_text()[-6000:]
-        raise SystemExit(f"kedro run --env {benchmark} failed (exit {proc.returncode}); log {log}:\n{tail}")
+        raise SystemExit(
+            f"kedro run --env {benchmark} failed (exit {proc.returncode}); log {log}:\n{tail}"
+        )
     return seconds
 
 
@@ -107,14 +131,18 @@ def collect(benchmark: str, data_root: Path, tracking_uri: str) -> dict[str, Any
 
     bench = data_root / benchmark
     mlflow.set_tracking_uri(tracking_uri)
-    runs = mlflow.search_runs(experiment_names=[f"dqe_cir_{benchmark}"], order_by=["start_time DESC"], max_results=1)
+    runs = mlflow.search_runs(
+        experiment_names=[f"dqe_cir_{benchmark}"], order_by=["start_time DESC"], max_results=1
+    )
     metrics = mlflow.get_run(runs.run_id.iloc[0]).data.metrics
     nodes: dict[str, dict[str, float]] = {}
     for key, value in metrics.items():
         if key.startswith("resources."):
             node, what = key.removeprefix("resources.").rsplit(".", 1)  # node: namespace.name
             nodes.setdefault(node, {})[what] = value
-    extraction = json.loads((bench / "08_reporting/extraction_report.json").read_text())["last_save"]
+    extraction = json.loads((bench / "08_reporting/extraction_report.json").read_text())[
+        "last_save"
+    ]
     history = pd.read_parquet(bench / "07_model_output/training_history.parquet")
     evaluation = json.loads((bench / "08_reporting/evaluation.json").read_text())
     eval_seconds = nodes.get("evaluation.evaluate_checkpoint", {}).get("seconds", float("nan"))
@@ -135,24 +163,43 @@ def collect(benchmark: str, data_root: Path, tracking_uri: str) -> dict[str, Any
         "evaluation": {
             "queries": evaluation["queries"],
             "gallery": evaluation["gallery"],
-            "queries_per_s": evaluation["queries"] / eval_seconds if eval_seconds == eval_seconds else None,
-            "metrics": {k: v for k, v in evaluation["models"]["dqe_cir"].items() if isinstance(v, (int, float))},
+            "queries_per_s": evaluation["queries"] / eval_seconds
+            if eval_seconds == eval_seconds
+            else None,
+            "metrics": {
+                k: v
+                for k, v in evaluation["models"]["dqe_cir"].items()
+                if isinstance(v, (int, float))
+            },
         },
     }
 
 
 def table(benchmark: str, rep: dict[str, Any]) -> str:
-    lines = [f"== {benchmark}: {rep['kedro_seconds']:.0f} s for kedro run (data written in {rep['data_seconds']:.0f} s)"]
-    lines.append(f"   {'node':<30}{'run s':>8}{'save s':>8}{'peak GPU GiB':>14}{'peak RSS GiB':>14}")
+    lines = [
+        f"== {benchmark}: {rep['kedro_seconds']:.0f} s for kedro run (data written in "
+        f"{rep['data_seconds']:.0f} s)"
+    ]
+    lines.append(
+        f"   {'node':<30}{'run s':>8}{'save s':>8}{'peak GPU GiB':>14}{'peak RSS GiB':>14}"
+    )
     for name, v in rep["nodes"].items():
         gpu, save = v.get("peak_gpu_gib"), v.get("save_seconds")
         lines.append(
-            f"   {name:<30}{v.get('seconds', float('nan')):>8.1f}{(f'{save:.1f}' if save else '-'):>8}"
-            f"{(f'{gpu:.2f}' if gpu is not None else '-'):>14}{v.get('peak_rss_gib', float('nan')):>14.2f}"
+            "   "
+            f"{name:<30}{v.get('seconds', float('nan')):>8.1f}{(f'{save:.1f}' if save else '-'):>8}"
+            f"{(f'{gpu:.2f}' if gpu is not None else '-'):>14}"
+            f"{v.get('peak_rss_gib', float('nan')):>14.2f}"
         )
     ex, tr, ev = rep["extraction"], rep["training"], rep["evaluation"]
-    lines.append(f"   extraction: {ex['images']} images, {ex['images_per_s']:.1f} images/s (encode loop, decode included)")
-    lines.append(f"   training:   {tr['epochs']} epochs, {tr['triplets_per_s_last_epoch']:.1f} triplets/s, loss {tr['loss']}")
+    lines.append(
+        f"   extraction: {ex['images']} images, {ex['images_per_s']:.1f} images/s (encode "
+        "loop, decode included)"
+    )
+    lines.append(
+        f"   training:   {tr['epochs']} epochs, {tr['triplets_per_s_last_epoch']:.1f} "
+        f"triplets/s, loss {tr['loss']}"
+    )
     qps = ev["queries_per_s"]
     lines.append(
         f"   evaluation: {ev['queries']} queries x {ev['gallery']} gallery, "
@@ -165,17 +212,29 @@ def table(benchmark: str, rep: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--work", type=Path, default=ROOT / "data" / "smoke", help="data, MLflow store, logs")
-    parser.add_argument("--benchmarks", nargs="+", default=["cirr", "fashioniq"], choices=["cirr", "fashioniq"])
-    parser.add_argument("--size", choices=sorted(SIZES), default="full", help="backbone shapes (random weights)")
+    parser.add_argument(
+        "--work", type=Path, default=ROOT / "data" / "smoke", help="data, MLflow store, logs"
+    )
+    parser.add_argument(
+        "--benchmarks", nargs="+", default=["cirr", "fashioniq"], choices=["cirr", "fashioniq"]
+    )
+    parser.add_argument(
+        "--size", choices=sorted(SIZES), default="full", help="backbone shapes (random weights)"
+    )
     parser.add_argument("--device", default="cuda", help="cuda | cpu | auto")
-    parser.add_argument("--scale", type=float, default=1.0, help="fraction of the real val/test sizes")
+    parser.add_argument(
+        "--scale", type=float, default=1.0, help="fraction of the real val/test sizes"
+    )
     parser.add_argument("--train-queries", type=int, default=1024)
-    parser.add_argument("--image-size", type=int, default=256, help="side of the placeholder images")
+    parser.add_argument(
+        "--image-size", type=int, default=256, help="side of the placeholder images"
+    )
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--extraction-batch", type=int, default=256)
-    parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="decode workers")
+    parser.add_argument(
+        "--workers", type=int, default=min(8, os.cpu_count() or 1), help="decode workers"
+    )
     args = parser.parse_args(argv)
 
     work = args.work.resolve()
@@ -189,17 +248,30 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "HF_HUB_OFFLINE": "1",
         "KEDRO_DISABLE_TELEMETRY": "true",
     }
-    cfg = PlaceholderConfig(scale=args.scale, train_queries=args.train_queries, image_size=args.image_size,
-                            workers=args.workers)
-    report: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()}, "placeholder": asdict(cfg),
-                              "benchmarks": {}}
+    cfg = PlaceholderConfig(
+        scale=args.scale,
+        train_queries=args.train_queries,
+        image_size=args.image_size,
+        workers=args.workers,
+    )
+    report: dict[str, Any] = {
+        "args": {k: str(v) for k, v in vars(args).items()},
+        "placeholder": asdict(cfg),
+        "benchmarks": {},
+    }
     for benchmark in args.benchmarks:
         t0 = time.perf_counter()
         counts = write_benchmark(benchmark, data_root / benchmark / "01_raw", cfg)
         data_seconds = time.perf_counter() - t0
-        seconds = run_kedro(benchmark, kedro_params(args, work, benchmark), env, work / f"{benchmark}.log")
-        rep = {"data": counts, "data_seconds": data_seconds, "kedro_seconds": seconds,
-               **collect(benchmark, data_root, tracking_uri)}
+        seconds = run_kedro(
+            benchmark, kedro_params(args, work, benchmark), env, work / f"{benchmark}.log"
+        )
+        rep = {
+            "data": counts,
+            "data_seconds": data_seconds,
+            "kedro_seconds": seconds,
+            **collect(benchmark, data_root, tracking_uri),
+        }
         report["benchmarks"][benchmark] = rep
         print(table(benchmark, rep), flush=True)
     report["max_child_rss_gib"] = peak_rss_bytes(children=True) / 2**30

@@ -43,17 +43,33 @@ from dqe_cir_pipeline.model.train import TrainingConfig, fit
 #: variant -> (overrides of the training blocks, overrides of mining)
 VARIANTS: dict[str, tuple[dict[str, dict[str, Any]], dict[str, Any]]] = {
     "dqe_cir": ({}, {}),
-    "contrastive": ({"loss": {"objective": "contrastive", "use_margins": False}, "loop": {"negatives": "none"},
-                     "model": {"use_attribute_weights": False}}, {}),
+    "contrastive": (
+        {
+            "loss": {"objective": "contrastive", "use_margins": False},
+            "loop": {"negatives": "none"},
+            "model": {"use_attribute_weights": False},
+        },
+        {},
+    ),
     "pairwise_kl": ({"loss": {"objective": "pairwise_kl"}}, {}),
-    "qure_negatives": ({"loop": {"initial_negatives": "random", "refresh_interval": None}}, {"strategy": "qure"}),
+    "qure_negatives": (
+        {"loop": {"initial_negatives": "random", "refresh_interval": None}},
+        {"strategy": "qure"},
+    ),
     "no_attr_weights": ({"model": {"use_attribute_weights": False}}, {}),
     "no_trns": ({"loop": {"negatives": "random"}}, {}),
     "no_margins": ({"loss": {"use_margins": False}}, {}),
 }
 COLUMNS = [
-    "avg", "recall@1", "recall@5", "recall@10", "recall_subset@1",
-    "color/recall@10", "shape/recall@10", "both/recall@10", "other/recall@10",
+    "avg",
+    "recall@1",
+    "recall@5",
+    "recall@10",
+    "recall_subset@1",
+    "color/recall@10",
+    "shape/recall@10",
+    "both/recall@10",
+    "other/recall@10",
 ]
 
 
@@ -64,7 +80,9 @@ def base_params() -> dict[str, Any]:
 
 def training_config(params: dict[str, Any], overrides: dict[str, dict[str, Any]]) -> TrainingConfig:
     """``conf/base``'s training blocks with ``overrides`` merged into each block."""
-    blocks = {name: {**values, **overrides.get(name, {})} for name, values in params["training"].items()}
+    blocks = {
+        name: {**values, **overrides.get(name, {})} for name, values in params["training"].items()
+    }
     blocks["loop"]["run_dir"] = None  # the ablations keep nothing on disk
     return TrainingConfig(**blocks)
 
@@ -73,7 +91,8 @@ def prepare(root: Path, params: dict[str, Any], device: torch.device) -> dict[st
     syn = {k: v for k, v in params["data"]["synthetic"].items() if k != "root"}
     generate_benchmark(root / "benchmark", SyntheticConfig(**syn))
     tables = read_cirr(
-        root / "benchmark", root / "benchmark",
+        root / "benchmark",
+        root / "benchmark",
         CIRRConfig(splits=("train", "val"), dataset_name="synthetic", version=None),
     )
     images, triplets = tables.images, tables.triplets
@@ -82,14 +101,21 @@ def prepare(root: Path, params: dict[str, Any], device: torch.device) -> dict[st
     unique = images.drop_duplicates("image_id")
     t0 = time.perf_counter()
     features = extract_to_memory(
-        VitEncoder(backbone, device, batch_size=256), unique["image_id"].tolist(), unique["path"].tolist()
+        VitEncoder(backbone, device, batch_size=256),
+        unique["image_id"].tolist(),
+        unique["path"].tolist(),
     )
     logging.info("extracted %d images in %.1fs", len(unique), time.perf_counter() - t0)
     return {"images": images, "triplets": triplets, "backbone": backbone, "features": features}
 
 
 def run_variant(
-    name: str, seed: int, prep: dict[str, Any], params: dict[str, Any], device: str, epochs: int | None
+    name: str,
+    seed: int,
+    prep: dict[str, Any],
+    params: dict[str, Any],
+    device: str,
+    epochs: int | None,
 ) -> dict[str, float]:
     t_over, m_over = VARIANTS[name]
     loop = {"seed": seed, "run_dir": None, **({"epochs": epochs} if epochs is not None else {})}
@@ -104,18 +130,35 @@ def run_variant(
         return evaluate(m, prep["features"], bb.tokenizer, val, max_len=bb.max_text_len).metrics
 
     t0 = time.perf_counter()
-    result = fit(model, build_loss(cfg.loss), bb.tokenizer, prep["features"], data, cfg, mcfg, validate,
-                 backbone_meta={"key": bb.key, "name": bb.name}, max_text_len=bb.max_text_len, device=device)
+    result = fit(
+        model,
+        build_loss(cfg.loss),
+        bb.tokenizer,
+        prep["features"],
+        data,
+        cfg,
+        mcfg,
+        validate,
+        backbone_meta={"key": bb.key, "name": bb.name},
+        max_text_len=bb.max_text_len,
+        device=device,
+    )
     metrics = dict(result.best_checkpoint["metrics"])
     metrics["seconds"] = time.perf_counter() - t0
     metrics["best_epoch"] = float(result.best_checkpoint["epoch"])
     return metrics
 
 
-def run_variant_seeds(name: str, seeds: list[int], workdir: Path, device: str, epochs: int | None) -> list[dict[str, Any]]:
+def run_variant_seeds(
+    name: str, seeds: list[int], workdir: Path, device: str, epochs: int | None
+) -> list[dict[str, Any]]:
     """One worker: load the prepared data (reused from ``workdir``), run every seed."""
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s [{name}] %(message)s")
-    for noisy in ("dqe_cir_pipeline.model.negatives", "dqe_cir_pipeline.model.train", "transformers"):
+    for noisy in (
+        "dqe_cir_pipeline.model.negatives",
+        "dqe_cir_pipeline.model.train",
+        "transformers",
+    ):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     params = base_params()
     prep = prepare(workdir, params, resolve_device(device))
@@ -123,7 +166,13 @@ def run_variant_seeds(name: str, seeds: list[int], workdir: Path, device: str, e
     for seed in seeds:
         metrics = run_variant(name, seed, prep, params, device, epochs)
         rows.append({"variant": name, "seed": seed, **metrics})
-        logging.info("seed %d: avg %.2f R@10 %.2f (%.0fs)", seed, metrics["avg"], metrics["recall@10"], metrics["seconds"])
+        logging.info(
+            "seed %d: avg %.2f R@10 %.2f (%.0fs)",
+            seed,
+            metrics["avg"],
+            metrics["recall@10"],
+            metrics["seconds"],
+        )
     return rows
 
 
@@ -135,7 +184,9 @@ def table(rows: list[dict[str, Any]]) -> str:
         for col in COLUMNS:
             vals = g[col].to_numpy(dtype=float) if col in g else np.array([np.nan])
             cells.append(f"{vals.mean():.1f} ± {vals.std(ddof=1) if len(vals) > 1 else 0.0:.1f}")
-        lines.append(f"| {name} (n={len(g)}) | " + " | ".join(cells) + f" | {g['seconds'].mean():.0f} |")
+        lines.append(
+            f"| {name} (n={len(g)}) | " + " | ".join(cells) + f" | {g['seconds'].mean():.0f} |"
+        )
     return "\n".join(lines)
 
 
@@ -147,10 +198,16 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/dqe_ablations"))
     parser.add_argument("--out", type=Path, default=None, help="write rows + table as JSON")
-    parser.add_argument("--jobs", type=int, default=1, help="variants run in parallel processes (GPU)")
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="variants run in parallel processes (GPU)"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    for noisy in ("dqe_cir_pipeline.model.negatives", "dqe_cir_pipeline.model.train", "transformers"):
+    for noisy in (
+        "dqe_cir_pipeline.model.negatives",
+        "dqe_cir_pipeline.model.train",
+        "transformers",
+    ):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
     params = base_params()
@@ -167,8 +224,12 @@ def main() -> None:
     if args.jobs > 1:
         ctx = multiprocessing.get_context("spawn")  # CUDA cannot be re-initialised in a fork
         with ProcessPoolExecutor(max_workers=args.jobs, mp_context=ctx) as pool:
-            futures = [pool.submit(run_variant_seeds, n, args.seeds, args.workdir, str(device), args.epochs)
-                       for n in args.variants]
+            futures = [
+                pool.submit(
+                    run_variant_seeds, n, args.seeds, args.workdir, str(device), args.epochs
+                )
+                for n in args.variants
+            ]
             for fut in futures:
                 rows.extend(fut.result())
                 if args.out:  # partial results survive a time-out
@@ -179,14 +240,22 @@ def main() -> None:
             for seed in args.seeds:
                 metrics = run_variant(name, seed, prep, params, str(device), args.epochs)
                 rows.append({"variant": name, "seed": seed, **metrics})
-                logging.info("%s seed %d: avg %.2f R@10 %.2f (%.0fs)", name, seed, metrics["avg"],
-                             metrics["recall@10"], metrics["seconds"])
+                logging.info(
+                    "%s seed %d: avg %.2f R@10 %.2f (%.0fs)",
+                    name,
+                    seed,
+                    metrics["avg"],
+                    metrics["recall@10"],
+                    metrics["seconds"],
+                )
     text = table(rows)
     print(f"device: {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'})")
     print(text)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"device": str(device), "rows": rows, "table": text}, indent=1))
+        args.out.write_text(
+            json.dumps({"device": str(device), "rows": rows, "table": text}, indent=1)
+        )
 
 
 if __name__ == "__main__":

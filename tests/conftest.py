@@ -33,10 +33,17 @@ ROOT = Path(__file__).resolve().parents[1]
 def kedro(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     """Run the project's ``kedro`` CLI in the repository with ``env``; fail with its log."""
     proc = subprocess.run(
-        [sys.executable, "-m", "kedro", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900
+        [sys.executable, "-m", "kedro", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     if proc.returncode != 0:
-        raise AssertionError(f"kedro {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+        raise AssertionError(
+            f"kedro {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+        )
     return proc
 
 
@@ -53,4 +60,9 @@ def kedro_test_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "HF_HUB_OFFLINE": "1",
     }
     proc = kedro(["run", "--env", "test", "--pipeline", "train"], env)
-    return {"tmp": tmp, "env": env, "data": tmp / "data" / "synthetic", "log": proc.stdout + proc.stderr}
+    return {
+        "tmp": tmp,
+        "env": env,
+        "data": tmp / "data" / "synthetic",
+        "log": proc.stdout + proc.stderr,
+    }

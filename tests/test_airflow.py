@@ -51,7 +51,17 @@ def dag_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "KEDRO_DISABLE_TELEMETRY": "true",
     }
     proc = subprocess.run(
-        [sys.executable, "-m", "kedro", "airflow", "create", "--pipelines=train", "--env=test", "-t", str(target)],
+        [
+            sys.executable,
+            "-m",
+            "kedro",
+            "airflow",
+            "create",
+            "--pipelines=train",
+            "--env=test",
+            "-t",
+            str(target),
+        ],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -107,7 +117,9 @@ def test_dag_is_python_with_one_task_per_node(dag_file: Path) -> None:
     source = dag_file.read_text()
     tree = ast.parse(source, filename=str(dag_file))
     tasks = _tasks(tree)
-    assert tasks["training-train-dqe-cir"] == ["training.train_dqe_cir"]  # the training node is its own task
+    assert tasks["training-train-dqe-cir"] == [
+        "training.train_dqe_cir"
+    ]  # the training node is its own task
     assert {n for nodes in tasks.values() for n in nodes} == TRAIN_NODES
     assert all(len(nodes) == 1 for nodes in tasks.values())
     assert 'env = "test"' in source and 'pipeline_name = "train"' in source

@@ -65,7 +65,9 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 def _fill(uri: str, tmp_path: Path) -> None:
     client = mlflow.MlflowClient(tracking_uri=uri)
-    exp = client.create_experiment("dqe_cir_synthetic", artifact_location=(tmp_path / "art").as_uri())
+    exp = client.create_experiment(
+        "dqe_cir_synthetic", artifact_location=(tmp_path / "art").as_uri()
+    )
 
     def metrics(r10: float, r50: float) -> dict[str, float]:
         return {
@@ -90,11 +92,21 @@ def _fill(uri: str, tmp_path: Path) -> None:
     _log_run(client, exp, {"training.loop.seed": "3"}, {"ingestion_metrics.images": 128.0})
 
 
-def test_main_writes_mean_and_std_per_group(compare_runs: ModuleType, store: str, tmp_path: Path) -> None:
+def test_main_writes_mean_and_std_per_group(
+    compare_runs: ModuleType, store: str, tmp_path: Path
+) -> None:
     out = tmp_path / "out"
     rc = compare_runs.main(
-        ["--experiment", "dqe_cir_synthetic", "--tracking-uri", store, "--group-by", GROUP_BY,
-         "--out-dir", str(out)]
+        [
+            "--experiment",
+            "dqe_cir_synthetic",
+            "--tracking-uri",
+            store,
+            "--group-by",
+            GROUP_BY,
+            "--out-dir",
+            str(out),
+        ]
     )
     assert rc == 0
     table = pd.read_csv(out / "comparison.csv")
@@ -128,8 +140,19 @@ def test_main_writes_mean_and_std_per_group(compare_runs: ModuleType, store: str
 def test_models_and_metrics_selection(compare_runs: ModuleType, store: str, tmp_path: Path) -> None:
     out = tmp_path / "out"
     rc = compare_runs.main(
-        ["--tracking-uri", store, "--group-by", GROUP_BY, "--out-dir", str(out),
-         "--models", "all", "--metrics", "recall_at_10", "color/recall_at_10"]
+        [
+            "--tracking-uri",
+            store,
+            "--group-by",
+            GROUP_BY,
+            "--out-dir",
+            str(out),
+            "--models",
+            "all",
+            "--metrics",
+            "recall_at_10",
+            "color/recall_at_10",
+        ]
     )
     assert rc == 0
     table = pd.read_csv(out / "comparison.csv")
@@ -143,23 +166,45 @@ def test_models_and_metrics_selection(compare_runs: ModuleType, store: str, tmp_
     assert dqe["zero_shot.recall_at_10_std"] == pytest.approx(0.0)
 
 
-def test_single_run_has_no_std_and_missing_param_is_marked(compare_runs: ModuleType, store: str) -> None:
-    runs = compare_runs.fetch_runs(store, "dqe_cir_synthetic", PREFIX, ["training.loss.objective", "training.loop.seed", "mining.strategy"])
+def test_single_run_has_no_std_and_missing_param_is_marked(
+    compare_runs: ModuleType, store: str
+) -> None:
+    runs = compare_runs.fetch_runs(
+        store,
+        "dqe_cir_synthetic",
+        PREFIX,
+        ["training.loss.objective", "training.loop.seed", "mining.strategy"],
+    )
     assert len(runs) == 7  # the failed run is left out
     assert set(runs["mining.strategy"]) == {compare_runs.UNSET}
     one = runs[runs["training.loop.seed"] == "2"]
-    summary = compare_runs.summarise(one, ["training.loss.objective"], "training.loop.seed", ["dqe_cir.recall_at_10"])
+    summary = compare_runs.summarise(
+        one, ["training.loss.objective"], "training.loop.seed", ["dqe_cir.recall_at_10"]
+    )
     assert summary["n_runs"].tolist() == [1]
     assert summary["dqe_cir.recall_at_10_mean"].tolist() == [54.0]
     assert math.isnan(summary["dqe_cir.recall_at_10_std"].iloc[0])
-    assert "| 54.00 |" in compare_runs.to_markdown(summary, ["training.loss.objective"], ["dqe_cir.recall_at_10"])
+    assert "| 54.00 |" in compare_runs.to_markdown(
+        summary, ["training.loss.objective"], ["dqe_cir.recall_at_10"]
+    )
 
 
-def test_unknown_experiment_and_no_metrics(compare_runs: ModuleType, store: str, tmp_path: Path) -> None:
+def test_unknown_experiment_and_no_metrics(
+    compare_runs: ModuleType, store: str, tmp_path: Path
+) -> None:
     with pytest.raises(ValueError, match="no experiment 'nope'"):
-        compare_runs.main(["--experiment", "nope", "--tracking-uri", store, "--out-dir", str(tmp_path)])
+        compare_runs.main(
+            ["--experiment", "nope", "--tracking-uri", store, "--out-dir", str(tmp_path)]
+        )
     rc = compare_runs.main(
-        ["--tracking-uri", store, "--metric-prefix", "no_such_prefix.", "--out-dir", str(tmp_path / "x")]
+        [
+            "--tracking-uri",
+            store,
+            "--metric-prefix",
+            "no_such_prefix.",
+            "--out-dir",
+            str(tmp_path / "x"),
+        ]
     )
     assert rc == 1
     assert not (tmp_path / "x").exists()

@@ -1,4 +1,5 @@
-"""``conf/local`` reaches the real-data environments; ``--params`` still wins; ``test`` stays isolated."""
+"""``conf/local`` reaches the real-data environments; ``--params`` still wins; ``test``
+stays isolated."""
 
 from __future__ import annotations
 
@@ -27,14 +28,23 @@ def test_overlay_merges_key_by_key_and_runtime_params_win(tmp_path: Path) -> Non
 
     def load(env: str | None, **runtime: object) -> dict:
         return LocalOverlayConfigLoader(
-            conf_source=str(tmp_path), env=env, runtime_params=runtime, base_env="base",
-            default_run_env="local", merge_strategy={"parameters": "soft"}, local_overlay_envs=("fashioniq",),
+            conf_source=str(tmp_path),
+            env=env,
+            runtime_params=runtime,
+            base_env="base",
+            default_run_env="local",
+            merge_strategy={"parameters": "soft"},
+            local_overlay_envs=("fashioniq",),
         )["parameters"]
 
     assert load("fashioniq") == {"a": {"x": 10, "y": 20}, "b": 1, "c": 3}
     assert load("fashioniq", a={"y": 99}) == {"a": {"x": 10, "y": 99}, "b": 1, "c": 3}
     assert load("test") == {"a": {"x": 1, "y": 2}, "b": 5}  # not an overlay env
-    assert load(None) == {"a": {"x": 1, "y": 20}, "b": 1, "c": 3}  # plain run: Kedro's own base + local
+    assert load(None) == {
+        "a": {"x": 1, "y": 20},
+        "b": 1,
+        "c": 3,
+    }  # plain run: Kedro's own base + local
 
 
 def test_project_envs_read_a_users_local_weights_and_data_roots(tmp_path: Path) -> None:
@@ -43,10 +53,13 @@ def test_project_envs_read_a_users_local_weights_and_data_roots(tmp_path: Path) 
     for mine in (conf / "local").glob("*.yml"):  # a developer's own local files stay out
         if mine.name != "parameters.example.yml":
             mine.unlink()
-    _write(conf / "local/parameters.yml", {
-        "backbone": {"name_or_path": "/models/blip2-itm-vit-g"},
-        "data": {"cirr": {"image_root": "/datasets/cirr/img_raw"}},
-    })
+    _write(
+        conf / "local/parameters.yml",
+        {
+            "backbone": {"name_or_path": "/models/blip2-itm-vit-g"},
+            "data": {"cirr": {"image_root": "/datasets/cirr/img_raw"}},
+        },
+    )
 
     def load(env: str, **runtime: object) -> dict:
         return settings.CONFIG_LOADER_CLASS(
@@ -61,7 +74,9 @@ def test_project_envs_read_a_users_local_weights_and_data_roots(tmp_path: Path) 
     assert cirr["training"]["optim"]["lr"] == 1.0e-5
     assert load("fashioniq")["backbone"]["name_or_path"] == "/models/blip2-itm-vit-g"
     assert load("cirr", backbone={"name_or_path": "/other"})["backbone"]["name_or_path"] == "/other"
-    assert load("test")["backbone"]["name_or_path"] == "Salesforce/blip2-itm-vit-g"  # CI stays isolated
+    assert (
+        load("test")["backbone"]["name_or_path"] == "Salesforce/blip2-itm-vit-g"
+    )  # CI stays isolated
 
 
 def _leaves(

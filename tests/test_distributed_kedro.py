@@ -29,7 +29,9 @@ def _runs(env: dict[str, str]) -> pd.DataFrame:
 
 
 @pytest.mark.slow
-def test_torchrun_kedro_training_writes_once_from_rank_zero(kedro_test_run: dict[str, Any], tmp_path: Path) -> None:
+def test_torchrun_kedro_training_writes_once_from_rank_zero(
+    kedro_test_run: dict[str, Any], tmp_path: Path
+) -> None:
     env = {**kedro_test_run["env"], "OMP_NUM_THREADS": "1"}
     data = kedro_test_run["data"]
     history_path = data / "07_model_output/training_history.parquet"
@@ -37,14 +39,34 @@ def test_torchrun_kedro_training_writes_once_from_rank_zero(kedro_test_run: dict
     before = _runs(env)
     run_dir = tmp_path / "ddp_run"
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         "-m", "kedro", "run", "--env", "test", "--pipeline", "training",
-         "--params", f"training.loop.run_dir={run_dir}"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "kedro",
+            "run",
+            "--env",
+            "test",
+            "--pipeline",
+            "training",
+            "--params",
+            f"training.loop.run_dir={run_dir}",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-6000:]
-    assert "rank 0/2 joined the gloo process group" in log and "rank 1/2 joined the gloo process group" in log
+    assert (
+        "rank 0/2 joined the gloo process group" in log
+        and "rank 1/2 joined the gloo process group" in log
+    )
     assert "rank 1/2: datasets are read-only here" in log
 
     after = _runs(env)
@@ -52,7 +74,9 @@ def test_torchrun_kedro_training_writes_once_from_rank_zero(kedro_test_run: dict
     assert len(new) == 1, new[["run_id", "tags.kedro_pipeline"]]  # rank 1 opened no run
     run = mlflow.get_run(new.run_id.iloc[0])
     assert run.data.tags["kedro_pipeline"] == "training"
-    steps = mlflow.tracking.MlflowClient().get_metric_history(run.info.run_id, "training_metrics.train/loss")
+    steps = mlflow.tracking.MlflowClient().get_metric_history(
+        run.info.run_id, "training_metrics.train/loss"
+    )
     assert [m.step for m in steps] == [0, 1]  # each epoch logged once, not once per rank
 
     assert history_path.stat().st_mtime_ns > before_mtime
@@ -61,12 +85,18 @@ def test_torchrun_kedro_training_writes_once_from_rank_zero(kedro_test_run: dict
     assert sorted(p.name for p in run_dir.iterdir()) == ["best.pt", "last.pt"]
 
 
-def test_rank_one_reads_datasets_but_never_writes_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_rank_one_reads_datasets_but_never_writes_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = tmp_path / "table.parquet"
     ParquetDataset(filepath=str(path)).save(pd.DataFrame({"a": [1, 2]}))
     stamp = path.stat().st_mtime_ns
-    catalog = DataCatalog(datasets={"table": ParquetDataset(filepath=str(path)),
-                                    "other": ParquetDataset(filepath=str(tmp_path / "other.parquet"))})
+    catalog = DataCatalog(
+        datasets={
+            "table": ParquetDataset(filepath=str(path)),
+            "other": ParquetDataset(filepath=str(tmp_path / "other.parquet")),
+        }
+    )
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")
     DistributedHooks().after_catalog_created(catalog)
@@ -78,7 +108,9 @@ def test_rank_one_reads_datasets_but_never_writes_them(tmp_path: Path, monkeypat
     assert path.stat().st_mtime_ns == stamp and not (tmp_path / "other.parquet").exists()
 
 
-def test_rank_zero_keeps_the_configured_datasets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_rank_zero_keeps_the_configured_datasets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     catalog = DataCatalog(datasets={"t": ParquetDataset(filepath=str(tmp_path / "t.parquet"))})
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "2")
@@ -86,7 +118,9 @@ def test_rank_zero_keeps_the_configured_datasets(tmp_path: Path, monkeypatch: py
     assert isinstance(catalog.get("t"), ParquetDataset)
 
 
-def test_torchrun_refuses_pipelines_that_write_shared_caches(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_torchrun_refuses_pipelines_that_write_shared_caches(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     from dqe_cir_pipeline.pipeline_registry import register_pipelines
 
     monkeypatch.setenv("WORLD_SIZE", "2")
@@ -104,6 +138,7 @@ def test_settings_drop_kedro_mlflow_hooks_on_other_ranks() -> None:
     out = {}
     for rank in ("0", "1"):
         env = {**os.environ, "RANK": rank, "WORLD_SIZE": "2"}
-        out[rank] = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                                   check=True).stdout.strip()
+        out[rank] = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+        ).stdout.strip()
     assert out["0"] == "()" and "kedro_mlflow" in out["1"]

@@ -22,11 +22,18 @@ def _runs(run: dict[str, Any]) -> pd.DataFrame:
 
 def test_train_pipeline_writes_every_artifact(kedro_test_run: dict[str, Any]) -> None:
     data = kedro_test_run["data"]
-    for rel in ("02_intermediate/images.parquet", "02_intermediate/triplets.parquet",
-                "02_intermediate/quarantine.parquet", "05_model_input/initial_negatives.parquet",
-                "06_models/best_checkpoint.pt", "07_model_output/training_history.parquet",
-                "08_reporting/evaluation.json", "08_reporting/recall_curves.png",
-                "08_reporting/qualitative_failures.png", "08_reporting/delta_distribution.png"):
+    for rel in (
+        "02_intermediate/images.parquet",
+        "02_intermediate/triplets.parquet",
+        "02_intermediate/quarantine.parquet",
+        "05_model_input/initial_negatives.parquet",
+        "06_models/best_checkpoint.pt",
+        "07_model_output/training_history.parquet",
+        "08_reporting/evaluation.json",
+        "08_reporting/recall_curves.png",
+        "08_reporting/qualitative_failures.png",
+        "08_reporting/delta_distribution.png",
+    ):
         assert (data / rel).exists(), rel
     ckpt = torch.load(data / "06_models/best_checkpoint.pt", weights_only=True)
     assert ckpt["backbone"]["name"] == "tiny"
@@ -42,23 +49,39 @@ def test_mlflow_run_has_params_metrics_tags_and_artifacts(kedro_test_run: dict[s
     assert run.data.tags["dataset_fingerprint"]
     assert run.data.tags["git_commit"]
     metrics = run.data.metrics
-    for key in ("ingestion_metrics.images", "training_metrics.train/loss", "training_metrics.val/avg",
-                "evaluation_metrics.eval.dqe_cir.avg", "evaluation_metrics.eval.text_blind.recall_at_10",
-                "mining_metrics.mining.initial.seconds"):
+    for key in (
+        "ingestion_metrics.images",
+        "training_metrics.train/loss",
+        "training_metrics.val/avg",
+        "evaluation_metrics.eval.dqe_cir.avg",
+        "evaluation_metrics.eval.text_blind.recall_at_10",
+        "mining_metrics.mining.initial.seconds",
+    ):
         assert key in metrics, key
-    history = mlflow.tracking.MlflowClient().get_metric_history(run.info.run_id, "training_metrics.train/loss")
+    history = mlflow.tracking.MlflowClient().get_metric_history(
+        run.info.run_id, "training_metrics.train/loss"
+    )
     assert [m.step for m in history] == [0, 1]
-    artifacts = {a.path for a in mlflow.tracking.MlflowClient().list_artifacts(run.info.run_id, "plots")}
+    artifacts = {
+        a.path for a in mlflow.tracking.MlflowClient().list_artifacts(run.info.run_id, "plots")
+    }
     assert "plots/recall_curves.png" in artifacts
-    ckpts = {a.path for a in mlflow.tracking.MlflowClient().list_artifacts(run.info.run_id, "checkpoints")}
+    ckpts = {
+        a.path
+        for a in mlflow.tracking.MlflowClient().list_artifacts(run.info.run_id, "checkpoints")
+    }
     assert "checkpoints/best_checkpoint.pt" in ckpts
 
 
 def test_rerun_reuses_features_and_evaluation_runs_alone(kedro_test_run: dict[str, Any]) -> None:
     env = kedro_test_run["env"]
     kedro(["run", "--env", "test", "--pipeline", "embedding_extraction"], env)
-    report = json.loads((kedro_test_run["data"] / "08_reporting/extraction_report.json").read_text())
-    assert report["last_save"]["computed"] == 0 and report["last_save"]["reused"] == report["images"]
+    report = json.loads(
+        (kedro_test_run["data"] / "08_reporting/extraction_report.json").read_text()
+    )
+    assert (
+        report["last_save"]["computed"] == 0 and report["last_save"]["reused"] == report["images"]
+    )
     kedro(["run", "--env", "test", "--pipeline", "evaluation"], env)
     kedro(["run", "--env", "test", "--pipeline", "zero_shot"], env)
     zero = json.loads((kedro_test_run["data"] / "08_reporting/zero_shot.json").read_text())

@@ -29,28 +29,64 @@ def _load() -> ModuleType:
     return module
 
 
-def test_smoke_runs_every_stage_of_both_benchmarks(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_smoke_runs_every_stage_of_both_benchmarks(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     smoke = _load()
-    report = smoke.main(["--work", str(tmp_path), "--size", "tiny", "--device", "cpu", "--scale", "0.01",
-                         "--train-queries", "48", "--image-size", "48", "--workers", "2",
-                         "--extraction-batch", "64"])
+    report = smoke.main(
+        [
+            "--work",
+            str(tmp_path),
+            "--size",
+            "tiny",
+            "--device",
+            "cpu",
+            "--scale",
+            "0.01",
+            "--train-queries",
+            "48",
+            "--image-size",
+            "48",
+            "--workers",
+            "2",
+            "--extraction-batch",
+            "64",
+        ]
+    )
     printed = capsys.readouterr().out
-    assert json.loads((tmp_path / "smoke_report.json").read_text())["benchmarks"].keys() == {"cirr", "fashioniq"}
+    assert json.loads((tmp_path / "smoke_report.json").read_text())["benchmarks"].keys() == {
+        "cirr",
+        "fashioniq",
+    }
     for name, rep in report["benchmarks"].items():
         assert f"== {name}:" in printed
-        for node in ("data_ingestion.ingest_benchmark", "embedding_extraction.extract_vit_features",
-                     "negative_mining.mine_initial_negatives", "training.train_dqe_cir",
-                     "evaluation.evaluate_checkpoint"):
+        for node in (
+            "data_ingestion.ingest_benchmark",
+            "embedding_extraction.extract_vit_features",
+            "negative_mining.mine_initial_negatives",
+            "training.train_dqe_cir",
+            "evaluation.evaluate_checkpoint",
+        ):
             assert rep["nodes"][node]["seconds"] > 0, (name, node)
             assert rep["nodes"][node]["peak_rss_gib"] > 0.1
         images = sum(v["images"] for k, v in rep["data"].items() if isinstance(v, dict))
         assert rep["extraction"]["images"] == images and rep["extraction"]["images_per_s"] > 0
-        assert rep["training"]["epochs"] == 2 and all(math.isfinite(x) for x in rep["training"]["loss"])
-        assert rep["training"]["mining_seconds"][1] > 0  # the negatives were refreshed after epoch 1
-        val_queries = sum(v["queries"] for k, v in rep["data"].items() if k.endswith("val") and isinstance(v, dict))
+        assert rep["training"]["epochs"] == 2 and all(
+            math.isfinite(x) for x in rep["training"]["loss"]
+        )
+        assert (
+            rep["training"]["mining_seconds"][1] > 0
+        )  # the negatives were refreshed after epoch 1
+        val_queries = sum(
+            v["queries"]
+            for k, v in rep["data"].items()
+            if k.endswith("val") and isinstance(v, dict)
+        )
         assert rep["evaluation"]["queries"] == val_queries
     fiq = report["benchmarks"]["fashioniq"]["evaluation"]["metrics"]
-    assert {"dress/recall@10", "shirt/recall@50", "toptee/recall@10"} <= set(fiq)  # per-category protocol
+    assert {"dress/recall@10", "shirt/recall@50", "toptee/recall@10"} <= set(
+        fiq
+    )  # per-category protocol
     cirr = report["benchmarks"]["cirr"]["evaluation"]["metrics"]
     assert {"recall@1", "recall_subset@1"} <= set(cirr)  # CIRR's global and subset protocol
 

@@ -62,7 +62,12 @@ def executed_notebook(
     assert (kedro_test_run["data"] / "07_model_output" / "query_rankings.parquet").exists()
     root = tmp_path_factory.mktemp("notebook_kernel")
     with pytest.MonkeyPatch.context() as mp:
-        for key in ("DQE_DATA_ROOT", "MLFLOW_TRACKING_URI", "DQE_MLFLOW_ARTIFACTS", "HF_HUB_OFFLINE"):
+        for key in (
+            "DQE_DATA_ROOT",
+            "MLFLOW_TRACKING_URI",
+            "DQE_MLFLOW_ARTIFACTS",
+            "HF_HUB_OFFLINE",
+        ):
             mp.setenv(key, kedro_test_run["env"][key])
         mp.setenv("DQE_PROJECT_PATH", str(REPO))
         mp.setenv("DQE_KEDRO_ENV", "test")
@@ -92,7 +97,9 @@ def _code_cells(nb: nbformat.NotebookNode) -> list[nbformat.NotebookNode]:
 def test_no_cell_errored(executed_notebook: nbformat.NotebookNode) -> None:
     for cell in _code_cells(executed_notebook):
         errors = [o for o in cell.get("outputs", []) if o.get("output_type") == "error"]
-        assert not errors, f"{cell.source[:80]!r}: {errors[0].get('ename')}: {errors[0].get('evalue')}"
+        assert not errors, (
+            f"{cell.source[:80]!r}: {errors[0].get('ename')}: {errors[0].get('evalue')}"
+        )
         assert cell.get("execution_count") is not None, f"cell did not run: {cell.source[:80]!r}"
 
 
@@ -103,7 +110,9 @@ def test_kernel_is_this_venv(executed_notebook: nbformat.NotebookNode) -> None:
 
 
 def test_metrics_cell_lists_every_model(executed_notebook: nbformat.NotebookNode) -> None:
-    cell = next(c for c in _code_cells(executed_notebook) if 'catalog.load("evaluation_table")' in c.source)
+    cell = next(
+        c for c in _code_cells(executed_notebook) if 'catalog.load("evaluation_table")' in c.source
+    )
     rows = {ln.split()[0] for ln in _stdout(cell).splitlines() if ln.strip()}
     assert {"dqe_cir", "zero_shot", "text_blind"} <= rows
     dqe_line = next(ln for ln in _stdout(cell).splitlines() if ln.startswith("dqe_cir"))

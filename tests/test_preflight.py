@@ -43,7 +43,9 @@ def _fashioniq(root: Path, missing: int) -> tuple[list[str], list[str]]:
     shutil.copytree(FIXTURES / "fashioniq", base / "annotations")
     ids: list[str] = []
     for split in ("train", "val"):
-        for image_id in json.loads((base / "annotations" / "image_splits" / f"split.dress.{split}.json").read_text()):
+        for image_id in json.loads(
+            (base / "annotations" / "image_splits" / f"split.dress.{split}.json").read_text()
+        ):
             if image_id not in ids:
                 ids.append(image_id)
     present = ids[missing:]
@@ -67,9 +69,19 @@ def test_parse_params_nests_dotted_keys() -> None:
         preflight.parse_params("oops")
 
 
-def test_fashioniq_counts_missing_images_and_blocks(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_fashioniq_counts_missing_images_and_blocks(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     ids, present = _fashioniq(tmp_path, missing=2)
-    rc = preflight.main(["--env", "fashioniq", "--skip-backbone", "--params", f"data.fashioniq.categories=[dress],{CPU}"])
+    rc = preflight.main(
+        [
+            "--env",
+            "fashioniq",
+            "--skip-backbone",
+            "--params",
+            f"data.fashioniq.categories=[dress],{CPU}",
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 1
     assert f"{len(present)}/{len(ids)} referenced images found" in out
@@ -116,11 +128,18 @@ def test_missing_annotation_file_is_named(tmp_path: Path) -> None:
     assert report.exit_code == 1
 
 
-def test_missing_weights_message_names_the_parameter(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_weights_message_names_the_parameter(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     _fashioniq(tmp_path, missing=0)
     weights = tmp_path / "no_such_weights"
     rc = preflight.main(
-        ["--env", "fashioniq", "--params", f"data.fashioniq.categories=[dress],{CPU},backbone.name_or_path={weights}"]
+        [
+            "--env",
+            "fashioniq",
+            "--params",
+            f"data.fashioniq.categories=[dress],{CPU},backbone.name_or_path={weights}",
+        ]
     )
     out = capsys.readouterr().out
     assert rc == 1
@@ -135,7 +154,11 @@ def test_cirr_needs_train_captions_unless_image_only(tmp_path: Path) -> None:
     shutil.copytree(FIXTURES / "cirr", base / "annotations")
     rels: dict[str, str] = {}
     for split in ("train", "val", "test1"):
-        rels.update(json.loads((base / "annotations" / "image_splits" / f"split.rc2.{split}.json").read_text()))
+        rels.update(
+            json.loads(
+                (base / "annotations" / "image_splits" / f"split.rc2.{split}.json").read_text()
+            )
+        )
     absent = sorted(rels)[0]
     for name, rel in rels.items():
         if name != absent:
@@ -149,7 +172,10 @@ def test_cirr_needs_train_captions_unless_image_only(tmp_path: Path) -> None:
     assert any("cap.rc2.train.json" in d for d in check.details)
 
     report = preflight.run_checks(
-        "cirr", project, preflight.parse_params(f"data.cirr.image_only_splits=[train],{CPU}"), skip_backbone=True
+        "cirr",
+        project,
+        preflight.parse_params(f"data.cirr.image_only_splits=[train],{CPU}"),
+        skip_backbone=True,
     )
     assert _check(report, "annotations").status == preflight.PASS
     assert report.numbers["images_referenced"] == len(rels)

@@ -12,7 +12,9 @@ from kedro.pipeline import node
 from dqe_cir_pipeline.hooks import ResourceHooks
 
 
-def test_node_time_save_time_and_memory_reach_mlflow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_node_time_save_time_and_memory_reach_mlflow(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     n = node(lambda x: x, "a", "b", name="slow_node")

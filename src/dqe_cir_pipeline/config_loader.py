@@ -37,7 +37,11 @@ class LocalOverlayConfigLoader(OmegaConfigLoader):
     """
 
     def __init__(
-        self, *args: Any, local_overlay_envs: Iterable[str] = (), local_env: str = "local", **kwargs: Any
+        self,
+        *args: Any,
+        local_overlay_envs: Iterable[str] = (),
+        local_env: str = "local",
+        **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.local_overlay_envs = frozenset(local_overlay_envs)
@@ -46,13 +50,19 @@ class LocalOverlayConfigLoader(OmegaConfigLoader):
     def __getitem__(self, key: str) -> dict[str, Any]:
         config = super().__getitem__(key)
         run_env = self.env or self.default_run_env
-        if key != "parameters" or run_env not in self.local_overlay_envs or run_env == self.local_env:
+        if (
+            key != "parameters"
+            or run_env not in self.local_overlay_envs
+            or run_env == self.local_env
+        ):
             return config
         local_path = Path(self.conf_source) / self.local_env
         if not local_path.is_dir():
             return config
         # merged with the runtime parameters inside, so ``--params`` keeps the last word
-        overlay = self.load_and_merge_dir_config(str(local_path), [*self.config_patterns[key]], key, set())
+        overlay = self.load_and_merge_dir_config(
+            str(local_path), [*self.config_patterns[key]], key, set()
+        )
         if not overlay or overlay == (self.runtime_params or {}):
             return config
         logger.info("conf/%s overrides %s for --env %s", self.local_env, sorted(overlay), run_env)

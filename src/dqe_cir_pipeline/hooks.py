@@ -103,7 +103,10 @@ class ProvenanceHooks:
             {
                 "git_commit": git_commit(PROJECT_ROOT),
                 "kedro_env": str(run_params.get("env") or "local"),
-                "kedro_pipeline": ",".join(run_params.get("pipeline_names") or [run_params.get("pipeline_name") or "__default__"]),
+                "kedro_pipeline": ",".join(
+                    run_params.get("pipeline_names")
+                    or [run_params.get("pipeline_name") or "__default__"]
+                ),
             }
         )
 
@@ -174,7 +177,11 @@ class DistributedHooks:
                 catalog[name] = RankLocalDataset(catalog.get(name), name, rank)
         finally:
             catalog_logger.setLevel(level)
-        logger.info("rank %d/%d: datasets are read-only here; rank 0 writes them and logs to MLflow", rank, world)
+        logger.info(
+            "rank %d/%d: datasets are read-only here; rank 0 writes them and logs to MLflow",
+            rank,
+            world,
+        )
 
     @hook_impl
     def before_pipeline_run(self, pipeline: Pipeline) -> None:
@@ -184,7 +191,8 @@ class DistributedHooks:
         extra = sorted({n.name for n in pipeline.nodes} - ddp_pipeline_nodes())
         if extra:
             raise RuntimeError(
-                f"under torchrun (WORLD_SIZE={world}) only the training and evaluation pipelines run; "
+                f"under torchrun (WORLD_SIZE={world}) only the training and evaluation "
+                "pipelines run; "
                 f"this run also has {extra}. Run the earlier stages in one process first "
                 "(kedro run --pipeline data_ingestion, embedding_extraction, negative_mining), "
                 "then torchrun ... -m kedro run --pipeline training"
@@ -241,9 +249,15 @@ class ResourceHooks:
 
     @hook_impl
     def after_node_run(self, node: Node) -> None:
-        values = {"seconds": time.perf_counter() - self._start.pop(node.name, time.perf_counter()), **self._memory()}
+        values = {
+            "seconds": time.perf_counter() - self._start.pop(node.name, time.perf_counter()),
+            **self._memory(),
+        }
         logger.info(
-            "node %s: %.1f s, peak RSS %.2f GiB%s", node.name, values["seconds"], values["peak_rss_gib"],
+            "node %s: %.1f s, peak RSS %.2f GiB%s",
+            node.name,
+            values["seconds"],
+            values["peak_rss_gib"],
             f", peak GPU {values['peak_gpu_gib']:.2f} GiB" if "peak_gpu_gib" in values else "",
         )
         self._log(node, values)
@@ -260,6 +274,11 @@ class ResourceHooks:
         if seconds < self.MIN_SAVE_SECONDS:
             return
         values = {"save_seconds": total, **self._memory()}
-        logger.info("node %s: saving %s took %.1f s%s", node.name, dataset_name, seconds,
-                    f", peak GPU {values['peak_gpu_gib']:.2f} GiB" if "peak_gpu_gib" in values else "")
+        logger.info(
+            "node %s: saving %s took %.1f s%s",
+            node.name,
+            dataset_name,
+            seconds,
+            f", peak GPU {values['peak_gpu_gib']:.2f} GiB" if "peak_gpu_gib" in values else "",
+        )
         self._log(node, values)

@@ -11,7 +11,8 @@ It reads the project's parameters and catalog exactly as ``kedro run --env <env>
 ``DQE_DATA_ROOT`` is honoured) and reports:
 
 * **annotations**: every captions / image-split file the configured splits need, present
-  and valid JSON (read with the readers' own :func:`~dqe_cir_pipeline.data_sources.common.load_json`);
+  and valid JSON (read with the readers' own
+  :func:`~dqe_cir_pipeline.data_sources.common.load_json`);
 * **images**: the fraction of images the split files reference that exist on disk
   (every image, not a sample: one directory listing per folder instead of one ``stat``
   per image); blocking when more are missing than ingestion tolerates
@@ -174,14 +175,30 @@ def annotation_specs(benchmark: str, data: dict[str, Any]) -> list[AnnotationSpe
     if benchmark == "fashioniq":
         for cat in cfg["categories"]:
             for split in cfg["splits"]:
-                specs.append(AnnotationSpec(root / "image_splits" / f"split.{cat}.{split}.json", "split", split, cat))
-                specs.append(AnnotationSpec(root / "captions" / f"cap.{cat}.{split}.json", "captions", split, cat))
+                specs.append(
+                    AnnotationSpec(
+                        root / "image_splits" / f"split.{cat}.{split}.json", "split", split, cat
+                    )
+                )
+                specs.append(
+                    AnnotationSpec(
+                        root / "captions" / f"cap.{cat}.{split}.json", "captions", split, cat
+                    )
+                )
     elif benchmark == "cirr":
         image_only = set(cfg.get("image_only_splits") or ())
         for split in cfg["splits"]:
-            specs.append(AnnotationSpec(root / "image_splits" / f"split.rc2.{split}.json", "split", split, "all"))
+            specs.append(
+                AnnotationSpec(
+                    root / "image_splits" / f"split.rc2.{split}.json", "split", split, "all"
+                )
+            )
             if split not in image_only:
-                specs.append(AnnotationSpec(root / "captions" / f"cap.rc2.{split}.json", "captions", split, "all"))
+                specs.append(
+                    AnnotationSpec(
+                        root / "captions" / f"cap.rc2.{split}.json", "captions", split, "all"
+                    )
+                )
     else:
         raise ValueError(f"no pre-flight data check for benchmark {benchmark!r}")
     return specs
@@ -203,13 +220,19 @@ class _DirListing:
         return self._cache[folder]
 
 
-def _image_files(benchmark: str, cfg: dict[str, Any], entries: Any, image_root: Path) -> dict[str, list[Path]]:
+def _image_files(
+    benchmark: str, cfg: dict[str, Any], entries: Any, image_root: Path
+) -> dict[str, list[Path]]:
     """Candidate files per image id of one split file (several when extensions vary)."""
     if benchmark == "fashioniq":
         if not isinstance(entries, list):
             raise AnnotationError("expected a list of image ids")
         exts = list(cfg.get("image_exts") or ["jpg"])
-        return {str(i): [image_root / f"{i}.{ext}" for ext in exts] for i in entries if isinstance(i, str) and i}
+        return {
+            str(i): [image_root / f"{i}.{ext}" for ext in exts]
+            for i in entries
+            if isinstance(i, str) and i
+        }
     if not isinstance(entries, dict):
         raise AnnotationError("expected an object mapping image name -> relative path")
     return {str(k): [Path(os.path.normpath(image_root / str(v)))] for k, v in entries.items()}
@@ -255,15 +278,21 @@ def check_data(benchmark: str, data: dict[str, Any], report: Report) -> set[str]
     total = len(files)
     fraction = found / total if total else 0.0
     tolerated = float(data.get("max_rejected_fraction", 0.0))
-    report.numbers.update(images_referenced=total, images_found=found, images_found_fraction=fraction)
+    report.numbers.update(
+        images_referenced=total, images_found=found, images_found_fraction=fraction
+    )
     if total == 0:
         status, summary = FAIL, f"no image is referenced (image root {image_root})"
     else:
         status = PASS if found == total else (WARN if 1.0 - fraction <= tolerated else FAIL)
-        summary = f"{found}/{total} referenced images found ({100 * fraction:.1f} %) under {image_root}"
+        summary = (
+            f"{found}/{total} referenced images found ({100 * fraction:.1f} %) under {image_root}"
+        )
     details = []
     if found < total:
-        absent = sorted(i for i, paths in files.items() if not any(p.name in listing(p.parent) for p in paths))
+        absent = sorted(
+            i for i, paths in files.items() if not any(p.name in listing(p.parent) for p in paths)
+        )
         details.append(f"missing e.g.: {', '.join(absent[:5])}")
         details.append(
             f"ingestion fails above data.max_rejected_fraction = {tolerated:g} "
@@ -310,7 +339,8 @@ def check_backbone(backbone: dict[str, Any], report: Report, skip: bool = False)
         Check(
             "backbone",
             PASS,
-            f"{bb.name} loads ({n_params / 1e6:.0f} M parameters, key {bb.key}, ViT tokens {tokens} x {dim})",
+            f"{bb.name} loads ({n_params / 1e6:.0f} M parameters, key {bb.key}, ViT tokens "
+            f"{tokens} x {dim})",
         )
     )
     del bb
@@ -334,7 +364,9 @@ def check_gpu(runtime: dict[str, Any], report: Report) -> None:
     for i in range(torch.cuda.device_count()):
         props = torch.cuda.get_device_properties(i)
         free, total = torch.cuda.mem_get_info(i)
-        details.append(f"cuda:{i} {props.name}: {free / 2**30:.1f} GiB free of {total / 2**30:.1f} GiB")
+        details.append(
+            f"cuda:{i} {props.name}: {free / 2**30:.1f} GiB free of {total / 2**30:.1f} GiB"
+        )
     report.numbers["gpus"] = torch.cuda.device_count()
     report.add(Check("gpu", PASS, f"{torch.cuda.device_count()} CUDA device(s)", details))
 
@@ -373,7 +405,9 @@ def check_disk(cache_dir: Path, n_images: int, tokens: int, dim: int, report: Re
         f"feature cache needs {_human(need)} ({n_images} images x {tokens} x {dim} x 2 B), "
         f"{_human(have)} already cached; {_human(free)} free at {_existing(cache_dir)}"
     )
-    report.add(Check("disk", PASS if free >= remaining else FAIL, summary, [f"cache folder: {cache_dir}"]))
+    report.add(
+        Check("disk", PASS if free >= remaining else FAIL, summary, [f"cache folder: {cache_dir}"])
+    )
 
 
 # --------------------------------------------------------------------------- entry
@@ -416,8 +450,12 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     ap.add_argument("--env", default="fashioniq", help="Kedro environment (fashioniq, cirr, ...)")
     ap.add_argument("--params", default=None, help='overrides as in kedro run: "a.b=1,c=x"')
-    ap.add_argument("--project-path", type=Path, default=None, help="project root (default: this checkout)")
-    ap.add_argument("--skip-backbone", action="store_true", help="do not load the pretrained weights")
+    ap.add_argument(
+        "--project-path", type=Path, default=None, help="project root (default: this checkout)"
+    )
+    ap.add_argument(
+        "--skip-backbone", action="store_true", help="do not load the pretrained weights"
+    )
     return ap.parse_args(argv)
 
 

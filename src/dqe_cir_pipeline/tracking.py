@@ -23,7 +23,9 @@ def _present(value: object) -> bool:
     return value is not None and not (isinstance(value, float) and math.isnan(value))
 
 
-def metric_values(values: Mapping[str, float | None], step: int = 0, prefix: str = "") -> dict[str, MetricPoint]:
+def metric_values(
+    values: Mapping[str, float | None], step: int = 0, prefix: str = ""
+) -> dict[str, MetricPoint]:
     """A flat dict of figures -> one point each at ``step``."""
     return {
         _key(prefix + k): {"value": float(v), "step": int(step)}
@@ -32,7 +34,9 @@ def metric_values(values: Mapping[str, float | None], step: int = 0, prefix: str
     }
 
 
-def metric_history(records: Iterable[Mapping[str, float]], prefix: str = "", step_key: str = "epoch") -> MetricHistory:
+def metric_history(
+    records: Iterable[Mapping[str, float]], prefix: str = "", step_key: str = "epoch"
+) -> MetricHistory:
     """Per-step records (each with ``step_key``) -> one history per key."""
     out: MetricHistory = {}
     for rec in records:

@@ -1,6 +1,6 @@
 """Run ``run_fit`` under ``torchrun`` (one process per rank); rank 0 saves the result.
 
-    torchrun --standalone --nproc_per_node 2 tests/helpers/ddp_worker.py BACKBONE_DIR OUT JSON_OVERRIDES
+torchrun --standalone --nproc_per_node 2 tests/helpers/ddp_worker.py BACKBONE_DIR OUT JSON_OVERRIDES
 """
 
 from __future__ import annotations
@@ -23,7 +23,9 @@ def main() -> None:
     torch.set_num_threads(1)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     dist = Distributed.from_env()
-    result = run_fit(tiny_backbone(backbone_dir), None, no_dropout=True, distributed=dist, **overrides)
+    result = run_fit(
+        tiny_backbone(backbone_dir), None, no_dropout=True, distributed=dist, **overrides
+    )
     if dist.is_main:
         save_result(result, out)
     dist.teardown()

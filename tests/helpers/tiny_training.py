@@ -22,9 +22,20 @@ from dqe_cir_pipeline.model.negatives import MiningConfig
 from dqe_cir_pipeline.model.train import FitResult, TrainingConfig, fit
 
 WORDS = ["red", "blue", "green", "circle", "square", "star", "make", "the", "a", "into", "turn"]
-SPEC = TinyBackboneSpec(image_size=32, vision_layers=1, qformer_layers=1, num_query_tokens=4,
-                        projection_dim=16, qformer_hidden=32, qformer_mlp=64, vision_hidden=32,
-                        vision_mlp=64, vision_heads=2, qformer_heads=2, vocab_size=200)
+SPEC = TinyBackboneSpec(
+    image_size=32,
+    vision_layers=1,
+    qformer_layers=1,
+    num_query_tokens=4,
+    projection_dim=16,
+    qformer_hidden=32,
+    qformer_mlp=64,
+    vision_hidden=32,
+    vision_mlp=64,
+    vision_heads=2,
+    qformer_heads=2,
+    vocab_size=200,
+)
 
 
 def tiny_backbone(out_dir: Path) -> Backbone:
@@ -34,7 +45,9 @@ def tiny_backbone(out_dir: Path) -> Backbone:
     return build_tiny_backbone(SPEC, captions, out_dir)
 
 
-def make_data(n_pool: int = 40, n_query: int = 24, seed: int = 0) -> tuple[TrainData, MemoryFeatures, EvalSet]:
+def make_data(
+    n_pool: int = 40, n_query: int = 24, seed: int = 0
+) -> tuple[TrainData, MemoryFeatures, EvalSet]:
     rng = np.random.default_rng(seed)
     ids = [f"img{i}" for i in range(n_pool)]
     tokens = rng.standard_normal((n_pool, 17, SPEC.vision_hidden)).astype(np.float16)
@@ -53,11 +66,21 @@ def make_data(n_pool: int = 40, n_query: int = 24, seed: int = 0) -> tuple[Train
         target_idx=tgt.astype(np.int64),
         reference_idx=ref.astype(np.int64),
     )
-    members = [[ids[r], ids[t]] + [ids[(t + k) % n_pool] for k in range(2, 6)] for r, t in zip(ref, tgt, strict=True)]
+    members = [
+        [ids[r], ids[t]] + [ids[(t + k) % n_pool] for k in range(2, 6)]
+        for r, t in zip(ref, tgt, strict=True)
+    ]
     val = EvalSet(
-        dataset="synthetic", split="val", query_ids=data.query_ids, reference_ids=data.reference_ids,
-        target_ids=list(data.target_ids), texts=texts, edit_types=["color"] * n_query,
-        categories=["all"] * n_query, subset_members=members, gallery_ids=ids,
+        dataset="synthetic",
+        split="val",
+        query_ids=data.query_ids,
+        reference_ids=data.reference_ids,
+        target_ids=list(data.target_ids),
+        texts=texts,
+        edit_types=["color"] * n_query,
+        categories=["all"] * n_query,
+        subset_members=members,
+        gallery_ids=ids,
         gallery_categories=["all"] * n_pool,
     )
     return data, MemoryFeatures(ids, tokens), val
@@ -75,7 +98,9 @@ def run_fit(
 ) -> FitResult:
     """Three epochs (unless overridden) of the training loop on ``make_data``."""
     data, feats, val = make_data(n_query=n_query)
-    params: dict[str, object] = dict(epochs=3, batch_size=8, lr=1e-3, warmup_steps=2, refresh_interval=1)
+    params: dict[str, object] = dict(
+        epochs=3, batch_size=8, lr=1e-3, warmup_steps=2, refresh_interval=1
+    )
     params.update(over)
     cfg = training_config(run_dir=str(run_dir) if run_dir else None, **params)
     model = build_model(backbone, cfg.model, cfg.loop.seed, "cpu")
@@ -87,10 +112,18 @@ def run_fit(
                 module.attention_dropout = 0.0  # HF attention passes it to the kernel
     mining = MiningConfig(zone_quantile=0.2, epsilon=0.0)
     return fit(
-        model, build_loss(cfg.loss), backbone.tokenizer, feats, data, cfg, mining,
+        model,
+        build_loss(cfg.loss),
+        backbone.tokenizer,
+        feats,
+        data,
+        cfg,
+        mining,
         lambda m: evaluate(m, feats, backbone.tokenizer, val, ks=(1, 5)).metrics,
-        backbone_meta={"key": backbone.key, "name": backbone.name}, device="cpu",
-        stop_after_epochs=stop, distributed=distributed,
+        backbone_meta={"key": backbone.key, "name": backbone.name},
+        device="cpu",
+        stop_after_epochs=stop,
+        distributed=distributed,
     )
 
 
@@ -100,7 +133,9 @@ def training_config(**flat: object) -> TrainingConfig:
     blocks: dict[str, dict[str, object]] = {"model": {}, "loss": {}, "optim": {}, "loop": {}}
     defaults = TrainingConfig()
     for key, value in flat.items():
-        owner = [name for name in blocks if key in {f.name for f in fields(getattr(defaults, name))}]
+        owner = [
+            name for name in blocks if key in {f.name for f in fields(getattr(defaults, name))}
+        ]
         if len(owner) != 1:
             raise KeyError(f"{key!r} is a field of {owner or 'no'} training block")
         blocks[owner[0]][key] = value

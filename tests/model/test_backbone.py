@@ -91,8 +91,11 @@ def test_vocabulary_is_deterministic() -> None:
 
 def test_tokenizer_pads_with_zero_and_truncates(tiny: Backbone) -> None:
     enc = tiny.tokenizer(
-        ["red", "a " * 100], padding="longest", truncation=True,
-        max_length=tiny.max_text_len, return_tensors="pt",
+        ["red", "a " * 100],
+        padding="longest",
+        truncation=True,
+        max_length=tiny.max_text_len,
+        return_tensors="pt",
     )
     ids, mask = enc["input_ids"], enc["attention_mask"]
     assert ids.shape == mask.shape == (2, tiny.max_text_len)

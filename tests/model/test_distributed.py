@@ -27,11 +27,24 @@ WORKER = ROOT / "tests" / "helpers" / "ddp_worker.py"
 RECIPE = {"n_query": 29, "batch_size": 9, "epochs": 2}  # batches 9, 9, 9, 2: split 5+4 and 1+1
 
 
-def torchrun(args: list[str], nproc: int = 2, timeout: int = 600) -> subprocess.CompletedProcess[str]:
+def torchrun(
+    args: list[str], nproc: int = 2, timeout: int = 600
+) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={nproc}",
+            *args,
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     if proc.returncode != 0:
         raise AssertionError(f"torchrun failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
@@ -45,11 +58,18 @@ def torchrun(args: list[str], nproc: int = 2, timeout: int = 600) -> subprocess.
         {"objective": "batch_kl"},
         {"objective": "contrastive", "negatives": "none"},
         # the plain QuRe ablation: the attribute heads take no part (DDP must allow that)
-        {"objective": "pairwise_kl", "negatives": "random", "use_attribute_weights": False, "use_margins": False},
+        {
+            "objective": "pairwise_kl",
+            "negatives": "random",
+            "use_attribute_weights": False,
+            "use_margins": False,
+        },
     ],
     ids=["batch_kl-mined", "contrastive", "pairwise_kl-random-no-heads"],
 )
-def test_two_ranks_train_exactly_like_one_process(tmp_path: Path, overrides: dict[str, str]) -> None:
+def test_two_ranks_train_exactly_like_one_process(
+    tmp_path: Path, overrides: dict[str, str]
+) -> None:
     torch.set_num_threads(1)
     backbone_dir = tmp_path / "tiny"
     backbone = tiny_backbone(backbone_dir)
@@ -61,15 +81,29 @@ def test_two_ranks_train_exactly_like_one_process(tmp_path: Path, overrides: dic
 
     assert len(ddp["history"]) == len(single.history) == RECIPE["epochs"]
     for a, b in zip(single.history, ddp["history"], strict=True):
-        for key in ("train/loss", "train/main", "train/color_margin", "train/shape_margin", "train/lr"):
+        for key in (
+            "train/loss",
+            "train/main",
+            "train/color_margin",
+            "train/shape_margin",
+            "train/lr",
+        ):
             assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), key
         val = [k for k in a if k.startswith("val/")]
-        assert val and not [k for k in val if b[k] != pytest.approx(a[k], rel=1e-4, abs=1e-5)], [(k, a[k], b[k]) for k in val if b[k] != pytest.approx(a[k], rel=1e-4, abs=1e-5)]
+        assert val and not [k for k in val if b[k] != pytest.approx(a[k], rel=1e-4, abs=1e-5)], [
+            (k, a[k], b[k]) for k in val if b[k] != pytest.approx(a[k], rel=1e-4, abs=1e-5)
+        ]
     # Both runs moved the weights the same way. Adam rescales near-zero gradients (the
     # cross-attention key bias has a true gradient of zero), so float summation noise can
     # show at the learning-rate scale on single elements; the whole update must agree.
-    initial = run_fit(backbone, None, no_dropout=True, **{**RECIPE, **overrides, "epochs": 1, "lr": 0.0})
-    start, end, other = initial.best_checkpoint["model"], single.best_checkpoint["model"], ddp["model"]
+    initial = run_fit(
+        backbone, None, no_dropout=True, **{**RECIPE, **overrides, "epochs": 1, "lr": 0.0}
+    )
+    start, end, other = (
+        initial.best_checkpoint["model"],
+        single.best_checkpoint["model"],
+        ddp["model"],
+    )
     moved = sum(float((end[k].float() - start[k].float()).norm() ** 2) for k in end) ** 0.5
     apart = sum(float((other[k].float() - end[k].float()).norm() ** 2) for k in end) ** 0.5
     assert moved > 0.05
@@ -97,7 +131,9 @@ def test_global_batch_loss_equals_local_loss_on_one_process() -> None:
 
     g = torch.Generator().manual_seed(0)
     b, qn, p = 6, 3, 8
-    out = QueryOutput(*(torch.randn(b, p, generator=g) for _ in range(4)), weights=torch.rand(b, 3, generator=g))
+    out = QueryOutput(
+        *(torch.randn(b, p, generator=g) for _ in range(4)), weights=torch.rand(b, 3, generator=g)
+    )
     tgt, neg = torch.randn(b, qn, p, generator=g), torch.randn(b, qn, p, generator=g)
     color = torch.tensor([1, 0, 1, 0, 0, 1], dtype=torch.bool)
     shape = ~color
@@ -105,20 +141,52 @@ def test_global_batch_loss_equals_local_loss_on_one_process() -> None:
     for objective in ("batch_kl", "pairwise_kl", "contrastive"):
         loss = DQELoss(LossConfig(objective=objective))
         a = loss(Scorer(), out, tgt, neg, color, shape, ti, ni)
-        c = loss(Scorer(), out, tgt, neg, color, shape, ti, ni,
-                 global_batch=GlobalBatch.local(tgt, neg, color, shape, ti, ni))
+        c = loss(
+            Scorer(),
+            out,
+            tgt,
+            neg,
+            color,
+            shape,
+            ti,
+            ni,
+            global_batch=GlobalBatch.local(tgt, neg, color, shape, ti, ni),
+        )
         for key in a:
             torch.testing.assert_close(a[key], c[key])
         # two halves, as two ranks would see them, average to the whole-batch terms
         halves = []
         for offset, rows in ((0, slice(0, 4)), (4, slice(4, 6))):
-            sub = QueryOutput(*(getattr(out, f)[rows] for f in ("q", "q_base", "q_color", "q_shape", "weights")))
-            gb = GlobalBatch(tgt, neg, ti, ni, offset=offset, n_color=int(color.sum()), n_shape=int(shape.sum()),
-                             world_size=2)
-            halves.append(loss(Scorer(), sub, tgt[rows], neg[rows], color[rows], shape[rows], ti[rows], ni[rows],
-                               global_batch=gb))
+            sub = QueryOutput(
+                *(getattr(out, f)[rows] for f in ("q", "q_base", "q_color", "q_shape", "weights"))
+            )
+            gb = GlobalBatch(
+                tgt,
+                neg,
+                ti,
+                ni,
+                offset=offset,
+                n_color=int(color.sum()),
+                n_shape=int(shape.sum()),
+                world_size=2,
+            )
+            halves.append(
+                loss(
+                    Scorer(),
+                    sub,
+                    tgt[rows],
+                    neg[rows],
+                    color[rows],
+                    shape[rows],
+                    ti[rows],
+                    ni[rows],
+                    global_batch=gb,
+                )
+            )
         for key in a:
-            torch.testing.assert_close((halves[0][key] + halves[1][key]) / 2, a[key], msg=f"{objective} {key}")
+            torch.testing.assert_close(
+                (halves[0][key] + halves[1][key]) / 2, a[key], msg=f"{objective} {key}"
+            )
 
 
 def test_from_env_reads_the_torchrun_variables(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -92,7 +92,10 @@ def test_query_depends_on_text_and_reference_not_on_padding(backbone: Backbone) 
     ref, _, _, ids, mask = _batch(backbone)
     with torch.no_grad():
         full = model.encode_queries(ref, ids, mask)
-        alone = model.encode_queries(ref[:1], *tokenize(backbone.tokenizer, CAPTIONS[:1], backbone.max_text_len, torch.device("cpu")))  # no padding
+        alone = model.encode_queries(
+            ref[:1],
+            *tokenize(backbone.tokenizer, CAPTIONS[:1], backbone.max_text_len, torch.device("cpu")),
+        )  # no padding
         other_ref = model.encode_queries(ref.roll(1, 0), ids, mask)
     torch.testing.assert_close(alone.q[0], full.q[0], atol=1e-5, rtol=0)
     assert (full.q[0] - full.q[1]).abs().max() > 1e-3  # text matters

@@ -53,11 +53,26 @@ def test_resume_refuses_a_changed_recipe(backbone: Backbone, tmp_path: Path) -> 
     run_fit(backbone, tmp_path, stop=1)
     with pytest.raises(CheckpointMismatchError, match="training.optim.lr"):
         data, feats, val = make_data()
-        cfg = training_config(epochs=3, batch_size=8, lr=5e-4, warmup_steps=2, refresh_interval=1,
-                              run_dir=str(tmp_path))
-        fit(build_model(backbone, cfg.model, device="cpu"), build_loss(cfg.loss), backbone.tokenizer, feats,
-            data, cfg, MiningConfig(), lambda m: {"avg": 0.0}, device="cpu",
-            backbone_meta={"key": backbone.key, "name": backbone.name})
+        cfg = training_config(
+            epochs=3,
+            batch_size=8,
+            lr=5e-4,
+            warmup_steps=2,
+            refresh_interval=1,
+            run_dir=str(tmp_path),
+        )
+        fit(
+            build_model(backbone, cfg.model, device="cpu"),
+            build_loss(cfg.loss),
+            backbone.tokenizer,
+            feats,
+            data,
+            cfg,
+            MiningConfig(),
+            lambda m: {"avg": 0.0},
+            device="cpu",
+            backbone_meta={"key": backbone.key, "name": backbone.name},
+        )
 
 
 def test_training_improves_the_training_objective(backbone: Backbone) -> None:
@@ -67,7 +82,10 @@ def test_training_improves_the_training_objective(backbone: Backbone) -> None:
 
 
 def test_models_from_one_backbone_do_not_share_weights(backbone: Backbone) -> None:
-    a, b = build_model(backbone, DQEConfig(), device="cpu"), build_model(backbone, DQEConfig(), device="cpu")
+    a, b = (
+        build_model(backbone, DQEConfig(), device="cpu"),
+        build_model(backbone, DQEConfig(), device="cpu"),
+    )
     with torch.no_grad():
         a.qformer.layernorm.weight.add_(1.0)
     assert not torch.equal(a.qformer.layernorm.weight, b.qformer.layernorm.weight)
@@ -86,7 +104,9 @@ def test_random_negatives_avoid_target_reference_and_other_groups() -> None:
     data, _, _ = make_data(n_pool=12, n_query=200)
     data.pool_groups = np.arange(12) % 2
     data.query_groups = data.pool_groups[data.target_idx]
-    data.reference_idx = np.where(data.pool_groups[data.reference_idx] == data.query_groups, data.reference_idx, -1)
+    data.reference_idx = np.where(
+        data.pool_groups[data.reference_idx] == data.query_groups, data.reference_idx, -1
+    )
     neg = random_negatives(data, np.random.default_rng(0))
     assert (neg != data.target_idx).all() and (neg != data.reference_idx).all()
     assert (data.pool_groups[neg] == data.query_groups).all()
@@ -96,7 +116,13 @@ def test_mining_state_round_trips_through_weights_only(tmp_path: Path) -> None:
     g = torch.Generator().manual_seed(0)
     q = torch.nn.functional.normalize(torch.randn(10, 8, generator=g), dim=-1)
     pool = torch.nn.functional.normalize(torch.randn(30, 3, 8, generator=g), dim=-1)
-    result = mine_negatives(q, pool, torch.arange(10), torch.arange(10, 20), MiningConfig(zone_quantile=0.3, epsilon=0.0))
+    result = mine_negatives(
+        q,
+        pool,
+        torch.arange(10),
+        torch.arange(10, 20),
+        MiningConfig(zone_quantile=0.3, epsilon=0.0),
+    )
     torch.save(result.to_state(), tmp_path / "m.pt")
     back = MiningResult.from_state(torch.load(tmp_path / "m.pt", weights_only=True))
     for name in ("candidates", "deltas", "zone_size", "fallback"):
@@ -114,13 +140,27 @@ def test_train_config_rejects_unknown_keys_wrong_types_and_bad_combinations() ->
 
 
 def test_eval_set_from_tables_selects_split() -> None:
-    triplets = pd.DataFrame({
-        "query_id": ["1", "2"], "dataset": ["synthetic"] * 2, "category": ["all"] * 2, "split": ["val", "train"],
-        "reference_id": ["a", "b"], "target_id": ["b", "a"], "captions_raw": [["x"], ["y"]], "caption_eval": ["x", "y"],
-        "captions_train": [["x"], ["y"]], "edit_type": ["color", "shape"], "edits_color": [True, False],
-        "edits_shape": [False, True], "subset_members": [["a", "b"], ["a", "b"]], "edit_labels": ["{}", "{}"],
-    })
-    images = pd.DataFrame({"image_id": ["a", "b", "a"], "category": ["all"] * 3, "split": ["val", "val", "train"]})
+    triplets = pd.DataFrame(
+        {
+            "query_id": ["1", "2"],
+            "dataset": ["synthetic"] * 2,
+            "category": ["all"] * 2,
+            "split": ["val", "train"],
+            "reference_id": ["a", "b"],
+            "target_id": ["b", "a"],
+            "captions_raw": [["x"], ["y"]],
+            "caption_eval": ["x", "y"],
+            "captions_train": [["x"], ["y"]],
+            "edit_type": ["color", "shape"],
+            "edits_color": [True, False],
+            "edits_shape": [False, True],
+            "subset_members": [["a", "b"], ["a", "b"]],
+            "edit_labels": ["{}", "{}"],
+        }
+    )
+    images = pd.DataFrame(
+        {"image_id": ["a", "b", "a"], "category": ["all"] * 3, "split": ["val", "val", "train"]}
+    )
     ev = EvalSet.from_tables(triplets, images, "val")
     assert ev.query_ids == ["1"] and ev.gallery_ids == ["a", "b"] and ev.labelled
     with pytest.raises(ValueError, match="no triplets"):

@@ -118,7 +118,9 @@ def test_dqe_loss_contrastive_uses_rolled_negatives() -> None:
 def test_batch_kl_is_cross_entropy_over_targets_and_negatives_with_duplicates_masked() -> None:
     from dqe_cir_pipeline.model.losses import batch_kl_loss
 
-    scores = torch.tensor([[0.9, 0.2, 0.5, 0.8], [0.1, 0.7, 0.3, 0.6]])  # 2 rows: 2 targets + 2 negatives
+    scores = torch.tensor(
+        [[0.9, 0.2, 0.5, 0.8], [0.1, 0.7, 0.3, 0.6]]
+    )  # 2 rows: 2 targets + 2 negatives
     tau = 0.5
     plain = batch_kl_loss(scores, tau)
     z = scores / tau

@@ -61,5 +61,7 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     params = load_params(tmp)
     catalog = catalog_for(params, tmp)
     pipes = register_pipelines()
-    SequentialRunner().run(pipes["data_ingestion"] + pipes["embedding_extraction"] + pipes["negative_mining"], catalog)
+    SequentialRunner().run(
+        pipes["data_ingestion"] + pipes["embedding_extraction"] + pipes["negative_mining"], catalog
+    )
     return {"tmp": tmp, "params": params, "catalog": catalog}

@@ -17,16 +17,35 @@ from dqe_cir_pipeline.pipeline_registry import register_pipelines
 
 def test_registry_names_every_stage() -> None:
     pipes = register_pipelines()
-    assert {"__default__", "train", "data_ingestion", "embedding_extraction", "negative_mining",
-            "training", "evaluation", "zero_shot"} <= set(pipes)
+    assert {
+        "__default__",
+        "train",
+        "data_ingestion",
+        "embedding_extraction",
+        "negative_mining",
+        "training",
+        "evaluation",
+        "zero_shot",
+    } <= set(pipes)
     names = {n.name for n in pipes["train"].nodes}
-    assert {"data_ingestion.prepare_benchmark_source", "data_ingestion.ingest_benchmark",
-            "data_ingestion.validate_ingestion", "embedding_extraction.prepare_backbone",
-            "embedding_extraction.extract_vit_features", "negative_mining.mine_initial_negatives",
-            "training.train_dqe_cir", "evaluation.evaluate_checkpoint"} <= names
+    assert {
+        "data_ingestion.prepare_benchmark_source",
+        "data_ingestion.ingest_benchmark",
+        "data_ingestion.validate_ingestion",
+        "embedding_extraction.prepare_backbone",
+        "embedding_extraction.extract_vit_features",
+        "negative_mining.mine_initial_negatives",
+        "training.train_dqe_cir",
+        "evaluation.evaluate_checkpoint",
+    } <= names
     # one namespace per stage, so kedro viz collapses each stage into one box
     assert {n.namespace for n in pipes["train"].nodes} == {
-        "data_ingestion", "embedding_extraction", "negative_mining", "training", "evaluation"}
+        "data_ingestion",
+        "embedding_extraction",
+        "negative_mining",
+        "training",
+        "evaluation",
+    }
 
 
 def test_ingestion_outputs_canonical_tables(prepared: dict[str, Any]) -> None:
@@ -35,7 +54,9 @@ def test_ingestion_outputs_canonical_tables(prepared: dict[str, Any]) -> None:
     pa.Table.from_pandas(images, schema=IMAGE_SCHEMA, preserve_index=False)
     pa.Table.from_pandas(triplets, schema=TRIPLET_SCHEMA, preserve_index=False)
     syn = prepared["params"]["data"]["synthetic"]
-    assert (triplets["split"] == "train").sum() == syn["train_families"] * syn["train_variants_per_family"]
+    assert (triplets["split"] == "train").sum() == syn["train_families"] * syn[
+        "train_variants_per_family"
+    ]
     assert (triplets["split"] == "val").sum() == syn["val_families"] * syn["variants_per_family"]
     assert cat.load("quarantine").empty
     report = cat.load("ingestion_report")

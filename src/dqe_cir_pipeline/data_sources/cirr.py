@@ -73,8 +73,8 @@ class CIRRConfig:
         quarantine_empty_captions: Quarantine records whose caption is blank. Off by
             default [design]: real test1 has one (pairid 27098, caption " ") and the
             evaluation server expects every test1 pairid, and the published CIRR
-            results evaluate val over all queries, so blank captions are kept (``caption_eval = ""``) and
-            counted in the log.
+            results evaluate val over all queries, so blank captions are kept
+            (``caption_eval = ""``) and counted in the log.
         unlabelled_splits: Splits whose records have no ``target_hard`` (``target_id``
             is null there); elsewhere a missing target quarantines the record.
         workers: Threads for the image check (``None``: automatic).

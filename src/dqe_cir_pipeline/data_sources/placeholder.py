@@ -37,7 +37,14 @@ FASHIONIQ_SIZES = {"dress": (2017, 3817), "shirt": (2038, 6346), "toptee": (1961
 CIRR_SET_SIZE = 6  # CIRR's img_set: the reference, the target and four look-alikes
 
 COLOURS = ["red", "blue", "green", "black", "white", "yellow", "pink", "grey", "purple", "orange"]
-SHAPES = ["long sleeves", "short sleeves", "a v-neck", "a round collar", "stripes", "a floral print"]
+SHAPES = [
+    "long sleeves",
+    "short sleeves",
+    "a v-neck",
+    "a round collar",
+    "stripes",
+    "a floral print",
+]
 OBJECTS = ["dog", "car", "cup", "bottle", "chair", "bird", "lamp", "bag"]
 
 
@@ -118,12 +125,20 @@ def _cirr_caption(rng: np.random.Generator) -> str:
 
 
 def _cirr_split(
-    annotations: Path, images: Path, split: str, n_queries: int, n_images: int, labelled: bool,
-    rng: np.random.Generator, pair_start: int,
+    annotations: Path,
+    images: Path,
+    split: str,
+    n_queries: int,
+    n_images: int,
+    labelled: bool,
+    rng: np.random.Generator,
+    pair_start: int,
 ) -> list[Path]:
     prefix = "dev" if split == "val" else split
     n_sets = max(1, n_images // CIRR_SET_SIZE)
-    names = [f"{prefix}-{s}-{k // 2}-img{k % 2}" for s in range(n_sets) for k in range(CIRR_SET_SIZE)]
+    names = [
+        f"{prefix}-{s}-{k // 2}-img{k % 2}" for s in range(n_sets) for k in range(CIRR_SET_SIZE)
+    ]
     rel = {
         n: (f"./train/{i % 100}/{n}.png" if split == "train" else f"./{prefix}/{n}.png")
         for i, n in enumerate(names)
@@ -146,8 +161,12 @@ def _cirr_split(
             rec["img_set"]["target_rank"] = int(tgt_pos)
         records.append(rec)
     # record keys keep the order of the real files
-    atomic_write_json(annotations / "captions" / f"cap.rc2.{split}.json", records, indent=None, sort_keys=False)
-    atomic_write_json(annotations / "image_splits" / f"split.rc2.{split}.json", rel, indent=None, sort_keys=False)
+    atomic_write_json(
+        annotations / "captions" / f"cap.rc2.{split}.json", records, indent=None, sort_keys=False
+    )
+    atomic_write_json(
+        annotations / "image_splits" / f"split.rc2.{split}.json", rel, indent=None, sort_keys=False
+    )
     return [images / r[2:] for r in rel.values()]
 
 
@@ -158,7 +177,10 @@ def write_cirr(root: Path, cfg: PlaceholderConfig) -> dict[str, Any]:
     annotations, images = root / "annotations", root / "images"
     sizes = {
         "train": (cfg.train_queries, cfg.train_queries),
-        **{s: (_scaled(q, cfg.scale, 8), _scaled(n, cfg.scale, 2 * CIRR_SET_SIZE)) for s, (q, n) in CIRR_SIZES.items()},
+        **{
+            s: (_scaled(q, cfg.scale, 8), _scaled(n, cfg.scale, 2 * CIRR_SET_SIZE))
+            for s, (q, n) in CIRR_SIZES.items()
+        },
     }
     paths: list[Path] = []
     counts: dict[str, Any] = {}
@@ -209,18 +231,34 @@ def write_fashioniq(root: Path, cfg: PlaceholderConfig) -> dict[str, Any]:
             records = []
             for _ in range(n_q):
                 cand, target = rng.choice(n_img, 2, replace=False)
-                records.append({"target": ids[int(target)], "candidate": ids[int(cand)], "captions": _fiq_captions(rng)})
-            atomic_write_json(annotations / "captions" / f"cap.{category}.{split}.json", records,
-                              indent=None, sort_keys=False)
-            atomic_write_json(annotations / "image_splits" / f"split.{category}.{split}.json", ids,
-                              indent=None, sort_keys=False)
+                records.append(
+                    {
+                        "target": ids[int(target)],
+                        "candidate": ids[int(cand)],
+                        "captions": _fiq_captions(rng),
+                    }
+                )
+            atomic_write_json(
+                annotations / "captions" / f"cap.{category}.{split}.json",
+                records,
+                indent=None,
+                sort_keys=False,
+            )
+            atomic_write_json(
+                annotations / "image_splits" / f"split.{category}.{split}.json",
+                ids,
+                indent=None,
+                sort_keys=False,
+            )
             paths += [images / f"{i}.jpg" for i in ids]
             counts[f"{category}/{split}"] = {"queries": n_q, "images": n_img}
     counts["images_written"] = write_images(paths, cfg.image_size, cfg.workers)
     return counts
 
 
-def write_benchmark(benchmark: str, raw_root: str | os.PathLike[str], cfg: PlaceholderConfig) -> dict[str, Any]:
+def write_benchmark(
+    benchmark: str, raw_root: str | os.PathLike[str], cfg: PlaceholderConfig
+) -> dict[str, Any]:
     """Write the placeholder tree of ``benchmark`` ("cirr" | "fashioniq") under ``raw_root``."""
     root = Path(raw_root)
     if benchmark == "cirr":

@@ -290,7 +290,10 @@ class SyntheticConfig:
             raise ValueError(f"image_size must be >= 16, got {self.image_size}")
         if self.train_families < 1 or self.val_families < 1:
             raise ValueError("train_families and val_families must be >= 1")
-        if min(self.variants_for("train"), self.variants_per_family) < self.distractors_per_triplet + 1:
+        if (
+            min(self.variants_for("train"), self.variants_per_family)
+            < self.distractors_per_triplet + 1
+        ):
             raise ValueError("variants per family must exceed distractors_per_triplet")
         if len(self.object_count_weights) != 3 or min(self.object_count_weights) < 0:
             raise ValueError("object_count_weights must be 3 non-negative numbers")

@@ -101,7 +101,6 @@ class BackboneConfig:
             raise ValueError(f"backbone.source must be 'tiny' or 'pretrained', got {self.source!r}")
 
 
-
 @dataclass
 class Backbone:
     """A loaded backbone.
@@ -301,7 +300,9 @@ def build_tiny_backbone(
     elif out.exists() and any(out.iterdir()):  # never delete a folder that is not ours
         raise FileExistsError(f"{out} exists and is not a tiny backbone; choose another tiny_dir")
 
-    tokenizer = train_wordpiece_tokenizer(caption_list, spec.vocab_size, spec.max_position_embeddings)
+    tokenizer = train_wordpiece_tokenizer(
+        caption_list, spec.vocab_size, spec.max_position_embeddings
+    )
     config = tiny_blip2_config(spec)
     # Seeded construction without disturbing the caller's global RNG state.
     with torch.random.fork_rng(devices=[]):

@@ -43,5 +43,3 @@ class RuntimeConfig:
     def __post_init__(self) -> None:
         if self.amp_dtype not in ("bfloat16", "float16", "float32"):
             raise ValueError(f"amp_dtype must be bfloat16|float16|float32, got {self.amp_dtype!r}")
-
-

@@ -76,7 +76,8 @@ class Distributed:
         if self.enabled and resolved.type == "cuda":
             if torch.cuda.device_count() <= self.local_rank:
                 raise RuntimeError(
-                    f"LOCAL_RANK={self.local_rank} but only {torch.cuda.device_count()} CUDA devices are visible"
+                    f"LOCAL_RANK={self.local_rank} but only {torch.cuda.device_count()} CUDA "
+                    "devices are visible"
                 )
             resolved = torch.device("cuda", self.local_rank)
             torch.cuda.set_device(resolved)
@@ -88,7 +89,13 @@ class Distributed:
                 world_size=self.world_size,
                 timeout=timedelta(minutes=timeout_minutes),
             )
-            logger.info("rank %d/%d joined the %s process group on %s", self.rank, self.world_size, backend, resolved)
+            logger.info(
+                "rank %d/%d joined the %s process group on %s",
+                self.rank,
+                self.world_size,
+                backend,
+                resolved,
+            )
         return resolved
 
     def teardown(self) -> None:
@@ -111,7 +118,9 @@ class Distributed:
         dist.all_reduce(out, op=dist.ReduceOp.SUM)
         return out
 
-    def gather_rows(self, tensor: torch.Tensor, sizes: Sequence[int], *, differentiable: bool) -> torch.Tensor:
+    def gather_rows(
+        self, tensor: torch.Tensor, sizes: Sequence[int], *, differentiable: bool
+    ) -> torch.Tensor:
         """Concatenate every rank's rows in rank order; rank r contributes ``sizes[r]`` rows.
 
         Uneven slices are padded to the largest for the collective and trimmed after.
@@ -121,7 +130,9 @@ class Distributed:
         if not self.enabled:
             return tensor
         if tensor.shape[0] != sizes[self.rank]:
-            raise ValueError(f"rank {self.rank} has {tensor.shape[0]} rows, expected {sizes[self.rank]}")
+            raise ValueError(
+                f"rank {self.rank} has {tensor.shape[0]} rows, expected {sizes[self.rank]}"
+            )
         longest = max(sizes)
         if tensor.shape[0] < longest:
             pad = tensor.new_zeros((longest - tensor.shape[0], *tensor.shape[1:]))

@@ -1,10 +1,10 @@
 """Evaluation of a model on one benchmark split: the same code for validation during
 training, the evaluation pipeline and the zero-shot baseline.
 
-Protocols (as the FashionIQ and CIRR papers evaluate): FashionIQ ranks each category's own gallery with the reference
-kept; CIRR and the generated benchmark rank the split's whole gallery with the
-reference removed, plus Recall_subset over ``img_set.members``. The generated benchmark
-also gets a breakdown by edit type (color / shape / both / other).
+Protocols (as the FashionIQ and CIRR papers evaluate): FashionIQ ranks each category's
+own gallery with the reference kept; CIRR and the generated benchmark rank the split's
+whole gallery with the reference removed, plus Recall_subset over ``img_set.members``.
+The generated benchmark also gets a breakdown by edit type (color / shape / both / other).
 """
 
 from __future__ import annotations
@@ -60,7 +60,9 @@ class EvalSet:
         q = triplets[triplets["split"] == split].reset_index(drop=True)
         g = images[images["split"] == split].drop_duplicates(["image_id", "category"])
         if q.empty:
-            raise ValueError(f"no triplets in split {split!r} (splits: {sorted(set(triplets['split']))})")
+            raise ValueError(
+                f"no triplets in split {split!r} (splits: {sorted(set(triplets['split']))})"
+            )
         if g.empty:
             raise ValueError(f"no images in split {split!r}")
         datasets = sorted(set(q["dataset"]))
@@ -89,7 +91,9 @@ class EvalOutput:
     per_query: pd.DataFrame
 
 
-def _index(names: Sequence[str], wanted: Sequence[str | None], what: str, missing: int | None = None) -> torch.Tensor:
+def _index(
+    names: Sequence[str], wanted: Sequence[str | None], what: str, missing: int | None = None
+) -> torch.Tensor:
     pos = {n: i for i, n in enumerate(names)}
     out = []
     for w in wanted:
@@ -130,14 +134,28 @@ def evaluate(
 ) -> EvalOutput:
     """Encode the split with ``model`` and compute its protocol's metrics."""
     device = next(model.parameters()).device
-    gallery = encode_images(model, features, data.gallery_ids, batch_size=batch_size, amp_dtype=amp_dtype)
+    gallery = encode_images(
+        model, features, data.gallery_ids, batch_size=batch_size, amp_dtype=amp_dtype
+    )
     queries = encode_queries(
-        model, features, tokenizer, data.reference_ids, data.texts,
-        batch_size=batch_size, max_len=max_len, amp_dtype=amp_dtype,
+        model,
+        features,
+        tokenizer,
+        data.reference_ids,
+        data.texts,
+        batch_size=batch_size,
+        max_len=max_len,
+        amp_dtype=amp_dtype,
     )
     return evaluate_embeddings(
-        queries.q, queries.weights, gallery, data, ks=ks, chunk_size=chunk_size,
-        device=device, keep_topk=keep_topk,
+        queries.q,
+        queries.weights,
+        gallery,
+        data,
+        ks=ks,
+        chunk_size=chunk_size,
+        device=device,
+        keep_topk=keep_topk,
     )
 
 
@@ -158,7 +176,9 @@ def evaluate_embeddings(
     baseline: a (M,1,d) gallery and reference pixels as queries).
     """
     n = len(data.query_ids)
-    per_query = pd.DataFrame({"query_id": data.query_ids, "edit_type": data.edit_types, "category": data.categories})
+    per_query = pd.DataFrame(
+        {"query_id": data.query_ids, "edit_type": data.edit_types, "category": data.categories}
+    )
     if weights is not None:
         for j, name in enumerate(("base", "color", "shape")):
             per_query[f"w_{name}"] = weights[:, j].numpy()
@@ -184,12 +204,19 @@ def evaluate_embeddings(
         metrics.update(fashioniq_metrics_from_ranks(per_cat, (10, 50)))
     else:
         ref = _index(data.gallery_ids, data.reference_ids, "reference", missing=-1)
-        _, idx = topk(q, gallery, min(keep_topk, len(data.gallery_ids) - 1), ref, chunk_size, device)
+        _, idx = topk(
+            q, gallery, min(keep_topk, len(data.gallery_ids) - 1), ref, chunk_size, device
+        )
         top = [[data.gallery_ids[j] for j in row] for row in idx.tolist()]
         ranks = np.full(n, -1, dtype=np.int64)
         if data.labelled:
             tgt = _index(data.gallery_ids, data.target_ids, "target")
-            subset = torch.stack([_index(data.gallery_ids, m, "subset member", missing=-1) for m in data.subset_members])
+            subset = torch.stack(
+                [
+                    _index(data.gallery_ids, m, "subset member", missing=-1)
+                    for m in data.subset_members
+                ]
+            )
             r = target_ranks(q, gallery, tgt, ref, chunk_size, device)
             sr = subset_ranks(q, gallery, tgt, subset, ref, max(1, chunk_size // 4), device)
             ranks = r.numpy()
@@ -209,7 +236,9 @@ def submission_rankings(
 ) -> tuple[list[list[str]], list[list[str]]]:
     """CIRR test1: top-50 (reference removed) and top-3 within the subset, as names."""
     ref = _index(data.gallery_ids, data.reference_ids, "reference", missing=-1)
-    subset = torch.stack([_index(data.gallery_ids, m, "subset member", missing=-1) for m in data.subset_members])
+    subset = torch.stack(
+        [_index(data.gallery_ids, m, "subset member", missing=-1) for m in data.subset_members]
+    )
     _, full = topk(q, gallery, 50, ref, chunk_size)
     sub = subset_topk(q, gallery, subset, 3, ref, max(1, chunk_size // 4))
     names = data.gallery_ids

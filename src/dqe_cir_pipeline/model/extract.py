@@ -23,7 +23,9 @@ logger = logging.getLogger(__name__)
 class _ImageFiles(Dataset):
     """Decode + preprocess image files (runs in DataLoader workers on a GPU machine)."""
 
-    def __init__(self, paths: Sequence[str], preprocess: Callable[[Image.Image], torch.Tensor]) -> None:
+    def __init__(
+        self, paths: Sequence[str], preprocess: Callable[[Image.Image], torch.Tensor]
+    ) -> None:
         self.paths = list(paths)
         self.preprocess = preprocess
 
@@ -51,8 +53,12 @@ class VitEncoder:
     """
 
     def __init__(
-        self, backbone: Backbone, device: torch.device, batch_size: int = 64,
-        num_workers: int = 0, amp_dtype: str | None = "bfloat16",
+        self,
+        backbone: Backbone,
+        device: torch.device,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        amp_dtype: str | None = "bfloat16",
     ) -> None:
         self.model = backbone.model
         self.model.vision_model.to(device).eval()
@@ -75,7 +81,9 @@ class VitEncoder:
                     raise
                 self.batch_size = max(1, self.batch_size // 2)
                 torch.cuda.empty_cache()
-                logger.warning("CUDA out of memory: extraction batch size halved to %d", self.batch_size)
+                logger.warning(
+                    "CUDA out of memory: extraction batch size halved to %d", self.batch_size
+                )
         self.images_done += len(paths)
         self.seconds += time.perf_counter() - start
         return out
@@ -113,7 +121,9 @@ class MemoryFeatures:
         return self._tokens[rows]
 
 
-def extract_to_memory(encoder: VitEncoder, ids: Sequence[str], paths: Sequence[str], shard: int = 1024) -> MemoryFeatures:
+def extract_to_memory(
+    encoder: VitEncoder, ids: Sequence[str], paths: Sequence[str], shard: int = 1024
+) -> MemoryFeatures:
     """Encode every image into a ``MemoryFeatures`` (fp16), ``shard`` images per call."""
     chunks = [encoder(list(paths[i : i + shard])) for i in range(0, len(paths), shard)]
     return MemoryFeatures(ids, np.concatenate(chunks))

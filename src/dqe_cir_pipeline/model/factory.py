@@ -26,7 +26,9 @@ def build_loss(cfg: LossConfig) -> DQELoss:
     return DQELoss(cfg)
 
 
-def model_from_checkpoint(checkpoint: dict[str, Any], backbone: Backbone, device: str = "auto") -> DQECIR:
+def model_from_checkpoint(
+    checkpoint: dict[str, Any], backbone: Backbone, device: str = "auto"
+) -> DQECIR:
     """The trained model a checkpoint describes, on ``backbone``.
 
     Raises:
@@ -40,8 +42,12 @@ def model_from_checkpoint(checkpoint: dict[str, Any], backbone: Backbone, device
             f"the configured backbone is {backbone.key!r} ({backbone.name})"
         )
     config = checkpoint.get("config", {})
-    model = build_model(backbone, DQEConfig(**config.get("model", {})), checkpoint_seed(checkpoint), device)
-    load_trainable_state(model, checkpoint, backbone.key, {})  # strict: a clear error on any mismatch
+    model = build_model(
+        backbone, DQEConfig(**config.get("model", {})), checkpoint_seed(checkpoint), device
+    )
+    load_trainable_state(
+        model, checkpoint, backbone.key, {}
+    )  # strict: a clear error on any mismatch
     return model
 
 

@@ -40,9 +40,7 @@ class LossConfig:
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
-            raise ValueError(
-                f"objective must be one of {OBJECTIVES}, got {self.objective!r}"
-            )
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
 
 
 def pairwise_kl_loss(
@@ -255,29 +253,54 @@ class DQELoss(nn.Module):
         if cfg.objective == "pairwise_kl":
             if negative_emb is None:
                 raise ValueError("objective 'pairwise_kl' needs one negative per query")
-            main = pairwise_kl_loss(
-                model.pair_score(out.q, target_emb), model.pair_score(out.q, negative_emb), tau, reduction="sum"
-            ) * scale
+            main = (
+                pairwise_kl_loss(
+                    model.pair_score(out.q, target_emb),
+                    model.pair_score(out.q, negative_emb),
+                    tau,
+                    reduction="sum",
+                )
+                * scale
+            )
         elif cfg.objective == "batch_kl":
             if negative_emb is None or g.negatives is None:
                 raise ValueError("objective 'batch_kl' needs one negative per query")
             cand = torch.cat([g.targets, g.negatives])
-            idx = None if g.target_index is None or g.negative_index is None else torch.cat([g.target_index, g.negative_index])
-            main = batch_kl_loss(
-                model.score(out.q, cand), tau, target_index, idx, labels=labels, reduction="sum"
-            ) * scale
+            idx = (
+                None
+                if g.target_index is None or g.negative_index is None
+                else torch.cat([g.target_index, g.negative_index])
+            )
+            main = (
+                batch_kl_loss(
+                    model.score(out.q, cand), tau, target_index, idx, labels=labels, reduction="sum"
+                )
+                * scale
+            )
         else:
-            main = batch_kl_loss(
-                model.score(out.q, g.targets), tau, target_index, g.target_index, labels=labels, reduction="sum"
-            ) * scale
+            main = (
+                batch_kl_loss(
+                    model.score(out.q, g.targets),
+                    tau,
+                    target_index,
+                    g.target_index,
+                    labels=labels,
+                    reduction="sum",
+                )
+                * scale
+            )
 
         if cfg.use_margins:
             if negative_emb is not None:
                 neg = negative_emb
             else:  # the previous row's target, over the global batch
                 neg = g.targets.roll(1, dims=0)[g.offset : g.offset + b]
-            color = self._margin(model, out.q_color, target_emb, neg, edits_color, g.n_color, g.world_size)
-            shape = self._margin(model, out.q_shape, target_emb, neg, edits_shape, g.n_shape, g.world_size)
+            color = self._margin(
+                model, out.q_color, target_emb, neg, edits_color, g.n_color, g.world_size
+            )
+            shape = self._margin(
+                model, out.q_shape, target_emb, neg, edits_shape, g.n_shape, g.world_size
+            )
         else:
             color = shape = main.new_zeros(())
         loss = main + cfg.lambda_color * color + cfg.lambda_shape * shape

@@ -38,8 +38,15 @@ def encode_for_mining(
         model, features, data.pool_ids, batch_size=batch_size, device=device, amp_dtype=amp_dtype
     )
     queries = encode_queries(
-        model, features, tokenizer, data.reference_ids, data.caption_eval,
-        batch_size=batch_size, max_len=max_len, device=device, amp_dtype=amp_dtype,
+        model,
+        features,
+        tokenizer,
+        data.reference_ids,
+        data.caption_eval,
+        batch_size=batch_size,
+        max_len=max_len,
+        device=device,
+        amp_dtype=amp_dtype,
     )
     return queries.q, pool
 
@@ -87,7 +94,9 @@ def random_negatives(data: TrainData, rng: np.random.Generator) -> np.ndarray:
         members = {0: np.arange(n_pool)}
         groups = np.zeros(len(data), dtype=np.int64)
     else:
-        members = {int(g): np.flatnonzero(data.pool_groups == g) for g in np.unique(data.pool_groups)}
+        members = {
+            int(g): np.flatnonzero(data.pool_groups == g) for g in np.unique(data.pool_groups)
+        }
         groups = data.query_groups
     out = np.empty(len(data), dtype=np.int64)
     for i in range(len(data)):

@@ -102,7 +102,11 @@ class MiningResult:
     def subset(self, rows: list[int] | np.ndarray) -> MiningResult:
         """The result restricted to the queries at ``rows`` (in that order)."""
         pick = np.asarray(rows, dtype=np.int64)
-        arrays = {f.name: getattr(self, f.name)[pick] for f in fields(self) if f.name not in ("strategy", "fallback_names")}
+        arrays = {
+            f.name: getattr(self, f.name)[pick]
+            for f in fields(self)
+            if f.name not in ("strategy", "fallback_names")
+        }
         return replace(self, **arrays)
 
     def to_state(self) -> dict[str, Any]:
@@ -111,7 +115,9 @@ class MiningResult:
         for f in fields(self):
             v = getattr(self, f.name)
             if isinstance(v, np.ndarray):
-                v = torch.from_numpy(np.array(v, copy=True))  # a copy: arrays read from Parquet are read-only
+                v = torch.from_numpy(
+                    np.array(v, copy=True)
+                )  # a copy: arrays read from Parquet are read-only
             out[f.name] = list(v) if isinstance(v, tuple) else v
         return out
 
@@ -119,7 +125,9 @@ class MiningResult:
     def from_state(cls, state: dict[str, Any]) -> MiningResult:
         """Inverse of :meth:`to_state`."""
         kwargs = {
-            k: v.numpy() if isinstance(v, torch.Tensor) else (tuple(v) if isinstance(v, list) else v)
+            k: v.numpy()
+            if isinstance(v, torch.Tensor)
+            else (tuple(v) if isinstance(v, list) else v)
             for k, v in state.items()
         }
         return cls(**kwargs)
@@ -127,7 +135,9 @@ class MiningResult:
     def to_table(self, data: TrainData) -> pd.DataFrame:
         """One row per training query: its zone candidates (ids, pool index, Delta), bounds."""
         cands = [[int(j) for j in row if j >= 0] for row in self.candidates]
-        deltas = [[float(d) for d in row[: len(c)]] for row, c in zip(self.deltas, cands, strict=True)]
+        deltas = [
+            [float(d) for d in row[: len(c)]] for row, c in zip(self.deltas, cands, strict=True)
+        ]
         return pd.DataFrame(
             {
                 "query_id": data.query_ids,
@@ -144,7 +154,9 @@ class MiningResult:
         )
 
     @classmethod
-    def from_table(cls, table: pd.DataFrame, data: TrainData, max_zone: int, strategy: str) -> MiningResult:
+    def from_table(
+        cls, table: pd.DataFrame, data: TrainData, max_zone: int, strategy: str
+    ) -> MiningResult:
         """Rebuild a result from :meth:`to_table` output, refusing a stale table.
 
         Raises:

@@ -75,7 +75,9 @@ class RunState:
         return self.run_dir / "best.pt" if self.run_dir else None
 
     @classmethod
-    def start(cls, trainer: Trainer, backbone: dict[str, str], distributed: Distributed) -> RunState:
+    def start(
+        cls, trainer: Trainer, backbone: dict[str, str], distributed: Distributed
+    ) -> RunState:
         """A fresh state, or the one in ``run_dir/last.pt`` when resuming is asked for.
 
         Raises:
@@ -131,20 +133,30 @@ class RunState:
         for block, values in self.config.items():
             if not isinstance(values, dict):
                 if saved.get(block) != values:
-                    problems.append(f"training.{block}: checkpoint {saved.get(block)!r} != config {values!r}")
+                    problems.append(
+                        f"training.{block}: checkpoint {saved.get(block)!r} != config {values!r}"
+                    )
                 continue
             have = saved.get(block) if isinstance(saved.get(block), dict) else {}
             for k, v in values.items():
                 if have.get(k) != v:
-                    problems.append(f"training.{block}.{k}: checkpoint {have.get(k)!r} != config {v!r}")
+                    problems.append(
+                        f"training.{block}.{k}: checkpoint {have.get(k)!r} != config {v!r}"
+                    )
         if problems:
             raise CheckpointMismatchError(
-                f"cannot resume from {self.last_path}: " + "; ".join(problems)
-                + ". Set training.loop.resume: false or point training.loop.run_dir at a new folder."
+                f"cannot resume from {self.last_path}: "
+                + "; ".join(problems)
+                + ". Set training.loop.resume: false or point training.loop.run_dir at a new "
+                "folder."
             )
 
     def end_epoch(
-        self, epoch: int, record: dict[str, float], score: float, metrics: dict[str, float],
+        self,
+        epoch: int,
+        record: dict[str, float],
+        score: float,
+        metrics: dict[str, float],
         trainer: Trainer,
     ) -> None:
         """Record the epoch, keep the best weights, write ``best.pt`` / ``last.pt`` (rank 0)."""
@@ -154,7 +166,8 @@ class RunState:
             self.best_state, self.best_metrics = state_to_cpu(trainer.model), dict(metrics)
             if self.best_path is not None and self.is_main:
                 atomic_torch_save(
-                    self.best_path, {"model": self.best_state, "metrics": self.best_metrics, "epoch": epoch}
+                    self.best_path,
+                    {"model": self.best_state, "metrics": self.best_metrics, "epoch": epoch},
                 )
         if self.last_path is not None and self.is_main:
             atomic_torch_save(self.last_path, self.last_checkpoint(epoch + 1, trainer))
@@ -179,7 +192,9 @@ class RunState:
     def best_checkpoint(self) -> dict[str, Any]:
         """The best epoch's weights with the recipe, backbone and validation metrics."""
         if self.best_state is None:
-            raise RuntimeError("training ran no epoch: check training.loop.epochs and the resume state")
+            raise RuntimeError(
+                "training ran no epoch: check training.loop.epochs and the resume state"
+            )
         return {
             "model": self.best_state,
             "epoch": self.best_epoch,

@@ -90,7 +90,9 @@ class LoopConfig:
         if self.negatives not in {"mined", "random", "none"}:
             raise ValueError(f"negatives must be mined|random|none, got {self.negatives!r}")
         if self.initial_negatives not in {"model", "random"}:
-            raise ValueError(f"initial_negatives must be model|random, got {self.initial_negatives!r}")
+            raise ValueError(
+                f"initial_negatives must be model|random, got {self.initial_negatives!r}"
+            )
         if self.caption_form not in {"random", "eval"}:
             raise ValueError(f"caption_form must be random|eval, got {self.caption_form!r}")
 
@@ -156,7 +158,10 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
             continue
         (no_decay if p.ndim < 2 or "query_tokens" in name else decay).append(p)
     return torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        [
+            {"params": decay, "weight_decay": cfg.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
         lr=cfg.lr,
     )
 
@@ -239,8 +244,13 @@ class Trainer:
 
     def mine(self) -> MiningResult:
         return mine_with_model(
-            self.model, self.features, self.tokenizer, self.data, self.mining,
-            max_len=self.max_text_len, amp_dtype=self.amp_dtype,
+            self.model,
+            self.features,
+            self.tokenizer,
+            self.data,
+            self.mining,
+            max_len=self.max_text_len,
+            amp_dtype=self.amp_dtype,
         )
 
     def plan_epoch(self, epoch: int, state: RunState, initial: MiningResult | None) -> EpochPlan:
@@ -276,7 +286,9 @@ class Trainer:
             texts = list(self.data.caption_eval)
         return EpochPlan(negatives, order, texts, mining_seconds)
 
-    def _steps(self, plan: EpochPlan) -> tuple[list[tuple[np.ndarray, np.ndarray, list[int], int]], int]:
+    def _steps(
+        self, plan: EpochPlan
+    ) -> tuple[list[tuple[np.ndarray, np.ndarray, list[int], int]], int]:
         """This rank's share of every global batch: (global rows, local rows, sizes, offset)."""
         rank, world = self.distributed.rank, self.distributed.world_size
         steps, skipped = [], 0
@@ -291,8 +303,13 @@ class Trainer:
         return steps, skipped
 
     def _global_batch(
-        self, idx: np.ndarray, sizes: list[int], offset: int, plan: EpochPlan,
-        tgt_emb: torch.Tensor, neg_emb: torch.Tensor | None,
+        self,
+        idx: np.ndarray,
+        sizes: list[int],
+        offset: int,
+        plan: EpochPlan,
+        tgt_emb: torch.Tensor,
+        neg_emb: torch.Tensor | None,
     ) -> GlobalBatch | None:
         """Every rank's targets/negatives (with gradients), for a loss over the global batch."""
         dist, data, device = self.distributed, self.data, self.device
@@ -301,7 +318,9 @@ class Trainer:
         negs = plan.negatives
         return GlobalBatch(
             targets=dist.gather_rows(tgt_emb, sizes, differentiable=True),
-            negatives=None if neg_emb is None else dist.gather_rows(neg_emb, sizes, differentiable=True),
+            negatives=None
+            if neg_emb is None
+            else dist.gather_rows(neg_emb, sizes, differentiable=True),
             target_index=torch.as_tensor(data.target_idx[idx], device=device),
             negative_index=None if negs is None else torch.as_tensor(negs[idx], device=device),
             offset=offset,
@@ -310,21 +329,33 @@ class Trainer:
             world_size=dist.world_size,
         )
 
-    def _step(self, local: np.ndarray, host: list[torch.Tensor], plan: EpochPlan,
-              global_rows: tuple[np.ndarray, list[int], int]) -> torch.Tensor:
+    def _step(
+        self,
+        local: np.ndarray,
+        host: list[torch.Tensor],
+        plan: EpochPlan,
+        global_rows: tuple[np.ndarray, list[int], int],
+    ) -> torch.Tensor:
         """One optimiser step on this rank's rows; returns the loss terms (detached)."""
         data, device, negs = self.data, self.device, plan.negatives
         ref, tgt = to_device(host[0], device), to_device(host[1], device)
         neg = to_device(host[2], device) if negs is not None else None
-        ids, mask = tokenize(self.tokenizer, [plan.texts[i] for i in local], self.max_text_len, device)
+        ids, mask = tokenize(
+            self.tokenizer, [plan.texts[i] for i in local], self.max_text_len, device
+        )
         with autocast(device, self.amp_dtype):
             out, tgt_emb, neg_emb = self.step_module(ref, ids, mask, tgt, neg)
             terms = self.loss_fn(
-                self.model, out, tgt_emb, neg_emb,
+                self.model,
+                out,
+                tgt_emb,
+                neg_emb,
                 torch.as_tensor(data.edits_color[local], device=device),
                 torch.as_tensor(data.edits_shape[local], device=device),
                 target_index=torch.as_tensor(data.target_idx[local], device=device),
-                negative_index=None if negs is None else torch.as_tensor(negs[local], device=device),
+                negative_index=None
+                if negs is None
+                else torch.as_tensor(negs[local], device=device),
                 global_batch=self._global_batch(*global_rows, plan, tgt_emb, neg_emb),
             )
         self.optimizer.zero_grad(set_to_none=True)
@@ -407,7 +438,17 @@ def fit(
     model.to(dev)
     model.train()
     trainer = Trainer(
-        model, loss_fn, tokenizer, features, data, cfg, mining, distributed, dev, amp_dtype, max_text_len
+        model,
+        loss_fn,
+        tokenizer,
+        features,
+        data,
+        cfg,
+        mining,
+        distributed,
+        dev,
+        amp_dtype,
+        max_text_len,
     )
     state = RunState.start(trainer, backbone_meta, distributed)
     for epoch in range(state.start_epoch, cfg.loop.epochs):
@@ -419,13 +460,21 @@ def fit(
         record = trainer.train_epoch(plan)
         metrics = distributed.broadcast(validate(model) if distributed.is_main else None)
         record.update(
-            {"train/epoch_seconds": time.perf_counter() - epoch_start, "train/mining_seconds": plan.mining_seconds,
-             **{f"val/{k}": float(v) for k, v in metrics.items()}}
+            {
+                "train/epoch_seconds": time.perf_counter() - epoch_start,
+                "train/mining_seconds": plan.mining_seconds,
+                **{f"val/{k}": float(v) for k, v in metrics.items()},
+            }
         )
         score = float(metrics[selection_metric])
         logger.info(
-            "epoch %d/%d loss %.4f val %s %.2f (%.1f triplets/s)", epoch + 1, cfg.loop.epochs,
-            record["train/loss"], selection_metric, score, record["train/triplets_per_s"],
+            "epoch %d/%d loss %.4f val %s %.2f (%.1f triplets/s)",
+            epoch + 1,
+            cfg.loop.epochs,
+            record["train/loss"],
+            selection_metric,
+            score,
+            record["train/triplets_per_s"],
         )
         state.end_epoch(epoch, {"epoch": float(epoch), **record}, score, metrics, trainer)
     return state.result()

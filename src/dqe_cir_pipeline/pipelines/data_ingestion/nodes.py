@@ -57,7 +57,9 @@ class DataConfig:
     benchmark: str = "synthetic"
     max_rejected_fraction: float = 0.02
     check_workers: int = 8
-    synthetic: dict[str, Any] = field(default_factory=lambda: {"root": "data/synthetic/01_raw/benchmark"})
+    synthetic: dict[str, Any] = field(
+        default_factory=lambda: {"root": "data/synthetic/01_raw/benchmark"}
+    )
     fashioniq: FashionIQSource = field(default_factory=FashionIQSource)
     cirr: CIRRSource = field(default_factory=CIRRSource)
 
@@ -65,7 +67,9 @@ class DataConfig:
         if self.benchmark not in BENCHMARKS:
             raise ValueError(f"data.benchmark must be one of {BENCHMARKS}, got {self.benchmark!r}")
         if "root" not in self.synthetic:
-            raise ValueError("data.synthetic.root is missing: the folder the benchmark is written to")
+            raise ValueError(
+                "data.synthetic.root is missing: the folder the benchmark is written to"
+            )
         self.generator()  # an unknown key or a bad value fails now, naming it
 
     def generator(self) -> SyntheticConfig:
@@ -89,7 +93,12 @@ def prepare_benchmark_source(data: DataConfig) -> dict[str, Any]:
     if benchmark == "synthetic":
         root = str(data.synthetic["root"])
         summary = generate_benchmark(root, data.generator())
-        return {"dataset": "synthetic", "annotation_root": root, "image_root": root, "generation": summary}
+        return {
+            "dataset": "synthetic",
+            "annotation_root": root,
+            "image_root": root,
+            "generation": summary,
+        }
     cfg = getattr(data, benchmark)
     for key in ("annotation_root", "image_root"):
         path = Path(getattr(cfg, key))
@@ -140,7 +149,9 @@ def ingest_benchmark(
         result = read_cirr(
             source["annotation_root"],
             source["image_root"],
-            CIRRConfig(splits=("train", "val"), dataset_name="synthetic", version=None, workers=workers),
+            CIRRConfig(
+                splits=("train", "val"), dataset_name="synthetic", version=None, workers=workers
+            ),
         )
     counts = result.counts()
     logger.info("ingested %s: %s", dataset, counts)
@@ -175,13 +186,17 @@ def validate_ingestion(
     per_split = {
         f"triplets/{split}": int(n) for split, n in triplets.groupby("split").size().items()
     }
-    per_split.update({f"images/{split}": int(n) for split, n in images.groupby("split").size().items()})
+    per_split.update(
+        {f"images/{split}": int(n) for split, n in images.groupby("split").size().items()}
+    )
     per_edit = {
         f"triplets/{split}/{edit}": int(n)
         for (split, edit), n in triplets.groupby(["split", "edit_type"]).size().items()
     }
     reasons = (
-        quarantine["reason"].str.split(":").str[0].value_counts().to_dict() if len(quarantine) else {}
+        quarantine["reason"].str.split(":").str[0].value_counts().to_dict()
+        if len(quarantine)
+        else {}
     )
     report = {
         "dataset": sorted(set(images["dataset"])),

@@ -35,7 +35,13 @@ def create_pipeline(**kwargs: object) -> Pipeline:
     return Pipeline(
         nodes,
         namespace="data_ingestion",
-        outputs={"benchmark_source", "images", "triplets", "quarantine", "ingestion_report",
-                 "ingestion_metrics"},
+        outputs={
+            "benchmark_source",
+            "images",
+            "triplets",
+            "quarantine",
+            "ingestion_report",
+            "ingestion_metrics",
+        },
         parameters={"params:data"},
     )

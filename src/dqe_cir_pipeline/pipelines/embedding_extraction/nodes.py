@@ -68,7 +68,10 @@ def extract_features(
     starts a new cache while a re-run with nothing changed computes nothing.
     """
     bb = load_backbone(backbone)
-    description = {"backbone": backbone_info["key"], "preprocessing": backbone_info["preprocessing"]}
+    description = {
+        "backbone": backbone_info["key"],
+        "preprocessing": backbone_info["preprocessing"],
+    }
     encoder = VitEncoder(
         bb,
         resolve_device(runtime.device),
@@ -82,7 +85,9 @@ def extract_features(
         eta = (total - done) / max(rate, 1e-9)
         logger.info("extraction %d/%d images (%.1f images/s, ETA %.0fs)", done, total, rate, eta)
 
-    unique = images.drop_duplicates(["image_id", "content_hash"])[["image_id", "path", "content_hash"]]
+    unique = images.drop_duplicates(["image_id", "content_hash"])[
+        ["image_id", "path", "content_hash"]
+    ]
     return FeatureExtractionJob(
         images=unique.reset_index(drop=True),
         cache_key=f"vit-{stable_hash(description)}",
@@ -93,7 +98,9 @@ def extract_features(
     )
 
 
-def summarize_extraction(vit_features: FeatureCache, images: pd.DataFrame) -> tuple[dict[str, Any], dict[str, Any]]:
+def summarize_extraction(
+    vit_features: FeatureCache, images: pd.DataFrame
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """Check every image has features; report cache size and what the last save did."""
     wanted = set(images["image_id"])
     missing = sorted(wanted - set(vit_features.image_ids))
@@ -107,7 +114,12 @@ def summarize_extraction(vit_features: FeatureCache, images: pd.DataFrame) -> tu
         "dim": vit_features.dim,
         "last_save": stats,
     }
-    figures = {"images": len(wanted), **{k: v for k, v in stats.items() if isinstance(v, (int, float))}}
+    figures = {
+        "images": len(wanted),
+        **{k: v for k, v in stats.items() if isinstance(v, (int, float))},
+    }
     if stats.get("encode_seconds"):
-        figures["images_per_s"] = float(stats["computed"]) / max(float(stats["encode_seconds"]), 1e-9)
+        figures["images_per_s"] = float(stats["computed"]) / max(
+            float(stats["encode_seconds"]), 1e-9
+        )
     return report, metric_values(figures, prefix="extraction.")

@@ -21,7 +21,13 @@ def create_pipeline(**kwargs: object) -> Pipeline:
         ),
         Node(
             func=extract_features,
-            inputs=["images", "backbone_info", "params:backbone", "params:extraction", "params:runtime"],
+            inputs=[
+                "images",
+                "backbone_info",
+                "params:backbone",
+                "params:extraction",
+                "params:runtime",
+            ],
             outputs="vit_features",
             name="extract_vit_features",
         ),

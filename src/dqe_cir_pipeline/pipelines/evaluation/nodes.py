@@ -49,11 +49,23 @@ class EvaluationConfig:
     submission_split: str = "test1"
 
 
-def _evaluate(model: DQECIR, bb: Backbone, features: FeatureCache, data: EvalSet,
-              evaluation: EvaluationConfig, runtime: RuntimeConfig) -> EvalOutput:
+def _evaluate(
+    model: DQECIR,
+    bb: Backbone,
+    features: FeatureCache,
+    data: EvalSet,
+    evaluation: EvaluationConfig,
+    runtime: RuntimeConfig,
+) -> EvalOutput:
     return evaluate(
-        model, features, bb.tokenizer, data, ks=tuple(evaluation.ks), chunk_size=evaluation.chunk_size,
-        max_len=bb.max_text_len, amp_dtype=runtime.amp_dtype,
+        model,
+        features,
+        bb.tokenizer,
+        data,
+        ks=tuple(evaluation.ks),
+        chunk_size=evaluation.chunk_size,
+        max_len=bb.max_text_len,
+        amp_dtype=runtime.amp_dtype,
     )
 
 
@@ -62,7 +74,11 @@ def _report(
 ) -> tuple[pd.DataFrame, dict[str, Any], dict[str, Any]]:
     """Metrics table, JSON summary and MLflow metrics for the evaluated rows."""
     table = pd.DataFrame(
-        [{"model": name, "metric": k, "value": float(v)} for name, out in outputs.items() for k, v in out.metrics.items()]
+        [
+            {"model": name, "metric": k, "value": float(v)}
+            for name, out in outputs.items()
+            for k, v in out.metrics.items()
+        ]
     )
     table["split"] = data.split
     table["dataset"] = data.dataset
@@ -73,13 +89,21 @@ def _report(
         "backbone": backbone_name,
         "queries": len(data.query_ids),
         "gallery": len(data.gallery_ids),
-        "models": {name: dict(zip(g["metric"], g["value"], strict=True)) for name, g in table.groupby("model")},
+        "models": {
+            name: dict(zip(g["metric"], g["value"], strict=True))
+            for name, g in table.groupby("model")
+        },
     }
     metrics: dict[str, Any] = {}
     for name, out in outputs.items():
         metrics.update(metric_values(out.metrics, prefix=f"eval.{name}."))
     main = next(iter(outputs.values()))
-    logger.info("%s %s: %s", data.dataset, data.split, {k: round(v, 2) for k, v in main.metrics.items() if "/" not in k})
+    logger.info(
+        "%s %s: %s",
+        data.dataset,
+        data.split,
+        {k: round(v, 2) for k, v in main.metrics.items() if "/" not in k},
+    )
     return table, summary, metrics
 
 
@@ -159,13 +183,22 @@ def write_cirr_submission(
     model = model_from_checkpoint(model_checkpoint, bb, runtime.device)
     data = EvalSet.from_tables(triplets, images, evaluation.submission_split)
     gallery = encode_images(model, vit_features, data.gallery_ids, amp_dtype=runtime.amp_dtype)
-    q = encode_queries(model, vit_features, bb.tokenizer, data.reference_ids, data.texts,
-                       max_len=bb.max_text_len, amp_dtype=runtime.amp_dtype).q
+    q = encode_queries(
+        model,
+        vit_features,
+        bb.tokenizer,
+        data.reference_ids,
+        data.texts,
+        max_len=bb.max_text_len,
+        amp_dtype=runtime.amp_dtype,
+    ).q
     full, subset = submission_rankings(q, gallery, data, evaluation.chunk_size)
     pair_ids = [int(p) for p in data.query_ids]
     recall_json, subset_json = cirr_submission(pair_ids, full, subset)
     validate_cirr_submission(
-        recall_json, subset_json, pair_ids,
+        recall_json,
+        subset_json,
+        pair_ids,
         references=dict(zip(pair_ids, data.reference_ids, strict=True)),
         members=dict(zip(pair_ids, data.subset_members, strict=True)),
     )

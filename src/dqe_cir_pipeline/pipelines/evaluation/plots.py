@@ -61,7 +61,11 @@ def attribute_weights(per_query: pd.DataFrame) -> Figure:
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
     cols = [c for c in ("w_base", "w_color", "w_shape") if c in per_query]
     if cols:
-        means = per_query.groupby("edit_type")[cols].mean().reindex([e for e in EDIT_TYPES if e in set(per_query["edit_type"])])
+        means = (
+            per_query.groupby("edit_type")[cols]
+            .mean()
+            .reindex([e for e in EDIT_TYPES if e in set(per_query["edit_type"])])
+        )
         width = 0.8 / len(cols)
         for j, c in enumerate(cols):
             ax.bar(np.arange(len(means)) + j * width, means[c], width, label=c[2:])
@@ -124,15 +128,23 @@ def _image_paths(images: pd.DataFrame) -> dict[str, str]:
     return images.drop_duplicates("image_id").set_index("image_id")["path"].to_dict()
 
 
-def qualitative_successes(query_rankings: pd.DataFrame, images: pd.DataFrame, evaluation: EvaluationConfig) -> Figure:
+def qualitative_successes(
+    query_rankings: pd.DataFrame, images: pd.DataFrame, evaluation: EvaluationConfig
+) -> Figure:
     """Queries the trained model gets right (target within ``qualitative_topk``)."""
     k = evaluation.qualitative_topk
     good, _ = _qualitative_picks(query_rankings, evaluation.qualitative_queries, k)
-    return qualitative_grid(good, _image_paths(images), f"dqe_cir: successes (target in top {k})", k)
+    return qualitative_grid(
+        good, _image_paths(images), f"dqe_cir: successes (target in top {k})", k
+    )
 
 
-def qualitative_failures(query_rankings: pd.DataFrame, images: pd.DataFrame, evaluation: EvaluationConfig) -> Figure:
+def qualitative_failures(
+    query_rankings: pd.DataFrame, images: pd.DataFrame, evaluation: EvaluationConfig
+) -> Figure:
     """Queries the trained model gets wrong (target outside ``qualitative_topk``)."""
     k = evaluation.qualitative_topk
     _, bad = _qualitative_picks(query_rankings, evaluation.qualitative_queries, k)
-    return qualitative_grid(bad, _image_paths(images), f"dqe_cir: failures (target not in top {k})", k)
+    return qualitative_grid(
+        bad, _image_paths(images), f"dqe_cir: failures (target not in top {k})", k
+    )

@@ -61,17 +61,28 @@ def mine_initial_negatives(
     result = mine_from_embeddings(queries, pool, data, mining, next(dqe.parameters()).device)
     seconds = time.perf_counter() - start
     summary = {**result.summary(), "seconds": seconds, "queries": float(len(data))}
-    logger.info("mined %s negatives for %d queries in %.2fs: %s", mining.strategy, len(data), seconds,
-                {k: round(v, 3) for k, v in summary.items()})
+    logger.info(
+        "mined %s negatives for %d queries in %.2fs: %s",
+        mining.strategy,
+        len(data),
+        seconds,
+        {k: round(v, 3) for k, v in summary.items()},
+    )
     sample = _delta_sample(queries, pool, data, result)
     return result.to_table(data), metric_values(summary, prefix="mining.initial."), sample
 
 
-def _delta_sample(queries: torch.Tensor, pool: torch.Tensor, data: TrainData, result: Any) -> pd.DataFrame:
+def _delta_sample(
+    queries: torch.Tensor, pool: torch.Tensor, data: TrainData, result: Any
+) -> pd.DataFrame:
     rows = list(range(min(PLOTTED_QUERIES, len(data))))
     hist = delta_histogram(
-        queries[rows], pool, torch.as_tensor(data.target_idx[rows]), torch.as_tensor(data.reference_idx[rows]),
-        query_indices=list(range(len(rows))), result=result.subset(rows),
+        queries[rows],
+        pool,
+        torch.as_tensor(data.target_idx[rows]),
+        torch.as_tensor(data.reference_idx[rows]),
+        query_indices=list(range(len(rows))),
+        result=result.subset(rows),
         query_groups=None if data.query_groups is None else data.query_groups[rows],
         pool_groups=data.pool_groups,
     )

@@ -65,16 +65,33 @@ def train_model(
 
     def validate(m: Any) -> dict[str, float]:
         return evaluate(
-            m, vit_features, bb.tokenizer, val, ks=tuple(evaluation.ks), chunk_size=evaluation.chunk_size,
-            max_len=bb.max_text_len, amp_dtype=runtime.amp_dtype,
+            m,
+            vit_features,
+            bb.tokenizer,
+            val,
+            ks=tuple(evaluation.ks),
+            chunk_size=evaluation.chunk_size,
+            max_len=bb.max_text_len,
+            amp_dtype=runtime.amp_dtype,
         ).metrics
 
     model = build_model(bb, training.model, training.loop.seed, runtime.device)
     try:
         result = fit(
-            model, build_loss(training.loss), bb.tokenizer, vit_features, data, training, mining, validate,
-            backbone_meta={"key": bb.key, "name": bb.name}, max_text_len=bb.max_text_len, device=runtime.device,
-            amp_dtype=runtime.amp_dtype, initial_mining=initial, distributed=distributed,
+            model,
+            build_loss(training.loss),
+            bb.tokenizer,
+            vit_features,
+            data,
+            training,
+            mining,
+            validate,
+            backbone_meta={"key": bb.key, "name": bb.name},
+            max_text_len=bb.max_text_len,
+            device=runtime.device,
+            amp_dtype=runtime.amp_dtype,
+            initial_mining=initial,
+            distributed=distributed,
         )
     finally:
         distributed.teardown()

@@ -37,6 +37,17 @@ def create_pipeline(**kwargs: object) -> Pipeline:
         nodes,
         namespace="training",
         inputs={"vit_features", "triplets", "images", "initial_negatives", "backbone_info"},
-        outputs={"model_checkpoint", "training_history", "training_metrics", "training_curves_plot"},
-        parameters={"params:backbone", "params:training", "params:mining", "params:evaluation", "params:runtime"},
+        outputs={
+            "model_checkpoint",
+            "training_history",
+            "training_metrics",
+            "training_curves_plot",
+        },
+        parameters={
+            "params:backbone",
+            "params:training",
+            "params:mining",
+            "params:evaluation",
+            "params:runtime",
+        },
     )
