@@ -43,6 +43,7 @@ def main() -> None:
         base,
         train_families=max(1, round(base.train_families * args.scale)),
         val_families=max(1, round(base.val_families * args.scale)),
+        test_families=round(base.test_families * args.scale),
     )
     tmp = Path(tempfile.mkdtemp(prefix="bench_synthetic_"))
     root = args.root or tmp / "synthetic"
@@ -52,7 +53,7 @@ def main() -> None:
         cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
         reuse = generate_benchmark(root, cfg)
         t0 = time.perf_counter()
-        baseline = {s: text_blind_recall(root, s) for s in ("val", "train")}
+        baseline = {s: text_blind_recall(root, s) for s in ("val", "test", "train")}
         t_baseline = time.perf_counter() - t0
 
         print(f"config: {json.dumps(cfg.__dict__, default=list)}")

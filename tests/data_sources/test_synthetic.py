@@ -29,7 +29,11 @@ from dqe_cir_pipeline.data_sources.synthetic import (
     text_blind_recall,
 )
 
-SMALL = SyntheticConfig(seed=3, train_families=8, val_families=6, variants_per_family=24)
+SMALL = SyntheticConfig(
+    seed=3, train_families=8, val_families=6, test_families=5, variants_per_family=24
+)
+SPLITS = ("train", "val", "test")
+N_FAMILIES = {"train": SMALL.train_families, "val": SMALL.val_families, "test": SMALL.test_families}
 
 
 @pytest.fixture(scope="module")
@@ -69,11 +73,12 @@ def _words_in(text: str, table: dict[str, tuple[str, ...]]) -> set[str]:
 def test_layout_and_summary(bench: tuple[Path, dict[str, Any]]) -> None:
     root, summary = bench
     assert not summary["reused"]
-    for split in ("train", "val"):
+    assert list(summary["splits"]) == list(SPLITS) == list(syn.SPLITS)
+    for split in SPLITS:
         assert (root / "captions" / f"cap.{split}.json").is_file()
         assert (root / "image_splits" / f"split.{split}.json").is_file()
         records = _records(root, split)
-        n_fam = SMALL.train_families if split == "train" else SMALL.val_families
+        n_fam = N_FAMILIES[split]
         assert len(records) == n_fam * SMALL.variants_per_family
         assert len(_split_map(root, split)) == n_fam * (SMALL.variants_per_family + 1)
         assert summary["splits"][split]["triplets"] == len(records)
@@ -88,7 +93,7 @@ def test_layout_and_summary(bench: tuple[Path, dict[str, Any]]) -> None:
 def test_record_schema(bench: tuple[Path, dict[str, Any]]) -> None:
     root, _ = bench
     pairids: list[int] = []
-    for split in ("train", "val"):
+    for split in SPLITS:
         for rec in _records(root, split):
             assert set(rec) == {
                 "pairid",
@@ -125,7 +130,7 @@ def test_record_schema(bench: tuple[Path, dict[str, Any]]) -> None:
 
 def test_target_is_reference_plus_exact_edit(bench: tuple[Path, dict[str, Any]]) -> None:
     root, _ = bench
-    for split in ("train", "val"):
+    for split in SPLITS:
         for rec in _records(root, split):
             e = rec["edit"]
             ref = [SceneObject(**o) for o in e["reference_objects"]]
@@ -148,7 +153,7 @@ def test_target_is_reference_plus_exact_edit(bench: tuple[Path, dict[str, Any]])
 
 def test_captions_match_labels(bench: tuple[Path, dict[str, Any]]) -> None:
     root, _ = bench
-    for rec in _records(root, "train") + _records(root, "val"):
+    for rec in [r for s in SPLITS for r in _records(root, s)]:
         e, text = rec["edit"], rec["caption"]
         ref_colors = {o["color"] for o in e["reference_objects"]}
         ref_shapes = {o["shape"] for o in e["reference_objects"]}
@@ -174,7 +179,7 @@ def test_captions_match_labels(bench: tuple[Path, dict[str, Any]]) -> None:
 def test_reference_scenes_are_identifiable(bench: tuple[Path, dict[str, Any]]) -> None:
     """Distinct colours, shapes and cells in a base scene make object phrases unique."""
     root, _ = bench
-    for rec in _records(root, "val"):
+    for rec in _records(root, "val") + _records(root, "test"):
         objs = rec["edit"]["reference_objects"]
         for attr in ("color", "shape", "position"):
             assert len({o[attr] for o in objs}) == len(objs)
@@ -183,7 +188,7 @@ def test_reference_scenes_are_identifiable(bench: tuple[Path, dict[str, Any]]) -
 
 def test_images_exist_decode_and_have_the_right_size(bench: tuple[Path, dict[str, Any]]) -> None:
     root, _ = bench
-    for split in ("train", "val"):
+    for split in SPLITS:
         split_map = _split_map(root, split)
         for name, rel in split_map.items():
             assert rel == f"./{split}/{name}.png"
@@ -199,7 +204,7 @@ def test_images_exist_decode_and_have_the_right_size(bench: tuple[Path, dict[str
 
 def test_edit_type_shares(bench: tuple[Path, dict[str, Any]]) -> None:
     root, _ = bench
-    records = _records(root, "train") + _records(root, "val")
+    records = [r for s in SPLITS for r in _records(root, s)]
     counts = Counter(
         edit_type_of(r["edit"]["edits_color"], r["edit"]["edits_shape"]) for r in records
     )
@@ -213,16 +218,54 @@ def test_edit_type_shares(bench: tuple[Path, dict[str, Any]]) -> None:
 
 
 def test_families_are_disjoint_across_splits(bench: tuple[Path, dict[str, Any]]) -> None:
+    """No family, base scene or image is shared by two of train, val and test."""
     root, _ = bench
-    fams = {s: {r["edit"]["family"] for r in _records(root, s)} for s in ("train", "val")}
-    assert len(fams["train"]) == SMALL.train_families and len(fams["val"]) == SMALL.val_families
-    assert not fams["train"] & fams["val"]
+    fams = {s: {r["edit"]["family"] for r in _records(root, s)} for s in SPLITS}
     bases = {
         s: {json.dumps(r["edit"]["reference_objects"], sort_keys=True) for r in _records(root, s)}
-        for s in ("train", "val")
+        for s in SPLITS
     }
-    assert not bases["train"] & bases["val"]
-    assert not set(_split_map(root, "train")) & set(_split_map(root, "val"))
+    for split in SPLITS:
+        assert len(fams[split]) == len(bases[split]) == N_FAMILIES[split]
+    for i, a in enumerate(SPLITS):
+        for b in SPLITS[i + 1 :]:
+            assert not fams[a] & fams[b], (a, b)
+            assert not bases[a] & bases[b], (a, b)
+            assert not set(_split_map(root, a)) & set(_split_map(root, b)), (a, b)
+
+
+def test_test_families_have_the_val_variant_count(tmp_path: Path) -> None:
+    cfg = SyntheticConfig(
+        train_families=2,
+        val_families=1,
+        test_families=2,
+        variants_per_family=8,
+        train_variants_per_family=6,
+    )
+    assert cfg.variants_for("test") == cfg.variants_for("val") == 8
+    summary = generate_benchmark(tmp_path / "b", cfg)
+    assert summary["splits"]["train"]["triplets"] == 2 * 6
+    assert summary["splits"]["val"]["triplets"] == 1 * 8
+    assert summary["splits"]["test"]["triplets"] == 2 * 8
+
+
+def test_adding_the_test_split_leaves_train_and_val_byte_identical(
+    bench: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    """Test families are drawn after val: numbers on train and val never move."""
+    root, _ = bench
+    without = tmp_path / "no_test"
+    summary = generate_benchmark(without, SyntheticConfig(**{**SMALL.__dict__, "test_families": 0}))
+    assert list(summary["splits"]) == ["train", "val"]
+    a, b = _tree_bytes(root), _tree_bytes(without)
+    assert not any("test" in k for k in b)  # no test folder, captions or split file
+    assert not (without / "test").exists()
+    shared = {k: v for k, v in a.items() if "test" not in k and k != "manifest.json"}
+    assert shared.keys() == b.keys() - {"manifest.json"}
+    assert all(shared[k] == b[k] for k in shared)
+    assert set(a) - set(shared) - {"manifest.json"} == {
+        k for k in a if k.startswith("test/") or k.endswith(".test.json")
+    }
 
 
 # ------------------------------------------------------------- determinism / idempotence
@@ -245,7 +288,7 @@ def test_deterministic_and_seed_dependent(
 
 
 def test_idempotent_and_regenerates_on_config_change(tmp_path: Path) -> None:
-    cfg = SyntheticConfig(train_families=2, val_families=1, variants_per_family=10)
+    cfg = SyntheticConfig(train_families=2, val_families=1, test_families=1, variants_per_family=10)
     root = tmp_path / "b"
     first = generate_benchmark(root, cfg)
     assert not first["reused"]
@@ -254,7 +297,9 @@ def test_idempotent_and_regenerates_on_config_change(tmp_path: Path) -> None:
     assert second["reused"] and second["triplets"] == first["triplets"]
     assert (root / "captions" / "cap.train.json").stat().st_mtime_ns == stamp
 
-    changed = SyntheticConfig(train_families=3, val_families=1, variants_per_family=10)
+    changed = SyntheticConfig(
+        train_families=3, val_families=1, test_families=1, variants_per_family=10
+    )
     third = generate_benchmark(root, changed)
     assert not third["reused"] and third["splits"]["train"]["triplets"] == 30
     manifest = json.loads((root / "manifest.json").read_text())
@@ -269,7 +314,10 @@ def test_interrupted_run_leaves_nothing(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.setattr(syn, "_write_json", boom)
     with pytest.raises(RuntimeError):
         generate_benchmark(
-            tmp_path / "b", SyntheticConfig(train_families=1, val_families=1, variants_per_family=6)
+            tmp_path / "b",
+            SyntheticConfig(
+                train_families=1, val_families=1, test_families=1, variants_per_family=6
+            ),
         )
     assert list(tmp_path.iterdir()) == []
 
@@ -280,7 +328,10 @@ def test_refuses_to_replace_foreign_directory(tmp_path: Path) -> None:
     (root / "precious.txt").write_text("keep me")
     with pytest.raises(FileExistsError):
         generate_benchmark(
-            root, SyntheticConfig(train_families=1, val_families=1, variants_per_family=6)
+            root,
+            SyntheticConfig(
+                train_families=1, val_families=1, test_families=1, variants_per_family=6
+            ),
         )
     assert (root / "precious.txt").read_text() == "keep me"
 
@@ -292,6 +343,12 @@ def test_config_validation() -> None:
         SyntheticConfig(share_color=0.6, share_shape=0.6)
     with pytest.raises(ValueError):
         SyntheticConfig(variants_per_family=4)
+    with pytest.raises(ValueError, match="test_families"):
+        SyntheticConfig(test_families=-1)
+    with pytest.raises(ValueError):
+        SyntheticConfig(val_families=0)
+    assert SyntheticConfig(test_families=0).test_families == 0  # 0: no test split
+    assert SyntheticConfig(test_families=0).config_hash() != SyntheticConfig().config_hash()
     assert SyntheticConfig().config_hash() == SyntheticConfig().config_hash()
     assert SyntheticConfig(seed=1).config_hash() != SyntheticConfig().config_hash()
 
@@ -363,3 +420,6 @@ def test_text_blind_recall_matches_naive_and_is_low(bench: tuple[Path, dict[str,
     assert result["R@1"] < 10 and result["R@10"] < 50
     assert result["R@1"] <= result["R@5"] <= result["R@10"] <= result["R@50"]
     assert result["Rs@1"] <= result["Rs@2"] <= result["Rs@3"] and result["Rs@1"] < 40
+    # The held-out test split is built like val: as hard for a text-blind ranker.
+    test = text_blind_recall(root, "test", ks=(1, 10))
+    assert test["R@1"] < 10 and test["R@10"] < 50

@@ -19,6 +19,13 @@ only guess which family member the text asks for, so its Recall@K is about
 ``K / variants_per_family`` (about 3 % / 17 % / 33 % at K = 1 / 5 / 10 with the default
 30 variants), leaving the headroom that only the modification text can close.
 
+Three splits [design]: ``train`` (fitting), ``val`` (model selection: per-epoch
+validation and the best epoch) and ``test`` (held out, the reported numbers), with
+pairwise disjoint scene families (no base scene is shared between any two splits).
+Families are drawn in split order (train, val, test) from one shared set of used base
+scenes, so adding the test split (``test_families > 0``) leaves every train and val file
+byte-identical to a generation without it; ``test_families = 0`` writes no test split.
+
 Each rendering also draws small nuisance factors independently (a sub-cell offset per
 object and a slight background shade) [design], so that two family members never differ
 *only* in the edited pixels; the labels (colour, shape, size, grid cell) are unaffected.
@@ -56,7 +63,9 @@ FORMAT_VERSION = 1
 #: Written into the manifest; a directory whose manifest names another generator is
 #: never overwritten.
 GENERATOR_NAME = "dqe_cir_pipeline.data_sources.synthetic"
-SPLITS: tuple[str, ...] = ("train", "val")
+#: Written in this order; a family's seed holds its split's index here, so a split appended
+#: at the end never changes the earlier splits' files.
+SPLITS: tuple[str, ...] = ("train", "val", "test")
 
 # --------------------------------------------------------------------------------------
 # Vocabulary
@@ -248,11 +257,16 @@ class SyntheticConfig:
         seed: Master seed; every family draws from ``SeedSequence([seed, split, index])``.
         image_size: Side of the written square PNGs, in pixels.
         train_families: Number of scene families in the train split.
-        val_families: Number of scene families in the val split (disjoint from train).
-        variants_per_family: Edited variants per family; also triplets per family. The
-            text-blind Recall@K is about ``K / variants_per_family`` [design].
-        train_variants_per_family: Variants per train family (``None``: as val). Only
-            the evaluated split needs many look-alikes per reference; fewer variants
+        val_families: Number of scene families in the val split (disjoint from train);
+            the split models are selected on.
+        test_families: Number of scene families in the held-out test split (disjoint
+            from train and val); the split results are reported on. 0 writes no test
+            split. Drawn after val, so it never changes the train or val files.
+        variants_per_family: Edited variants per val and test family; also triplets
+            per family. The text-blind Recall@K is about ``K / variants_per_family``
+            [design].
+        train_variants_per_family: Variants per train family (``None``: as val and
+            test). Only the evaluated splits need many look-alikes per reference; fewer variants
             per train family buy more distinct train scenes for the same image count,
             which is what generalisation to unseen val scenes needs [design].
         object_count_weights: Probability of 1, 2, 3 objects in a base scene.
@@ -272,6 +286,7 @@ class SyntheticConfig:
     image_size: int = 64
     train_families: int = 100
     val_families: int = 34
+    test_families: int = 34
     variants_per_family: int = 30
     train_variants_per_family: int | None = None
     object_count_weights: tuple[float, float, float] = (0.25, 0.4, 0.35)
@@ -290,6 +305,8 @@ class SyntheticConfig:
             raise ValueError(f"image_size must be >= 16, got {self.image_size}")
         if self.train_families < 1 or self.val_families < 1:
             raise ValueError("train_families and val_families must be >= 1")
+        if self.test_families < 0:
+            raise ValueError(f"test_families must be >= 0 (0: no test split): {self.test_families}")
         if (
             min(self.variants_for("train"), self.variants_per_family)
             < self.distractors_per_triplet + 1
@@ -306,7 +323,7 @@ class SyntheticConfig:
             raise ValueError("position_jitter must be in [0, 0.5), background_jitter >= 0")
 
     def variants_for(self, split: str) -> int:
-        """Edited variants (= triplets) per family in ``split``."""
+        """Edited variants (= triplets) per family in ``split`` (val and test: as many)."""
         if split == "train" and self.train_variants_per_family is not None:
             return self.train_variants_per_family
         return self.variants_per_family
@@ -769,7 +786,7 @@ def _build_family(
     """Build one family (base first), deterministic in (seed, split, index).
 
     The base scene is redrawn while it equals a base used by an earlier family, so no
-    scene family appears twice, in particular not in both splits.
+    scene family appears twice, in particular not in two splits.
     """
     rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, SPLITS.index(split), index]))
     base = _sample_base_scene(rng, cfg)
@@ -888,10 +905,16 @@ def _generate_into(tmp: Path, cfg: SyntheticConfig) -> dict[str, Any]:
     family_id = 0
     summary: dict[str, Any] = {"splits": {}}
     total_types: Counter[str] = Counter()
-    n_families = {"train": cfg.train_families, "val": cfg.val_families}
+    n_families = {
+        "train": cfg.train_families,
+        "val": cfg.val_families,
+        "test": cfg.test_families,
+    }
     with ThreadPoolExecutor(max_workers=_IO_THREADS) as pool:
         pending: list[Future[None]] = []
         for s_idx, split in enumerate(SPLITS):
+            if n_families[split] == 0:
+                continue  # only test may be empty: no files, no summary entry
             (tmp / split).mkdir()
             split_map: dict[str, str] = {}
             records: list[dict[str, Any]] = []
@@ -937,8 +960,9 @@ def generate_benchmark(root: str | Path, cfg: SyntheticConfig | None = None) -> 
 
     Returns:
         Summary dict: ``root``, ``config_hash``, ``reused``, ``seconds``, ``images``,
-        ``triplets``, ``edit_types`` and per split ``splits[split]`` with ``families``,
-        ``images``, ``triplets`` and ``edit_types`` (counts per ``edit["type"]``).
+        ``triplets``, ``edit_types`` and per written split ``splits[split]`` (no
+        ``test`` when ``test_families`` is 0) with ``families``, ``images``,
+        ``triplets`` and ``edit_types`` (counts per ``edit["type"]``).
 
     Raises:
         FileExistsError: ``root`` is a non-empty directory not made by this generator.
@@ -1035,7 +1059,7 @@ def text_blind_recall(
 
     Args:
         root: Benchmark directory written by :func:`generate_benchmark`.
-        split: Split with targets ("train" or "val").
+        split: Split with targets ("train", "val" or "test").
         ks: Cut-offs for Recall@K.
         size: Downsampled side used by :func:`pixel_embeddings`.
 
@@ -1089,3 +1113,32 @@ __all__ = [
     "render_scene",
     "text_blind_recall",
 ]
+
+
+def benchmark_base_scenes(cfg: SyntheticConfig) -> set[tuple[SceneObject, ...]]:
+    """The base scenes of every family of the benchmark generated with ``cfg``.
+
+    Replays the seeded base-scene draws of ``_build_family`` (split order of
+    :data:`SPLITS`, ``<split>_families`` families per split, 0 for a split the config
+    lacks, one shared set of used bases) without rendering anything, so it agrees exactly
+    with the reference objects recorded in the generated captions. A corpus meant to
+    hold no benchmark scene excludes these.
+
+    Args:
+        cfg: The benchmark's configuration.
+
+    Returns:
+        The base scenes, each a tuple of objects in canonical (row-major cell) order.
+    """
+    used: set[tuple[SceneObject, ...]] = set()
+    for s_idx, split in enumerate(SPLITS):
+        for index in range(int(getattr(cfg, f"{split}_families", 0))):
+            rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, s_idx, index]))
+            base = _sample_base_scene(rng, cfg)
+            while base in used:
+                base = _sample_base_scene(rng, cfg)
+            used.add(base)
+    return used
+
+
+__all__ += ["benchmark_base_scenes"]

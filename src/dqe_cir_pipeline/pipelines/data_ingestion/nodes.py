@@ -116,6 +116,11 @@ def prepare_benchmark_source(data: DataConfig) -> dict[str, Any]:
     }
 
 
+def synthetic_splits(generator: SyntheticConfig) -> tuple[str, ...]:
+    """The generated benchmark's splits: train, val and, when it has families, test."""
+    return ("train", "val", "test") if generator.test_families > 0 else ("train", "val")
+
+
 def ingest_benchmark(
     source: dict[str, Any], data: DataConfig
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
@@ -150,7 +155,11 @@ def ingest_benchmark(
             source["annotation_root"],
             source["image_root"],
             CIRRConfig(
-                splits=("train", "val"), dataset_name="synthetic", version=None, workers=workers
+                splits=synthetic_splits(data.generator()),
+                dataset_name="synthetic",
+                version=None,
+                unlabelled_splits=(),  # every generated split has targets, test included
+                workers=workers,
             ),
         )
     counts = result.counts()

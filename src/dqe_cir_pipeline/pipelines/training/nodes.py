@@ -58,7 +58,7 @@ def train_model(
             "re-run embedding_extraction"
         )
     data = TrainData.from_tables(triplets, images, "train")
-    val = EvalSet.from_tables(triplets, images, evaluation.split)
+    val = EvalSet.from_tables(triplets, images, evaluation.selection_split)
     initial = None
     if training.loop.negatives == "mined" and training.loop.initial_negatives == "model":
         initial = MiningResult.from_table(initial_negatives, data, mining.max_zone, mining.strategy)
