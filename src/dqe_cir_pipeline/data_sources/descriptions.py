@@ -1,0 +1,724 @@
+"""Described-scene corpus for BLIP-2 stage-1 (image-text) pretraining of the tiny backbone.
+
+The corpus holds *fresh* scenes of the synthetic benchmark's world (1-3 coloured shapes on
+a 3 x 3 grid, see :mod:`~dqe_cir_pipeline.data_sources.synthetic`), each rendered once
+and described several times in natural language::
+
+    <root>/images/<image_id>.png   RGB, ``image_size`` x ``image_size``
+    <root>/corpus.json             [{"image_id", "path" (relative), "descriptions",
+                                     "objects"}, ...], one record per line
+    <root>/manifest.json           config, config hash, exclusion hash, summary
+
+Fresh means: no corpus scene is in ``exclude`` and no scene appears twice. The caller
+excludes the benchmark's base scenes
+(:func:`~dqe_cir_pipeline.data_sources.synthetic.benchmark_base_scenes`) or, stricter,
+every benchmark scene including the edited targets (:func:`benchmark_scenes`). Scenes
+are drawn exactly as the benchmark draws its base scenes and rendered by the same
+renderer with the same background greys, so the pretraining images come from the
+benchmark's image distribution. There are only 2,160 single-object scenes, so a large
+corpus runs out of them: the default 20,000 scenes hold about 10 % instead of 25 %.
+
+Every description states every object's colour, shape, size and grid cell [design]: the
+text must single the image out among look-alikes (the benchmark's families differ by one
+attribute of one object), so only word choice (the benchmark's synonym tables), phrasing
+and object order vary.
+
+Like :func:`~dqe_cir_pipeline.data_sources.synthetic.generate_benchmark`,
+:func:`generate_corpus` is seeded (same config and exclusion: byte-identical files),
+idempotent (a manifest with the same config and exclusion hashes means "already
+generated") and atomic (a temporary sibling directory replaces ``root``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import pandas as pd
+
+from dqe_cir_pipeline.data_sources import synthetic as syn
+from dqe_cir_pipeline.data_sources.synthetic import (
+    BACKGROUND_GRAY_RANGE,
+    COLOR_WORDS,
+    COLORS,
+    OBJECT_PHRASES,
+    POSITION_WORDS,
+    POSITIONS,
+    SHAPE_WORDS,
+    SHAPES,
+    SIZE_WORDS,
+    SIZES,
+    TEMPLATES,
+    SceneObject,
+    SyntheticConfig,
+    render_scene,
+)
+
+logger = logging.getLogger(__name__)
+
+#: Bumped whenever the corpus written for a given config changes; part of the hash.
+FORMAT_VERSION = 1
+#: Written into the manifest; a directory whose manifest names another generator is
+#: never overwritten.
+GENERATOR_NAME = "dqe_cir_pipeline.data_sources.descriptions"
+#: Second entry of every corpus seed sequence: keeps the corpus streams apart from the
+#: benchmark's ``SeedSequence([seed, split_index, family])`` for any equal seed.
+_STREAM_TAG = 0x5C0D5
+#: Scenes per rendering task handed to the writer threads.
+_CHUNK = 256
+
+T = TypeVar("T")
+Scene = tuple[SceneObject, ...]
+Pick = Callable[[Sequence[T]], T]
+
+# --------------------------------------------------------------------------------------
+# Descriptions
+# --------------------------------------------------------------------------------------
+
+#: Phrases naming one object; every form states size, colour, shape and place
+#: (``{where}`` = preposition + position noun). "a" becomes "an" before a vowel.
+OBJECT_FORMS: tuple[str, ...] = (
+    "a {size} {color} {shape} {where}",
+    "a {size} {shape} in {color} {where}",
+    "a {size} {color} {shape} located {where}",
+    "a {size} {shape} colored {color} {where}",
+)
+
+#: How the object phrases of an ``n``-object scene are joined (``{0}``, ``{1}``, ...).
+JOINERS: dict[int, tuple[str, ...]] = {
+    1: ("{0}",),
+    2: ("{0} and {1}", "{0}, and {1}", "{0} as well as {1}"),
+    3: ("{0}, {1} and {2}", "{0}, {1}, and {2}", "{0}, {1}, and also {2}"),
+}
+
+#: Whole-description forms. Slots: ``{objs}`` (the joined object phrases), ``{count}``
+#: (:data:`COUNT_WORDS`), ``{be}`` ("is" / "are") and ``{bg}`` (:data:`BACKGROUND_WORDS`).
+SCENE_FORMS: tuple[str, ...] = (
+    "{objs}",
+    "there {be} {objs}",
+    "an image of {objs}",
+    "a picture showing {objs}",
+    "a {bg} background with {objs}",
+    "{objs} on a {bg} background",
+    "this scene shows {objs}",
+    "{count}: {objs}",
+    "{count} on a {bg} background: {objs}",
+    "the image contains {count}: {objs}",
+)
+
+#: Words for the number of objects, by count.
+COUNT_WORDS: dict[int, tuple[str, ...]] = {
+    1: ("one shape", "a single shape", "one object"),
+    2: ("two shapes", "two objects"),
+    3: ("three shapes", "three objects"),
+}
+
+#: Words for the (grey) background.
+BACKGROUND_WORDS: tuple[str, ...] = ("gray", "grey", "plain gray", "plain grey")
+
+_BE: dict[int, str] = {1: "is", 2: "are", 3: "are"}
+_ORDERS: dict[int, tuple[tuple[int, ...], ...]] = {
+    n: tuple(itertools.permutations(range(n))) for n in (1, 2, 3)
+}
+#: Random draws one description consumes: 5 per scene + 6 per object (fixed counts).
+_SCENE_DRAWS = 5
+_OBJECT_DRAWS = 6
+
+
+def prepositions(position_word: str) -> tuple[str, ...]:
+    """Prepositions (with "the") that read naturally before a position noun.
+
+    Args:
+        position_word: A noun phrase of :data:`~.synthetic.POSITION_WORDS`.
+
+    Returns:
+        "at the" always; "on the" for sides and edges, "in the" for corners, the centre
+        and the "middle" cells (not for the bare "top" / "bottom").
+    """
+    last = position_word.rsplit(" ", 1)[-1]
+    if last in ("side", "edge"):
+        return ("on the", "at the")
+    if last in ("top", "bottom"):
+        return ("at the",)
+    return ("in the", "at the")
+
+
+def _finish(text: str) -> str:
+    """Fix the articles ("a" -> "an" before a vowel) and capitalise, as captions are."""
+    text = syn._ARTICLE_RE.sub(lambda m: m.group(1) + "n ", text)
+    return text[0].upper() + text[1:]
+
+
+def _object_text(obj: SceneObject, pick: Pick[Any]) -> str:
+    """One phrase naming ``obj`` completely (draw order fixed: see ``_OBJECT_DRAWS``)."""
+    pos_word = pick(POSITION_WORDS[obj.position])
+    where = f"{pick(prepositions(pos_word))} {pos_word}"
+    return pick(OBJECT_FORMS).format(
+        size=pick(SIZE_WORDS[obj.size]),
+        color=pick(COLOR_WORDS[obj.color]),
+        shape=pick(SHAPE_WORDS[obj.shape]),
+        where=where,
+    )
+
+
+def _compose(objects: Scene, pick: Pick[Any]) -> str:
+    """A description of ``objects`` with every choice made by ``pick``."""
+    n = len(objects)
+    if n not in _ORDERS:
+        raise ValueError(f"a scene holds 1-3 objects, got {n}")
+    order = pick(_ORDERS[n])
+    joined = pick(JOINERS[n]).format(*(_object_text(objects[j], pick) for j in order))
+    text = pick(SCENE_FORMS).format(
+        objs=joined, count=pick(COUNT_WORDS[n]), be=_BE[n], bg=pick(BACKGROUND_WORDS)
+    )
+    return _finish(text)
+
+
+def describe(objects: Sequence[SceneObject], rng: np.random.Generator) -> str:
+    """One natural-language description of a scene.
+
+    Every object's colour, shape, size and position is stated (with a synonym of
+    :data:`~.synthetic.COLOR_WORDS`, :data:`~.synthetic.SHAPE_WORDS`,
+    :data:`~.synthetic.SIZE_WORDS`, :data:`~.synthetic.POSITION_WORDS`); the phrasing
+    (:data:`OBJECT_FORMS`, :data:`JOINERS`, :data:`SCENE_FORMS`), the words and the
+    object order are drawn from ``rng``. Example: "There are a large crimson star in the
+    upper left corner and a tiny blue disc at the center".
+
+    Args:
+        objects: The scene's 1-3 objects.
+        rng: Source of the choices; one ``rng.random`` call per description.
+
+    Returns:
+        The description (first letter capitalised, "a" / "an" as the next word needs).
+
+    Raises:
+        ValueError: The scene does not hold 1-3 objects.
+    """
+    scene = tuple(objects)
+    if not 1 <= len(scene) <= 3:
+        raise ValueError(f"a scene holds 1-3 objects, got {len(scene)}")
+    draws = iter(rng.random(_SCENE_DRAWS + _OBJECT_DRAWS * len(scene)).tolist())
+
+    def pick(options: Sequence[T]) -> T:
+        return options[int(next(draws) * len(options))]
+
+    return _compose(scene, pick)
+
+
+# --------------------------------------------------------------------------------------
+# Vocabulary
+# --------------------------------------------------------------------------------------
+
+
+def _flat(table: dict[str, tuple[str, ...]]) -> tuple[str, ...]:
+    return tuple(w for words in table.values() for w in words)
+
+
+def _template_texts() -> list[str]:
+    """Every benchmark template, filled once per synonym of its longest slot table.
+
+    Text ``i`` of a template takes entry ``i`` (cyclically) of every flattened synonym
+    table and of the object phrases, and there are as many texts as the longest table,
+    so every synonym, every object phrase and every template word occurs, with articles
+    and capitalisation exactly as the benchmark's captions get them.
+    """
+    colors, shapes = _flat(COLOR_WORDS), _flat(SHAPE_WORDS)
+    sizes, positions = _flat(SIZE_WORDS), _flat(POSITION_WORDS)
+    phrases = OBJECT_PHRASES["single"] + OBJECT_PHRASES["multi"]
+    rounds = max(len(t) for t in (colors, shapes, sizes, positions, phrases))
+    texts = []
+    for templates in TEMPLATES.values():
+        for template in templates:
+            for i in range(rounds):
+                words = {
+                    "color": colors[i % len(colors)],
+                    "shape": shapes[i % len(shapes)],
+                    "size": sizes[i % len(sizes)],
+                    "pos": positions[i % len(positions)],
+                }
+                words["obj"] = phrases[i % len(phrases)].format(**words)
+                texts.append(_finish(template.format(**words)))
+    return texts
+
+
+def _cyclic(i: int, form: str | None = None) -> Pick[Any]:
+    """A ``pick`` taking entry ``i`` (cyclically) of every list; ``form`` as scene form."""
+
+    def pick(options: Sequence[T]) -> T:
+        if form is not None and options is SCENE_FORMS:
+            return form  # type: ignore[return-value]
+        return options[i % len(options)]
+
+    return pick
+
+
+def _description_texts() -> list[str]:
+    """Descriptions that together use every choice :func:`describe` can make.
+
+    Round ``i`` picks entry ``i`` (cyclically) of every option list and ``rounds`` is at
+    least the longest list, so every entry of every list is picked. Choices that only
+    show in some contexts are crossed with those contexts: ``shift`` puts every cell
+    first and ``rounds`` >= 6 = lcm(3, 2) pairs every position synonym with every
+    preposition; every scene form is used in every round, so its count and background
+    words all occur.
+    """
+    lists: list[Sequence[Any]] = [
+        OBJECT_FORMS,
+        SCENE_FORMS,
+        BACKGROUND_WORDS,
+        *JOINERS.values(),
+        *COUNT_WORDS.values(),
+        *_ORDERS.values(),
+        *COLOR_WORDS.values(),
+        *SHAPE_WORDS.values(),
+        *SIZE_WORDS.values(),
+        *POSITION_WORDS.values(),
+    ]
+    rounds = max(6, *(len(options) for options in lists))
+    colors, shapes, sizes, cells = list(COLORS), list(SHAPES), list(SIZES), list(POSITIONS)
+
+    def scene(n: int, i: int, shift: int) -> Scene:
+        return tuple(
+            SceneObject(
+                colors[(i + j) % len(colors)],
+                shapes[(i + j) % len(shapes)],
+                sizes[(i + j) % len(sizes)],
+                cells[(shift + 3 * j) % len(cells)],
+            )
+            for j in range(n)
+        )
+
+    texts = []
+    for n in (1, 2, 3):
+        for i in range(rounds):
+            texts += [_compose(scene(n, i, shift), _cyclic(i)) for shift in range(len(cells))]
+            texts += [_compose(scene(n, i, i), _cyclic(i, form)) for form in SCENE_FORMS]
+    return texts
+
+
+def corpus_vocabulary() -> list[str]:
+    """Texts covering every word of the benchmark's captions and of the descriptions.
+
+    A tokenizer trained on the corpus descriptions plus these texts knows every word a
+    benchmark caption (:data:`~.synthetic.TEMPLATES` with every slot filled from the
+    ``*_WORDS`` tables and :data:`~.synthetic.OBJECT_PHRASES`) or :func:`describe` can
+    produce. Deterministic, sorted, without duplicates; about 1,500 short strings.
+
+    Returns:
+        The texts.
+    """
+    return sorted(set(_template_texts()) | set(_description_texts()))
+
+
+# --------------------------------------------------------------------------------------
+# Config
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CorpusConfig:
+    """Configuration of the described-scene corpus.
+
+    Rendering defaults equal the benchmark's (``conf/base/parameters_data_ingestion.yml``:
+    64 px, supersample 4, no nuisance jitter).
+
+    Attributes:
+        seed: Master seed of the scene, appearance and text streams.
+        n_scenes: Number of distinct scenes (= images).
+        descriptions_per_scene: Distinct descriptions per scene (fewer only if a scene
+            has fewer phrasings than asked, never for the default 3).
+        image_size: Side of the written square PNGs, in pixels.
+        supersample: Render at this factor and box-downsample (anti-aliasing).
+        position_jitter: Max sub-cell offset of an object, as a fraction of the cell side.
+        background_jitter: Max per-channel shade change of the background.
+        png_compress_level: zlib level of the written PNGs (0-9).
+        object_count_weights: Probability of 1, 2, 3 objects in a drawn scene (the
+            benchmark's default). Single-object scenes are few (2,160 in all), so a large
+            corpus holds fewer of them than this share once they run out.
+    """
+
+    seed: int = 1
+    n_scenes: int = 20000
+    descriptions_per_scene: int = 3
+    image_size: int = 64
+    supersample: int = 4
+    position_jitter: float = 0.0
+    background_jitter: int = 0
+    png_compress_level: int = 1
+    object_count_weights: tuple[float, float, float] = (0.25, 0.4, 0.35)
+
+    def __post_init__(self) -> None:
+        """Validate the values (the rendering ones as the benchmark's config does)."""
+        if self.n_scenes < 1 or self.descriptions_per_scene < 1:
+            raise ValueError("n_scenes and descriptions_per_scene must be >= 1")
+        self.render_config()
+
+    def render_config(self) -> SyntheticConfig:
+        """The benchmark config with this corpus's scene-drawing and rendering settings."""
+        return SyntheticConfig(
+            seed=self.seed,
+            image_size=self.image_size,
+            supersample=self.supersample,
+            position_jitter=self.position_jitter,
+            background_jitter=self.background_jitter,
+            png_compress_level=self.png_compress_level,
+            object_count_weights=tuple(self.object_count_weights),  # type: ignore[arg-type]
+        )
+
+    def config_hash(self) -> str:
+        """Return a stable sha256 of the config and both generators' format versions."""
+        payload = json.dumps(
+            {
+                "format_version": FORMAT_VERSION,
+                "renderer_format_version": syn.FORMAT_VERSION,
+                **asdict(self),
+            },
+            sort_keys=True,
+            default=list,
+        )
+        return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+def _canonical(scene: Iterable[SceneObject]) -> Scene:
+    """A scene's objects in the benchmark's canonical (row-major cell) order."""
+    return tuple(sorted(scene, key=lambda o: POSITIONS[o.position]))
+
+
+def benchmark_scenes(cfg: SyntheticConfig) -> set[Scene]:
+    """Every scene of the benchmark generated with ``cfg``: bases and edited variants.
+
+    The stricter exclusion for :func:`generate_corpus`: with only the base scenes
+    excluded (:func:`~.synthetic.benchmark_base_scenes`) a corpus image may still show
+    the same scene as a benchmark *target* (e.g. a "remove" edit of a val base).
+    Builds the families with the generator's own family builder (no rendering).
+
+    Args:
+        cfg: The benchmark's configuration.
+
+    Returns:
+        The scenes, objects in canonical (row-major cell) order.
+    """
+    used: set[Scene] = set()
+    scenes: set[Scene] = set()
+    family_id = 0
+    for split in syn.SPLITS:
+        for index in range(int(getattr(cfg, f"{split}_families", 0))):
+            variants = syn._build_family(cfg, split, index, family_id, used)
+            scenes.update(_canonical(v.objects) for v in variants)
+            family_id += 1
+    return scenes
+
+
+def exclusion_hash(exclude: Iterable[Iterable[SceneObject]]) -> str:
+    """Stable sha256 of a set of scenes (order of scenes and of objects ignored).
+
+    Args:
+        exclude: Scenes, each an iterable of :class:`~.synthetic.SceneObject`.
+
+    Returns:
+        The hex digest.
+    """
+    rows = sorted(
+        json.dumps([list(asdict(o).values()) for o in _canonical(scene)]) for scene in exclude
+    )
+    return hashlib.sha256("\n".join(rows).encode("utf-8")).hexdigest()
+
+
+# --------------------------------------------------------------------------------------
+# Generation
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Item:
+    """One corpus scene before rendering."""
+
+    image_id: str
+    objects: Scene
+    descriptions: tuple[str, ...]
+    offsets: tuple[tuple[float, float], ...]
+    background: tuple[int, int, int]
+
+
+def _draw_items(cfg: CorpusConfig, exclude: set[Scene], stats: dict[str, int]) -> Iterator[_Item]:
+    """Yield the corpus's distinct, non-excluded scenes with their looks and texts.
+
+    Three seeded streams: scenes (with the rejections), looks (background, nuisance) and
+    texts, so e.g. more descriptions per scene never change the scenes or images.
+    ``stats`` receives the counts of draws and rejections.
+    """
+    render_cfg = cfg.render_config()
+    scene_rng, look_rng, text_rng = (
+        np.random.default_rng(np.random.SeedSequence([cfg.seed, _STREAM_TAG, k])) for k in range(3)
+    )
+    width = max(6, len(str(cfg.n_scenes - 1)))
+    seen: set[Scene] = set()
+    stats.update(attempts=0, rejected_excluded=0, rejected_duplicate=0)
+    max_attempts = 50 * cfg.n_scenes + 10_000
+    while len(seen) < cfg.n_scenes:
+        if stats["attempts"] >= max_attempts:  # pragma: no cover - 5e8 distinct scenes
+            raise RuntimeError(f"only {len(seen)} fresh scenes in {max_attempts} draws")
+        stats["attempts"] += 1
+        scene = syn._sample_base_scene(scene_rng, render_cfg)
+        if scene in exclude:
+            stats["rejected_excluded"] += 1
+            continue
+        if scene in seen:
+            stats["rejected_duplicate"] += 1
+            continue
+        image_id = f"scene_{len(seen):0{width}d}"
+        seen.add(scene)
+        # Background as a benchmark family's: one grey level plus a slight tint.
+        gray = int(look_rng.integers(BACKGROUND_GRAY_RANGE[0], BACKGROUND_GRAY_RANGE[1] + 1))
+        tr, tg, tb = (int(t) for t in look_rng.integers(-4, 5, size=3))
+        offsets, background = syn._nuisance(
+            look_rng, scene, (gray + tr, gray + tg, gray + tb), render_cfg
+        )
+        texts: list[str] = []
+        for _ in range(8 * cfg.descriptions_per_scene):  # distinct texts, bounded retries
+            text = describe(scene, text_rng)
+            if text not in texts:
+                texts.append(text)
+                if len(texts) == cfg.descriptions_per_scene:
+                    break
+        yield _Item(image_id, scene, tuple(texts), tuple(offsets), background)
+
+
+def _render_chunk(directory: Path, items: Sequence[_Item], cfg: CorpusConfig) -> None:
+    """Render and write ``<directory>/<image_id>.png`` for each item."""
+    for item in items:
+        image = render_scene(
+            item.objects, item.background, cfg.image_size, item.offsets, cfg.supersample
+        )
+        image.save(
+            directory / f"{item.image_id}.png",
+            format="PNG",
+            compress_level=cfg.png_compress_level,
+        )
+
+
+def _generate_into(tmp: Path, cfg: CorpusConfig, exclude: set[Scene]) -> dict[str, Any]:
+    """Write the whole corpus into the fresh directory ``tmp``; return the summary."""
+    images = tmp / "images"
+    images.mkdir(parents=True)
+    stats: dict[str, int] = {}
+    items: list[_Item] = []
+    with ThreadPoolExecutor(max_workers=syn._IO_THREADS) as pool:
+        futures = []
+        for item in _draw_items(cfg, exclude, stats):
+            items.append(item)
+            if len(items) % _CHUNK == 0:  # render while the next scenes are drawn
+                futures.append(pool.submit(_render_chunk, images, items[-_CHUNK:], cfg))
+        if len(items) % _CHUNK:
+            futures.append(pool.submit(_render_chunk, images, items[-(len(items) % _CHUNK) :], cfg))
+        records = [
+            {
+                "image_id": item.image_id,
+                "path": f"images/{item.image_id}.png",
+                "descriptions": list(item.descriptions),
+                "objects": [o.as_dict() for o in item.objects],
+            }
+            for item in items
+        ]
+        syn._write_json(tmp / "corpus.json", records)
+        for future in futures:
+            future.result()  # re-raise the first rendering / writing error, if any
+    counts = Counter(len(item.objects) for item in items)
+    return {
+        "images": len(items),
+        "descriptions": sum(len(item.descriptions) for item in items),
+        "object_counts": {str(n): counts[n] for n in sorted(counts)},
+        **stats,
+    }
+
+
+def _replace_dir(tmp: Path, root: Path) -> None:
+    """Move the finished ``tmp`` to ``root``, replacing an existing ``root``."""
+    if root.exists():
+        trash = root.parent / f".{root.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(root, trash)
+        os.replace(tmp, root)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(tmp, root)
+
+
+def generate_corpus(
+    root: str | Path, cfg: CorpusConfig, exclude: Iterable[Iterable[SceneObject]]
+) -> dict[str, Any]:
+    """Generate the described-scene corpus under ``root`` (idempotent and atomic).
+
+    Scenes are drawn as the benchmark draws its base scenes (its own seeded stream),
+    rejecting every scene of ``exclude`` and every repeat; each is rendered once with a
+    benchmark-like grey background and described ``descriptions_per_scene`` times by
+    :func:`describe`. If ``root/manifest.json`` holds this config's hash and this
+    exclusion's hash, nothing is written. Else the corpus is written into a temporary
+    sibling directory which then replaces ``root``; an interrupted run leaves at most a
+    ``.<name>.tmp-*`` sibling behind. An existing ``root`` is only replaced when it is
+    empty or was written by this generator.
+
+    Args:
+        root: Target directory (layout in the module docstring).
+        cfg: Configuration.
+        exclude: Scenes the corpus must not contain (object order within a scene is
+            ignored): :func:`~.synthetic.benchmark_base_scenes` of the benchmark's
+            config, or :func:`benchmark_scenes` to exclude its targets too.
+
+    Returns:
+        Summary dict: ``root``, ``config_hash``, ``exclusion_hash``, ``reused``,
+        ``seconds``, ``images``, ``descriptions``, ``object_counts`` (images per object
+        count, keys "1"-"3"), ``attempts``, ``rejected_excluded``, ``rejected_duplicate``.
+
+    Raises:
+        FileExistsError: ``root`` is a non-empty directory not made by this generator.
+    """
+    root = Path(root).resolve()
+    start = time.perf_counter()
+    excluded = {_canonical(scene) for scene in exclude}
+    digest, ex_digest = cfg.config_hash(), exclusion_hash(excluded)
+    manifest = syn._read_manifest(root)
+    if (
+        manifest is not None
+        and manifest.get("generator") == GENERATOR_NAME
+        and manifest.get("config_hash") == digest
+        and manifest.get("exclusion_hash") == ex_digest
+    ):
+        logger.info("Description corpus at %s is up to date (hash %s)", root, digest[:12])
+        return {
+            **manifest["summary"],
+            "root": str(root),
+            "config_hash": digest,
+            "exclusion_hash": ex_digest,
+            "reused": True,
+            "seconds": time.perf_counter() - start,
+        }
+    if root.exists():
+        ours = manifest is not None and manifest.get("generator") == GENERATOR_NAME
+        if not root.is_dir() or (not ours and any(root.iterdir())):
+            raise FileExistsError(f"{root} exists and was not written by {GENERATOR_NAME}")
+
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = root.parent / f".{root.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        summary = _generate_into(tmp, cfg, excluded)
+        syn._write_json(
+            tmp / "manifest.json",
+            {
+                "generator": GENERATOR_NAME,
+                "format_version": FORMAT_VERSION,
+                "config": asdict(cfg),
+                "config_hash": digest,
+                "exclusion_hash": ex_digest,
+                "excluded_scenes": len(excluded),
+                "summary": summary,
+            },
+        )
+        _replace_dir(tmp, root)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    seconds = time.perf_counter() - start
+    logger.info(
+        "Generated description corpus at %s: %d images, %d descriptions in %.2f s",
+        root,
+        summary["images"],
+        summary["descriptions"],
+        seconds,
+    )
+    return {
+        **summary,
+        "root": str(root),
+        "config_hash": digest,
+        "exclusion_hash": ex_digest,
+        "reused": False,
+        "seconds": seconds,
+    }
+
+
+# --------------------------------------------------------------------------------------
+# Reading
+# --------------------------------------------------------------------------------------
+
+_RECORD_KEYS = ("image_id", "path", "descriptions", "objects")
+
+
+def read_corpus(root: str | Path) -> pd.DataFrame:
+    """Read a corpus written by :func:`generate_corpus`.
+
+    Args:
+        root: The corpus directory.
+
+    Returns:
+        One row per image, in corpus order, with columns ``image_id``, ``path``
+        (absolute, str), ``descriptions`` (list of str) and ``n_objects`` (int).
+
+    Raises:
+        FileNotFoundError: ``root/corpus.json`` or an image it lists is missing.
+        ValueError: ``corpus.json`` is not valid JSON or a record is malformed (the
+            message names the file and the record).
+    """
+    root = Path(root).resolve()
+    path = root / "corpus.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"description corpus file {path} is missing")
+    try:
+        records = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"description corpus file {path} is not valid JSON: {exc}") from exc
+    if not isinstance(records, list) or not records:
+        raise ValueError(f"description corpus file {path} must hold a non-empty JSON list")
+    rows = []
+    for i, rec in enumerate(records):
+        where = f"{path}, record {i}"
+        if not isinstance(rec, dict) or any(k not in rec for k in _RECORD_KEYS):
+            raise ValueError(f"{where}: expected an object with keys {list(_RECORD_KEYS)}")
+        texts, objects = rec["descriptions"], rec["objects"]
+        if (
+            not isinstance(texts, list)
+            or not texts
+            or not all(isinstance(t, str) and t.strip() for t in texts)
+        ):
+            raise ValueError(f"{where}: 'descriptions' must be a non-empty list of texts")
+        if not isinstance(objects, list) or not 1 <= len(objects) <= 3:
+            raise ValueError(f"{where}: 'objects' must be a list of 1-3 objects")
+        image = root / str(rec["path"])
+        if not image.is_file():
+            raise FileNotFoundError(f"{where}: image {image} is missing")
+        rows.append((str(rec["image_id"]), str(image), list(texts), len(objects)))
+    frame = pd.DataFrame(rows, columns=["image_id", "path", "descriptions", "n_objects"])
+    if frame["image_id"].duplicated().any():
+        dup = frame.loc[frame["image_id"].duplicated(), "image_id"].iloc[0]
+        raise ValueError(f"description corpus file {path}: duplicate image_id {dup!r}")
+    return frame
+
+
+__all__ = [
+    "BACKGROUND_WORDS",
+    "COUNT_WORDS",
+    "FORMAT_VERSION",
+    "GENERATOR_NAME",
+    "JOINERS",
+    "OBJECT_FORMS",
+    "SCENE_FORMS",
+    "CorpusConfig",
+    "benchmark_scenes",
+    "corpus_vocabulary",
+    "describe",
+    "exclusion_hash",
+    "generate_corpus",
+    "prepositions",
+    "read_corpus",
+]
