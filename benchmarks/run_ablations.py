@@ -4,8 +4,10 @@ Variants: DQE-CIR, in-batch contrastive (SPRC/CLIP4Cir), QuRe negatives,
 and DQE-CIR without attribute weights / without TRNS / without margins. Every variant
 uses the project's default parameters (``conf/base``) plus its overrides, the same data,
 the same frozen tiny backbone and the same features; the best epoch is selected on val
-and reported on val (there is no separate test split). The untrained model and the
-text-blind pixel baseline are reported alongside.
+and its weights are reported on the held-out test split (scene families disjoint from
+train and val), so no number in the table was used for a choice. The untrained model and
+the text-blind pixel baseline are reported on test alongside. Each row also keeps the
+best epoch's val metrics as ``val/<metric>``.
 
 Imports no Kedro or MLflow, so it also runs on a bare GPU machine::
 
@@ -15,6 +17,7 @@ Imports no Kedro or MLflow, so it also runs on a bare GPU machine::
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import multiprocessing
@@ -26,6 +29,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+import yaml
 
 from dqe_cir_pipeline.baselines import text_blind_baseline
 from dqe_cir_pipeline.config_loader import project_config_loader
@@ -36,7 +40,7 @@ from dqe_cir_pipeline.model.data import TrainData, train_captions
 from dqe_cir_pipeline.model.device import resolve_device
 from dqe_cir_pipeline.model.evaluate import EvalSet, evaluate
 from dqe_cir_pipeline.model.extract import VitEncoder, extract_to_memory
-from dqe_cir_pipeline.model.factory import build_loss, build_model
+from dqe_cir_pipeline.model.factory import build_loss, build_model, build_untrained_model
 from dqe_cir_pipeline.model.negatives import MiningConfig
 from dqe_cir_pipeline.model.train import TrainingConfig, fit
 
@@ -60,6 +64,10 @@ VARIANTS: dict[str, tuple[dict[str, dict[str, Any]], dict[str, Any]]] = {
     "no_trns": ({"loop": {"negatives": "random"}}, {}),
     "no_margins": ({"loss": {"use_margins": False}}, {}),
 }
+#: The split every epoch is validated on and the best epoch is chosen by.
+SELECTION_SPLIT = "val"
+#: The held-out split the table reports.
+REPORT_SPLIT = "test"
 COLUMNS = [
     "avg",
     "recall@1",
@@ -88,12 +96,19 @@ def training_config(params: dict[str, Any], overrides: dict[str, dict[str, Any]]
 
 
 def prepare(root: Path, params: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    syn = {k: v for k, v in params["data"]["synthetic"].items() if k != "root"}
-    generate_benchmark(root / "benchmark", SyntheticConfig(**syn))
+    syn = SyntheticConfig(**{k: v for k, v in params["data"]["synthetic"].items() if k != "root"})
+    if syn.test_families < 1:
+        raise ValueError("the ablations report on the test split: data.synthetic.test_families")
+    generate_benchmark(root / "benchmark", syn)
     tables = read_cirr(
         root / "benchmark",
         root / "benchmark",
-        CIRRConfig(splits=("train", "val"), dataset_name="synthetic", version=None),
+        CIRRConfig(
+            splits=("train", SELECTION_SPLIT, REPORT_SPLIT),
+            dataset_name="synthetic",
+            version=None,
+            unlabelled_splits=(),  # every generated split has targets, test included
+        ),
     )
     images, triplets = tables.images, tables.triplets
     bcfg = BackboneConfig(**{**params["backbone"], "tiny_dir": str(root / "tiny_backbone")})
@@ -109,22 +124,48 @@ def prepare(root: Path, params: dict[str, Any], device: torch.device) -> dict[st
     return {"images": images, "triplets": triplets, "backbone": backbone, "features": features}
 
 
+Overrides = tuple[dict[str, dict[str, Any]], dict[str, Any]]
+
+
+def grid_variants(specs: list[str]) -> dict[str, Overrides]:
+    """``["optim.lr=1e-4,3e-4", "loop.epochs=12,20"]`` -> one variant per combination,
+    named ``lr=1e-4 epochs=12``; values are parsed as YAML scalars (numbers, null, true)."""
+    axes = []
+    for spec in specs:
+        path, _, values = spec.partition("=")
+        block, _, key = path.partition(".")
+        if not values or block not in ("model", "loss", "optim", "loop") or not key:
+            raise ValueError(
+                f"--grid takes <block>.<key>=v1,v2 with a training block, got {spec!r}"
+            )
+        axes.append([(block, key, text) for text in values.split(",")])
+    out: dict[str, Overrides] = {}
+    for combo in itertools.product(*axes):
+        over: dict[str, dict[str, Any]] = {}
+        for block, key, text in combo:
+            over.setdefault(block, {})[key] = yaml.safe_load(text)
+        out[" ".join(f"{key}={text}" for _, key, text in combo)] = (over, {})
+    return out
+
+
 def run_variant(
     name: str,
+    overrides: Overrides,
     seed: int,
     prep: dict[str, Any],
     params: dict[str, Any],
     device: str,
     epochs: int | None,
 ) -> dict[str, float]:
-    t_over, m_over = VARIANTS[name]
+    t_over, m_over = overrides
     loop = {"seed": seed, "run_dir": None, **({"epochs": epochs} if epochs is not None else {})}
     cfg = training_config(params, {**t_over, "loop": {**t_over.get("loop", {}), **loop}})
     mcfg = MiningConfig(**{**params["mining"], **m_over, "seed": seed})
     bb = prep["backbone"]
     model = build_model(bb, cfg.model, seed, device)
     data = TrainData.from_tables(prep["triplets"], prep["images"])
-    val = EvalSet.from_tables(prep["triplets"], prep["images"], "val")
+    val = EvalSet.from_tables(prep["triplets"], prep["images"], SELECTION_SPLIT)
+    test = EvalSet.from_tables(prep["triplets"], prep["images"], REPORT_SPLIT)
 
     def validate(m: Any) -> dict[str, float]:
         return evaluate(m, prep["features"], bb.tokenizer, val, max_len=bb.max_text_len).metrics
@@ -143,14 +184,24 @@ def run_variant(
         max_text_len=bb.max_text_len,
         device=device,
     )
-    metrics = dict(result.best_checkpoint["metrics"])
-    metrics["seconds"] = time.perf_counter() - t0
+    seconds = time.perf_counter() - t0
+    # the best epoch (chosen on val) is what the table reports, measured on test
+    model.load_state_dict(result.best_checkpoint["model"])
+    metrics = evaluate(model, prep["features"], bb.tokenizer, test, max_len=bb.max_text_len).metrics
+    metrics = dict(metrics)
+    metrics.update({f"val/{k}": float(v) for k, v in result.best_checkpoint["metrics"].items()})
+    metrics["seconds"] = seconds
     metrics["best_epoch"] = float(result.best_checkpoint["epoch"])
     return metrics
 
 
 def run_variant_seeds(
-    name: str, seeds: list[int], workdir: Path, device: str, epochs: int | None
+    name: str,
+    overrides: Overrides,
+    seeds: list[int],
+    workdir: Path,
+    device: str,
+    epochs: int | None,
 ) -> list[dict[str, Any]]:
     """One worker: load the prepared data (reused from ``workdir``), run every seed."""
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s [{name}] %(message)s")
@@ -164,13 +215,14 @@ def run_variant_seeds(
     prep = prepare(workdir, params, resolve_device(device))
     rows = []
     for seed in seeds:
-        metrics = run_variant(name, seed, prep, params, device, epochs)
+        metrics = run_variant(name, overrides, seed, prep, params, device, epochs)
         rows.append({"variant": name, "seed": seed, **metrics})
         logging.info(
-            "seed %d: avg %.2f R@10 %.2f (%.0fs)",
+            "seed %d: test avg %.2f R@10 %.2f, val avg %.2f (%.0fs)",
             seed,
             metrics["avg"],
             metrics["recall@10"],
+            metrics["val/avg"],
             metrics["seconds"],
         )
     return rows
@@ -194,6 +246,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS))
+    parser.add_argument(
+        "--grid",
+        nargs="+",
+        default=None,
+        help="instead of --variants: every combination, e.g. optim.lr=1e-4,3e-4 loop.epochs=12,20",
+    )
     parser.add_argument("--epochs", type=int, default=None, help="override training.loop.epochs")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/dqe_ablations"))
@@ -214,21 +272,27 @@ def main() -> None:
     device = resolve_device(args.device)
     prep = prepare(args.workdir, params, device)
     rows: list[dict[str, Any]] = []
-    val = EvalSet.from_tables(prep["triplets"], prep["images"], "val")
-    blind = text_blind_baseline(prep["images"], val, (1, 5, 10, 50)).metrics
+    test = EvalSet.from_tables(prep["triplets"], prep["images"], REPORT_SPLIT)
+    blind = text_blind_baseline(prep["images"], test, (1, 5, 10, 50)).metrics
     rows.append({"variant": "text_blind", "seed": -1, "seconds": 0.0, **blind})
     cfg0 = training_config(params, {})
-    untrained = build_model(prep["backbone"], cfg0.model, cfg0.loop.seed, str(device))
-    zero = evaluate(untrained, prep["features"], prep["backbone"].tokenizer, val).metrics
-    rows.append({"variant": "untrained", "seed": -1, "seconds": 0.0, **zero})
+    bb = prep["backbone"]
+    floors = {
+        "zero_shot": build_model(bb, cfg0.model, cfg0.loop.seed, str(device)),
+        "untrained": build_untrained_model(bb, cfg0.model, cfg0.loop.seed, str(device)),
+    }
+    for name, model in floors.items():
+        metrics = evaluate(model, prep["features"], bb.tokenizer, test).metrics
+        rows.append({"variant": name, "seed": -1, "seconds": 0.0, **metrics})
+    variants = grid_variants(args.grid) if args.grid else {n: VARIANTS[n] for n in args.variants}
     if args.jobs > 1:
         ctx = multiprocessing.get_context("spawn")  # CUDA cannot be re-initialised in a fork
         with ProcessPoolExecutor(max_workers=args.jobs, mp_context=ctx) as pool:
             futures = [
                 pool.submit(
-                    run_variant_seeds, n, args.seeds, args.workdir, str(device), args.epochs
+                    run_variant_seeds, n, over, args.seeds, args.workdir, str(device), args.epochs
                 )
-                for n in args.variants
+                for n, over in variants.items()
             ]
             for fut in futures:
                 rows.extend(fut.result())
@@ -236,25 +300,36 @@ def main() -> None:
                     args.out.parent.mkdir(parents=True, exist_ok=True)
                     args.out.write_text(json.dumps({"device": str(device), "rows": rows}, indent=1))
     else:
-        for name in args.variants:
+        for name, over in variants.items():
             for seed in args.seeds:
-                metrics = run_variant(name, seed, prep, params, str(device), args.epochs)
+                metrics = run_variant(name, over, seed, prep, params, str(device), args.epochs)
                 rows.append({"variant": name, "seed": seed, **metrics})
                 logging.info(
-                    "%s seed %d: avg %.2f R@10 %.2f (%.0fs)",
+                    "%s seed %d: test avg %.2f R@10 %.2f, val avg %.2f (%.0fs)",
                     name,
                     seed,
                     metrics["avg"],
                     metrics["recall@10"],
+                    metrics["val/avg"],
                     metrics["seconds"],
                 )
     text = table(rows)
     print(f"device: {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'})")
+    print(f"best epoch selected on {SELECTION_SPLIT}; numbers on {REPORT_SPLIT}")
     print(text)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(
-            json.dumps({"device": str(device), "rows": rows, "table": text}, indent=1)
+            json.dumps(
+                {
+                    "device": str(device),
+                    "selection_split": SELECTION_SPLIT,
+                    "report_split": REPORT_SPLIT,
+                    "rows": rows,
+                    "table": text,
+                },
+                indent=1,
+            )
         )
 
 

@@ -38,7 +38,10 @@ def test_train_pipeline_writes_every_artifact(kedro_test_run: dict[str, Any]) ->
     ckpt = torch.load(data / "06_models/best_checkpoint.pt", weights_only=True)
     assert ckpt["backbone"]["name"] == "tiny"
     summary = json.loads((data / "08_reporting/evaluation.json").read_text())
-    assert set(summary["models"]) == {"dqe_cir", "zero_shot", "text_blind"}
+    assert set(summary["models"]) == {"dqe_cir", "zero_shot", "untrained", "text_blind"}
+    # selected on val (the checkpoint's metrics), reported on the held-out test split
+    assert summary["split"] == "test" and summary["queries"] > 0
+    assert "reported split test" in kedro_test_run["log"]
 
 
 def test_mlflow_run_has_params_metrics_tags_and_artifacts(kedro_test_run: dict[str, Any]) -> None:

@@ -32,6 +32,7 @@ BLOCKS: dict[str, type] = {
 #: Paths under the data root: the YAML resolves them, the dataclass cannot know them.
 LOCATIONS = {
     ("backbone", "tiny_dir"),
+    ("backbone", "name_or_path"),
     ("training", "loop", "run_dir"),
     ("data", "benchmark"),  # from the environment's globals.yml
     ("data", "synthetic"),  # checked below against the generator's own configuration
@@ -93,3 +94,22 @@ def test_bad_keys_and_types_are_refused_by_name(
     node[path[-1]] = value
     with pytest.raises(ParameterValidationError, match=named):
         ParameterValidator(register_pipelines()).validate_raw_params(params)
+
+
+@pytest.mark.parametrize(
+    ("env", "selection_split", "split"),
+    [
+        ("base", "val", "test"),  # the generated benchmark: select on val, report on test
+        ("test", "val", "test"),
+        ("fashioniq", "val", "val"),  # test targets were never released
+        ("cirr", "val", "val"),  # test1 is scored by the evaluation server
+    ],
+)
+def test_selection_and_reported_split_per_environment(
+    env: str, selection_split: str, split: str
+) -> None:
+    params = project_config_loader(env)["parameters"]
+    evaluation = ParameterValidator(register_pipelines()).validate_raw_params(params)["evaluation"]
+    assert (evaluation.selection_split, evaluation.split) == (selection_split, split)
+    if split == "test":  # the reported split exists: the generator writes test families
+        assert DataConfig(**params["data"]).generator().test_families > 0

@@ -15,6 +15,7 @@ from dqe_cir_pipeline.pipelines import (
     embedding_extraction,
     evaluation,
     negative_mining,
+    pretraining,
     training,
 )
 
@@ -38,4 +39,5 @@ def register_pipelines() -> dict[str, Pipeline]:
         "zero_shot": zero_shot,
         "zero_shot_full": ingestion + extraction + zero_shot,
         "cirr_submission": evaluation.create_submission_pipeline(),
+        "pretraining": pretraining.create_pipeline(),
     }

@@ -13,6 +13,7 @@ from kedro.runner import SequentialRunner
 
 from dqe_cir_pipeline.data_sources.schema import IMAGE_SCHEMA, TRIPLET_SCHEMA
 from dqe_cir_pipeline.pipeline_registry import register_pipelines
+from dqe_cir_pipeline.pipelines.evaluation.nodes import evaluate_checkpoint
 
 
 def test_registry_names_every_stage() -> None:
@@ -58,6 +59,12 @@ def test_ingestion_outputs_canonical_tables(prepared: dict[str, Any]) -> None:
         "train_variants_per_family"
     ]
     assert (triplets["split"] == "val").sum() == syn["val_families"] * syn["variants_per_family"]
+    # the held-out test split: val's variant count, its own families
+    assert (triplets["split"] == "test").sum() == syn["test_families"] * syn["variants_per_family"]
+    assert set(triplets["split"]) == set(images["split"]) == {"train", "val", "test"}
+    assert triplets["target_id"].notna().all()  # the generated test split is labelled
+    refs = triplets.groupby("split")["reference_id"].agg(set)
+    assert not refs["test"] & (refs["train"] | refs["val"])
     assert cat.load("quarantine").empty
     report = cat.load("ingestion_report")
     assert report["counts"]["triplets"] == len(triplets)
@@ -108,11 +115,27 @@ def test_training_and_evaluation_pipelines(prepared: dict[str, Any]) -> None:
     assert len(history) == prepared["params"]["training"]["loop"]["epochs"]
     assert history["train/loss"].notna().all()
     table = cat.load("evaluation_table")
-    assert set(table["model"]) == {"dqe_cir", "zero_shot", "text_blind"}
+    assert set(table["model"]) == {"dqe_cir", "zero_shot", "untrained", "text_blind"}
     summary = cat.load("evaluation_summary")
-    # the checkpoint's stored validation metrics are what evaluation recomputes
-    assert summary["models"]["dqe_cir"]["avg"] == pytest.approx(ckpt["metrics"]["avg"], abs=1e-6)
+    evaluation = cat.load("params:evaluation")
+    # select on val, report on test
+    assert (evaluation.selection_split, evaluation.split) == ("val", "test")
+    assert summary["split"] == "test" and set(table["split"]) == {"test"}
+    assert summary["queries"] == (cat.load("triplets")["split"] == "test").sum()
     assert "color/recall@10" in summary["models"]["dqe_cir"]
+    # the best epoch is chosen on val: its stored metrics are what val recomputes
+    assert ckpt["metrics"]["avg"] == pytest.approx(history["val/avg"].max(), abs=1e-6)
+    _, on_val, _, _ = evaluate_checkpoint(
+        ckpt,
+        cat.load("vit_features"),
+        cat.load("triplets"),
+        cat.load("images"),
+        cat.load("params:backbone"),
+        replace(evaluation, split=evaluation.selection_split),
+        cat.load("params:runtime"),
+    )
+    assert on_val["split"] == "val"
+    assert on_val["models"]["dqe_cir"]["avg"] == pytest.approx(ckpt["metrics"]["avg"], abs=1e-6)
     ranks = cat.load("query_rankings")
     assert (ranks["rank"] >= 0).all()
     metrics = cat.load("evaluation_metrics")

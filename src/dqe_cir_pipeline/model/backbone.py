@@ -70,7 +70,7 @@ class TinyBackboneSpec:
     cross_attention_frequency: int = 1  # [design] every tiny layer cross-attends (BLIP-2 uses 2)
     num_query_tokens: int = 16
     projection_dim: int = 64
-    max_position_embeddings: int = 32  # text positions of the tiny Q-Former
+    max_position_embeddings: int = 64  # text positions (pretraining descriptions: ~50 words)
     vocab_size: int = 1000
     init_std: float = 0.02
     seed: int = 0
@@ -81,7 +81,9 @@ class BackboneConfig:
     """Which backbone to use.
 
     Attributes:
-        source: "tiny" (random preset built locally) or "pretrained" (HF id / folder).
+        source: "pretrained" (a ``save_pretrained`` folder or a hub id: the default is
+            the tiny backbone pretrained by the ``pretraining`` pipeline, shipped in
+            ``models/``) or "tiny" (the tiny preset with random weights, built locally).
         name_or_path: hub id or local folder for ``source="pretrained"``.
         revision: hub revision (branch, tag or commit) for ``source="pretrained"``.
         tiny: the tiny preset's hyper-parameters.
@@ -89,8 +91,8 @@ class BackboneConfig:
         max_text_len: tokenizer truncation length.
     """
 
-    source: str = "tiny"
-    name_or_path: str = "Salesforce/blip2-itm-vit-g"
+    source: str = "pretrained"
+    name_or_path: str = "models/tiny-blip2-synthetic"
     revision: str | None = None
     tiny: TinyBackboneSpec = field(default_factory=TinyBackboneSpec)
     tiny_dir: str = "data/06_models/tiny_backbone"

@@ -22,6 +22,31 @@ def build_model(backbone: Backbone, cfg: DQEConfig, seed: int = 0, device: str =
     return DQECIR(backbone.model, cfg).to(resolve_device(device))
 
 
+def build_untrained_model(
+    backbone: Backbone, cfg: DQEConfig, seed: int = 0, device: str = "auto"
+) -> DQECIR:
+    """The DQE-CIR module with the backbone's Q-Former side re-initialised at random.
+
+    The floor below zero-shot: the same architecture and the same frozen ViT features,
+    but neither the backbone's pretraining nor any CIR training. (On a backbone that was
+    never pretrained, e.g. ``backbone.source: tiny``, it is as random as zero-shot.)
+    """
+    model = build_model(backbone, cfg, seed, device)
+    init = backbone.model._init_weights  # the architecture's own initialisation
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for part in (
+            model.embeddings,
+            model.qformer,
+            model.vision_projection,
+            model.text_projection,
+        ):
+            part.apply(init)
+        std = backbone.model.config.qformer_config.initializer_range
+        torch.nn.init.normal_(model.query_tokens, std=std)  # HF starts them at zeros
+    return model
+
+
 def build_loss(cfg: LossConfig) -> DQELoss:
     return DQELoss(cfg)
 

@@ -21,7 +21,12 @@ from dqe_cir_pipeline.model.config import RuntimeConfig, config_block
 from dqe_cir_pipeline.model.dqe import DQECIR
 from dqe_cir_pipeline.model.encode import encode_images, encode_queries
 from dqe_cir_pipeline.model.evaluate import EvalOutput, EvalSet, evaluate, submission_rankings
-from dqe_cir_pipeline.model.factory import build_model, checkpoint_seed, model_from_checkpoint
+from dqe_cir_pipeline.model.factory import (
+    build_model,
+    build_untrained_model,
+    checkpoint_seed,
+    model_from_checkpoint,
+)
 from dqe_cir_pipeline.model.train import TrainingConfig
 from dqe_cir_pipeline.tracking import metric_values
 
@@ -32,8 +37,16 @@ logger = logging.getLogger(__name__)
 class EvaluationConfig:
     """Evaluation settings (``evaluation``), shared by validation during training.
 
+    Select on one split, report on another [design]: training validates on
+    ``selection_split`` every epoch and keeps the best epoch by it; the evaluation and
+    zero-shot nodes report on ``split``, which no training choice has seen. The generated
+    benchmark's test families are disjoint from train and val. FashionIQ (test targets
+    never released) and CIRR (test1 scored by the evaluation server) set both to ``val``.
+
     Attributes:
-        split: the split evaluated (``val`` selects; the reported split is configured here).
+        split: the reported split (evaluation, zero-shot and their ``eval.*`` metrics).
+        selection_split: the split training validates on every epoch and selects the
+            best epoch by (the training history's ``val/*`` columns).
         ks: Recall@K cut-offs.
         chunk_size: queries scored per chunk (bounds memory on large galleries).
         qualitative_queries: rows per qualitative grid (successes and failures).
@@ -41,7 +54,8 @@ class EvaluationConfig:
         submission_split: CIRR only: the split whose server files are written.
     """
 
-    split: str = "val"
+    split: str = "test"
+    selection_split: str = "val"
     ks: list[int] = field(default_factory=lambda: [1, 5, 10, 50])
     chunk_size: int = 1024
     qualitative_queries: int = 6
@@ -99,7 +113,7 @@ def _report(
         metrics.update(metric_values(out.metrics, prefix=f"eval.{name}."))
     main = next(iter(outputs.values()))
     logger.info(
-        "%s %s: %s",
+        "%s, reported split %s: %s",
         data.dataset,
         data.split,
         {k: round(v, 2) for k, v in main.metrics.items() if "/" not in k},
@@ -114,6 +128,7 @@ def _rankings(outputs: dict[str, EvalOutput], data: EvalSet) -> pd.DataFrame:
     per_query["target_id"] = data.target_ids
     per_query["text"] = data.texts
     per_query["zero_shot_rank"] = outputs["zero_shot"].per_query["rank"].to_numpy()
+    per_query["untrained_rank"] = outputs["untrained"].per_query["rank"].to_numpy()
     per_query["text_blind_rank"] = outputs["text_blind"].per_query["rank"].to_numpy()
     return per_query
 
@@ -134,11 +149,14 @@ def evaluate_checkpoint(
     """
     bb = load_backbone(backbone)
     model = model_from_checkpoint(model_checkpoint, bb, runtime.device)
-    untrained = build_model(bb, model.cfg, checkpoint_seed(model_checkpoint), runtime.device)
+    seed = checkpoint_seed(model_checkpoint)
+    zero_shot = build_model(bb, model.cfg, seed, runtime.device)
+    untrained = build_untrained_model(bb, model.cfg, seed, runtime.device)
     data = EvalSet.from_tables(triplets, images, evaluation.split)
     outputs = {
         "dqe_cir": _evaluate(model, bb, vit_features, data, evaluation, runtime),
-        "zero_shot": _evaluate(untrained, bb, vit_features, data, evaluation, runtime),
+        "zero_shot": _evaluate(zero_shot, bb, vit_features, data, evaluation, runtime),
+        "untrained": _evaluate(untrained, bb, vit_features, data, evaluation, runtime),
         "text_blind": text_blind_baseline(images, data, evaluation.ks),
     }
     return (*_report(outputs, data, bb.name), _rankings(outputs, data))
@@ -153,12 +171,15 @@ def evaluate_zero_shot(
     evaluation: EvaluationConfig,
     runtime: RuntimeConfig,
 ) -> tuple[pd.DataFrame, dict[str, Any], dict[str, Any]]:
-    """Evaluate the backbone with no training at all (plus the text-blind baseline)."""
+    """Evaluate the backbone with no CIR training (beside the untrained and text-blind floors)."""
     bb = load_backbone(backbone)
     data = EvalSet.from_tables(triplets, images, evaluation.split)
-    untrained = build_model(bb, training.model, training.loop.seed, runtime.device)
+    seed = training.loop.seed
+    zero_shot = build_model(bb, training.model, seed, runtime.device)
+    untrained = build_untrained_model(bb, training.model, seed, runtime.device)
     outputs = {
-        "zero_shot": _evaluate(untrained, bb, vit_features, data, evaluation, runtime),
+        "zero_shot": _evaluate(zero_shot, bb, vit_features, data, evaluation, runtime),
+        "untrained": _evaluate(untrained, bb, vit_features, data, evaluation, runtime),
         "text_blind": text_blind_baseline(images, data, evaluation.ks),
     }
     return _report(outputs, data, bb.name)
