@@ -82,7 +82,9 @@ def test_torchrun_kedro_training_writes_once_from_rank_zero(
     assert history_path.stat().st_mtime_ns > before_mtime
     history = pd.read_parquet(history_path)
     assert len(history) == 2 and history["train/loss"].notna().all()
-    assert sorted(p.name for p in run_dir.iterdir()) == ["best.pt", "last.pt"]
+    (keyed,) = run_dir.iterdir()  # one folder per (data, backbone, settings)
+    assert keyed.name.startswith("run-")
+    assert sorted(p.name for p in keyed.iterdir()) == ["best.pt", "last.pt"]
 
 
 def test_rank_one_reads_datasets_but_never_writes_them(

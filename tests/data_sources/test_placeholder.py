@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from dqe_cir_pipeline.data_sources.cirr import read_cirr
+from dqe_cir_pipeline.data_sources.common import dataset_fingerprint as fingerprint
 from dqe_cir_pipeline.data_sources.fashioniq import FashionIQConfig, read_fashioniq
 from dqe_cir_pipeline.data_sources.placeholder import PlaceholderConfig, write_benchmark
-from dqe_cir_pipeline.pipelines.data_ingestion.nodes import fingerprint
 
 CFG = PlaceholderConfig(scale=0.01, train_queries=24, image_size=32, workers=2)
 

@@ -159,3 +159,35 @@ def test_cirr_submission_files_are_valid(prepared: dict[str, Any]) -> None:
     row = val.iloc[0]
     assert len(recall[row.query_id]) == 50 and row.reference_id not in recall[row.query_id]
     assert len(subset[row.query_id]) == 3 and set(subset[row.query_id]) <= set(row.subset_members)
+
+
+@pytest.mark.slow
+def test_changed_settings_train_afresh_and_stale_checkpoints_are_refused(
+    prepared: dict[str, Any],
+) -> None:
+    cat = prepared["catalog"]
+    pipes = register_pipelines()
+    if not cat.exists("model_checkpoint"):
+        SequentialRunner().run(pipes["training"], cat)
+    runs = prepared["tmp"] / "run"
+    first = {p.name for p in runs.iterdir()}
+    training = cat.load("params:training")
+    changed = replace(training, optim=replace(training.optim, lr=training.optim.lr / 2))
+    cat["params:training"] = MemoryDataset(changed, copy_mode="assign")
+    try:
+        SequentialRunner().run(pipes["training"], cat)
+    finally:
+        cat["params:training"] = MemoryDataset(training, copy_mode="assign")
+    assert len({p.name for p in runs.iterdir()} - first) == 1  # a new run, not a resume
+    history = cat.load("training_history")
+    assert len(history) == training.loop.epochs  # trained every epoch again
+    # a checkpoint trained on other data is refused by evaluation, naming the next step
+    good = cat.load("model_checkpoint")
+    cat["model_checkpoint"] = MemoryDataset(
+        {**good, "data": {"fingerprint": "elsewhere"}}, copy_mode="assign"
+    )
+    try:
+        with pytest.raises(Exception, match="trained on data 'elsewhere'.*pipelines=train"):
+            SequentialRunner().run(pipes["evaluation"], cat)
+    finally:
+        cat["model_checkpoint"] = MemoryDataset(good, copy_mode="assign")

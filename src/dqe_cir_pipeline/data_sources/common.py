@@ -37,6 +37,7 @@ from dqe_cir_pipeline.data_sources.schema import (
     QUARANTINE_SCHEMA,
     TRIPLET_SCHEMA,
 )
+from dqe_cir_pipeline.io_utils import SHORT_HASH_CHARS
 
 logger = logging.getLogger(__name__)
 
@@ -569,3 +570,23 @@ def enforce_rejection_threshold(
             f"ingestion of {', '.join(datasets)} rejected too much input "
             "(check the image root and annotation paths):\n" + "\n".join(problems)
         )
+
+
+def dataset_fingerprint(images: pd.DataFrame, triplets: pd.DataFrame) -> str:
+    """A short hash of what a run trains and evaluates on: image bytes and queries.
+
+    Covers every image's id, split and content hash and every query's id, split,
+    reference, target, evaluation caption, training caption forms and edit type, so any
+    change to the data a model saw changes it.
+    """
+    h = hashlib.sha256()
+
+    def text(values: pd.Series) -> bytes:  # a missing value (unlabelled test target) hashes as ""
+        return "\x1f".join("" if pd.isna(v) else str(v) for v in values).encode()
+
+    for col in ("image_id", "split", "content_hash"):
+        h.update(text(images[col]))
+    for col in ("query_id", "split", "reference_id", "target_id", "caption_eval", "edit_type"):
+        h.update(text(triplets[col]))
+    h.update(text(triplets["captions_train"].map(lambda forms: "\x1e".join(map(str, forms)))))
+    return h.hexdigest()[:SHORT_HASH_CHARS]

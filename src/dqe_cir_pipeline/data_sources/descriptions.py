@@ -35,10 +35,7 @@ import hashlib
 import itertools
 import json
 import logging
-import os
-import shutil
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -545,17 +542,6 @@ def _generate_into(tmp: Path, cfg: CorpusConfig, exclude: set[Scene]) -> dict[st
     }
 
 
-def _replace_dir(tmp: Path, root: Path) -> None:
-    """Move the finished ``tmp`` to ``root``, replacing an existing ``root``."""
-    if root.exists():
-        trash = root.parent / f".{root.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(root, trash)
-        os.replace(tmp, root)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.replace(tmp, root)
-
-
 def generate_corpus(
     root: str | Path, cfg: CorpusConfig, exclude: Iterable[Iterable[SceneObject]]
 ) -> dict[str, Any]:
@@ -589,61 +575,32 @@ def generate_corpus(
     start = time.perf_counter()
     excluded = {_canonical(scene) for scene in exclude}
     digest, ex_digest = cfg.config_hash(), exclusion_hash(excluded)
-    manifest = syn._read_manifest(root)
-    if (
-        manifest is not None
-        and manifest.get("generator") == GENERATOR_NAME
-        and manifest.get("config_hash") == digest
-        and manifest.get("exclusion_hash") == ex_digest
-    ):
-        logger.info("Description corpus at %s is up to date (hash %s)", root, digest[:12])
-        return {
-            **manifest["summary"],
-            "root": str(root),
-            "config_hash": digest,
-            "exclusion_hash": ex_digest,
-            "reused": True,
-            "seconds": time.perf_counter() - start,
-        }
-    if root.exists():
-        ours = manifest is not None and manifest.get("generator") == GENERATOR_NAME
-        if not root.is_dir() or (not ours and any(root.iterdir())):
-            raise FileExistsError(f"{root} exists and was not written by {GENERATOR_NAME}")
-
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = root.parent / f".{root.name}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        summary = _generate_into(tmp, cfg, excluded)
-        syn._write_json(
-            tmp / "manifest.json",
-            {
-                "generator": GENERATOR_NAME,
-                "format_version": FORMAT_VERSION,
-                "config": asdict(cfg),
-                "config_hash": digest,
-                "exclusion_hash": ex_digest,
-                "excluded_scenes": len(excluded),
-                "summary": summary,
-            },
-        )
-        _replace_dir(tmp, root)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    seconds = time.perf_counter() - start
-    logger.info(
-        "Generated description corpus at %s: %d images, %d descriptions in %.2f s",
-        root,
-        summary["images"],
-        summary["descriptions"],
-        seconds,
+    identity = {"generator": GENERATOR_NAME, "config_hash": digest, "exclusion_hash": ex_digest}
+    extra = {
+        "format_version": FORMAT_VERSION,
+        "config": asdict(cfg),
+        "excluded_scenes": len(excluded),
+    }
+    summary, reused = syn.generate_folder(
+        root, identity, lambda tmp: _generate_into(tmp, cfg, excluded), extra
     )
+    seconds = time.perf_counter() - start
+    if reused:
+        logger.info("Description corpus at %s is up to date (hash %s)", root, digest[:12])
+    else:
+        logger.info(
+            "Generated description corpus at %s: %d images, %d descriptions in %.2f s",
+            root,
+            summary["images"],
+            summary["descriptions"],
+            seconds,
+        )
     return {
         **summary,
         "root": str(root),
         "config_hash": digest,
         "exclusion_hash": ex_digest,
-        "reused": False,
+        "reused": reused,
         "seconds": seconds,
     }
 

@@ -47,7 +47,7 @@ import shutil
 import time
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -945,57 +945,43 @@ def _generate_into(tmp: Path, cfg: SyntheticConfig) -> dict[str, Any]:
     return summary
 
 
-def generate_benchmark(root: str | Path, cfg: SyntheticConfig | None = None) -> dict[str, Any]:
-    """Generate the synthetic benchmark under ``root`` (idempotent and atomic).
+def generate_folder(
+    root: str | Path,
+    identity: dict[str, Any],
+    write: Callable[[Path], dict[str, Any]],
+    extra: dict[str, Any] | None = None,
+) -> tuple[dict[str, Any], bool]:
+    """Write a generated data folder atomically, or reuse it when nothing changed.
 
-    If ``root/manifest.json`` exists with this config's hash, nothing is written. Else
-    the benchmark is written into a temporary sibling directory which then replaces
-    ``root``; an interrupted run leaves at most a ``.<name>.tmp-*`` sibling behind.
-    An existing ``root`` is only replaced when it is empty or was written by this
-    generator.
-
-    Args:
-        root: Target directory (CIRR layout, see the module docstring).
-        cfg: Configuration; defaults to :class:`SyntheticConfig()`.
+    ``root/manifest.json`` records ``identity`` (the generator's name, format version and
+    settings hash, ...). When it matches, nothing is written; else ``write`` fills a
+    fresh temporary sibling folder, the manifest (``identity``, ``extra`` and the summary
+    ``write`` returns) is added, and the folder replaces ``root`` with ``os.replace``: an
+    interrupted run leaves at most a ``.<name>.tmp-*`` sibling behind. An existing
+    ``root`` is only replaced when it is empty or its manifest names the same generator.
 
     Returns:
-        Summary dict: ``root``, ``config_hash``, ``reused``, ``seconds``, ``images``,
-        ``triplets``, ``edit_types`` and per written split ``splits[split]`` (no
-        ``test`` when ``test_families`` is 0) with ``families``, ``images``,
-        ``triplets`` and ``edit_types`` (counts per ``edit["type"]``).
+        The summary (from the manifest when reused) and whether it was reused.
 
     Raises:
-        FileExistsError: ``root`` is a non-empty directory not made by this generator.
+        FileExistsError: ``root`` is a non-empty directory another generator (or
+            nothing of ours) wrote.
     """
-    cfg = cfg or SyntheticConfig()
     root = Path(root).resolve()
-    digest = cfg.config_hash()
-    start = time.perf_counter()
     manifest = _read_manifest(root)
-    if manifest is not None and manifest.get("config_hash") == digest:
-        summary = dict(manifest["summary"])
-        summary.update(
-            root=str(root), config_hash=digest, reused=True, seconds=time.perf_counter() - start
-        )
-        logger.info("Synthetic benchmark at %s is up to date (hash %s)", root, digest[:12])
-        return summary
+    if manifest is not None and all(manifest.get(k) == v for k, v in identity.items()):
+        return dict(manifest["summary"]), True
     if root.exists():
-        ours = manifest is not None and manifest.get("generator") == GENERATOR_NAME
+        ours = manifest is not None and manifest.get("generator") == identity.get("generator")
         if not root.is_dir() or (not ours and any(root.iterdir())):
-            raise FileExistsError(f"{root} exists and was not written by {GENERATOR_NAME}")
-
+            raise FileExistsError(
+                f"{root} exists and was not written by {identity.get('generator')}"
+            )
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = root.parent / f".{root.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
-        summary = _generate_into(tmp, cfg)
-        manifest_payload = {
-            "generator": GENERATOR_NAME,
-            "format_version": FORMAT_VERSION,
-            "config": asdict(cfg),
-            "config_hash": digest,
-            "summary": summary,
-        }
-        _write_json(tmp / "manifest.json", manifest_payload)
+        summary = write(tmp)
+        _write_json(tmp / "manifest.json", {**identity, **(extra or {}), "summary": summary})
         if root.exists():
             trash = root.parent / f".{root.name}.old-{uuid.uuid4().hex[:8]}"
             os.replace(root, trash)
@@ -1006,19 +992,52 @@ def generate_benchmark(root: str | Path, cfg: SyntheticConfig | None = None) -> 
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+    return summary, False
+
+
+def generate_benchmark(root: str | Path, cfg: SyntheticConfig | None = None) -> dict[str, Any]:
+    """Generate the synthetic benchmark under ``root`` (idempotent and atomic).
+
+    If ``root/manifest.json`` exists with this config's hash, nothing is written. Else
+    the benchmark is written into a temporary sibling directory which then replaces
+    ``root`` (:func:`generate_folder`). An existing ``root`` is only replaced when it
+    is empty or was written by this generator.
+
+    Args:
+        root: Target directory (CIRR layout, see the module docstring).
+        cfg: Configuration; defaults to :class:`SyntheticConfig()`.
+
+    Returns:
+        Summary dict: ``root``, ``config_hash``, ``reused``, ``seconds``, ``images``,
+        ``triplets``, ``edit_types`` and per split ``splits[split]`` with ``families``,
+        ``images``, ``triplets`` and ``edit_types`` (counts per ``edit["type"]``).
+
+    Raises:
+        FileExistsError: ``root`` is a non-empty directory not made by this generator.
+    """
+    cfg = cfg or SyntheticConfig()
+    root = Path(root).resolve()
+    digest = cfg.config_hash()
+    start = time.perf_counter()
+    identity = {"generator": GENERATOR_NAME, "config_hash": digest}
+    extra = {"format_version": FORMAT_VERSION, "config": asdict(cfg)}
+    summary, reused = generate_folder(root, identity, lambda tmp: _generate_into(tmp, cfg), extra)
     seconds = time.perf_counter() - start
-    logger.info(
-        "Generated synthetic benchmark at %s: %d images, %d triplets in %.2f s",
-        root,
-        summary["images"],
-        summary["triplets"],
-        seconds,
-    )
+    if reused:
+        logger.info("Synthetic benchmark at %s is up to date (hash %s)", root, digest[:12])
+    else:
+        logger.info(
+            "Generated synthetic benchmark at %s: %d images, %d triplets in %.2f s",
+            root,
+            summary["images"],
+            summary["triplets"],
+            seconds,
+        )
     return {
         **summary,
         "root": str(root),
         "config_hash": digest,
-        "reused": False,
+        "reused": reused,
         "seconds": seconds,
     }
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import field, fields
 from pathlib import Path
@@ -11,10 +10,13 @@ from typing import Any
 import pandas as pd
 
 from dqe_cir_pipeline.data_sources.cirr import CIRRConfig, read_cirr
-from dqe_cir_pipeline.data_sources.common import IngestResult, enforce_rejection_threshold
+from dqe_cir_pipeline.data_sources.common import (
+    IngestResult,
+    dataset_fingerprint,
+    enforce_rejection_threshold,
+)
 from dqe_cir_pipeline.data_sources.fashioniq import FashionIQConfig, read_fashioniq
 from dqe_cir_pipeline.data_sources.synthetic import SyntheticConfig, generate_benchmark
-from dqe_cir_pipeline.io_utils import SHORT_HASH_CHARS
 from dqe_cir_pipeline.model.config import config_block
 from dqe_cir_pipeline.tracking import metric_values
 
@@ -167,20 +169,6 @@ def ingest_benchmark(
     return result.images, result.triplets, result.quarantine
 
 
-def fingerprint(images: pd.DataFrame, triplets: pd.DataFrame) -> str:
-    """A short hash of what the run trains and evaluates on (image bytes + queries)."""
-    h = hashlib.sha256()
-
-    def text(values: pd.Series) -> bytes:  # a missing value (unlabelled test target) hashes as ""
-        return "\x1f".join("" if pd.isna(v) else str(v) for v in values).encode()
-
-    for col in ("image_id", "split", "content_hash"):
-        h.update(text(images[col]))
-    for col in ("query_id", "split", "reference_id", "target_id", "caption_eval"):
-        h.update(text(triplets[col]))
-    return h.hexdigest()[:SHORT_HASH_CHARS]
-
-
 def validate_ingestion(
     images: pd.DataFrame, triplets: pd.DataFrame, quarantine: pd.DataFrame, data: DataConfig
 ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -209,7 +197,7 @@ def validate_ingestion(
     )
     report = {
         "dataset": sorted(set(images["dataset"])),
-        "fingerprint": fingerprint(images, triplets),
+        "fingerprint": dataset_fingerprint(images, triplets),
         "counts": counts,
         "per_split": per_split,
         "per_edit_type": per_edit,

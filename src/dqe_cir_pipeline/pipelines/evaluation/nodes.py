@@ -14,6 +14,7 @@ from typing import Any
 import pandas as pd
 
 from dqe_cir_pipeline.baselines import text_blind_baseline
+from dqe_cir_pipeline.data_sources.common import dataset_fingerprint
 from dqe_cir_pipeline.datasets.feature_cache import FeatureCache
 from dqe_cir_pipeline.model.backbone import Backbone, BackboneConfig, load_backbone
 from dqe_cir_pipeline.model.cirr_submission import cirr_submission, validate_cirr_submission
@@ -27,6 +28,7 @@ from dqe_cir_pipeline.model.factory import (
     checkpoint_seed,
     model_from_checkpoint,
 )
+from dqe_cir_pipeline.model.state import CheckpointMismatchError
 from dqe_cir_pipeline.model.train import TrainingConfig
 from dqe_cir_pipeline.tracking import metric_values
 
@@ -63,7 +65,7 @@ class EvaluationConfig:
     submission_split: str = "test1"
 
 
-def _evaluate(
+def evaluate_split(
     model: DQECIR,
     bb: Backbone,
     features: FeatureCache,
@@ -71,6 +73,8 @@ def _evaluate(
     evaluation: EvaluationConfig,
     runtime: RuntimeConfig,
 ) -> EvalOutput:
+    """``model`` on ``data`` with the evaluation settings: the one call validation during
+    training and the evaluation nodes share."""
     return evaluate(
         model,
         features,
@@ -148,18 +152,32 @@ def evaluate_checkpoint(
         The metrics table, a JSON summary, MLflow metrics and the per-query rankings.
     """
     bb = load_backbone(backbone)
+    _check_same_data(model_checkpoint, images, triplets)
     model = model_from_checkpoint(model_checkpoint, bb, runtime.device)
     seed = checkpoint_seed(model_checkpoint)
     zero_shot = build_model(bb, model.cfg, seed, runtime.device)
     untrained = build_untrained_model(bb, model.cfg, seed, runtime.device)
     data = EvalSet.from_tables(triplets, images, evaluation.split)
     outputs = {
-        "dqe_cir": _evaluate(model, bb, vit_features, data, evaluation, runtime),
-        "zero_shot": _evaluate(zero_shot, bb, vit_features, data, evaluation, runtime),
-        "untrained": _evaluate(untrained, bb, vit_features, data, evaluation, runtime),
+        "dqe_cir": evaluate_split(model, bb, vit_features, data, evaluation, runtime),
+        "zero_shot": evaluate_split(zero_shot, bb, vit_features, data, evaluation, runtime),
+        "untrained": evaluate_split(untrained, bb, vit_features, data, evaluation, runtime),
         "text_blind": text_blind_baseline(images, data, evaluation.ks),
     }
     return (*_report(outputs, data, bb.name), _rankings(outputs, data))
+
+
+def _check_same_data(
+    checkpoint: dict[str, Any], images: pd.DataFrame, triplets: pd.DataFrame
+) -> None:
+    """Refuse to report a checkpoint trained on other data than the tables evaluated."""
+    trained_on = checkpoint.get("data", {}).get("fingerprint")
+    current = dataset_fingerprint(images, triplets)
+    if trained_on != current:
+        raise CheckpointMismatchError(
+            f"the checkpoint was trained on data {trained_on!r}, the ingested data is {current!r}: "
+            "run `kedro run --pipelines=train` to train on the current data"
+        )
 
 
 def evaluate_zero_shot(
@@ -178,8 +196,8 @@ def evaluate_zero_shot(
     zero_shot = build_model(bb, training.model, seed, runtime.device)
     untrained = build_untrained_model(bb, training.model, seed, runtime.device)
     outputs = {
-        "zero_shot": _evaluate(zero_shot, bb, vit_features, data, evaluation, runtime),
-        "untrained": _evaluate(untrained, bb, vit_features, data, evaluation, runtime),
+        "zero_shot": evaluate_split(zero_shot, bb, vit_features, data, evaluation, runtime),
+        "untrained": evaluate_split(untrained, bb, vit_features, data, evaluation, runtime),
         "text_blind": text_blind_baseline(images, data, evaluation.ks),
     }
     return _report(outputs, data, bb.name)
@@ -201,6 +219,7 @@ def write_cirr_submission(
     ``"version": "rc2"``, keyed by ``str(pairid)``.
     """
     bb = load_backbone(backbone)
+    _check_same_data(model_checkpoint, images, triplets)
     model = model_from_checkpoint(model_checkpoint, bb, runtime.device)
     data = EvalSet.from_tables(triplets, images, evaluation.submission_split)
     gallery = encode_images(model, vit_features, data.gallery_ids, amp_dtype=runtime.amp_dtype)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict
+from dataclasses import asdict, replace
+from pathlib import Path
 from typing import Any
 
 import matplotlib
@@ -13,17 +14,19 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from dqe_cir_pipeline.data_sources.common import dataset_fingerprint  # noqa: E402
 from dqe_cir_pipeline.datasets.feature_cache import FeatureCache  # noqa: E402
+from dqe_cir_pipeline.io_utils import stable_hash  # noqa: E402
 from dqe_cir_pipeline.model.backbone import BackboneConfig, load_backbone  # noqa: E402
 from dqe_cir_pipeline.model.config import RuntimeConfig  # noqa: E402
 from dqe_cir_pipeline.model.data import TrainData  # noqa: E402
 from dqe_cir_pipeline.model.distributed import Distributed  # noqa: E402
-from dqe_cir_pipeline.model.evaluate import EvalSet, evaluate  # noqa: E402
+from dqe_cir_pipeline.model.evaluate import EvalSet  # noqa: E402
 from dqe_cir_pipeline.model.factory import build_loss, build_model  # noqa: E402
 from dqe_cir_pipeline.model.mining_result import MiningResult  # noqa: E402
 from dqe_cir_pipeline.model.negatives import MiningConfig  # noqa: E402
 from dqe_cir_pipeline.model.train import TrainingConfig, fit  # noqa: E402
-from dqe_cir_pipeline.pipelines.evaluation.nodes import EvaluationConfig  # noqa: E402
+from dqe_cir_pipeline.pipelines.evaluation.nodes import EvaluationConfig, evaluate_split  # noqa: E402
 from dqe_cir_pipeline.tracking import metric_history  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -57,6 +60,8 @@ def train_model(
             f"backbone changed since extraction ({backbone_info['key']} -> {bb.key}): "
             "re-run embedding_extraction"
         )
+    data_key = dataset_fingerprint(images, triplets)
+    training = _keyed_run_dir(training, mining, evaluation, bb.key, data_key, bb.max_text_len)
     data = TrainData.from_tables(triplets, images, "train")
     val = EvalSet.from_tables(triplets, images, evaluation.selection_split)
     initial = None
@@ -64,16 +69,7 @@ def train_model(
         initial = MiningResult.from_table(initial_negatives, data, mining.max_zone, mining.strategy)
 
     def validate(m: Any) -> dict[str, float]:
-        return evaluate(
-            m,
-            vit_features,
-            bb.tokenizer,
-            val,
-            ks=tuple(evaluation.ks),
-            chunk_size=evaluation.chunk_size,
-            max_len=bb.max_text_len,
-            amp_dtype=runtime.amp_dtype,
-        ).metrics
+        return evaluate_split(m, bb, vit_features, val, evaluation, runtime).metrics
 
     model = build_model(bb, training.model, training.loop.seed, runtime.device)
     try:
@@ -97,8 +93,41 @@ def train_model(
         distributed.teardown()
     metrics = metric_history(result.history)
     metrics.update(metric_history(result.mining_summaries, prefix="mining.refresh."))
-    checkpoint = {**result.best_checkpoint, "mining": asdict(mining)}
+    checkpoint = {
+        **result.best_checkpoint,
+        "mining": asdict(mining),
+        "data": {"fingerprint": data_key, "selection_split": evaluation.selection_split},
+    }
     return checkpoint, pd.DataFrame(result.history), metrics
+
+
+def _keyed_run_dir(
+    training: TrainingConfig,
+    mining: MiningConfig,
+    evaluation: EvaluationConfig,
+    backbone_key: str,
+    data_key: str,
+    max_text_len: int,
+) -> TrainingConfig:
+    """``training`` with ``loop.run_dir`` pointing at this run's own sub-folder.
+
+    The folder is named by a hash of everything the result depends on: the data, the
+    backbone, every training setting, the mining settings and the selection split. The
+    same configuration resumes where it stopped; any change starts a fresh run beside
+    the old one, so an old result is never returned for new settings or new data.
+    """
+    if training.loop.run_dir is None:
+        return training
+    depends_on = {
+        "data": data_key,
+        "backbone": backbone_key,
+        "training": training.fingerprint(max_text_len),
+        "mining": asdict(mining),
+        "selection_split": evaluation.selection_split,
+    }
+    run_dir = Path(training.loop.run_dir) / f"run-{stable_hash(depends_on)}"
+    logger.info("training run folder %s (resumed only with the same data and settings)", run_dir)
+    return replace(training, loop=replace(training.loop, run_dir=str(run_dir)))
 
 
 def plot_training_curves(training_history: pd.DataFrame) -> Figure:
