@@ -1,7 +1,7 @@
 """GPU smoke run of the real-data path: placeholder CIRR / FashionIQ, full-size random BLIP-2.
 
 What it runs, per benchmark, through the project's own ``kedro run --env <benchmark>
---pipeline train`` (catalog, feature cache, kedro-mlflow, the same nodes a real run
+--pipelines train`` (catalog, feature cache, kedro-mlflow, the same nodes a real run
 uses):
 
 1. a placeholder data tree with the real annotation layout and (``--scale 1``) the real
@@ -107,7 +107,7 @@ def run_kedro(benchmark: str, params: dict[str, Any], env: dict[str, str], log: 
         "run",
         "--env",
         benchmark,
-        "--pipeline",
+        "--pipelines",
         "train",
         "--params",
         items,

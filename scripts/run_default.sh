@@ -6,4 +6,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}"
-exec .venv/bin/kedro run --pipeline=train "$@"
+exec .venv/bin/kedro run --pipelines=train "$@"

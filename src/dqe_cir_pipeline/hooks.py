@@ -5,7 +5,7 @@ kedro-mlflow opens one MLflow run per ``kedro run`` and logs parameters and the
 needs to trust a number: the git commit of the code and a fingerprint of the data it saw.
 Nodes never talk to MLflow; only this module and kedro-mlflow do.
 
-``DistributedHooks``: ``torchrun --nproc_per_node=N -m kedro run --pipeline training``
+``DistributedHooks``: ``torchrun --nproc_per_node=N -m kedro run --pipelines training``
 runs the whole Kedro session in every rank. Rank 0 is the run: it alone writes datasets
 and talks to MLflow (``settings.py`` does not even register kedro-mlflow on the other
 ranks). The other ranks load inputs as usual and keep their outputs in memory.
@@ -194,8 +194,8 @@ class DistributedHooks:
                 f"under torchrun (WORLD_SIZE={world}) only the training and evaluation "
                 "pipelines run; "
                 f"this run also has {extra}. Run the earlier stages in one process first "
-                "(kedro run --pipeline data_ingestion, embedding_extraction, negative_mining), "
-                "then torchrun ... -m kedro run --pipeline training"
+                "(kedro run --pipelines data_ingestion, embedding_extraction, negative_mining), "
+                "then torchrun ... -m kedro run --pipelines training"
             )
 
 

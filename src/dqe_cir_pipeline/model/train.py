@@ -53,7 +53,7 @@ class OptimConfig:
         grad_clip: gradient-norm clip.
     """
 
-    lr: float = 3.0e-4
+    lr: float = 6.0e-4
     weight_decay: float = 0.05
     warmup_steps: int = 100
     min_lr_ratio: float = 0.01
@@ -77,7 +77,7 @@ class LoopConfig:
     """
 
     seed: int = 0
-    epochs: int = 12
+    epochs: int = 16
     batch_size: int = 32
     negatives: str = "mined"
     refresh_interval: int | None = 2
