@@ -74,9 +74,8 @@ def test_project_envs_read_a_users_local_weights_and_data_roots(tmp_path: Path) 
     assert cirr["training"]["optim"]["lr"] == 1.0e-5
     assert load("fashioniq")["backbone"]["name_or_path"] == "/models/blip2-itm-vit-g"
     assert load("cirr", backbone={"name_or_path": "/other"})["backbone"]["name_or_path"] == "/other"
-    assert (
-        load("test")["backbone"]["name_or_path"] == "Salesforce/blip2-itm-vit-g"
-    )  # CI stays isolated
+    # CI stays isolated: the test env keeps conf/base's shipped backbone
+    assert load("test")["backbone"]["name_or_path"].endswith("models/tiny-blip2-synthetic")
 
 
 def _leaves(

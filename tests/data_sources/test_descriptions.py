@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from dqe_cir_pipeline.data_sources import descriptions as desc
+from dqe_cir_pipeline.data_sources import phrasing
 from dqe_cir_pipeline.data_sources.descriptions import (
     CorpusConfig,
     corpus_vocabulary,
@@ -155,7 +156,7 @@ def test_describe_varies_words_phrasing_and_order() -> None:
     assert len(set(texts)) > 250
     first_named = {min(_decode_positions(t), key=lambda kv: kv[1])[0] for t in texts}
     assert first_named == {"red", "blue", "orange"}  # every object comes first sometimes
-    for form in desc.SCENE_FORMS:  # every whole-description form is used
+    for form in phrasing.SCENE_FORMS:  # every whole-description form is used
         head = form.split("{")[0].strip()
         assert any(t.lower().startswith(head) for t in texts), form
 
@@ -344,10 +345,10 @@ def test_vocabulary_covers_every_word_a_caption_or_description_can_use(
     atoms: list[str] = [w for table in _TABLES.values() for ws in table.values() for w in ws]
     atoms += [t for ts in TEMPLATES.values() for t in ts]
     atoms += [p for ps in OBJECT_PHRASES.values() for p in ps]
-    atoms += [*desc.OBJECT_FORMS, *desc.SCENE_FORMS, *desc.BACKGROUND_WORDS]
-    atoms += [j for js in desc.JOINERS.values() for j in js]
-    atoms += [c for cs in desc.COUNT_WORDS.values() for c in cs]
-    atoms += [p for ws in POSITION_WORDS.values() for w in ws for p in desc.prepositions(w)]
+    atoms += [*phrasing.OBJECT_FORMS, *phrasing.SCENE_FORMS, *phrasing.BACKGROUND_WORDS]
+    atoms += [j for js in phrasing.JOINERS.values() for j in js]
+    atoms += [c for cs in phrasing.COUNT_WORDS.values() for c in cs]
+    atoms += [p for ws in POSITION_WORDS.values() for w in ws for p in phrasing.prepositions(w)]
     atoms += ["an", "is", "are"]
     for atom in atoms:
         words = _words(re.sub(r"\{\w*\}", " ", atom))

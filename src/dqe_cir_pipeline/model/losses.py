@@ -243,54 +243,12 @@ class DQELoss(nn.Module):
             Under data parallelism each term is this rank's share scaled by the world
             size: their mean over ranks is the global-batch value.
         """
-        cfg, tau = self.cfg, model.temperature()
         g = global_batch or GlobalBatch.local(
             target_emb, negative_emb, edits_color, edits_shape, target_index, negative_index
         )
-        b = out.q.shape[0]
-        scale = g.world_size / g.size  # sum over local rows -> share of the global mean
-        labels = torch.arange(g.offset, g.offset + b, device=out.q.device)
-        if cfg.objective == "pairwise_kl":
-            if negative_emb is None:
-                raise ValueError("objective 'pairwise_kl' needs one negative per query")
-            main = (
-                pairwise_kl_loss(
-                    model.pair_score(out.q, target_emb),
-                    model.pair_score(out.q, negative_emb),
-                    tau,
-                    reduction="sum",
-                )
-                * scale
-            )
-        elif cfg.objective == "batch_kl":
-            if negative_emb is None or g.negatives is None:
-                raise ValueError("objective 'batch_kl' needs one negative per query")
-            cand = torch.cat([g.targets, g.negatives])
-            idx = (
-                None
-                if g.target_index is None or g.negative_index is None
-                else torch.cat([g.target_index, g.negative_index])
-            )
-            main = (
-                batch_kl_loss(
-                    model.score(out.q, cand), tau, target_index, idx, labels=labels, reduction="sum"
-                )
-                * scale
-            )
-        else:
-            main = (
-                batch_kl_loss(
-                    model.score(out.q, g.targets),
-                    tau,
-                    target_index,
-                    g.target_index,
-                    labels=labels,
-                    reduction="sum",
-                )
-                * scale
-            )
-
-        if cfg.use_margins:
+        main = self._main(model, out, target_emb, negative_emb, target_index, g)
+        if self.cfg.use_margins:
+            b = out.q.shape[0]
             if negative_emb is not None:
                 neg = negative_emb
             else:  # the previous row's target, over the global batch
@@ -303,8 +261,40 @@ class DQELoss(nn.Module):
             )
         else:
             color = shape = main.new_zeros(())
-        loss = main + cfg.lambda_color * color + cfg.lambda_shape * shape
+        loss = main + self.cfg.lambda_color * color + self.cfg.lambda_shape * shape
         return {"loss": loss, "main": main, "color_margin": color, "shape_margin": shape}
+
+    def _main(
+        self,
+        model: DQECIR,
+        out: QueryOutput,
+        target_emb: torch.Tensor,
+        negative_emb: torch.Tensor | None,
+        target_index: torch.Tensor | None,
+        g: GlobalBatch,
+    ) -> torch.Tensor:
+        """The objective's main term: this rank's share of the global-batch mean."""
+        tau, b = model.temperature(), out.q.shape[0]
+        scale = g.world_size / g.size  # sum over local rows -> share of the global mean
+        labels = torch.arange(g.offset, g.offset + b, device=out.q.device)
+        objective = self.cfg.objective
+        if objective == "pairwise_kl":
+            if negative_emb is None:
+                raise ValueError("objective 'pairwise_kl' needs one negative per query")
+            pos = model.pair_score(out.q, target_emb)
+            neg = model.pair_score(out.q, negative_emb)
+            return pairwise_kl_loss(pos, neg, tau, reduction="sum") * scale
+        if objective == "batch_kl":
+            if negative_emb is None or g.negatives is None:
+                raise ValueError("objective 'batch_kl' needs one negative per query")
+            cand = torch.cat([g.targets, g.negatives])
+            idx = None
+            if g.target_index is not None and g.negative_index is not None:
+                idx = torch.cat([g.target_index, g.negative_index])
+        else:  # contrastive: the batch's targets only
+            cand, idx = g.targets, g.target_index
+        scores = model.score(out.q, cand)
+        return batch_kl_loss(scores, tau, target_index, idx, labels=labels, reduction="sum") * scale
 
     def _margin(
         self,

@@ -395,6 +395,37 @@ class Trainer:
         }
 
 
+def _run_epoch(
+    trainer: Trainer,
+    state: RunState,
+    epoch: int,
+    validate: Callable[[DQECIR], dict[str, float]],
+    initial_mining: MiningResult | None,
+    selection_metric: str,
+) -> None:
+    """Plan (rank 0), train (every rank), validate (rank 0), record and checkpoint."""
+    dist, start = trainer.distributed, time.perf_counter()
+    plan = dist.broadcast(
+        trainer.plan_epoch(epoch, state, initial_mining) if dist.is_main else None
+    )
+    record = trainer.train_epoch(plan)
+    metrics = dist.broadcast(validate(trainer.model) if dist.is_main else None)
+    record["train/epoch_seconds"] = time.perf_counter() - start
+    record["train/mining_seconds"] = plan.mining_seconds
+    record.update({f"val/{k}": float(v) for k, v in metrics.items()})
+    score = float(metrics[selection_metric])
+    logger.info(
+        "epoch %d/%d loss %.4f val %s %.2f (%.1f triplets/s)",
+        epoch + 1,
+        trainer.cfg.loop.epochs,
+        record["train/loss"],
+        selection_metric,
+        score,
+        record["train/triplets_per_s"],
+    )
+    state.end_epoch(epoch, {"epoch": float(epoch), **record}, score, metrics, trainer)
+
+
 def fit(
     model: DQECIR,
     loss_fn: nn.Module,
@@ -454,27 +485,5 @@ def fit(
     for epoch in range(state.start_epoch, cfg.loop.epochs):
         if stop_after_epochs is not None and epoch - state.start_epoch >= stop_after_epochs:
             break
-        epoch_start = time.perf_counter()
-        plan = trainer.plan_epoch(epoch, state, initial_mining) if distributed.is_main else None
-        plan = distributed.broadcast(plan)
-        record = trainer.train_epoch(plan)
-        metrics = distributed.broadcast(validate(model) if distributed.is_main else None)
-        record.update(
-            {
-                "train/epoch_seconds": time.perf_counter() - epoch_start,
-                "train/mining_seconds": plan.mining_seconds,
-                **{f"val/{k}": float(v) for k, v in metrics.items()},
-            }
-        )
-        score = float(metrics[selection_metric])
-        logger.info(
-            "epoch %d/%d loss %.4f val %s %.2f (%.1f triplets/s)",
-            epoch + 1,
-            cfg.loop.epochs,
-            record["train/loss"],
-            selection_metric,
-            score,
-            record["train/triplets_per_s"],
-        )
-        state.end_epoch(epoch, {"epoch": float(epoch), **record}, score, metrics, trainer)
+        _run_epoch(trainer, state, epoch, validate, initial_mining, selection_metric)
     return state.result()
