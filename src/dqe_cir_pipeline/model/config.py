@@ -11,7 +11,9 @@ of defaults.
 
 from __future__ import annotations
 
-from typing import TypeVar
+from collections.abc import Mapping
+from dataclasses import fields
+from typing import Any, TypeVar
 
 from pydantic import ConfigDict
 from pydantic.dataclasses import dataclass
@@ -25,6 +27,16 @@ _STRICT = ConfigDict(extra="forbid")
 def config_block(cls: type[T]) -> type[T]:
     """Class decorator: a dataclass that validates its fields and refuses unknown keys."""
     return dataclass(cls, config=_STRICT)  # type: ignore[return-value]
+
+
+def build_strict(cls: type[T], values: Mapping[str, Any], where: str) -> T:
+    """``cls(**values)`` for a plain dataclass that lives outside the model library (a
+    reader's or generator's settings), refusing unknown keys with their parameter path."""
+    known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown {where} keys {unknown}; known: {sorted(known)}")
+    return cls(**values)
 
 
 @config_block

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import field, fields
+from dataclasses import field
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ from dqe_cir_pipeline.data_sources.common import (
 )
 from dqe_cir_pipeline.data_sources.fashioniq import FashionIQConfig, read_fashioniq
 from dqe_cir_pipeline.data_sources.synthetic import SyntheticConfig, generate_benchmark
-from dqe_cir_pipeline.model.config import config_block
+from dqe_cir_pipeline.model.config import build_strict, config_block
 from dqe_cir_pipeline.tracking import metric_values
 
 logger = logging.getLogger(__name__)
@@ -77,11 +77,7 @@ class DataConfig:
     def generator(self) -> SyntheticConfig:
         """The generated benchmark's settings (``data.synthetic`` without ``root``)."""
         settings = {k: v for k, v in self.synthetic.items() if k != "root"}
-        known = {f.name for f in fields(SyntheticConfig)}
-        unknown = sorted(set(settings) - known)
-        if unknown:
-            raise ValueError(f"unknown data.synthetic keys {unknown}; known: {sorted(known)}")
-        return SyntheticConfig(**settings)
+        return build_strict(SyntheticConfig, settings, "data.synthetic")
 
 
 def prepare_benchmark_source(data: DataConfig) -> dict[str, Any]:

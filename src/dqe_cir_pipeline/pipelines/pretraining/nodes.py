@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from dataclasses import asdict, field, fields
+from dataclasses import asdict, field
 from typing import Any
 
 import matplotlib
@@ -33,7 +33,7 @@ from dqe_cir_pipeline.datasets.pretrained_backbone import (  # noqa: E402
 )
 from dqe_cir_pipeline.io_utils import stable_hash  # noqa: E402
 from dqe_cir_pipeline.model.backbone import BackboneConfig, build_tiny_backbone  # noqa: E402
-from dqe_cir_pipeline.model.config import RuntimeConfig, config_block  # noqa: E402
+from dqe_cir_pipeline.model.config import RuntimeConfig, build_strict, config_block  # noqa: E402
 from dqe_cir_pipeline.model.device import resolve_device  # noqa: E402
 from dqe_cir_pipeline.model.extract import VitEncoder, extract_to_memory  # noqa: E402
 from dqe_cir_pipeline.model.pretrain import DescribedImages, PretrainConfig, pretrain  # noqa: E402
@@ -61,11 +61,7 @@ class PretrainingParams:
         self.corpus_config()
 
     def corpus_config(self) -> CorpusConfig:
-        known = {f.name for f in fields(CorpusConfig)}
-        unknown = sorted(set(self.corpus) - known)
-        if unknown:
-            raise ValueError(f"unknown pretraining.corpus keys {unknown}; known: {sorted(known)}")
-        return CorpusConfig(**self.corpus)
+        return build_strict(CorpusConfig, self.corpus, "pretraining.corpus")
 
 
 def prepare_pretraining_corpus(pretraining: PretrainingParams, data: DataConfig) -> dict[str, Any]:
