@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
 
 from dqe_cir_pipeline.model.config import config_block
 from dqe_cir_pipeline.model.data import FeatureSource, TrainData, prefetched, to_device, tokenize
@@ -379,11 +380,21 @@ class Trainer:
         ]
         world = self.distributed.world_size
         host_batches = prefetched(self.features, id_lists, pin=self.device.type == "cuda")
-        for (idx, local, sizes, offset), host in zip(steps, host_batches, strict=True):
+        # a progress bar (rate, ETA, running loss) on a terminal; silent in logs and CI
+        bar = tqdm(
+            zip(steps, host_batches, strict=True),
+            total=len(steps),
+            desc="train",
+            unit="batch",
+            leave=False,
+            disable=None if self.distributed.is_main else True,
+        )
+        for (idx, local, sizes, offset), host in bar:
             terms = self._step(local, host, plan, (idx, sizes, offset))
-            values = self.distributed.sum(terms) / world
-            for name, value in zip(LOSS_TERMS, values.tolist(), strict=True):
+            values = (self.distributed.sum(terms) / world).tolist()
+            for name, value in zip(LOSS_TERMS, values, strict=True):
                 sums[name] += value * len(idx)
+            bar.set_postfix(loss=f"{values[0]:.3f}", refresh=False)
         seconds = time.perf_counter() - start
         if skipped:
             logger.warning("skipped %d triplets in a batch smaller than the world size", skipped)
