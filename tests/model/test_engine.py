@@ -19,9 +19,9 @@ from dqe_cir_pipeline.model.backbone import Backbone  # noqa: E402
 from dqe_cir_pipeline.model.dqe import DQEConfig  # noqa: E402
 from dqe_cir_pipeline.model.evaluate import EvalSet  # noqa: E402
 from dqe_cir_pipeline.model.factory import build_loss, build_model  # noqa: E402
-from dqe_cir_pipeline.model.mining import random_negatives  # noqa: E402
+from dqe_cir_pipeline.model.mining import random_negatives, zone_negatives  # noqa: E402
 from dqe_cir_pipeline.model.mining_result import MiningResult  # noqa: E402
-from dqe_cir_pipeline.model.negatives import MiningConfig, mine_negatives  # noqa: E402
+from dqe_cir_pipeline.model.negatives import MiningConfig, mine_negatives, sample_negatives  # noqa: E402
 from dqe_cir_pipeline.model.state import CheckpointMismatchError  # noqa: E402
 from dqe_cir_pipeline.model.train import LoopConfig, TrainingConfig, fit, lr_lambda  # noqa: E402
 
@@ -192,3 +192,32 @@ def test_prefetch_gathers_one_batch_ahead_on_a_worker_thread() -> None:
     assert [ids for _, ids in src.calls] == [ids for b in batches for ids in b]  # in order
     assert all(name.startswith("token-prefetch") for name, _ in src.calls)
     assert list(prefetched(src, [], pin=False)) == []
+
+
+def test_a_query_without_any_negative_candidate_is_an_error_not_the_last_image() -> None:
+    data, _, _ = make_data(n_pool=12, n_query=4)
+    g = torch.Generator().manual_seed(0)
+    q = torch.nn.functional.normalize(torch.randn(4, 8, generator=g), dim=-1)
+    pool = torch.nn.functional.normalize(torch.randn(12, 3, 8, generator=g), dim=-1)
+    target = torch.as_tensor(data.target_idx)
+    reference = torch.as_tensor(data.reference_idx)
+    # query 2 alone in its group with only its target and reference: an empty pool
+    groups_p = np.zeros(12, dtype=np.int64)
+    groups_p[[data.target_idx[2], data.reference_idx[2]]] = 1
+    groups_q = np.zeros(4, dtype=np.int64)
+    groups_q[2] = 1
+    keep = [i for i in range(4) if i == 2 or groups_p[data.target_idx[i]] == 0]
+    result = mine_negatives(
+        q[keep],
+        pool,
+        target[keep],
+        reference[keep],
+        MiningConfig(zone_quantile=0.5),
+        query_groups=groups_q[keep],
+        pool_groups=groups_p,
+    )
+    assert (sample_negatives(result, np.random.default_rng(0)) < 0).any()  # the raw draw
+    sub = make_data(n_pool=12, n_query=4)[0]
+    sub.query_ids = [data.query_ids[i] for i in keep]
+    with pytest.raises(ValueError, match="no negative candidate"):
+        zone_negatives(result, sub, np.random.default_rng(0))

@@ -15,7 +15,7 @@ from dqe_cir_pipeline.model.data import FeatureSource, TrainData
 from dqe_cir_pipeline.model.dqe import DQECIR
 from dqe_cir_pipeline.model.encode import encode_images, encode_queries
 from dqe_cir_pipeline.model.mining_result import MiningResult
-from dqe_cir_pipeline.model.negatives import MiningConfig, mine_negatives
+from dqe_cir_pipeline.model.negatives import MiningConfig, mine_negatives, sample_negatives
 
 
 def encode_for_mining(
@@ -109,3 +109,21 @@ def random_negatives(data: TrainData, rng: np.random.Generator) -> np.ndarray:
                 out[i] = pick
                 break
     return out
+
+
+def zone_negatives(result: MiningResult, data: TrainData, rng: np.random.Generator) -> np.ndarray:
+    """One negative per query drawn uniformly from its stored zone members.
+
+    Raises:
+        ValueError: a query has no candidate at all (its pool holds nothing but its
+            target and reference); ``-1`` would otherwise index the pool's last image.
+    """
+    negatives = sample_negatives(result, rng)
+    empty = np.flatnonzero(negatives < 0)
+    if len(empty):
+        names = [data.query_ids[i] for i in empty[:5]]
+        raise ValueError(
+            f"{len(empty)} training queries have no negative candidate (e.g. {names}): their "
+            "pool holds only their target and reference; check the split's images"
+        )
+    return negatives

@@ -31,9 +31,9 @@ from dqe_cir_pipeline.model.device import autocast
 from dqe_cir_pipeline.model.distributed import SINGLE, Distributed
 from dqe_cir_pipeline.model.dqe import DQECIR, DQEConfig, QueryOutput
 from dqe_cir_pipeline.model.losses import GlobalBatch, LossConfig
-from dqe_cir_pipeline.model.mining import mine_with_model, random_negatives
+from dqe_cir_pipeline.model.mining import mine_with_model, random_negatives, zone_negatives
 from dqe_cir_pipeline.model.mining_result import MiningResult
-from dqe_cir_pipeline.model.negatives import MiningConfig, refresh_epochs, sample_negatives
+from dqe_cir_pipeline.model.negatives import MiningConfig, refresh_epochs
 from dqe_cir_pipeline.model.run_state import FitResult, RunState
 
 logger = logging.getLogger(__name__)
@@ -279,7 +279,7 @@ class Trainer:
             negatives = random_negatives(self.data, rng)  # QuRe: random before the first refresh
         elif loop.negatives == "mined":
             assert state.mining is not None
-            negatives = sample_negatives(state.mining, rng)
+            negatives = zone_negatives(state.mining, self.data, rng)
         order = rng.permutation(len(self.data))
         if loop.caption_form == "random":
             texts = [forms[int(rng.integers(len(forms)))] for forms in self.data.captions_train]
