@@ -70,9 +70,8 @@ def model_from_checkpoint(
     model = build_model(
         backbone, DQEConfig(**config.get("model", {})), checkpoint_seed(checkpoint), device
     )
-    load_trainable_state(
-        model, checkpoint, backbone.key, {}
-    )  # strict: a clear error on any mismatch
+    # strict: any missing, unexpected or misshapen weight is a clear error
+    load_trainable_state(model, checkpoint, backbone.key, {})
     return model
 
 

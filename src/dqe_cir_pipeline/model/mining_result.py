@@ -30,9 +30,6 @@ FALLBACK_NAMES: tuple[str, ...] = (
 )
 _FB = {name: code for code, name in enumerate(FALLBACK_NAMES)}
 
-#: The per-query array fields, in table column order.
-_ARRAYS = ("zone_size", "lower", "upper", "pool_size", "fallback", "widenings")
-
 
 @dataclass
 class MiningResult:
@@ -114,10 +111,8 @@ class MiningResult:
         out: dict[str, Any] = {}
         for f in fields(self):
             v = getattr(self, f.name)
-            if isinstance(v, np.ndarray):
-                v = torch.from_numpy(
-                    np.array(v, copy=True)
-                )  # a copy: arrays read from Parquet are read-only
+            if isinstance(v, np.ndarray):  # copied: arrays read from Parquet are read-only
+                v = torch.from_numpy(np.array(v, copy=True))
             out[f.name] = list(v) if isinstance(v, tuple) else v
         return out
 
@@ -146,7 +141,10 @@ class MiningResult:
                 "candidate_ids": [[data.pool_ids[j] for j in row] for row in cands],
                 "candidate_idx": cands,
                 "deltas": deltas,
-                **{name: getattr(self, name) for name in _ARRAYS[:4]},
+                "zone_size": self.zone_size,
+                "lower": self.lower,
+                "upper": self.upper,
+                "pool_size": self.pool_size,
                 "fallback": self.fallback_labels().astype(str),
                 "widenings": self.widenings.astype(np.int64),
                 "strategy": self.strategy,
