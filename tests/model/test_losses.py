@@ -85,7 +85,8 @@ def test_dqe_loss_pairwise_hand_computed() -> None:
     terms = DQELoss(LossConfig())(
         _Stub(), out, target, negative, torch.tensor([True]), torch.tensor([False])
     )  # type: ignore[arg-type]
-    assert set(terms) == {"loss", "main", "color_margin", "shape_margin"}
+    assert set(terms) == {"loss", "main", "color_margin", "shape_margin", "weight_order"}
+    assert terms["weight_order"].item() == 0.0  # off by default
     main = math.log(1 + math.exp(-4.0))  # softplus((0.6 - 1) / 0.1)
     assert terms["main"].item() == pytest.approx(main, abs=1e-6)
     assert terms["color_margin"].item() == pytest.approx(0.1, abs=1e-6)  # e1 ties: hinge = m
@@ -133,3 +134,21 @@ def test_batch_kl_is_cross_entropy_over_targets_and_negatives_with_duplicates_ma
     row0 = -torch.log_softmax(z[0, :3], 0)[0]
     row1 = -torch.log_softmax(z[1], 0)[1]
     assert torch.isclose(masked, (row0 + row1) / 2)
+
+
+def test_weight_order_asks_colour_edits_for_colour_and_shape_edits_for_shape() -> None:
+    from dqe_cir_pipeline.model.losses import weight_order_loss
+
+    logits = torch.zeros(4, 3, requires_grad=True)
+    weights = logits.softmax(dim=-1)  # all equal: every ordered row violates the margin
+    color = torch.tensor([True, False, True, False])
+    shape = torch.tensor([False, True, True, False])  # row 2 touches both, row 3 neither
+    loss = weight_order_loss(weights, color, shape, margin=0.1, denominator=4.0)
+    assert loss.item() == pytest.approx(2 * 0.1 / 4)  # only the two single-attribute rows
+    loss.backward()
+    grad = logits.grad
+    assert grad[0, 1] < 0 < grad[0, 2]  # descent raises w_color, lowers w_shape (colour edit)
+    assert grad[1, 2] < 0 < grad[1, 1]  # and the reverse on the shape edit
+    assert torch.all(grad[2:] == 0)  # no opinion on both / neither
+    ordered = torch.tensor([[0.5, 0.4, 0.1], [0.5, 0.1, 0.4]])
+    assert weight_order_loss(ordered, color[:2], shape[:2], 0.1, 2.0).item() == 0.0

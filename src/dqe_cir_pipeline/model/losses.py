@@ -30,6 +30,11 @@ class LossConfig:
         margin: hinge margin m.
         lambda_color: weight of the color margin loss.
         lambda_shape: weight of the shape margin loss.
+        weight_order: [ours] weight of the attribute-weight order term (0 = off): on a
+            colour-only edit the colour weight should exceed the shape weight by
+            ``weight_margin``, on a shape-only edit the reverse (edit labels supervise
+            which attribute the text asks about; see :func:`weight_order_loss`).
+        weight_margin: the margin of that order.
     """
 
     objective: str = "batch_kl"
@@ -37,6 +42,8 @@ class LossConfig:
     margin: float = 0.1
     lambda_color: float = 0.5
     lambda_shape: float = 0.5
+    weight_order: float = 0.0
+    weight_margin: float = 0.1
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -144,6 +151,37 @@ def batch_kl_loss(
     return F.cross_entropy(logits, cols, reduction=reduction)
 
 
+def weight_order_loss(
+    weights: torch.Tensor,
+    edits_color: torch.Tensor,
+    edits_shape: torch.Tensor,
+    margin: float,
+    denominator: float,
+) -> torch.Tensor:
+    """[ours] Hinge on the order of the colour and shape weights, from edit labels.
+
+    Colour-only edits: ``max(0, m - (w_color - w_shape))``; shape-only edits:
+    ``max(0, m - (w_shape - w_color))``; edits touching both or neither add nothing.
+    Only the order is asked for, not a magnitude, so the base weight stays free.
+
+    Args:
+        weights: (B, 3) softmax weights (base, colour, shape).
+        edits_color: (B,) bool.
+        edits_shape: (B,) bool.
+        margin: m.
+        denominator: what the row sum is divided by (the global batch size, over the
+            world size under data parallelism).
+
+    Returns:
+        Scalar loss.
+    """
+    gap = weights[:, 1] - weights[:, 2]  # w_color - w_shape
+    color_only = (edits_color & ~edits_shape).to(weights.dtype)
+    shape_only = (edits_shape & ~edits_color).to(weights.dtype)
+    hinge = color_only * F.relu(margin - gap) + shape_only * F.relu(margin + gap)
+    return hinge.sum() / denominator
+
+
 @dataclass
 class GlobalBatch:
     """The global batch a process's rows belong to (data-parallel training).
@@ -239,7 +277,8 @@ class DQELoss(nn.Module):
                 training); None means the rows are the whole batch.
 
         Returns:
-            dict with scalar tensors "loss", "main", "color_margin", "shape_margin".
+            dict with scalar tensors "loss", "main", "color_margin", "shape_margin",
+            "weight_order".
             Under data parallelism each term is this rank's share scaled by the world
             size: their mean over ranks is the global-batch value.
         """
@@ -261,8 +300,25 @@ class DQELoss(nn.Module):
             )
         else:
             color = shape = main.new_zeros(())
-        loss = main + self.cfg.lambda_color * color + self.cfg.lambda_shape * shape
-        return {"loss": loss, "main": main, "color_margin": color, "shape_margin": shape}
+        order = main.new_zeros(())
+        if self.cfg.weight_order > 0 and model.cfg.use_attribute_weights:
+            denominator = g.size / g.world_size
+            order = weight_order_loss(
+                out.weights, edits_color, edits_shape, self.cfg.weight_margin, denominator
+            )
+        loss = (
+            main
+            + self.cfg.lambda_color * color
+            + self.cfg.lambda_shape * shape
+            + self.cfg.weight_order * order
+        )
+        return {
+            "loss": loss,
+            "main": main,
+            "color_margin": color,
+            "shape_margin": shape,
+            "weight_order": order,
+        }
 
     def _main(
         self,

@@ -38,7 +38,7 @@ from dqe_cir_pipeline.model.run_state import FitResult, RunState
 
 logger = logging.getLogger(__name__)
 
-LOSS_TERMS = ("loss", "main", "color_margin", "shape_margin")
+LOSS_TERMS = ("loss", "main", "color_margin", "shape_margin", "weight_order")
 
 
 @config_block

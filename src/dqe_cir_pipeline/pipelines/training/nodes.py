@@ -135,7 +135,8 @@ def plot_training_curves(training_history: pd.DataFrame) -> Figure:
     history = training_history
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     ep = history["epoch"] + 1
-    for col in ("train/loss", "train/main", "train/color_margin", "train/shape_margin"):
+    terms = ("loss", "main", "color_margin", "shape_margin", "weight_order")
+    for col in (f"train/{t}" for t in terms):
         if col in history:
             axes[0].plot(ep, history[col], marker="o", label=col.split("/")[1])
     axes[0].set_title("training loss terms")
