@@ -7,7 +7,7 @@ relative paths of its split files), then times the readers, including the image 
 Usage::
 
     .venv/bin/python benchmarks/bench_ingestion.py \\
-        --annotations /work/shared/data/annotations --workdir /tmp/dqe_bench_ingest
+        --annotations /path/to/annotations --workdir /tmp/dqe_bench_ingest
 
 Images are generated once and reused on later runs (``--regenerate`` to force).
 """
@@ -113,7 +113,7 @@ def report(name: str, wall: float, cpu: float, res: IngestResult) -> None:
 def main() -> None:
     """Parse arguments, generate images, time both readers."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--annotations", type=Path, default=Path("/work/shared/data/annotations"))
+    ap.add_argument("--annotations", type=Path, required=True, help="real annotation folder")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/dqe_bench_ingest"))
     ap.add_argument("--workers", type=int, default=None, help="image-check threads")
     ap.add_argument("--regenerate", action="store_true")
