@@ -146,7 +146,7 @@ def test_missing_weights_message_names_the_parameter(
     assert "[FAIL] backbone" in out
     assert "backbone.name_or_path" in out
     assert str(weights) in out
-    assert "huggingface-cli download" in out  # the loader's own instructions are shown
+    assert "hf download" in out  # the loader's own instructions are shown
 
 
 def test_cirr_needs_train_captions_unless_image_only(tmp_path: Path) -> None:

@@ -294,3 +294,10 @@ def test_threshold_counts_triplets_separately() -> None:
 def test_threshold_validates_fraction() -> None:
     with pytest.raises(ValueError, match="max_rejected_fraction"):
         enforce_rejection_threshold(IngestResult(), 1.5)
+
+
+def test_load_json_refuses_a_duplicate_key(tmp_path: Path) -> None:
+    path = tmp_path / "split.shirt.val.json"
+    path.write_text('{"a": "./x.png", "b": "./y.png", "a": "./z.png"}')
+    with pytest.raises(AnnotationError, match=r"duplicate key 'a' in .*split.shirt.val.json"):
+        load_json(path)

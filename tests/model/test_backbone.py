@@ -160,7 +160,7 @@ def test_missing_pretrained_raises_helpful_error() -> None:
         load_backbone(cfg)
     assert time.perf_counter() - t0 < 20
     msg = str(err.value)
-    assert "huggingface-cli download nobody-xyz/no-such-blip2 --local-dir" in msg
+    assert "hf download nobody-xyz/no-such-blip2 --local-dir" in msg
     assert "backbone.name_or_path" in msg and "conf/local/parameters.yml" in msg
 
 
@@ -201,3 +201,11 @@ def test_backbone_key_hash_is_pinned() -> None:
 
     assert _key_hash(["Salesforce/blip2-itm-vit-g", "main"]) == "b1b3c1c684189e33"
     assert _key_hash({"b": "ü", "a": [1, 2]}) == _key_hash({"a": [1, 2], "b": "ü"})
+
+
+def test_a_missing_backbone_folder_says_folder_not_found(tmp_path: Path) -> None:
+    missing = tmp_path / "models" / "blip2-itm-vit-g"
+    with pytest.raises(
+        BackboneNotFoundError, match=r"backbone folder not found: .*blip2-itm-vit-g"
+    ):
+        load_backbone(BackboneConfig(source="pretrained", name_or_path=str(missing)))

@@ -232,9 +232,10 @@ def load_json(path: str | os.PathLike[str], hint: str | None = None) -> Any:
         The decoded JSON value.
 
     Raises:
-        AnnotationError: The file does not exist (message names it, plus ``hint``), or
-            is not valid JSON (message names the file, line, column and character
-            offset of the first error).
+        AnnotationError: The file does not exist (message names it, plus ``hint``), is
+            not valid JSON (message names the file, line, column and character offset
+            of the first error), or an object repeats a key (JSON would silently keep
+            the last value; the message names the file and the key).
     """
     p = Path(path)
     try:
@@ -245,8 +246,17 @@ def load_json(path: str | os.PathLike[str], hint: str | None = None) -> Any:
         raise AnnotationError(f"annotation file not found: {p}{extra}") from None
     except IsADirectoryError:
         raise AnnotationError(f"annotation path is a directory, not a file: {p}") from None
+
+    def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in out:
+                raise AnnotationError(f"duplicate key {key!r} in {p}: which value is meant?")
+            out[key] = value
+        return out
+
     try:
-        return json.loads(raw)
+        return json.loads(raw, object_pairs_hook=unique_keys)
     except json.JSONDecodeError as exc:
         raise AnnotationError(
             f"invalid JSON in {p} at line {exc.lineno}, column {exc.colno} "

@@ -374,10 +374,16 @@ def _not_found_message(cfg: BackboneConfig, err: Exception) -> str:
         f"BLIP-2 backbone {name!r} (revision {cfg.revision or 'default'}) could not be loaded "
         f"({type(err).__name__}: {err}).\n"
         "Download it once on a machine with internet access:\n"
-        f"    huggingface-cli download {hub_id} --local-dir {folder}\n"
+        f"    hf download {hub_id} --local-dir {folder}\n"
         f"then set `backbone.name_or_path: {folder}` in conf/local/parameters.yml "
         "(or use `backbone.source: tiny` for a random CPU-sized backbone)."
     )
+
+
+def _is_path(name: str) -> bool:
+    """A name that can only be a folder (absolute, ``./``, ``../``, ``~`` or nested
+    deeper than a hub id's ``owner/name``), never a hub id."""
+    return name.startswith(("/", "./", "../", "~")) or name.count("/") > 1
 
 
 def load_backbone(cfg: BackboneConfig, captions: Iterable[str] | None = None) -> Backbone:
@@ -407,7 +413,12 @@ def load_backbone(cfg: BackboneConfig, captions: Iterable[str] | None = None) ->
             return _load_tiny(out, cfg.tiny, cfg.max_text_len)
         return build_tiny_backbone(cfg.tiny, captions, out, cfg.max_text_len)
 
-    local = Path(cfg.name_or_path)
+    local = Path(cfg.name_or_path).expanduser()
+    if _is_path(cfg.name_or_path) and not local.is_dir():
+        missing = FileNotFoundError(f"backbone folder not found: {local}")
+        raise BackboneNotFoundError(
+            f"backbone folder not found: {local}\n" + _not_found_message(cfg, missing)
+        )
     try:  # the same call for a hub id, a hub cache hit and a local folder
         model = Blip2ForImageTextRetrieval.from_pretrained(
             cfg.name_or_path, revision=cfg.revision, dtype=torch.float32
