@@ -90,3 +90,12 @@ def test_rerun_reuses_features_and_evaluation_runs_alone(kedro_test_run: dict[st
     zero = json.loads((kedro_test_run["data"] / "08_reporting/zero_shot.json").read_text())
     assert "zero_shot" in zero["models"] and "dqe_cir" not in zero["models"]
     assert len(_runs(kedro_test_run)) >= 4  # one MLflow run per kedro run
+
+
+def test_the_run_ends_with_its_headline(kedro_test_run: dict[str, Any]) -> None:
+    log = kedro_test_run["log"]
+    tail = log[log.index("run summary") :]
+    assert "synthetic test:" in tail
+    for row in ("dqe_cir", "zero_shot", "untrained", "text_blind", "R@10 by edit"):
+        assert row in tail, row
+    assert "MLflow run " in tail and "model_checkpoint: " in tail

@@ -12,6 +12,9 @@ ranks). The other ranks load inputs as usual and keep their outputs in memory.
 
 ``ResourceHooks``: wall time, save time and peak memory of every node, as log lines and
 ``resources.<node>.*`` MLflow metrics (what ``benchmarks/gpu_smoke.py`` reports).
+
+``SummaryHooks``: a run that evaluated ends with its headline: trained vs zero-shot vs
+untrained vs text-blind, R@10 per edit type, the MLflow run id and the output paths.
 """
 
 from __future__ import annotations
@@ -282,3 +285,70 @@ class ResourceHooks:
             f", peak GPU {values['peak_gpu_gib']:.2f} GiB" if "peak_gpu_gib" in values else "",
         )
         self._log(node, values)
+
+
+#: Rows and columns of the end-of-run headline (metrics the evaluation writes).
+HEADLINE_MODELS = ("dqe_cir", "zero_shot", "untrained", "text_blind")
+HEADLINE_METRICS = ("recall@1", "recall@5", "recall@10", "recall@50", "recall_subset@1", "avg")
+#: Catalog entries whose location the headline names, when the run produced them.
+HEADLINE_PATHS = ("model_checkpoint", "evaluation_summary", "query_rankings", "training_history")
+
+
+def headline(summary: dict[str, Any]) -> str:
+    """The evaluation summary as a small text table: models x main metrics, then R@10 per
+    edit type when the benchmark has them."""
+    models = [m for m in HEADLINE_MODELS if m in summary["models"]]
+    rows = [
+        f"{summary['dataset']} {summary['split']}: {summary['queries']} queries, "
+        f"gallery {summary['gallery']}"
+    ]
+    rows.append(f"{'model':<12}" + "".join(f"{m:>17}" for m in HEADLINE_METRICS))
+    for name in models:
+        values = summary["models"][name]
+        cells = "".join(f"{values.get(m, float('nan')):>17.1f}" for m in HEADLINE_METRICS)
+        rows.append(f"{name:<12}{cells}")
+    edit_types = sorted(
+        {k.split("/")[0] for k in summary["models"][models[0]] if k.endswith("/recall@10")}
+    )
+    if edit_types:
+        rows.append(f"{'R@10 by edit':<12}" + "".join(f"{e:>17}" for e in edit_types))
+        for name in models:
+            values = summary["models"][name]
+            cells = "".join(
+                f"{values.get(f'{e}/recall@10', float('nan')):>17.1f}" for e in edit_types
+            )
+            rows.append(f"{name:<12}{cells}")
+    return "\n".join(rows)
+
+
+class SummaryHooks:
+    """End a run that evaluated with its headline: the table, the MLflow run, the paths.
+
+    Runs first among the ``after_pipeline_run`` hooks, while kedro-mlflow's run is still
+    open, so the run id can be named.
+    """
+
+    @hook_impl(tryfirst=True)
+    def after_pipeline_run(self, pipeline: Pipeline, catalog: DataCatalog) -> None:
+        if "evaluation_summary" not in pipeline.all_outputs() or launch_rank()[0] > 0:
+            return
+        lines = [headline(catalog.load("evaluation_summary"))]
+        import mlflow
+
+        run = mlflow.active_run()
+        if run is not None:
+            lines.append(f"MLflow run {run.info.run_id} ({mlflow.get_tracking_uri()})")
+        for name in HEADLINE_PATHS:
+            where = _location(catalog, name)
+            if where:
+                lines.append(f"{name}: {where}")
+        logger.info("run summary\n%s", "\n".join(lines))
+
+
+def _location(catalog: DataCatalog, name: str) -> str | None:
+    """Where a catalog entry writes (its ``filepath``), if it has one."""
+    if name not in catalog:
+        return None
+    described = catalog.get(name)._describe()  # noqa: SLF001 - Kedro's own description
+    inner = described.get("dataset") if isinstance(described.get("dataset"), dict) else {}
+    return described.get("filepath") or inner.get("filepath")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from dqe_cir_pipeline.config_loader import LocalOverlayConfigLoader
-from dqe_cir_pipeline.hooks import DistributedHooks, ProvenanceHooks, ResourceHooks
+from dqe_cir_pipeline.hooks import DistributedHooks, ProvenanceHooks, ResourceHooks, SummaryHooks
 from dqe_cir_pipeline.launch import PROJECT_ROOT, launch_rank
 
 # PROJECT_ROOT (the folder holding ``pyproject.toml``, re-exported here) is where Kedro
@@ -35,7 +35,7 @@ def _artifact_root() -> str:
     return os.environ.get("DQE_MLFLOW_ARTIFACTS", (PROJECT_ROOT / "mlartifacts").as_uri())
 
 
-HOOKS = (ProvenanceHooks(), DistributedHooks(), ResourceHooks())
+HOOKS = (ProvenanceHooks(), DistributedHooks(), ResourceHooks(), SummaryHooks())
 
 # Under ``torchrun`` only rank 0 is an MLflow run: the other ranks never load
 # kedro-mlflow's hooks (no second run, no racing writes to the tracking store).
