@@ -51,6 +51,10 @@ def test_mlflow_run_has_params_metrics_tags_and_artifacts(kedro_test_run: dict[s
     assert run.data.params["training.loop.epochs"] == "2"  # the test env, flattened
     assert run.data.tags["dataset_fingerprint"]
     assert run.data.tags["git_commit"]
+    assert run.data.tags["mlflow.runName"] == "train"  # what ran; no command-line overrides
+    assert "dqe_cir" in run.data.tags["mlflow.note.content"]  # the headline as description
+    experiment = mlflow.get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     metrics = run.data.metrics
     for key in (
         "ingestion_metrics.images",

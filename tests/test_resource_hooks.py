@@ -45,3 +45,11 @@ def test_without_a_run_the_hook_only_logs(caplog: pytest.LogCaptureFixture) -> N
         hooks.after_node_run(n)
     assert mlflow.active_run() is None
     assert any("node plain:" in r.getMessage() for r in caplog.records)
+
+
+def test_run_names_say_what_ran_and_what_changed() -> None:
+    from dqe_cir_pipeline.hooks import run_name
+
+    overrides = {"training": {"optim": {"lr": 0.0001}, "loop": {"seed": 1}}}
+    assert run_name("train", overrides) == "train seed=1 lr=0.0001"
+    assert run_name("evaluation", {}) == "evaluation"

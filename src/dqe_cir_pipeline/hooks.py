@@ -70,6 +70,14 @@ def flat_params(prefix: str, value: Any) -> dict[str, Any]:
     return out
 
 
+def run_name(pipelines: str, overrides: dict[str, Any]) -> str:
+    """``train lr=0.0001 seed=1``: what ran and what the command line changed (the last
+    part of each ``--params`` key)."""
+    changed = flat_params("", overrides)
+    parts = [f"{key.rsplit('.', 1)[-1]}={value}" for key, value in sorted(changed.items())]
+    return " ".join([pipelines, *parts])
+
+
 class ProvenanceHooks:
     """Tag the active MLflow run with the git commit and the data fingerprint, and log the
     typed parameter blocks one leaf per MLflow param (``training.optim.lr``).
@@ -100,17 +108,23 @@ class ProvenanceHooks:
     def before_pipeline_run(self, run_params: dict[str, Any]) -> None:
         import mlflow
 
-        if mlflow.active_run() is None:
+        run = mlflow.active_run()
+        if run is None:
             return
+        pipelines = ",".join(
+            run_params.get("pipeline_names") or [run_params.get("pipeline_name") or "__default__"]
+        )
         mlflow.set_tags(
             {
                 "git_commit": git_commit(PROJECT_ROOT),
                 "kedro_env": str(run_params.get("env") or "local"),
-                "kedro_pipeline": ",".join(
-                    run_params.get("pipeline_names")
-                    or [run_params.get("pipeline_name") or "__default__"]
-                ),
+                "kedro_pipeline": pipelines,
+                "mlflow.runName": run_name(pipelines, run_params.get("runtime_params") or {}),
             }
+        )
+        # the UI opens an experiment of this kind on its runs, not on the GenAI views
+        mlflow.MlflowClient().set_experiment_tag(
+            run.info.experiment_id, "mlflow.experimentKind", "custom_model_development"
         )
 
     @hook_impl
@@ -336,7 +350,8 @@ class SummaryHooks:
         import mlflow
 
         run = mlflow.active_run()
-        if run is not None:
+        if run is not None:  # the table is also the run's description in the MLflow UI
+            mlflow.set_tag("mlflow.note.content", f"```\n{lines[0]}\n```")
             lines.append(f"MLflow run {run.info.run_id} ({mlflow.get_tracking_uri()})")
         for name in HEADLINE_PATHS:
             where = _location(catalog, name)
