@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from dqe_cir_pipeline import settings
@@ -103,3 +104,8 @@ def test_project_config_loader_reads_the_project_conf_as_kedro_run_does() -> Non
     assert not [p for p, v in _leaves(base) if isinstance(v, str) and "${" in v]  # resolved
     runtime = project_config_loader("test", runtime_params={"runtime": {"device": "meta"}})
     assert runtime["parameters"]["runtime"]["device"] == "meta"  # --params still wins
+
+
+def test_an_unknown_environment_is_refused_by_name() -> None:
+    with pytest.raises(ValueError, match=r"unknown environment --env 'nosuchenv'.*cirr.*test"):
+        project_config_loader("nosuchenv")

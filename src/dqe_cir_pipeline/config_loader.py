@@ -46,6 +46,13 @@ class LocalOverlayConfigLoader(OmegaConfigLoader):
         super().__init__(*args, **kwargs)
         self.local_overlay_envs = frozenset(local_overlay_envs)
         self.local_env = local_env
+        root = Path(self.conf_source)
+        if self.env and root.is_dir() and not (root / self.env).is_dir():
+            known = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name != "base")
+            raise ValueError(
+                f"unknown environment --env {self.env!r}: {root / self.env} does not exist "
+                f"(environments: {', '.join(known)})"
+            )
 
     def __getitem__(self, key: str) -> dict[str, Any]:
         config = super().__getitem__(key)
