@@ -99,3 +99,23 @@ def test_atomic_torch_save_goes_through_atomic_save(tmp_path: Path) -> None:
         atomic_torch_save(path, {"x": Unpicklable()})
     torch.testing.assert_close(load_torch(path)["x"], torch.arange(3))  # old file intact
     assert [p.name for p in path.parent.iterdir()] == ["last.pt"]  # no temporary left
+
+
+def test_a_failed_write_names_the_file(tmp_path: Path) -> None:
+    import errno
+
+    def disk_full(tmp: Path) -> None:
+        tmp.write_bytes(b"partial")
+        raise OSError("532480 requested and 260032 written")  # numpy's words, no path
+
+    target = tmp_path / "vit_cache" / "shard_00003.npy"
+    with pytest.raises(OSError, match=r"writing .*shard_00003.npy failed: 532480 requested"):
+        atomic_save(target, disk_full)
+    assert not target.exists() and list(target.parent.iterdir()) == []  # nothing half-written
+
+    def no_space(tmp: Path) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError) as caught:
+        atomic_save(target, no_space)
+    assert caught.value.errno == errno.ENOSPC and "shard_00003.npy" in str(caught.value)

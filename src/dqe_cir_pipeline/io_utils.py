@@ -98,7 +98,10 @@ def atomic_save(
 
     Raises:
         FileNotFoundError: If ``writer`` returned without creating the file.
-        Exception: Whatever ``writer`` raised, after cleaning up.
+        OSError: A write failed (disk full, permissions, ...): the same error class and
+            errno, with a message that names ``path`` (the library's own message, e.g.
+            numpy's "requested and written" byte counts, does not).
+        Exception: Whatever else ``writer`` raised, after cleaning up.
     """
     dest = Path(path)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -110,6 +113,13 @@ def atomic_save(
         if fsync:
             _fsync_file(tmp)
         os.replace(tmp, dest)
+    except OSError as err:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        if str(dest) in str(err) or str(tmp) in str(err):
+            raise
+        message = f"writing {dest} failed: {err.strerror or err}"
+        raise (type(err)(err.errno, message) if err.errno else type(err)(message)) from err
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
