@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -255,3 +256,22 @@ def test_bad_edit_flags_are_quarantined(tmp_path: Path) -> None:
     cfg = CIRRConfig(splits=("val",), dataset_name="synthetic", version=None)
     res = read_cirr(tmp_path, tmp_path, cfg)
     assert _reasons(res) == ["bad value: 'edit.edits_color' is 'yes', not a boolean (record 0)"]
+
+
+def test_symlink_escaping_the_image_root_is_refused(
+    ann: Path, images: Path, tmp_path: Path
+) -> None:
+    rel = json.loads((ann / "image_splits" / "split.rc2.val.json").read_text())["dev-244-0-img0"]
+    link = Path(os.path.normpath(images / rel))
+    outside = tmp_path / "elsewhere.png"
+    link.rename(outside)
+    link.symlink_to(outside)  # a file inside the root that leads out of it
+    res = read_cirr(ann, images, VAL_ONLY)
+    [reason] = _reasons(res, "image")
+    assert reason.startswith("bad image path:") and "points outside" in reason
+    # the image root itself may be a link: only links that lead out of it are refused
+    alias = tmp_path / "alias"
+    alias.symlink_to(images)
+    link.unlink()
+    outside.rename(link)
+    assert not _reasons(read_cirr(ann, alias, VAL_ONLY), "image")

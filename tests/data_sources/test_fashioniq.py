@@ -281,3 +281,19 @@ def test_wrong_image_root_fails_threshold(ann: Path, tmp_path: Path) -> None:
     assert res.images.empty and res.triplets.empty
     with pytest.raises(IngestionError, match="'missing file'"):
         enforce_rejection_threshold(res, 0.05)
+
+
+def test_symlink_escaping_the_image_root_is_quarantined(
+    ann: Path, images: Path, tmp_path: Path
+) -> None:
+    outside = tmp_path / "elsewhere" / "secret.jpg"
+    outside.parent.mkdir()
+    (images / "B0084Y8XIU.jpg").rename(outside)
+    (images / "B0084Y8XIU.jpg").symlink_to(outside)  # inside the root, leading out of it
+    res = read_fashioniq(ann, images, FashionIQConfig(categories=("dress",), splits=("val",)))
+    [img_reason] = _reasons(res, "image")
+    assert (
+        img_reason.startswith("bad image path: a symlink to ")
+        and "outside the image root" in img_reason
+    )
+    assert "B0084Y8XIU" not in res.images["image_id"].tolist()

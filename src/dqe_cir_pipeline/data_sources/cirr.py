@@ -47,6 +47,7 @@ from dqe_cir_pipeline.data_sources.common import (
     assemble_result,
     check_images,
     concat_frames,
+    escaping_target,
     expect_type,
     frame_from_rows,
     load_json,
@@ -104,9 +105,12 @@ def _split_file(root: Path, cfg: CIRRConfig, split: str) -> Path:
 
 
 def _resolve(image_root: Path, rel: str) -> Path | None:
-    """Absolute path of ``rel`` under ``image_root``; ``None`` if it escapes the root."""
+    """Absolute path of ``rel`` under ``image_root``; ``None`` if it escapes the root,
+    by ``..`` or through a symlink inside the root."""
     path = Path(os.path.normpath(image_root / rel))
-    return path if path == image_root or image_root in path.parents else None
+    if not (path == image_root or image_root in path.parents):
+        return None
+    return None if escaping_target(image_root, path) is not None else path
 
 
 def _exact_flags(edit: Any) -> tuple[bool, bool] | str:

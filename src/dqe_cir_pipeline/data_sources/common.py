@@ -600,3 +600,11 @@ def dataset_fingerprint(images: pd.DataFrame, triplets: pd.DataFrame) -> str:
         h.update(text(triplets[col]))
     h.update(text(triplets["captions_train"].map(lambda forms: "\x1e".join(map(str, forms)))))
     return h.hexdigest()[:SHORT_HASH_CHARS]
+
+
+def escaping_target(root: Path, path: Path) -> Path | None:
+    """Where ``path`` really leads when that is outside ``root`` (through a symlink),
+    else ``None``. ``root`` itself may be a link: both sides are resolved."""
+    real_root, real = Path(os.path.realpath(root)), Path(os.path.realpath(path))
+    inside = real == real_root or real_root in real.parents
+    return None if inside else real

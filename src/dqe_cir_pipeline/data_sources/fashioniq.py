@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from dqe_cir_pipeline.data_sources.common import (
+    REASON_BAD_PATH,
     REASON_BAD_VALUE,
     REASON_DUPLICATE,
     REASON_EMPTY_CAPTIONS,
@@ -50,6 +51,7 @@ from dqe_cir_pipeline.data_sources.common import (
     assemble_result,
     check_images,
     concat_frames,
+    escaping_target,
     expect_type,
     frame_from_rows,
     load_json,
@@ -233,6 +235,18 @@ def _match_image_files(
                     str(img_root / f"{image_id}.{cfg.image_exts[0]}"),
                     image_id,
                     f"{REASON_MISSING_FILE}: none of {tried} exists in {img_root}",
+                )
+            )
+            continue
+        target = escaping_target(img_root, img_root / name)
+        if target is not None:
+            quarantine.append(
+                quarantine_row(
+                    DATASET,
+                    "image",
+                    str(img_root / name),
+                    image_id,
+                    f"{REASON_BAD_PATH}: a symlink to {target}, outside the image root {img_root}",
                 )
             )
             continue
