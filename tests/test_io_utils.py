@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from dqe_cir_pipeline.hooks import RunLockHooks
 from dqe_cir_pipeline.io_utils import (
+    FolderInUseError,
+    FolderLock,
     atomic_save,
     atomic_write_bytes,
     atomic_write_json,
@@ -119,3 +125,41 @@ def test_a_failed_write_names_the_file(tmp_path: Path) -> None:
     with pytest.raises(OSError) as caught:
         atomic_save(target, no_space)
     assert caught.value.errno == errno.ENOSPC and "shard_00003.npy" in str(caught.value)
+
+
+def test_folder_lock_names_its_holder_and_dies_with_it(tmp_path: Path) -> None:
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from dqe_cir_pipeline.io_utils import FolderLock; "
+            f"FolderLock({str(tmp_path)!r}).acquire({{'pid': 4242, 'command': 'kedro run a'}}); "
+            "print('held', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with pytest.raises(FolderInUseError, match=r"in use by PID 4242 \(kedro run a"):
+            FolderLock(tmp_path).acquire({"pid": 1})
+    finally:
+        holder.kill()  # like kill -9: no clean-up code runs
+        holder.wait()
+    time.sleep(0.1)
+    lock = FolderLock(tmp_path)
+    lock.acquire({"pid": 2})  # the dead holder's lock went with its process
+    lock.release()
+
+
+def test_run_lock_hooks_allow_one_run_per_data_root(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DQE_DATA_ROOT", str(tmp_path))
+    first, second = RunLockHooks(), RunLockHooks()
+    first.before_pipeline_run({"pipeline_names": ["train"]})
+    with pytest.raises(FolderInUseError, match=str(tmp_path)):
+        second.before_pipeline_run({"pipeline_names": ["training"]})
+    first.on_pipeline_error()  # a failed run lets go too
+    second.before_pipeline_run({"pipeline_names": ["training"]})
+    second.after_pipeline_run()

@@ -13,6 +13,9 @@ ranks). The other ranks load inputs as usual and keep their outputs in memory.
 ``ResourceHooks``: wall time, save time and peak memory of every node, as log lines and
 ``resources.<node>.*`` MLflow metrics (what ``benchmarks/gpu_smoke.py`` reports).
 
+``RunLockHooks``: one ``kedro run`` at a time per data root (a file lock the kernel
+drops with the process).
+
 ``SummaryHooks``: a run that evaluated ends with its headline: trained vs zero-shot vs
 untrained vs text-blind, R@10 per edit type, the MLflow run id and the output paths.
 """
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -32,7 +36,8 @@ from kedro.io import AbstractDataset, DataCatalog
 from kedro.pipeline import Pipeline
 from kedro.pipeline.node import Node
 
-from dqe_cir_pipeline.launch import PROJECT_ROOT, launch_rank, peak_rss_bytes
+from dqe_cir_pipeline.io_utils import FolderLock
+from dqe_cir_pipeline.launch import PROJECT_ROOT, data_root, launch_rank, peak_rss_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -367,3 +372,44 @@ def _location(catalog: DataCatalog, name: str) -> str | None:
     described = catalog.get(name)._describe()  # noqa: SLF001 - Kedro's own description
     inner = described.get("dataset") if isinstance(described.get("dataset"), dict) else {}
     return described.get("filepath") or inner.get("filepath")
+
+
+class RunLockHooks:
+    """One ``kedro run`` at a time per data root (``DQE_DATA_ROOT``).
+
+    Two runs writing one data root mix their outputs (one run evaluating the checkpoint
+    the other just wrote). The lock is taken when a pipeline starts and released when it
+    ends or fails; a killed run's lock goes with its process. Under ``torchrun`` rank 0
+    holds it for all ranks (the others write nothing).
+    """
+
+    def __init__(self) -> None:
+        self._lock: FolderLock | None = None
+
+    @hook_impl(tryfirst=True)
+    def before_pipeline_run(self, run_params: dict[str, Any]) -> None:
+        if launch_rank()[0] > 0:
+            return
+        lock = FolderLock(data_root())
+        lock.acquire(
+            {
+                "pid": os.getpid(),
+                "command": " ".join(sys.argv) or "kedro run",
+                "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+                "pipelines": run_params.get("pipeline_names") or run_params.get("pipeline_name"),
+            }
+        )
+        self._lock = lock
+
+    @hook_impl
+    def after_pipeline_run(self) -> None:
+        self._release()
+
+    @hook_impl
+    def on_pipeline_error(self) -> None:
+        self._release()
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None

@@ -244,3 +244,55 @@ def stable_hash(obj: Any) -> str:
         The first 16 hex characters (64 bits) of the SHA-256 of the canonical JSON.
     """
     return short_hash(canonical_json(obj))
+
+
+class FolderInUseError(RuntimeError):
+    """Another live process holds the folder's run lock."""
+
+
+class FolderLock:
+    """An exclusive lock on a folder, held by one process at a time.
+
+    ``fcntl.flock`` on ``<folder>/.run.lock``: the kernel releases it when the holder
+    exits, however it exits (``kill -9`` included), so a lock left by a dead process is
+    never in the way. The file records the holder (PID, command, start time) so that a
+    refused run can say who holds the folder.
+
+    Args:
+        folder: The folder to guard (created when missing).
+    """
+
+    FILE = ".run.lock"
+
+    def __init__(self, folder: str | os.PathLike[str]) -> None:
+        self.path = Path(folder) / self.FILE
+        self._fd: int | None = None
+
+    def acquire(self, holder: dict[str, Any]) -> None:
+        """Take the lock or raise :class:`FolderInUseError` naming the holder."""
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            try:
+                other = json.loads(self.path.read_text() or "{}")
+            except (OSError, json.JSONDecodeError):
+                other = {}
+            raise FolderInUseError(
+                f"{self.path.parent} is in use by PID {other.get('pid', '?')} "
+                f"({other.get('command', 'unknown command')}, since {other.get('since', '?')}): "
+                "wait for it to finish, or give this run its own folder (DQE_DATA_ROOT)"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps(holder).encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        """Let go of the lock (a no-op when not held)."""
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor releases the flock
+            self._fd = None

@@ -15,6 +15,11 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
+def data_root() -> Path:
+    """Where every catalog path lives: ``DQE_DATA_ROOT``, else ``<project>/data``."""
+    return Path(os.environ.get("DQE_DATA_ROOT", (PROJECT_ROOT / "data").as_posix()))
+
+
 def launch_rank() -> tuple[int, int]:
     """Returns this process's place in a ``torchrun`` launch.
 

@@ -5,8 +5,14 @@ from __future__ import annotations
 import os
 
 from dqe_cir_pipeline.config_loader import LocalOverlayConfigLoader
-from dqe_cir_pipeline.hooks import DistributedHooks, ProvenanceHooks, ResourceHooks, SummaryHooks
-from dqe_cir_pipeline.launch import PROJECT_ROOT, launch_rank
+from dqe_cir_pipeline.hooks import (
+    DistributedHooks,
+    ProvenanceHooks,
+    ResourceHooks,
+    RunLockHooks,
+    SummaryHooks,
+)
+from dqe_cir_pipeline.launch import PROJECT_ROOT, data_root, launch_rank
 
 # PROJECT_ROOT (the folder holding ``pyproject.toml``, re-exported here) is where Kedro
 # runs from; the resolvers below make paths absolute against it, so nothing depends on
@@ -15,7 +21,7 @@ from dqe_cir_pipeline.launch import PROJECT_ROOT, launch_rank
 
 def _data_root() -> str:
     """``${data_root:}``: where every catalog path lives (``DQE_DATA_ROOT`` overrides)."""
-    return os.environ.get("DQE_DATA_ROOT", (PROJECT_ROOT / "data").as_posix())
+    return data_root().as_posix()
 
 
 def _tracking_uri() -> str:
@@ -35,7 +41,7 @@ def _artifact_root() -> str:
     return os.environ.get("DQE_MLFLOW_ARTIFACTS", (PROJECT_ROOT / "mlartifacts").as_uri())
 
 
-HOOKS = (ProvenanceHooks(), DistributedHooks(), ResourceHooks(), SummaryHooks())
+HOOKS = (RunLockHooks(), ProvenanceHooks(), DistributedHooks(), ResourceHooks(), SummaryHooks())
 
 # Under ``torchrun`` only rank 0 is an MLflow run: the other ranks never load
 # kedro-mlflow's hooks (no second run, no racing writes to the tracking store).
