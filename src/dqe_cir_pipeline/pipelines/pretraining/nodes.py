@@ -86,7 +86,6 @@ def pretrain_backbone(
     The key covers the tiny architecture, the corpus (its manifest hash), the
     tokenizer's corpus and the recipe, so a change of any of them trains a new backbone.
     """
-    corpus = read_corpus(corpus_source["root"])
     vocabulary = corpus_vocabulary()
     description = {
         "format": PRETRAINING_FORMAT,
@@ -98,7 +97,8 @@ def pretrain_backbone(
     }
     key = f"tiny-pretrained-{stable_hash(description)}"
 
-    def run() -> TrainedBackbone:
+    def run() -> TrainedBackbone:  # reads the corpus only when it has to train
+        corpus = read_corpus(corpus_source["root"])
         return _run_pretraining(corpus, vocabulary, backbone, pretraining.train, runtime)
 
     return PretrainingJob(key=key, description=description, run=run)
