@@ -47,10 +47,13 @@ from dqe_cir_pipeline.model.train import TrainingConfig, fit
 #: variant -> (overrides of the training blocks, overrides of mining)
 VARIANTS: dict[str, tuple[dict[str, dict[str, Any]], dict[str, Any]]] = {
     "dqe_cir": ({}, {}),
+    # In-batch contrastive (SPRC / CLIP4Cir) with the same 2B candidates per row as
+    # DQE-CIR's batch_kl: the batch's targets plus one *random* image per row, no
+    # attribute weights, no margins. (objective "contrastive" alone would see B.)
     "contrastive": (
         {
-            "loss": {"objective": "contrastive", "use_margins": False},
-            "loop": {"negatives": "none"},
+            "loss": {"objective": "batch_kl", "use_margins": False},
+            "loop": {"negatives": "random"},
             "model": {"use_attribute_weights": False},
         },
         {},
@@ -78,6 +81,11 @@ COLUMNS = [
     "shape/recall@10",
     "both/recall@10",
     "other/recall@10",
+    "weights/color/color",
+    "weights/color/shape",
+    "weights/shape/color",
+    "weights/shape/shape",
+    "negatives/neighbourhood_share",
 ]
 
 
@@ -134,17 +142,19 @@ def grid_variants(specs: list[str]) -> dict[str, Overrides]:
     for spec in specs:
         path, _, values = spec.partition("=")
         block, _, key = path.partition(".")
-        if not values or block not in ("model", "loss", "optim", "loop") or not key:
+        if not values or block not in ("model", "loss", "optim", "loop", "mining") or not key:
             raise ValueError(
-                f"--grid takes <block>.<key>=v1,v2 with a training block, got {spec!r}"
+                f"--grid takes <block>.<key>=v1,v2 with a training block or mining, got {spec!r}"
             )
         axes.append([(block, key, text) for text in values.split(",")])
     out: dict[str, Overrides] = {}
     for combo in itertools.product(*axes):
         over: dict[str, dict[str, Any]] = {}
+        mining: dict[str, Any] = {}
         for block, key, text in combo:
-            over.setdefault(block, {})[key] = yaml.safe_load(text)
-        out[" ".join(f"{key}={text}" for _, key, text in combo)] = (over, {})
+            target = mining if block == "mining" else over.setdefault(block, {})
+            target[key] = yaml.safe_load(text)
+        out[" ".join(f"{key}={text}" for _, key, text in combo)] = (over, mining)
     return out
 
 
@@ -192,6 +202,13 @@ def run_variant(
     metrics.update({f"val/{k}": float(v) for k, v in result.best_checkpoint["metrics"].items()})
     metrics["seconds"] = seconds
     metrics["best_epoch"] = float(result.best_checkpoint["epoch"])
+    # what the negatives were, averaged over the epochs trained (and the last refresh)
+    history = pd.DataFrame(result.history)
+    for col in [c for c in history.columns if c.startswith("train/negatives/")]:
+        metrics[col.removeprefix("train/")] = float(history[col].mean())
+    if result.mining_summaries:
+        last = result.mining_summaries[-1]
+        metrics.update({f"mining/{k}": float(v) for k, v in last.items() if "/" in k})
     return metrics
 
 
@@ -235,7 +252,9 @@ def table(rows: list[dict[str, Any]]) -> str:
         cells = []
         for col in COLUMNS:
             vals = g[col].to_numpy(dtype=float) if col in g else np.array([np.nan])
-            cells.append(f"{vals.mean():.1f} ± {vals.std(ddof=1) if len(vals) > 1 else 0.0:.1f}")
+            digits = 2 if col.startswith("weights/") or "share" in col else 1
+            std = vals.std(ddof=1) if len(vals) > 1 else 0.0
+            cells.append(f"{vals.mean():.{digits}f} ± {std:.{digits}f}")
         lines.append(
             f"| {name} (n={len(g)}) | " + " | ".join(cells) + f" | {g['seconds'].mean():.0f} |"
         )

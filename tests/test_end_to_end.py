@@ -100,6 +100,9 @@ def test_the_run_ends_with_its_headline(kedro_test_run: dict[str, Any]) -> None:
     log = kedro_test_run["log"]
     tail = log[log.index("run summary") :]
     assert "synthetic test:" in tail
-    for row in ("dqe_cir", "zero_shot", "untrained", "text_blind", "R@10 by edit"):
+    for row in ("dqe_cir", "zero_shot", "untrained", "text_blind", "R@10 by edit", "weights"):
         assert row in tail, row
+    weights = tail[tail.index("weights") :].splitlines()
+    colour = next(line for line in weights if line.startswith("color edits")).split()[2:]
+    assert len(colour) == 3 and abs(sum(map(float, colour)) - 1.0) < 0.02  # base+color+shape
     assert "MLflow run " in tail and "model_checkpoint: " in tail

@@ -337,6 +337,14 @@ def headline(summary: dict[str, Any]) -> str:
                 f"{values.get(f'{e}/recall@10', float('nan')):>17.1f}" for e in edit_types
             )
             rows.append(f"{name:<12}{cells}")
+    weights = summary["models"].get("dqe_cir", {})
+    attrs = ("base", "color", "shape")
+    weight_rows = [e for e in edit_types if f"weights/{e}/color" in weights]
+    if weight_rows:  # the learned attribute weights: do they follow the text?
+        rows.append(f"{'weights':<12}" + "".join(f"{a:>17}" for a in attrs) + "  (dqe_cir)")
+        for e in weight_rows:
+            cells = "".join(f"{weights[f'weights/{e}/{a}']:>17.2f}" for a in attrs)
+            rows.append(f"{e + ' edits':<12}{cells}")
     return "\n".join(rows)
 
 

@@ -7,9 +7,10 @@ cached token matrices (``FeatureSource.get``), which is what makes an epoch chea
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -45,9 +46,42 @@ class TrainData:
     reference_idx: np.ndarray  # (N,) int64
     query_groups: np.ndarray | None = None  # (N,) int64
     pool_groups: np.ndarray | None = None  # (M,) int64
+    #: sorted keys ``reference_idx * M + image_idx``: the images that are targets of some
+    #: query with that reference (the reference's neighbourhood; a scene family on the
+    #: generated benchmark). Empty: unknown.
+    neighbour_keys: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    #: per query, pool indices of images that differ from its target only in the edited
+    #: object's colour / shape (exact generator labels; empty lists: none known).
+    contrast_color: list[np.ndarray] = field(default_factory=list)
+    contrast_shape: list[np.ndarray] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.reference_ids)
+
+    def in_neighbourhood(self, rows: np.ndarray, images: np.ndarray) -> np.ndarray:
+        """``(K,)`` bool: is ``images[k]`` in the neighbourhood of query ``rows[k]``'s
+        reference (a target of another query with the same reference)?"""
+        ref = self.reference_idx[rows]
+        keys = np.where(ref >= 0, ref * len(self.pool_ids) + images, -1)
+        pos = np.searchsorted(self.neighbour_keys, keys)
+        pos = np.minimum(pos, max(len(self.neighbour_keys) - 1, 0))
+        if not len(self.neighbour_keys):
+            return np.zeros(len(keys), dtype=bool)
+        return (self.neighbour_keys[pos] == keys) & (keys >= 0)
+
+    def draw_contrasts(self, rng: np.random.Generator) -> np.ndarray:
+        """``(N, 2)`` one colour- and one shape-contrast image per query (pool indices,
+        ``-1`` where the edit does not touch the attribute or no such image exists)."""
+        out = np.full((len(self), 2), -1, dtype=np.int64)
+        for col, (lists, touches) in enumerate(
+            ((self.contrast_color, self.edits_color), (self.contrast_shape, self.edits_shape))
+        ):
+            if not lists:
+                continue
+            for i, cands in enumerate(lists):
+                if touches[i] and len(cands):
+                    out[i, col] = int(cands[rng.integers(len(cands))])
+        return out
 
     @classmethod
     def from_tables(
@@ -87,6 +121,9 @@ class TrainData:
             groups_q = q["category"].map(codes).to_numpy(dtype=np.int64)
             groups_p = pool["category"].map(codes).to_numpy(dtype=np.int64)
         forms = zip(q["captions_train"], q["caption_eval"], strict=True)
+        target_idx = lookup(q["target_id"], "target", True)
+        reference_idx = lookup(q["reference_id"], "reference", False)
+        contrast_color, contrast_shape = attribute_contrasts(q, pool, positions, query_cats)
         return cls(
             query_ids=q["query_id"].astype(str).tolist(),
             reference_ids=q["reference_id"].astype(str).tolist(),
@@ -96,11 +133,81 @@ class TrainData:
             edits_color=q["edits_color"].to_numpy(dtype=bool),
             edits_shape=q["edits_shape"].to_numpy(dtype=bool),
             pool_ids=pool["image_id"].astype(str).tolist(),
-            target_idx=lookup(q["target_id"], "target", True),
-            reference_idx=lookup(q["reference_id"], "reference", False),
+            target_idx=target_idx,
+            reference_idx=reference_idx,
             query_groups=groups_q,
             pool_groups=groups_p,
+            neighbour_keys=_neighbour_keys(reference_idx, target_idx, len(pool)),
+            contrast_color=contrast_color,
+            contrast_shape=contrast_shape,
         )
+
+
+def _neighbour_keys(reference_idx: np.ndarray, target_idx: np.ndarray, m: int) -> np.ndarray:
+    """Sorted unique ``reference * M + target`` keys of the queries with a pool reference."""
+    has = reference_idx >= 0
+    return np.unique(reference_idx[has] * m + target_idx[has])
+
+
+_Scene = tuple[tuple[tuple[str, str], ...], ...]
+
+
+def _scene(objects: list[dict[str, Any]]) -> _Scene:
+    return tuple(tuple(sorted((str(k), str(v)) for k, v in obj.items())) for obj in objects)
+
+
+def _blank(scene: _Scene, obj: int, attribute: str) -> _Scene:
+    """``scene`` with ``attribute`` of object ``obj`` replaced by a wildcard."""
+    edited = tuple((k, "*" if k == attribute else v) for k, v in scene[obj])
+    return scene[:obj] + (edited,) + scene[obj + 1 :]
+
+
+def attribute_contrasts(
+    q: pd.DataFrame,
+    pool: pd.DataFrame,
+    positions: dict[tuple[str, str], int],
+    query_cats: pd.Series,
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Per query, the pool images equal to its target except the edited object's colour
+    (first list) or shape (second list). [ours]
+
+    Needs every image's scene, which only the generated benchmark records (``edit_labels``
+    holds the reference's and the target's objects); real benchmarks give empty lists
+    (the attribute margins then use the mined negative). The reference itself qualifies
+    when it differs from the target in that attribute only (a colour-only edit).
+    """
+    empty: tuple[list[np.ndarray], list[np.ndarray]] = ([], [])
+    if "edit_labels" not in q or not (q["dataset"] == "synthetic").any():
+        return empty
+    labels = [json.loads(text) if text else {} for text in q["edit_labels"]]
+    scenes: dict[int, _Scene] = {}
+    for lab, ref, tgt, cat in zip(
+        labels, q["reference_id"], q["target_id"], query_cats, strict=True
+    ):
+        for image, key in ((ref, "reference_objects"), (tgt, "target_objects")):
+            pos = positions.get((image, cat))
+            if pos is not None and key in lab:
+                scenes[pos] = _scene(lab[key])
+    if not scenes:
+        return empty
+    index: dict[tuple[str, int, _Scene], list[int]] = {}
+    for pos, scene in scenes.items():
+        for obj in range(len(scene)):
+            for attribute in ("color", "shape"):
+                index.setdefault((attribute, obj, _blank(scene, obj, attribute)), []).append(pos)
+    out: tuple[list[np.ndarray], list[np.ndarray]] = ([], [])
+    none = np.zeros(0, np.int64)
+    for lab, tgt, cat in zip(labels, q["target_id"], query_cats, strict=True):
+        t = positions.get((tgt, cat))
+        obj = lab.get("target_object", lab.get("object"))
+        scene = scenes.get(t) if t is not None else None
+        for lists, attribute in zip(out, ("color", "shape"), strict=True):
+            if scene is None or not isinstance(obj, int) or not 0 <= obj < len(scene):
+                lists.append(none)
+                continue
+            same = index.get((attribute, obj, _blank(scene, obj, attribute)), [])
+            lists.append(np.asarray(sorted(p for p in same if p != t), dtype=np.int64))
+    return out
 
 
 def train_captions(triplets: pd.DataFrame) -> list[str]:

@@ -15,6 +15,7 @@ from .config import config_block
 from .dqe import DQECIR, QueryOutput
 
 OBJECTIVES = ("pairwise_kl", "batch_kl", "contrastive")
+MARGIN_NEGATIVES = ("mined", "attribute")
 
 
 @config_block
@@ -28,6 +29,11 @@ class LossConfig:
             (in-batch cross-entropy over targets only: SPRC / CLIP4Cir).
         use_margins: add the attribute margin losses.
         margin: hinge margin m.
+        margin_negatives: what each attribute margin is measured against: "mined" (the
+            row's mined negative, or the previous row's target without one) or
+            "attribute" ([ours] an image equal to the target except the edited
+            object's colour, resp. shape, where the data record one: the generated
+            benchmark; other rows fall back to the mined negative).
         lambda_color: weight of the color margin loss.
         lambda_shape: weight of the shape margin loss.
         weight_order: [ours] weight of the attribute-weight order term (0 = off): on a
@@ -40,6 +46,7 @@ class LossConfig:
     objective: str = "batch_kl"
     use_margins: bool = True
     margin: float = 0.1
+    margin_negatives: str = "attribute"
     lambda_color: float = 0.5
     lambda_shape: float = 0.5
     weight_order: float = 0.0
@@ -48,6 +55,10 @@ class LossConfig:
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if self.margin_negatives not in MARGIN_NEGATIVES:
+            raise ValueError(
+                f"margin_negatives must be one of {MARGIN_NEGATIVES}, got {self.margin_negatives!r}"
+            )
 
 
 def pairwise_kl_loss(
@@ -258,6 +269,8 @@ class DQELoss(nn.Module):
         target_index: torch.Tensor | None = None,
         negative_index: torch.Tensor | None = None,
         global_batch: GlobalBatch | None = None,
+        contrast_emb: torch.Tensor | None = None,
+        contrast_mask: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Compute the loss terms.
 
@@ -275,6 +288,9 @@ class DQELoss(nn.Module):
             negative_index: (B,) image index of each negative.
             global_batch: the global batch these rows are a slice of (data-parallel
                 training); None means the rows are the whole batch.
+            contrast_emb: (B, 2, Q, P) attribute-contrast images (colour, shape) that
+                replace the margins' negative where ``contrast_mask`` is set.
+            contrast_mask: (B, 2) bool.
 
         Returns:
             dict with scalar tensors "loss", "main", "color_margin", "shape_margin",
@@ -292,11 +308,15 @@ class DQELoss(nn.Module):
                 neg = negative_emb
             else:  # the previous row's target, over the global batch
                 neg = g.targets.roll(1, dims=0)[g.offset : g.offset + b]
+            neg_color = neg_shape = neg
+            if contrast_emb is not None and contrast_mask is not None:
+                neg_color = torch.where(contrast_mask[:, 0, None, None], contrast_emb[:, 0], neg)
+                neg_shape = torch.where(contrast_mask[:, 1, None, None], contrast_emb[:, 1], neg)
             color = self._margin(
-                model, out.q_color, target_emb, neg, edits_color, g.n_color, g.world_size
+                model, out.q_color, target_emb, neg_color, edits_color, g.n_color, g.world_size
             )
             shape = self._margin(
-                model, out.q_shape, target_emb, neg, edits_shape, g.n_shape, g.world_size
+                model, out.q_shape, target_emb, neg_shape, edits_shape, g.n_shape, g.world_size
             )
         else:
             color = shape = main.new_zeros(())

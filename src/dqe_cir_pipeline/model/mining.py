@@ -6,6 +6,7 @@ model) and refreshes them during training on the interval schedule.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -79,12 +80,88 @@ def mine_with_model(
     *,
     max_len: int = 32,
     amp_dtype: str | None = "bfloat16",
-) -> MiningResult:
-    """Encode the pool and the training queries with ``model`` and mine negatives."""
+) -> tuple[MiningResult, dict[str, float]]:
+    """Encode the pool and the training queries with ``model`` and mine negatives.
+
+    Returns:
+        The mining result and its :func:`neighbourhood_stats`.
+    """
     queries, pool = encode_for_mining(
         model, features, tokenizer, data, max_len=max_len, amp_dtype=amp_dtype
     )
-    return mine_from_embeddings(queries, pool, data, mining, next(model.parameters()).device)
+    device = next(model.parameters()).device
+    result = mine_from_embeddings(queries, pool, data, mining, device)
+    stats = neighbourhood_stats(queries.to(device), pool.to(device), data, result, mining.epsilon)
+    return result, stats
+
+
+def neighbours(data: TrainData, i: int) -> np.ndarray:
+    """Pool indices in query ``i``'s reference neighbourhood, its own target excluded."""
+    ref, m = int(data.reference_idx[i]), len(data.pool_ids)
+    if ref < 0 or not len(data.neighbour_keys):
+        return np.zeros(0, np.int64)
+    lo, hi = np.searchsorted(data.neighbour_keys, [ref * m, (ref + 1) * m])
+    images = data.neighbour_keys[lo:hi] - ref * m
+    return images[images != data.target_idx[i]]
+
+
+def neighbourhood_stats(
+    queries: torch.Tensor,
+    pool: torch.Tensor,
+    data: TrainData,
+    result: MiningResult,
+    epsilon: float,
+) -> dict[str, float]:
+    """Where the competitors that matter sit relative to the mined zone.
+
+    A query's *neighbours* are the other targets of its reference (the scene family on
+    the generated benchmark: the images a text-blind ranker confuses with the target).
+
+    Returns:
+        ``neighbourhood/above_gap``: fraction of neighbours with ``Delta > -epsilon`` (the
+        zone excludes them as near-duplicates / likely false negatives);
+        ``neighbourhood/in_zone``: fraction inside ``[lower, upper]``;
+        ``neighbourhood/stored_share``: share of the stored zone candidates that are
+        neighbours; ``neighbourhood/random_share``: that share for uniform pool draws.
+        Empty when no query has neighbours (e.g. FashionIQ, one target per reference).
+    """
+    rows, images = [], []
+    for i in range(len(data)):
+        nb = neighbours(data, i)
+        rows.append(np.full(len(nb), i, np.int64))
+        images.append(nb)
+    if not rows or not sum(len(r) for r in rows):
+        return {}
+    r, im = np.concatenate(rows), np.concatenate(images)
+    delta = np.empty(len(r), np.float32)
+    for a in range(0, len(r), 8192):  # bounded memory: 8192 x Q x P gathered at a time
+        rt = torch.from_numpy(r[a : a + 8192]).to(queries.device)
+        it = torch.from_numpy(im[a : a + 8192]).to(queries.device)
+        tgt = torch.from_numpy(data.target_idx[r[a : a + 8192]]).to(queries.device)
+        q = queries[rt].float()
+        s_nb = torch.einsum("kp,kqp->kq", q, pool[it].float()).amax(-1)
+        s_t = torch.einsum("kp,kqp->kq", q, pool[tgt].float()).amax(-1)
+        delta[a : a + 8192] = (s_nb - s_t).cpu().numpy()
+    lower, upper = result.lower[r], result.upper[r]
+    in_zone = np.isfinite(lower) & (delta >= lower) & (delta <= upper)
+    stored = result.candidates
+    has = stored >= 0
+    q_rows = np.repeat(np.arange(len(data)), stored.shape[1]).reshape(stored.shape)
+    nb_stored = data.in_neighbourhood(q_rows[has], stored[has])
+    counts = np.bincount(r, minlength=len(data))
+    return {
+        "neighbourhood/above_gap": float(np.mean(delta > -epsilon)),
+        "neighbourhood/in_zone": float(np.mean(in_zone)),
+        "neighbourhood/stored_share": float(nb_stored.mean()) if nb_stored.size else math.nan,
+        "neighbourhood/random_share": float(np.mean(counts / np.maximum(result.pool_size, 1))),
+    }
+
+
+def sampled_neighbour_share(data: TrainData, negatives: np.ndarray) -> float:
+    """Share of the drawn negatives (``(N,)`` pool indices) in their query's neighbourhood."""
+    return (
+        float(data.in_neighbourhood(np.arange(len(data)), negatives).mean()) if len(data) else 0.0
+    )
 
 
 def random_negatives(data: TrainData, rng: np.random.Generator) -> np.ndarray:

@@ -31,7 +31,12 @@ from dqe_cir_pipeline.model.device import autocast
 from dqe_cir_pipeline.model.distributed import SINGLE, Distributed
 from dqe_cir_pipeline.model.dqe import DQECIR, DQEConfig, QueryOutput
 from dqe_cir_pipeline.model.losses import GlobalBatch, LossConfig
-from dqe_cir_pipeline.model.mining import mine_with_model, random_negatives, zone_negatives
+from dqe_cir_pipeline.model.mining import (
+    mine_with_model,
+    random_negatives,
+    sampled_neighbour_share,
+    zone_negatives,
+)
 from dqe_cir_pipeline.model.mining_result import MiningResult
 from dqe_cir_pipeline.model.negatives import MiningConfig, refresh_epochs
 from dqe_cir_pipeline.model.run_state import FitResult, RunState
@@ -137,6 +142,10 @@ class EpochPlan:
     order: np.ndarray
     texts: list[str]
     mining_seconds: float = 0.0
+    #: (N, 2) attribute-contrast images for the margins (colour, shape; -1: none)
+    contrasts: np.ndarray | None = None
+    #: statistics of what was drawn, logged as ``train/<key>``
+    stats: dict[str, float] = field(default_factory=dict)
 
 
 def lr_lambda(warmup_steps: int, total_steps: int, min_ratio: float) -> Callable[[int], float]:
@@ -186,11 +195,13 @@ class TrainStep(nn.Module):
         attention_mask: torch.Tensor,
         target_tokens: torch.Tensor,
         negative_tokens: torch.Tensor | None,
-    ) -> tuple[QueryOutput, torch.Tensor, torch.Tensor | None]:
+        contrast_tokens: torch.Tensor | None = None,
+    ) -> tuple[QueryOutput, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         out = self.model.encode_queries(reference_tokens, input_ids, attention_mask)
         target = self.model.encode_targets(target_tokens)
         negative = None if negative_tokens is None else self.model.encode_targets(negative_tokens)
-        return out, target, negative
+        contrast = None if contrast_tokens is None else self.model.encode_targets(contrast_tokens)
+        return out, target, negative, contrast
 
 
 class Trainer:
@@ -243,7 +254,7 @@ class Trainer:
             self.optimizer, lr_lambda(cfg.optim.warmup_steps, total_steps, cfg.optim.min_lr_ratio)
         )
 
-    def mine(self) -> MiningResult:
+    def mine(self) -> tuple[MiningResult, dict[str, float]]:
         return mine_with_model(
             self.model,
             self.features,
@@ -267,10 +278,19 @@ class Trainer:
         first = epoch == 0 and loop.initial_negatives == "model"
         if loop.negatives == "mined" and (first or epoch in refresh):
             t0 = time.perf_counter()
-            state.mining = (initial if first else None) or self.mine()
+            stats: dict[str, float] = {}
+            if first and initial is not None:
+                state.mining = initial  # its statistics are the mining pipeline's
+            else:
+                state.mining, stats = self.mine()
             mining_seconds = time.perf_counter() - t0
             state.mining_summaries.append(
-                {"epoch": float(epoch), "seconds": mining_seconds, **state.mining.summary()}
+                {
+                    "epoch": float(epoch),
+                    "seconds": mining_seconds,
+                    **state.mining.summary(),
+                    **stats,
+                }
             )
             if not first:
                 logger.info("epoch %d: refreshed negatives in %.2fs", epoch, mining_seconds)
@@ -285,7 +305,34 @@ class Trainer:
             texts = [forms[int(rng.integers(len(forms)))] for forms in self.data.captions_train]
         else:
             texts = list(self.data.caption_eval)
-        return EpochPlan(negatives, order, texts, mining_seconds)
+        contrasts = None
+        loss = self.cfg.loss
+        if loss.use_margins and loss.margin_negatives == "attribute":
+            contrasts = self.data.draw_contrasts(rng)  # drawn last: earlier draws unchanged
+        return EpochPlan(
+            negatives,
+            order,
+            texts,
+            mining_seconds,
+            contrasts,
+            self._plan_stats(negatives, contrasts),
+        )
+
+    def _plan_stats(
+        self, negatives: np.ndarray | None, contrasts: np.ndarray | None
+    ) -> dict[str, float]:
+        """Share of negatives from the query's neighbourhood; attribute-contrast coverage."""
+        d, stats = self.data, {}
+        if negatives is not None and len(d.neighbour_keys):
+            stats["negatives/neighbourhood_share"] = sampled_neighbour_share(d, negatives)
+        if contrasts is not None:
+            for col, (name, touches) in enumerate(
+                (("color", d.edits_color), ("shape", d.edits_shape))
+            ):
+                n = int(touches.sum())
+                covered = int((contrasts[touches, col] >= 0).sum())
+                stats[f"margins/{name}_contrast_rate"] = covered / n if n else 0.0
+        return stats
 
     def _steps(
         self, plan: EpochPlan
@@ -341,11 +388,21 @@ class Trainer:
         data, device, negs = self.data, self.device, plan.negatives
         ref, tgt = to_device(host[0], device), to_device(host[1], device)
         neg = to_device(host[2], device) if negs is not None else None
+        contrast_mask = con = None
+        if plan.contrasts is not None:
+            contrast_mask = torch.as_tensor(plan.contrasts[local] >= 0, device=device)  # (b, 2)
+            if bool(contrast_mask.any()):
+                con = to_device(host[-1], device)
         ids, mask = tokenize(
             self.tokenizer, [plan.texts[i] for i in local], self.max_text_len, device
         )
         with autocast(device, self.amp_dtype):
-            out, tgt_emb, neg_emb = self.step_module(ref, ids, mask, tgt, neg)
+            out, tgt_emb, neg_emb, con_emb = self.step_module(ref, ids, mask, tgt, neg, con)
+            contrast_emb = None
+            if con_emb is not None and contrast_mask is not None:
+                # scatter the encoded contrast images to their (row, attribute) slots
+                contrast_emb = con_emb.new_zeros((len(local), 2, *con_emb.shape[1:]))
+                contrast_emb = contrast_emb.index_put((contrast_mask,), con_emb)
             terms = self.loss_fn(
                 self.model,
                 out,
@@ -358,6 +415,8 @@ class Trainer:
                 if negs is None
                 else torch.as_tensor(negs[local], device=device),
                 global_batch=self._global_batch(*global_rows, plan, tgt_emb, neg_emb),
+                contrast_emb=contrast_emb,
+                contrast_mask=contrast_mask,
             )
         self.optimizer.zero_grad(set_to_none=True)
         terms["loss"].backward()
@@ -376,6 +435,11 @@ class Trainer:
         id_lists = [
             [[d.reference_ids[i] for i in local], [d.target_ids[i] for i in local]]
             + ([] if plan.negatives is None else [[d.pool_ids[j] for j in plan.negatives[local]]])
+            + (
+                []
+                if plan.contrasts is None
+                else [[d.pool_ids[j] for j in plan.contrasts[local].ravel() if j >= 0]]
+            )
             for _, local, _, _ in steps
         ]
         world = self.distributed.world_size
@@ -403,6 +467,7 @@ class Trainer:
             "train/lr": float(self.scheduler.get_last_lr()[0]),
             "train/temperature": float(self.model.temperature().detach()),
             "train/triplets_per_s": len(d) / max(seconds, 1e-9),
+            **{f"train/{k}": v for k, v in plan.stats.items()},
         }
 
 

@@ -25,7 +25,11 @@ from dqe_cir_pipeline.model.backbone import BackboneConfig, load_backbone  # noq
 from dqe_cir_pipeline.model.config import RuntimeConfig  # noqa: E402
 from dqe_cir_pipeline.model.data import TrainData  # noqa: E402
 from dqe_cir_pipeline.model.factory import build_model  # noqa: E402
-from dqe_cir_pipeline.model.mining import encode_for_mining, mine_from_embeddings  # noqa: E402
+from dqe_cir_pipeline.model.mining import (  # noqa: E402
+    encode_for_mining,
+    mine_from_embeddings,
+    neighbourhood_stats,
+)
 from dqe_cir_pipeline.model.negatives import MiningConfig, delta_histogram  # noqa: E402
 from dqe_cir_pipeline.model.train import TrainingConfig  # noqa: E402
 from dqe_cir_pipeline.tracking import metric_values  # noqa: E402
@@ -61,6 +65,7 @@ def mine_initial_negatives(
     result = mine_from_embeddings(queries, pool, data, mining, next(dqe.parameters()).device)
     seconds = time.perf_counter() - start
     summary = {**result.summary(), "seconds": seconds, "queries": float(len(data))}
+    summary.update(neighbourhood_stats(queries, pool, data, result, mining.epsilon))
     logger.info(
         "mined %s negatives for %d queries in %.2fs: %s",
         mining.strategy,

@@ -131,9 +131,10 @@ def _keyed_run_dir(
 
 
 def plot_training_curves(training_history: pd.DataFrame) -> Figure:
-    """Loss terms, validation recall and the learned temperature per epoch."""
+    """Loss terms, validation recall, the learned temperature and the attribute weights
+    by edit type (on the selection split) per epoch."""
     history = training_history
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    fig, axes = plt.subplots(1, 4, figsize=(17, 3.6))
     ep = history["epoch"] + 1
     terms = ("loss", "main", "color_margin", "shape_margin", "weight_order")
     for col in (f"train/{t}" for t in terms):
@@ -149,6 +150,16 @@ def plot_training_curves(training_history: pd.DataFrame) -> Figure:
     axes[1].legend(fontsize=7)
     axes[2].plot(ep, history["train/temperature"], marker="o", label="temperature")
     axes[2].set_title("learned temperature")
+    styles = {"color": "tab:red", "shape": "tab:blue"}
+    for edit in ("color", "shape", "both", "other"):
+        for attr, colour in styles.items():
+            col = f"val/weights/{edit}/{attr}"
+            if col in history:
+                line = "-" if edit == attr else ":"
+                axes[3].plot(ep, history[col], line, color=colour, label=f"w_{attr}, {edit} edits")
+    axes[3].set_title("attribute weights by edit type (val)")
+    if axes[3].lines:
+        axes[3].legend(fontsize=6)
     for ax in axes:
         ax.set_xlabel("epoch")
     fig.tight_layout()
