@@ -30,6 +30,7 @@ def create_pipeline(**kwargs: object) -> Pipeline:
             ],
             outputs="vit_features",
             name="extract_vit_features",
+            tags=["compute"],
         ),
         Node(
             func=summarize_extraction,
@@ -41,6 +42,7 @@ def create_pipeline(**kwargs: object) -> Pipeline:
     return Pipeline(
         nodes,
         namespace="embedding_extraction",
+        tags=["embedding_extraction"],
         inputs={"triplets", "images"},
         outputs={"backbone_info", "vit_features", "extraction_report", "extraction_metrics"},
         parameters={"params:backbone", "params:extraction", "params:runtime"},

@@ -27,41 +27,48 @@ def create_pipeline(**kwargs: object) -> Pipeline:
                 "query_rankings",
             ],
             name="evaluate_checkpoint",
+            tags=["compute"],
         ),
         Node(
             func=plots.recall_curves,
             inputs="evaluation_table",
             outputs="recall_curves_plot",
             name="plot_recall_curves",
+            tags=["plots"],
         ),
         Node(
             func=plots.edit_type_bars,
             inputs="evaluation_table",
             outputs="edit_type_plot",
             name="plot_edit_types",
+            tags=["plots"],
         ),
         Node(
             func=plots.attribute_weights,
             inputs="query_rankings",
             outputs="attribute_weights_plot",
             name="plot_attribute_weights",
+            tags=["plots"],
         ),
         Node(
             func=plots.qualitative_successes,
             inputs=["query_rankings", "images", "params:evaluation"],
             outputs="qualitative_successes_plot",
             name="plot_qualitative_successes",
+            tags=["plots"],
         ),
         Node(
             func=plots.qualitative_failures,
             inputs=["query_rankings", "images", "params:evaluation"],
             outputs="qualitative_failures_plot",
             name="plot_qualitative_failures",
+            tags=["plots"],
         ),
     ]
     return Pipeline(
         nodes,
         namespace="evaluation",
+        tags=["evaluation"],
         inputs=_DATA_INPUTS,
         outputs={
             "evaluation_table",
@@ -92,10 +99,12 @@ def create_zero_shot_pipeline(**kwargs: object) -> Pipeline:
         ],
         outputs=["zero_shot_table", "zero_shot_summary", "zero_shot_metrics"],
         name="evaluate_zero_shot",
+        tags=["compute"],
     )
     return Pipeline(
         [node],
         namespace="zero_shot",
+        tags=["zero_shot"],
         inputs={"vit_features", "triplets", "images"},
         outputs={"zero_shot_table", "zero_shot_summary", "zero_shot_metrics"},
         parameters={"params:backbone", "params:training", "params:evaluation", "params:runtime"},
@@ -113,6 +122,7 @@ def create_submission_pipeline(**kwargs: object) -> Pipeline:
     return Pipeline(
         [node],
         namespace="cirr_submission",
+        tags=["cirr_submission"],
         inputs=_DATA_INPUTS,
         outputs={"cirr_submission_recall", "cirr_submission_subset"},
         parameters={"params:backbone", "params:evaluation", "params:runtime"},

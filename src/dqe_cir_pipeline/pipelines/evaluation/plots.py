@@ -19,7 +19,8 @@ from dqe_cir_pipeline.pipelines.evaluation.nodes import EvaluationConfig  # noqa
 
 def recall_curves(table: pd.DataFrame) -> Figure:
     """Recall@K per model (rows of ``table``: model, metric, value)."""
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    all_ks: set[int] = set()
     for model, rows in table.groupby("model", sort=False):
         pts = rows[rows["metric"].str.fullmatch(r"recall@\d+")]
         if pts.empty:
@@ -27,14 +28,20 @@ def recall_curves(table: pd.DataFrame) -> Figure:
         if pts.empty:
             continue
         ks = pts["metric"].str.extract(r"@(\d+)")[0].astype(int)
+        all_ks.update(ks.tolist())
         order = np.argsort(ks.to_numpy())
         ax.plot(ks.to_numpy()[order], pts["value"].to_numpy()[order], marker="o", label=model)
     ax.set_xscale("log")
+    ticks = sorted(all_ks)
+    ax.set_xticks(ticks, [str(k) for k in ticks])  # K = 1, 5, 10, 50, not 10^0, 10^1
+    ax.minorticks_off()
     ax.set_xlabel("K")
     ax.set_ylabel("Recall@K (%)")
+    ax.set_ylim(0, 100)
     ax.set_title("Recall@K")
     ax.grid(alpha=0.3)
-    ax.legend()
+    if ax.lines:
+        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -51,7 +58,7 @@ def edit_type_bars(table: pd.DataFrame, k: int = 10) -> Figure:
     ax.set_xticks(np.arange(len(EDIT_TYPES)) + width * (len(models) - 1) / 2, EDIT_TYPES)
     ax.set_ylabel(f"Recall@{k} (%)")
     ax.set_title(f"Recall@{k} by edit type")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     return fig
 
@@ -70,22 +77,56 @@ def attribute_weights(per_query: pd.DataFrame) -> Figure:
         for j, c in enumerate(cols):
             ax.bar(np.arange(len(means)) + j * width, means[c], width, label=c[2:])
         ax.set_xticks(np.arange(len(means)) + width * (len(cols) - 1) / 2, list(means.index))
-        ax.legend()
+        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5))
+        spread = float((means.max() - means.min()).max()) if len(means) > 1 else 0.0
+        if spread < 0.02:  # say it: the weights do not depend on the text
+            ax.text(
+                0.5,
+                0.95,
+                f"weights equal across edit types (spread {spread:.3f}): not text-conditioned",
+                transform=ax.transAxes,
+                ha="center",
+                va="top",
+                fontsize=7,
+                color="darkred",
+            )
     ax.set_ylabel("mean weight")
     ax.set_title("Learned attribute weights by edit type")
     fig.tight_layout()
     return fig
 
 
-def qualitative_grid(rows: pd.DataFrame, paths: dict[str, str], title: str, k: int = 5) -> Figure:
-    """Reference + text, then the top-k retrievals; the target is framed in green.
+def qualitative_grid(
+    rows: pd.DataFrame,
+    paths: dict[str, str],
+    title: str,
+    k: int = 5,
+    show_target: bool = False,
+) -> Figure:
+    """Reference + text, then the top-k retrievals labelled ``rank 1..k``; the target is
+    framed in green. ``show_target`` adds a last column with the target and its rank
+    (failures: the right answer is otherwise not on the page).
 
-    ``rows`` needs ``reference_id, text, target_id, topk`` columns.
+    ``rows`` needs ``reference_id, text, target_id, topk`` columns (and ``rank``, 0-based,
+    for ``show_target``).
     """
     n = max(1, len(rows))
-    fig, axes = plt.subplots(n, k + 1, figsize=(1.7 * (k + 1), 1.9 * n), squeeze=False)
+    cols = k + 1 + int(show_target)
+    fig, axes = plt.subplots(n, cols, figsize=(1.7 * cols, 1.9 * n), squeeze=False)
     for i, row in enumerate(rows.itertuples(index=False)):
         cells = [row.reference_id, *list(row.topk)[:k]]
+        if show_target:
+            for j in range(len(cells), k + 1):
+                axes[i][j].axis("off")
+            ax = axes[i][k + 1]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            with Image.open(paths[row.target_id]) as img:
+                ax.imshow(img.convert("RGB"))
+            for side in ax.spines.values():
+                side.set_edgecolor("limegreen")
+                side.set_linewidth(4)
+            ax.set_title(f"target: rank {int(row.rank) + 1}", fontsize=7, color="green")
         for j in range(k + 1):
             ax = axes[i][j]
             ax.set_xticks([])
@@ -102,9 +143,9 @@ def qualitative_grid(rows: pd.DataFrame, paths: dict[str, str], title: str, k: i
                 for side in ax.spines.values():
                     side.set_edgecolor("limegreen")
                     side.set_linewidth(4)
-                ax.set_title("target", fontsize=7, color="green")
+                ax.set_title(f"rank {j}: target", fontsize=7, color="green")
             else:
-                ax.set_title(f"#{j}", fontsize=7)
+                ax.set_title(f"rank {j}", fontsize=7)
     if rows.empty:
         axes[0][0].text(0.5, 0.5, "no queries", ha="center")
     fig.suptitle(title, fontsize=9)
@@ -146,5 +187,5 @@ def qualitative_failures(
     k = evaluation.qualitative_topk
     _, bad = _qualitative_picks(query_rankings, evaluation.qualitative_queries, k)
     return qualitative_grid(
-        bad, _image_paths(images), f"dqe_cir: failures (target not in top {k})", k
+        bad, _image_paths(images), f"dqe_cir: failures (target not in top {k})", k, show_target=True
     )

@@ -112,6 +112,16 @@ def plot_delta_distribution(delta_sample: pd.DataFrame, initial_negatives: pd.Da
         bins = np.linspace(float(d.min()), float(d.max()) + 1e-6, 40)
         ax.hist(d, bins=bins, color="lightgray", label="pool")
         ax.hist(d[z], bins=bins, color="tab:orange", label="mid-zone")
+        if not z.any():  # say why there is no orange: the zone was empty, a fallback was used
+            ax.text(
+                0.03,
+                0.95,
+                "empty mid-zone:\nfallback negative",
+                transform=ax.transAxes,
+                va="top",
+                fontsize=6,
+                color="darkred",
+            )
         ax.axvline(0.0, color="green", lw=1, label="target")
         ax.set_title(f"query {query_id}", fontsize=8)
         ax.set_xlabel("Delta = s(q,c) - s(q,t)", fontsize=7)

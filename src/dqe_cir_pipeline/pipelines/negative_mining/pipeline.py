@@ -25,17 +25,20 @@ def create_pipeline(**kwargs: object) -> Pipeline:
             ],
             outputs=["initial_negatives", "mining_metrics", "delta_sample"],
             name="mine_initial_negatives",
+            tags=["compute"],
         ),
         Node(
             func=plot_delta_distribution,
             inputs=["delta_sample", "initial_negatives"],
             outputs="delta_distribution_plot",
             name="plot_delta_distribution",
+            tags=["plots"],
         ),
     ]
     return Pipeline(
         nodes,
         namespace="negative_mining",
+        tags=["negative_mining"],
         inputs={"vit_features", "triplets", "images"},
         outputs={"initial_negatives", "mining_metrics", "delta_distribution_plot"},
         parameters={"params:backbone", "params:training", "params:mining", "params:runtime"},

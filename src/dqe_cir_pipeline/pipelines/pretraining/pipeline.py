@@ -29,6 +29,7 @@ def create_pipeline(**kwargs: object) -> Pipeline:
             ],
             outputs="pretrained_backbone",
             name="pretrain_backbone",
+            tags=["compute"],
         ),
         Node(
             func=summarize_pretraining,
@@ -40,6 +41,7 @@ def create_pipeline(**kwargs: object) -> Pipeline:
     return Pipeline(
         nodes,
         namespace="pretraining",
+        tags=["pretraining"],
         outputs={
             "pretraining_corpus",
             "pretrained_backbone",

@@ -25,17 +25,20 @@ def create_pipeline(**kwargs: object) -> Pipeline:
             ],
             outputs=["model_checkpoint", "training_history", "training_metrics"],
             name="train_dqe_cir",
+            tags=["compute"],
         ),
         Node(
             func=plot_training_curves,
             inputs="training_history",
             outputs="training_curves_plot",
             name="plot_training_curves",
+            tags=["plots"],
         ),
     ]
     return Pipeline(
         nodes,
         namespace="training",
+        tags=["training"],
         inputs={"vit_features", "triplets", "images", "initial_negatives", "backbone_info"},
         outputs={
             "model_checkpoint",
