@@ -261,6 +261,34 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+FLOORS = ("text_blind", "zero_shot", "untrained")
+
+
+def merge(files: list[Path], rename: dict[str, str], out: Path | None) -> None:
+    """Print (and write) the table of the rows of several ``--out`` files."""
+    rows: list[dict[str, Any]] = []
+    seen: set[tuple[str, int]] = set()
+    for path in files:
+        for row in json.loads(path.read_text())["rows"]:
+            row = {**row, "variant": rename.get(row["variant"], row["variant"])}
+            key = (row["variant"], int(row["seed"]))
+            if key in seen:
+                if row["variant"] in FLOORS:
+                    continue
+                raise ValueError(f"{path}: {key} appears twice in the merged files")
+            seen.add(key)
+            rows.append(row)
+    order = {name: i for i, name in enumerate([*FLOORS, *VARIANTS])}
+    rows.sort(key=lambda r: (order.get(r["variant"], len(order)), r["seed"]))
+    text = table(rows)
+    print(f"best epoch selected on {SELECTION_SPLIT}; numbers on {REPORT_SPLIT}")
+    print(text)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        payload = {"selection_split": SELECTION_SPLIT, "report_split": REPORT_SPLIT}
+        out.write_text(json.dumps({**payload, "rows": rows, "table": text}, indent=1))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -278,7 +306,24 @@ def main() -> None:
     parser.add_argument(
         "--jobs", type=int, default=1, help="variants run in parallel processes (GPU)"
     )
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        type=Path,
+        default=None,
+        help="run nothing: merge the rows of these --out files (runs split over processes) "
+        "and print the table; floors (text_blind, zero_shot, untrained) are kept once",
+    )
+    parser.add_argument(
+        "--rename",
+        nargs="*",
+        default=[],
+        help="with --merge: old=new variant names (a --grid row that is the default recipe)",
+    )
     args = parser.parse_args()
+    if args.merge:
+        merge(args.merge, dict(r.rsplit("=", 1) for r in args.rename), args.out)
+        return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     for noisy in (
         "dqe_cir_pipeline.model.negatives",
@@ -332,6 +377,9 @@ def main() -> None:
                     metrics["val/avg"],
                     metrics["seconds"],
                 )
+                if args.out:  # partial results survive an interrupted run
+                    args.out.parent.mkdir(parents=True, exist_ok=True)
+                    args.out.write_text(json.dumps({"device": str(device), "rows": rows}, indent=1))
     text = table(rows)
     print(f"device: {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'})")
     print(f"best epoch selected on {SELECTION_SPLIT}; numbers on {REPORT_SPLIT}")

@@ -36,7 +36,8 @@ class LossConfig:
             benchmark; other rows fall back to the mined negative).
         lambda_color: weight of the color margin loss.
         lambda_shape: weight of the shape margin loss.
-        weight_order: [ours] weight of the attribute-weight order term (0 = off): on a
+        weight_order: [ours] weight of the attribute-weight order term (0 = off; on by
+            default, chosen on val, docs/results.md): on a
             colour-only edit the colour weight should exceed the shape weight by
             ``weight_margin``, on a shape-only edit the reverse (edit labels supervise
             which attribute the text asks about; see :func:`weight_order_loss`).
@@ -49,7 +50,7 @@ class LossConfig:
     margin_negatives: str = "attribute"
     lambda_color: float = 0.5
     lambda_shape: float = 0.5
-    weight_order: float = 0.0
+    weight_order: float = 1.0
     weight_margin: float = 0.1
 
     def __post_init__(self) -> None:
