@@ -115,7 +115,11 @@ def test_two_ranks_train_exactly_like_one_process(
 def test_global_batch_loss_equals_local_loss_on_one_process() -> None:
     """Single-process path: passing the batch as its own GlobalBatch changes nothing."""
 
+    from dqe_cir_pipeline.model.dqe import DQEConfig
+
     class Scorer(torch.nn.Module):
+        cfg = DQEConfig()  # attribute weights on: the weight-order term is compared too
+
         def temperature(self) -> torch.Tensor:
             return torch.tensor(0.1)
 
