@@ -1,4 +1,9 @@
-"""``python -m dqe_cir_pipeline``: run the project's pipelines like ``kedro run``."""
+"""``dqe-cir-pipeline`` / ``python -m dqe_cir_pipeline``: run the project's pipelines like
+``kedro run`` (the default), or query the trained model (``search``)::
+
+    dqe-cir-pipeline                                   # = kedro run (its options too)
+    dqe-cir-pipeline search --image ref.png --text "make it red" -k 10
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,8 @@ from kedro.framework.project import configure_project
 
 
 def main(*args: str, **kwargs: object) -> object:
-    """Runs ``kedro run`` for this package, with the same command-line options.
+    """Runs ``kedro run`` for this package, with the same command-line options, or the
+    ``search`` subcommand when the first argument is ``search``.
 
     Args:
         *args: Passed to Kedro's ``run`` command.
@@ -18,8 +24,16 @@ def main(*args: str, **kwargs: object) -> object:
             (off in an interactive interpreter, so errors do not exit it).
 
     Returns:
-        Whatever Kedro's ``run`` command returns.
+        Whatever Kedro's ``run`` command returns (``search``: exits with its status).
     """
+    argv = list(args[0]) if args and isinstance(args[0], (list, tuple)) else sys.argv[1:]
+    if argv[:1] == ["search"]:
+        from dqe_cir_pipeline.serving.cli import main as search_main
+
+        status = search_main(argv[1:])
+        if hasattr(sys, "ps1"):
+            return status
+        sys.exit(status)
     package_name = Path(__file__).parent.name
     configure_project(package_name)
     interactive = hasattr(sys, "ps1")

@@ -1,0 +1,506 @@
+"""A gallery index: the trained model's target embeddings of a gallery, searchable.
+
+A :class:`GalleryIndex` holds, for every gallery image, its ``(Q, P)`` token embeddings
+(the query model's target side), its id, path, content hash and category, and the
+identity of what built it: the query model's ``version`` (a hash of the trained
+weights), the backbone key and a fingerprint of the images. A query model refuses an
+index built by another version or backbone (:meth:`GalleryIndex.check_model`).
+
+Search is exact by default: ``s(q, I) = max_j <q, I_j>`` over the whole gallery, in
+chunks, with :func:`dqe_cir_pipeline.model.retrieval.topk` (the evaluation's own
+scoring). Galleries of at least ``approximate_from`` images also get a FAISS IVF index
+over every token vector (:class:`TokenANN`): the max-over-tokens score of an image is
+the score of its best token, so the images owning the best-scoring tokens are the
+candidates; they are re-ranked exactly.
+
+Folder layout (:meth:`GalleryIndex.save`)::
+
+    meta.json          format, key, model version, backbone key, fingerprint, sizes, settings
+    images.parquet     image_id, path, content_hash, category (row i = embedding i)
+    embeddings.npy     (M, Q, P) float32
+    ann.faiss          the approximate index (only for large galleries)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from dqe_cir_pipeline.io_utils import stable_hash
+from dqe_cir_pipeline.model.data import FeatureSource
+from dqe_cir_pipeline.model.retrieval import topk
+from dqe_cir_pipeline.serving.config import ServingConfig
+from dqe_cir_pipeline.serving.errors import ServingInputError, StaleIndexError
+from dqe_cir_pipeline.serving.folders import write_folder
+from dqe_cir_pipeline.serving.images import file_hash, load_image_file, scan_folder
+from dqe_cir_pipeline.serving.query_model import QueryModel
+
+logger = logging.getLogger(__name__)
+
+INDEX_FORMAT = 1
+META_FILE = "meta.json"
+TABLE_FILE = "images.parquet"
+EMBEDDINGS_FILE = "embeddings.npy"
+ANN_FILE = "ann.faiss"
+TABLE_COLUMNS = ("image_id", "path", "content_hash", "category")
+
+
+_DEFAULTS = ServingConfig()
+
+
+@dataclass(frozen=True)
+class IndexSettings:
+    """What decides how an index is built and searched (from :class:`ServingConfig`,
+    whose defaults it shares)."""
+
+    approximate_from: int = _DEFAULTS.approximate_from
+    ann_encoding: str = _DEFAULTS.ann_encoding
+    ann_nlist: int = _DEFAULTS.ann_nlist
+    ann_nprobe: int = _DEFAULTS.ann_nprobe
+    ann_candidates: int = _DEFAULTS.ann_candidates
+    chunk_size: int = _DEFAULTS.chunk_size
+
+    @classmethod
+    def from_config(cls, cfg: ServingConfig) -> IndexSettings:
+        return cls(
+            approximate_from=cfg.approximate_from,
+            ann_encoding=cfg.ann_encoding,
+            ann_nlist=cfg.ann_nlist,
+            ann_nprobe=cfg.ann_nprobe,
+            ann_candidates=cfg.ann_candidates,
+            chunk_size=cfg.chunk_size,
+        )
+
+    def build_settings(self, size: int) -> dict[str, Any]:
+        """The settings that change the stored index (part of its key)."""
+        if size < self.approximate_from:
+            return {"approximate": False}
+        return {"approximate": True, "encoding": self.ann_encoding, "nlist": self.ann_nlist}
+
+
+def gallery_fingerprint(table: pd.DataFrame) -> str:
+    """Hash of the gallery's (image id, content hash, category) rows, order-independent."""
+    rows = sorted(zip(table["image_id"], table["content_hash"], table["category"], strict=True))
+    return stable_hash([list(r) for r in rows])
+
+
+def index_key(model: QueryModel, table: pd.DataFrame, settings: IndexSettings) -> str:
+    """The key of the index ``model`` would build for ``table``: equal keys, equal index."""
+    return stable_hash(
+        {
+            "format": INDEX_FORMAT,
+            "model_version": model.version,
+            "backbone": model.backbone_key,
+            "gallery": gallery_fingerprint(table),
+            "build": settings.build_settings(len(table)),
+        }
+    )
+
+
+class TokenANN:
+    """FAISS inverted-file index over every gallery token vector (inner product).
+
+    Token ``m * Q + j`` is token ``j`` of image ``m``. :meth:`candidates` returns, per
+    query, the distinct images owning the best-scoring tokens found, best first.
+    """
+
+    def __init__(self, index: Any, tokens_per_image: int) -> None:
+        self.index = index
+        self.tokens_per_image = int(tokens_per_image)
+
+    @classmethod
+    def build(cls, embeddings: np.ndarray, encoding: str, nlist: int, seed: int = 0) -> TokenANN:
+        """Train and fill an ``IVF<nlist>,<encoding>`` index on ``(M, Q, P)`` embeddings."""
+        import faiss
+
+        m, q, p = embeddings.shape
+        tokens = np.ascontiguousarray(embeddings.reshape(m * q, p), dtype=np.float32)
+        lists = nlist or max(1, int(math.sqrt(len(tokens))))
+        index = faiss.index_factory(p, f"IVF{lists},{encoding}", faiss.METRIC_INNER_PRODUCT)
+        rng = np.random.default_rng(seed)
+        sample = min(len(tokens), lists * 64)
+        index.train(tokens[rng.choice(len(tokens), sample, replace=False)])
+        index.add(tokens)
+        return cls(index, q)
+
+    @property
+    def nlist(self) -> int:
+        return int(self.index.nlist)
+
+    def candidates(self, queries: np.ndarray, n_images: int, nprobe: int) -> list[np.ndarray]:
+        """Up to ``n_images`` distinct image rows per query, by their best token found."""
+        import faiss
+
+        ivf = faiss.extract_index_ivf(self.index)
+        ivf.nprobe = min(nprobe, ivf.nlist)
+        n_tokens = min(self.index.ntotal, n_images * 4)
+        _, ids = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), n_tokens)
+        out = []
+        for row in ids:
+            images = row[row >= 0] // self.tokens_per_image
+            _, first = np.unique(images, return_index=True)
+            out.append(images[np.sort(first)][:n_images])
+        return out
+
+    def save(self, path: Path) -> None:
+        import faiss
+
+        faiss.write_index(self.index, str(path))
+
+    @classmethod
+    def load(cls, path: Path, tokens_per_image: int) -> TokenANN:
+        import faiss
+
+        return cls(faiss.read_index(str(path)), tokens_per_image)
+
+
+@dataclass
+class GalleryIndex:
+    """Embeddings and metadata of a gallery, and search over them.
+
+    Immutable once built: ``copy.deepcopy`` returns the same object (Kedro and
+    kedro-mlflow deep-copy their in-memory data on every prediction).
+
+    Attributes:
+        embeddings: ``(M, Q, P)`` float32 target embeddings, row i = ``table`` row i.
+        table: image_id, path, content_hash, category.
+        meta: format, key, model_version, backbone_key, fingerprint, sizes, build settings.
+        ann: the approximate index, or ``None`` (exact search only).
+        settings: search settings (nprobe, candidates, chunk size).
+    """
+
+    embeddings: torch.Tensor
+    table: pd.DataFrame
+    meta: dict[str, Any]
+    ann: TokenANN | None = None
+    settings: IndexSettings = field(default_factory=IndexSettings)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> GalleryIndex:
+        return self
+
+    def __len__(self) -> int:
+        return int(self.embeddings.shape[0])
+
+    def __repr__(self) -> str:
+        return (
+            f"GalleryIndex(images={len(self)}, model_version={self.model_version!r}, "
+            f"approximate={self.ann is not None})"
+        )
+
+    @property
+    def model_version(self) -> str:
+        return str(self.meta["model_version"])
+
+    @property
+    def backbone_key(self) -> str:
+        return str(self.meta["backbone_key"])
+
+    @property
+    def key(self) -> str:
+        return str(self.meta["key"])
+
+    # ------------------------------------------------------------------ building
+    @classmethod
+    def build(
+        cls,
+        model: QueryModel,
+        table: pd.DataFrame,
+        features: FeatureSource | None = None,
+        settings: IndexSettings | None = None,
+        batch_size: int = 64,
+        source: str = "",
+    ) -> GalleryIndex:
+        """Embed a gallery with ``model``.
+
+        Args:
+            model: the query model (its target side embeds the gallery).
+            table: image_id, path, content_hash, category (one row per image).
+            features: cached ViT tokens of the images (the benchmark's feature cache);
+                ``None``: decode the files at ``path`` and run the ViT here.
+            settings: index settings (approximate index from ``approximate_from``).
+            batch_size: images decoded and encoded per batch (no feature cache).
+            source: where the gallery comes from, for the metadata.
+        """
+        settings = settings or IndexSettings()
+        start = time.perf_counter()
+        table = gallery_table(table)
+        ids = table["image_id"].tolist()
+        if features is not None:
+            emb = model.encode_gallery(features, ids)
+        else:
+            chunks = []
+            for begin in range(0, len(table), batch_size):
+                paths = table["path"].iloc[begin : begin + batch_size]
+                chunks.append(
+                    model.encode_gallery_images([load_image_file(p).image for p in paths])
+                )
+            emb = torch.cat(chunks)
+        build = settings.build_settings(len(table))
+        ann = None
+        if build["approximate"]:
+            ann = TokenANN.build(emb.numpy(), settings.ann_encoding, settings.ann_nlist)
+            build["nlist"] = ann.nlist
+        meta = {
+            "format": INDEX_FORMAT,
+            "key": index_key(model, table, settings),
+            "model_version": model.version,
+            "backbone_key": model.backbone_key,
+            "backbone_name": model.backbone_name,
+            "fingerprint": gallery_fingerprint(table),
+            "images": len(table),
+            "tokens": int(emb.shape[1]),
+            "dim": int(emb.shape[2]),
+            "build": build,
+            "source": source,
+            "built_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "build_seconds": round(time.perf_counter() - start, 3),
+        }
+        logger.info(
+            "gallery index: %d images embedded by model %s in %.1f s%s",
+            len(table),
+            model.version,
+            meta["build_seconds"],
+            f" (+ FAISS IVF{ann.nlist},{settings.ann_encoding})" if ann else "",
+        )
+        return cls(emb.contiguous(), table, meta, ann, settings)
+
+    @classmethod
+    def build_from_folder(
+        cls,
+        model: QueryModel,
+        folder: str | Path,
+        settings: IndexSettings | None = None,
+        batch_size: int = 64,
+    ) -> GalleryIndex:
+        """Index every image below ``folder``; image ids are paths relative to it."""
+        return cls.build(
+            model,
+            folder_table(folder),
+            None,
+            settings,
+            batch_size,
+            source=str(Path(folder).resolve()),
+        )
+
+    # ------------------------------------------------------------------ files
+    def save(self, folder: str | Path) -> Path:
+        """Write the index folder atomically."""
+
+        def write(tmp: Path) -> None:
+            np.save(tmp / EMBEDDINGS_FILE, self.embeddings.numpy(), allow_pickle=False)
+            self.table.to_parquet(tmp / TABLE_FILE, index=False)
+            if self.ann is not None:
+                self.ann.save(tmp / ANN_FILE)
+            (tmp / META_FILE).write_text(json.dumps(self.meta, indent=2, sort_keys=True) + "\n")
+
+        return write_folder(folder, write)
+
+    @classmethod
+    def load(cls, folder: str | Path, settings: IndexSettings | None = None) -> GalleryIndex:
+        """Read an index folder.
+
+        Raises:
+            ServingInputError: the folder is not a gallery index of this format.
+        """
+        root = Path(folder)
+        meta = read_index_meta(root)
+        if meta is None:
+            raise ServingInputError(f"{root}: not a gallery index (no {META_FILE})")
+        if meta.get("format") != INDEX_FORMAT:
+            raise ServingInputError(
+                f"{root / META_FILE}: index format {meta.get('format')!r}, this code reads "
+                f"{INDEX_FORMAT}; rebuild the index"
+            )
+        emb = torch.from_numpy(np.load(root / EMBEDDINGS_FILE, allow_pickle=False))
+        table = pd.read_parquet(root / TABLE_FILE)
+        if len(table) != emb.shape[0]:
+            raise ServingInputError(
+                f"{root}: {len(table)} images in {TABLE_FILE}, {emb.shape[0]} embeddings"
+            )
+        ann = TokenANN.load(root / ANN_FILE, emb.shape[1]) if (root / ANN_FILE).exists() else None
+        return cls(emb, table, meta, ann, settings or IndexSettings())
+
+    # ------------------------------------------------------------------ search
+    def check_model(self, model: QueryModel, where: str = "gallery index") -> None:
+        """Refuse to answer ``model``'s queries from an index another model embedded.
+
+        Raises:
+            StaleIndexError: other backbone, or other trained weights (model version).
+        """
+        if self.backbone_key != model.backbone_key:
+            raise StaleIndexError(
+                f"{where} was built on backbone {self.backbone_key!r} "
+                f"({self.meta.get('backbone_name')}), the query model's backbone is "
+                f"{model.backbone_key!r} ({model.backbone_name}): rebuild the index"
+            )
+        if self.model_version != model.version:
+            raise StaleIndexError(
+                f"{where} was built by model version {self.model_version}, the query model "
+                f"is version {model.version}: rebuild the index with this model "
+                "(kedro run --pipelines=serving, or --gallery <image folder>)"
+            )
+
+    def excluded(self, content_hash: str | None) -> np.ndarray:
+        """Rows holding exactly the bytes ``content_hash`` (the reference itself)."""
+        if content_hash is None:
+            return np.empty(0, dtype=np.int64)
+        return np.flatnonzero(self.table["content_hash"].to_numpy() == content_hash)
+
+    def search(
+        self,
+        queries: torch.Tensor,
+        k: Sequence[int] | int,
+        exclude_hashes: Sequence[str | None] | None = None,
+        approximate: bool | None = None,
+    ) -> pd.DataFrame:
+        """Top-``k`` gallery images per query.
+
+        Args:
+            queries: ``(N, P)`` composed-query embeddings.
+            k: results per query (one value, or one per query).
+            exclude_hashes: per query, the content hash of images to leave out (the
+                reference), or ``None``.
+            approximate: use the FAISS index (default: when the index has one).
+
+        Returns:
+            One row per result: query (row of ``queries``), rank (1 = best), image_id,
+            path, category, score.
+
+        Raises:
+            ServingInputError: a ``k`` below 1 or above the gallery (minus exclusions).
+        """
+        n = int(queries.shape[0])
+        ks = [int(k)] * n if isinstance(k, int) else [int(v) for v in k]
+        hashes = list(exclude_hashes) if exclude_hashes is not None else [None] * n
+        if len(ks) != n or len(hashes) != n:
+            raise ValueError(f"{n} queries, {len(ks)} k values, {len(hashes)} exclusions")
+        excluded = [self.excluded(h) for h in hashes]
+        for i, (kk, ex) in enumerate(zip(ks, excluded, strict=True)):
+            available = len(self) - len(ex)
+            if not 1 <= kk <= available:
+                extra = f" ({len(ex)} excluded: the reference)" if len(ex) else ""
+                raise ServingInputError(
+                    f"query {i}: k={kk} must be between 1 and the gallery's {available} "
+                    f"images{extra}"
+                )
+        use_ann = self.ann is not None if approximate is None else approximate
+        if use_ann and self.ann is None:
+            raise ServingInputError("approximate search asked for, but this index has none")
+        rows = self._search_ann(queries, ks, excluded) if use_ann else None
+        if rows is None:
+            rows = self._search_exact(queries, ks, excluded)
+        return self._results(rows)
+
+    def _search_exact(
+        self, queries: torch.Tensor, ks: list[int], excluded: list[np.ndarray]
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Exact max-over-tokens top-k over the whole gallery (chunked)."""
+        widest = max(k + len(ex) for k, ex in zip(ks, excluded, strict=True))
+        scores, idx = topk(
+            queries.float(), self.embeddings, min(widest, len(self)), None, self.settings.chunk_size
+        )
+        out = []
+        for i, (kk, ex) in enumerate(zip(ks, excluded, strict=True)):
+            keep = ~np.isin(idx[i].numpy(), ex)
+            out.append((idx[i].numpy()[keep][:kk], scores[i].numpy()[keep][:kk]))
+        return out
+
+    def _search_ann(
+        self, queries: torch.Tensor, ks: list[int], excluded: list[np.ndarray]
+    ) -> list[tuple[np.ndarray, np.ndarray]] | None:
+        """Approximate candidates, re-ranked exactly; ``None`` when too few were found."""
+        assert self.ann is not None
+        q = queries.float()
+        wanted = max(self.settings.ann_candidates, max(ks) + max(len(e) for e in excluded))
+        cands = self.ann.candidates(q.numpy(), wanted, self.settings.ann_nprobe)
+        out = []
+        for i, (kk, ex) in enumerate(zip(ks, excluded, strict=True)):
+            rows = cands[i][~np.isin(cands[i], ex)]
+            if len(rows) < kk:
+                return None  # the exact search answers instead
+            member = self.embeddings[torch.from_numpy(rows)]  # (C, Q, P)
+            scores = torch.einsum("p,cqp->cq", q[i], member).amax(dim=-1)
+            top_s, top_i = torch.topk(scores, kk)
+            out.append((rows[top_i.numpy()], top_s.numpy()))
+        return out
+
+    def _results(self, rows: list[tuple[np.ndarray, np.ndarray]]) -> pd.DataFrame:
+        frames = []
+        for i, (idx, scores) in enumerate(rows):
+            part = self.table.iloc[idx][["image_id", "path", "category"]].reset_index(drop=True)
+            part.insert(0, "rank", np.arange(1, len(idx) + 1, dtype=np.int64))
+            part.insert(0, "query", np.int64(i))
+            part["score"] = scores.astype(np.float64)
+            frames.append(part)
+        return pd.concat(frames, ignore_index=True)
+
+
+@dataclass(frozen=True)
+class GalleryIndexJob:
+    """A gallery index to build, keyed by what it depends on; built only when needed.
+
+    The index node returns a job; :class:`~dqe_cir_pipeline.datasets.gallery_index.
+    GalleryIndexDataset` keeps the index on disk when its key equals ``key`` (same model
+    version, backbone, images and build settings) and calls ``build`` otherwise.
+    ``copy.deepcopy`` returns the job itself (it holds a live model).
+    """
+
+    key: str
+    build: Callable[[], GalleryIndex]
+    description: dict[str, Any] = field(default_factory=dict)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> GalleryIndexJob:
+        return self
+
+
+def read_index_meta(root: Path) -> dict[str, Any] | None:
+    """An index folder's ``meta.json``, or ``None`` when there is none (or it is torn)."""
+    try:
+        return json.loads((root / META_FILE).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def folder_table(folder: str | Path) -> pd.DataFrame:
+    """The gallery table of an image folder: ids relative to it, category ``""``."""
+    root = Path(folder)
+    paths = scan_folder(root)
+    return pd.DataFrame(
+        {
+            "image_id": [p.relative_to(root).as_posix() for p in paths],
+            "path": [str(p.resolve()) for p in paths],
+            "content_hash": [file_hash(p) for p in paths],
+            "category": [""] * len(paths),
+        }
+    )
+
+
+def gallery_table(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` reduced to the index columns as strings, checked: not empty, ids unique."""
+    missing = [c for c in TABLE_COLUMNS if c not in table.columns]
+    if missing:
+        raise ValueError(f"gallery table lacks columns {missing}")
+    if table.empty:
+        raise ServingInputError("the gallery is empty")
+    dup = table["image_id"][table["image_id"].duplicated()]
+    if len(dup):
+        raise ServingInputError(f"gallery image id {dup.iloc[0]!r} appears more than once")
+    out = table[list(TABLE_COLUMNS)].reset_index(drop=True).copy()
+    for col in TABLE_COLUMNS:
+        out[col] = out[col].astype(str)
+    return out
+
+
+def settings_dict(settings: IndexSettings) -> dict[str, Any]:
+    """Plain-data view of the settings (for logs and MLflow)."""
+    return asdict(settings)
