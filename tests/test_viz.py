@@ -23,7 +23,12 @@ pytest.importorskip("kedro_viz")
 REPO = Path(__file__).resolve().parents[1]
 
 EXPECTED_PIPELINES = {
-    "data_ingestion": {"prepare_benchmark_source", "ingest_benchmark", "validate_ingestion"},
+    "data_ingestion": {
+        "prepare_benchmark_source",
+        "ingest_benchmark",
+        "validate_ingestion",
+        "publish_tables",
+    },
     "embedding_extraction": {"prepare_backbone", "extract_vit_features", "summarize_extraction"},
     "negative_mining": {"mine_initial_negatives", "plot_delta_distribution"},
     "training": {"train_dqe_cir", "plot_training_curves"},
@@ -36,6 +41,7 @@ EXPECTED_PIPELINES = {
         "plot_qualitative_failures",
     },
     "zero_shot": {"evaluate_zero_shot"},
+    "serving": {"export_query_model", "index_gallery", "make_input_example"},
 }
 
 
@@ -65,7 +71,7 @@ def viz_api(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "DO_NOT_TRACK": "1",
     }
     proc = subprocess.run(
-        [sys.executable, "-m", "kedro", "viz", "build"],
+        [sys.executable, "-m", "kedro", "viz", "build", "--include-previews"],
         cwd=project,
         env=env,
         capture_output=True,
@@ -101,3 +107,27 @@ def test_every_pipeline_is_listed_with_its_nodes(viz_api: Path) -> None:
     for name, nodes in EXPECTED_PIPELINES.items():
         payload = json.loads((viz_api / "pipelines" / name).read_text())
         assert _task_names(payload) == nodes, name
+
+
+def test_datasets_carry_layers_and_nodes_tags(viz_api: Path) -> None:
+    main = json.loads((viz_api / "main").read_text())
+    # the bands kedro viz draws, in data-flow order (an empty list: the layers form a cycle)
+    assert main["layers"] == [
+        "raw",
+        "intermediate",
+        "feature",
+        "model_input",
+        "models",
+        "model_output",
+        "reporting",
+        "serving",
+    ]
+    layer = {n["name"]: n.get("layer") for n in main["nodes"] if n["type"] == "data"}
+    assert layer["images"] == "intermediate"
+    assert layer["vit_features"] == "feature"
+    assert layer["model_checkpoint"] == "models"
+    tags = {t["id"] for t in main["tags"]}
+    assert {"training", "evaluation", "plots", "compute"} <= tags
+    by_node = {n["name"]: set(n.get("tags", [])) for n in main["nodes"] if n["type"] == "task"}
+    assert {"training", "compute"} <= by_node["train_dqe_cir"]
+    assert "plots" in by_node["plot_recall_curves"]
