@@ -22,6 +22,7 @@ TRAIN_NODES = {
     "data_ingestion.prepare_benchmark_source",
     "data_ingestion.ingest_benchmark",
     "data_ingestion.validate_ingestion",
+    "data_ingestion.publish_tables",
     "embedding_extraction.prepare_backbone",
     "embedding_extraction.extract_vit_features",
     "embedding_extraction.summarize_extraction",
@@ -35,6 +36,9 @@ TRAIN_NODES = {
     "evaluation.plot_attribute_weights",
     "evaluation.plot_qualitative_successes",
     "evaluation.plot_qualitative_failures",
+    "serving.export_query_model",
+    "serving.index_gallery",
+    "serving.make_input_example",
 }
 
 

@@ -50,6 +50,10 @@ def test_mlflow_run_has_params_metrics_tags_and_artifacts(kedro_test_run: dict[s
     run = mlflow.get_run(runs.run_id.iloc[0])
     assert run.data.params["training.loop.epochs"] == "2"  # the test env, flattened
     assert run.data.tags["dataset_fingerprint"]
+    inputs = run.inputs.dataset_inputs  # the Datasets panel: name, digest, source
+    assert [d.dataset.name for d in inputs] == ["synthetic"]
+    assert run.data.tags["dataset_fingerprint"].startswith(inputs[0].dataset.digest)
+    assert not any(k.startswith(("data.cirr.", "data.fashioniq.")) for k in run.data.params)
     assert run.data.tags["git_commit"]
     assert run.data.tags["mlflow.runName"] == "train"  # what ran; no command-line overrides
     assert "dqe_cir" in run.data.tags["mlflow.note.content"]  # the headline as description
@@ -90,6 +94,16 @@ def test_rerun_reuses_features_and_evaluation_runs_alone(kedro_test_run: dict[st
         report["last_save"]["computed"] == 0 and report["last_save"]["reused"] == report["images"]
     )
     kedro(["run", "--env", "test", "--pipeline", "evaluation"], env)
+    evaluated = mlflow.get_run(_runs(kedro_test_run).run_id.iloc[-1])
+    # the evaluation-only run names the run that trained its checkpoint (another test may
+    # have retrained it since the session's run), with that run's params
+    trained = mlflow.get_run(evaluated.data.tags["training_run_id"])
+    assert trained.info.run_id != evaluated.info.run_id
+    assert "training_metrics.train/loss" in trained.data.metrics
+    assert (
+        evaluated.data.params["training.loop.epochs"] == trained.data.params["training.loop.epochs"]
+    )
+    assert evaluated.data.tags["checkpoint_data_fingerprint"]
     kedro(["run", "--env", "test", "--pipeline", "zero_shot"], env)
     zero = json.loads((kedro_test_run["data"] / "08_reporting/zero_shot.json").read_text())
     assert "zero_shot" in zero["models"] and "dqe_cir" not in zero["models"]
@@ -106,3 +120,20 @@ def test_the_run_ends_with_its_headline(kedro_test_run: dict[str, Any]) -> None:
     colour = next(line for line in weights if line.startswith("color edits")).split()[2:]
     assert len(colour) == 3 and abs(sum(map(float, colour)) - 1.0) < 0.02  # base+color+shape
     assert "MLflow run " in tail and "model_checkpoint: " in tail
+
+
+def test_a_stage_before_its_inputs_exist_says_what_to_run_first(
+    tmp_path: Any, kedro_test_run: dict[str, Any]
+) -> None:
+    env = {
+        **kedro_test_run["env"],
+        "DQE_DATA_ROOT": str(tmp_path / "fresh"),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+    }
+    with pytest.raises(AssertionError) as failed:
+        kedro(["run", "--env", "test", "--pipelines", "evaluation"], env)
+    log = str(failed.value)
+    assert "inputs do not exist yet" in log
+    assert "model_checkpoint (" in log and "written by the `training` pipeline" in log
+    assert "kedro run --pipelines=train` first" in log
+    assert not (tmp_path / "fresh" / "synthetic" / "08_reporting").exists()  # nothing ran

@@ -19,6 +19,7 @@ from dqe_cir_pipeline.pipeline_registry import register_pipelines
 from dqe_cir_pipeline.pipelines.data_ingestion.nodes import DataConfig
 from dqe_cir_pipeline.pipelines.embedding_extraction.nodes import ExtractionConfig
 from dqe_cir_pipeline.pipelines.evaluation.nodes import EvaluationConfig
+from dqe_cir_pipeline.serving.config import ServingConfig
 
 BLOCKS: dict[str, type] = {
     "data": DataConfig,
@@ -28,6 +29,7 @@ BLOCKS: dict[str, type] = {
     "mining": MiningConfig,
     "training": TrainingConfig,
     "evaluation": EvaluationConfig,
+    "serving": ServingConfig,
 }
 #: Paths under the data root: the YAML resolves them, the dataclass cannot know them.
 LOCATIONS = {
@@ -82,6 +84,8 @@ def test_every_typed_block_is_validated_at_startup(base_params: dict[str, Any]) 
         (("data", "synthetic", "val_familys"), 3, "val_familys"),
         (("data", "cirr", "split"), ["val"], "split"),
         (("data", "benchmark"), "imagenet", "imagenet"),
+        (("serving", "top_kk"), 5, "top_kk"),
+        (("serving", "ann_encoding"), "PQ", "ann_encoding"),
     ],
 )
 def test_bad_keys_and_types_are_refused_by_name(

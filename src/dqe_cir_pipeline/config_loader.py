@@ -13,6 +13,8 @@ exactly as ``kedro run --env <env> --params ...`` does.
 
 from __future__ import annotations
 
+import copy
+import difflib
 import logging
 import os
 from collections.abc import Iterable, Mapping
@@ -56,6 +58,8 @@ class LocalOverlayConfigLoader(OmegaConfigLoader):
 
     def __getitem__(self, key: str) -> dict[str, Any]:
         config = super().__getitem__(key)
+        if key == "parameters" and self.runtime_params:
+            self._refuse_unknown_runtime_blocks()
         run_env = self.env or self.default_run_env
         if (
             key != "parameters"
@@ -74,6 +78,37 @@ class LocalOverlayConfigLoader(OmegaConfigLoader):
             return config
         logger.info("conf/%s overrides %s for --env %s", self.local_env, sorted(overlay), run_env)
         return OmegaConf.to_container(OmegaConf.unsafe_merge(config, overlay))  # type: ignore[return-value]
+
+    def _refuse_unknown_runtime_blocks(self) -> None:
+        """Refuse a ``--params`` key whose first part no configuration file defines.
+
+        ``--params trainng.lr=1e-4`` would otherwise add a parameter no node reads and
+        train with the old rate. Keys inside a block are checked by the typed blocks
+        (``model/config.py``); this catches the block name itself.
+
+        Raises:
+            ValueError: naming the unknown key and the closest known block.
+        """
+        plain = copy.copy(self)  # the same loader without the command-line overrides
+        plain.runtime_params = {}
+        if hasattr(plain, "_runtime_params_oc"):
+            plain._runtime_params_oc = None
+        known = set(super(LocalOverlayConfigLoader, plain).__getitem__("parameters"))
+        run_env = self.env or self.default_run_env
+        local = Path(self.conf_source) / self.local_env
+        if run_env in self.local_overlay_envs and run_env != self.local_env and local.is_dir():
+            patterns = [*self.config_patterns["parameters"]]
+            known |= set(plain.load_and_merge_dir_config(str(local), patterns, "parameters", set()))
+        unknown = sorted(set(self.runtime_params) - known)
+        if unknown:
+            name = unknown[0]
+            close = difflib.get_close_matches(name, sorted(known), n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ValueError(
+                f"unknown parameter block {name!r} in --params: no configuration file "
+                f"defines it, so no node would read it; {hint}known blocks: "
+                f"{', '.join(sorted(known))}"
+            )
 
 
 def project_config_loader(

@@ -16,6 +16,15 @@ ranks). The other ranks load inputs as usual and keep their outputs in memory.
 ``RunLockHooks``: one ``kedro run`` at a time per data root (a file lock the kernel
 drops with the process).
 
+``IngestionVerdictHooks``: a run that reads ingestion's tables without producing them
+is refused before its first node when the last ingestion failed validation, or when the
+tables are not the ones its report judged.
+
+``MlflowStoreHooks``: the sqlite tracking store and the experiment are created under a
+file lock next to the database (two runs starting on a fresh store do not race), every
+run is tagged with its host and PID, and runs a killed process left RUNNING are marked
+FAILED by the next start.
+
 ``SummaryHooks``: a run that evaluated ends with its headline: trained vs zero-shot vs
 untrained vs text-blind, R@10 per edit type, the MLflow run id and the output paths.
 """
@@ -25,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -36,13 +46,25 @@ from kedro.io import AbstractDataset, DataCatalog
 from kedro.pipeline import Pipeline
 from kedro.pipeline.node import Node
 
-from dqe_cir_pipeline.io_utils import FolderLock
-from dqe_cir_pipeline.launch import PROJECT_ROOT, data_root, launch_rank, peak_rss_bytes
+from dqe_cir_pipeline.io_utils import FolderLock, exclusive_lock
+from dqe_cir_pipeline.launch import (
+    PROJECT_ROOT,
+    data_root,
+    launch_rank,
+    peak_rss_bytes,
+    process_alive,
+    process_start_ticks,
+)
 
 logger = logging.getLogger(__name__)
 
 #: Node outputs whose ``fingerprint`` entry becomes the ``dataset_fingerprint`` tag.
 FINGERPRINT_OUTPUT = "ingestion_report"
+#: The trained checkpoint: its dict records the MLflow run that trained it, and a run
+#: that evaluates it is linked back to that run.
+CHECKPOINT = "model_checkpoint"
+#: Benchmarks whose settings sit side by side in the ``data`` block.
+BENCHMARKS = ("synthetic", "fashioniq", "cirr")
 
 
 def git_commit(path: Path) -> str:
@@ -107,7 +129,10 @@ class ProvenanceHooks:
         params: dict[str, Any] = {}
         for name, value in typed.items():
             params.update(flat_params(name, value))
-        mlflow.log_params(params)
+        mlflow.log_params(active_benchmark_params(params))
+        checkpoint = inputs.get(CHECKPOINT)
+        if isinstance(checkpoint, dict):
+            link_training_run(mlflow, checkpoint)
 
     @hook_impl
     def before_pipeline_run(self, run_params: dict[str, Any]) -> None:
@@ -133,14 +158,85 @@ class ProvenanceHooks:
         )
 
     @hook_impl
-    def after_node_run(self, outputs: dict[str, Any]) -> None:
+    def before_dataset_saved(self, dataset_name: str, data: Any) -> None:
+        """Record the MLflow run in the checkpoint dict before it is written."""
+        if dataset_name != CHECKPOINT or not isinstance(data, dict):
+            return
+        import mlflow
+
+        run = mlflow.active_run()
+        if run is not None:
+            data.setdefault("provenance", {})["mlflow_run_id"] = run.info.run_id
+
+    @hook_impl
+    def after_node_run(self, outputs: dict[str, Any], inputs: dict[str, Any]) -> None:
         report = outputs.get(FINGERPRINT_OUTPUT)
         if not isinstance(report, dict) or "fingerprint" not in report:
             return
         import mlflow
 
-        if mlflow.active_run() is not None:
-            mlflow.set_tag("dataset_fingerprint", str(report["fingerprint"]))
+        if mlflow.active_run() is None:
+            return
+        mlflow.set_tag("dataset_fingerprint", str(report["fingerprint"]))
+        log_dataset_input(mlflow, report, inputs.get("params:data"))
+
+
+def active_benchmark_params(params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` without the settings of the benchmarks this run does not use
+    (``data.cirr.*`` in a synthetic run)."""
+    active = params.get("data.benchmark")
+    if active is None:
+        return params
+    inactive = tuple(f"data.{b}." for b in BENCHMARKS if b != active)
+    return {k: v for k, v in params.items() if not k.startswith(inactive)}
+
+
+def log_dataset_input(mlflow: Any, report: dict[str, Any], data_cfg: Any) -> None:
+    """The ingested benchmark as the run's MLflow dataset input: name, digest (the data
+    fingerprint) and source (its annotation folder), shown in the run's Datasets panel."""
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    benchmark = str(getattr(data_cfg, "benchmark", report.get("dataset", "benchmark")))
+    section = getattr(data_cfg, benchmark, None)
+    root = getattr(section, "root", None) or getattr(section, "annotation_root", None) or "."
+    try:
+        dataset = MetaDataset(
+            source=resolve_dataset_source(Path(root).resolve().as_uri()),
+            name=benchmark,
+            digest=str(report["fingerprint"])[:36],
+        )
+        mlflow.log_input(dataset, context="ingested")
+    except Exception as err:  # noqa: BLE001 - provenance must never fail a run
+        logger.warning("could not log the dataset input to MLflow: %s", err)
+
+
+def link_training_run(mlflow: Any, checkpoint: dict[str, Any]) -> None:
+    """A run evaluating a checkpoint another run trained: tag it with that run and the
+    checkpoint, and copy the training run's parameters it does not have itself."""
+    trained_by = checkpoint.get("provenance", {}).get("mlflow_run_id")
+    run = mlflow.active_run()
+    if not trained_by or run is None:
+        return
+    mlflow.set_tags(
+        {
+            "training_run_id": trained_by,
+            "checkpoint_epoch": str(checkpoint.get("epoch", "")),
+            "checkpoint_data_fingerprint": str(checkpoint.get("data", {}).get("fingerprint", "")),
+        }
+    )
+    if trained_by == run.info.run_id:
+        return
+    client = mlflow.MlflowClient()
+    try:
+        trained = client.get_run(trained_by).data.params
+    except Exception as err:  # noqa: BLE001 - the training run may live in another store
+        logger.warning("training run %s not found in this MLflow store: %s", trained_by, err)
+        return
+    mine = client.get_run(run.info.run_id).data.params
+    missing = {k: v for k, v in trained.items() if k not in mine}
+    if missing:
+        mlflow.log_params(missing)
 
 
 class RankLocalDataset(AbstractDataset[Any, Any]):
@@ -421,3 +517,292 @@ class RunLockHooks:
         if self._lock is not None:
             self._lock.release()
             self._lock = None
+
+
+class MissingInputHooks:
+    """Refuse a run whose inputs an earlier pipeline has not written yet, saying which.
+
+    ``kedro run --pipelines=evaluation`` on a fresh clone would otherwise fail deep in a
+    node with a missing-file error (and Kedro's advice to repeat the command).
+    """
+
+    @hook_impl(tryfirst=True)
+    def before_pipeline_run(self, pipeline: Pipeline, catalog: DataCatalog) -> None:
+        if launch_rank()[0] > 0:
+            return
+        missing = [
+            name
+            for name in sorted(pipeline.inputs())
+            if not name.startswith("params:")
+            and name != "parameters"
+            and name in catalog
+            and not catalog.exists(name)
+        ]
+        if missing:
+            lines = [missing_input_line(name, _location(catalog, name)) for name in missing]
+            raise MissingInputError(
+                "this pipeline's inputs do not exist yet:\n"
+                + "\n".join(lines)
+                + "\nRun `kedro run --pipelines=train` first (the whole job), or the "
+                "pipelines named above if the earlier stages are done."
+            )
+
+
+class MissingInputError(RuntimeError):
+    """An input of the requested pipeline does not exist yet."""
+
+
+#: Stage pipelines in run order: the first that writes a dataset is named as its source.
+STAGE_PIPELINES = (
+    "data_ingestion",
+    "embedding_extraction",
+    "negative_mining",
+    "training",
+    "evaluation",
+    "pretraining",
+)
+
+
+def missing_input_line(name: str, where: str | None) -> str:
+    """``  - model_checkpoint (<path>): written by the `training` pipeline``."""
+    from kedro.framework.project import pipelines
+
+    producer = next(
+        (p for p in STAGE_PIPELINES if p in pipelines and name in pipelines[p].all_outputs()),
+        None,
+    )
+    at = f" ({where})" if where else ""
+    if producer is None:
+        return f"  - {name}{at}: no pipeline of this project writes it; check the catalog"
+    return f"  - {name}{at}: written by the `{producer}` pipeline"
+
+
+class IngestionVerdictError(RuntimeError):
+    """The tables a run would read come from a failed (or unfinished) ingestion."""
+
+
+#: Ingestion's tables and the report that judged them (catalog names).
+INGESTION_TABLES = ("images", "triplets")
+INGESTION_REPORT = "ingestion_report"
+
+
+def check_ingestion_verdict(catalog: DataCatalog) -> None:
+    """Refuse tables that the last ingestion did not pass.
+
+    Raises:
+        IngestionVerdictError: The report is missing, says the validation failed, or
+            its fingerprint differs from the tables' (an ingestion that stopped between
+            writing them); the message says what to fix and to re-run ``data_ingestion``.
+    """
+    from dqe_cir_pipeline.data_sources.common import dataset_fingerprint
+    from dqe_cir_pipeline.pipelines.data_ingestion.nodes import PASSED
+
+    where = _location(catalog, INGESTION_REPORT) or INGESTION_REPORT
+    rerun = "kedro run --pipelines data_ingestion (same --env and DQE_DATA_ROOT)"
+    if not all(name in catalog and catalog.exists(name) for name in INGESTION_TABLES):
+        return  # nothing to judge: MissingInputHooks names what is missing
+    if INGESTION_REPORT not in catalog or not catalog.exists(INGESTION_REPORT):
+        raise IngestionVerdictError(
+            f"no ingestion report at {where}: the tables were never validated. Run {rerun} first."
+        )
+    report = catalog.load(INGESTION_REPORT)
+    if report.get("verdict", PASSED) != PASSED:
+        problems = [line for p in report.get("problems", []) for line in p.splitlines()[:1]]
+        raise IngestionVerdictError(
+            f"the last ingestion failed validation ({where}): "
+            + "; ".join(problems)
+            + f". Fix the data (every rejected row is in {_location(catalog, 'quarantine')}) "
+            f"or data.max_rejected_fraction, then re-run {rerun}."
+        )
+    images, triplets = (catalog.load(name) for name in INGESTION_TABLES)
+    found = dataset_fingerprint(images, triplets)
+    if found != report.get("fingerprint"):
+        raise IngestionVerdictError(
+            f"the tables ({_location(catalog, 'images')}, {_location(catalog, 'triplets')}) "
+            f"have fingerprint {found}, but the ingestion report {where} judged "
+            f"{report.get('fingerprint')}: the last ingestion did not finish. Re-run {rerun}."
+        )
+
+
+class IngestionVerdictHooks:
+    """No stage consumes tables from an ingestion that failed validation.
+
+    ``data_ingestion`` writes ``images`` and ``triplets`` only after its verdict passed
+    and records the verdict with the tables' fingerprint in ``ingestion_report``. A run
+    whose pipelines read those tables without producing them (``--pipelines
+    embedding_extraction``, ``training``, ...) is checked before its first node, and
+    before kedro-mlflow opens a run.
+    """
+
+    @hook_impl(tryfirst=True)
+    def before_pipeline_run(self, pipeline: Pipeline, catalog: DataCatalog) -> None:
+        if not set(INGESTION_TABLES) & pipeline.inputs():
+            return
+        check_ingestion_verdict(catalog)
+
+
+class IngestionArtifactHooks:
+    """The quarantine table and the ingestion report as MLflow artifacts (``ingestion/``).
+
+    Logged as soon as each is saved, so a run whose validation fails still has both:
+    ``validate_ingestion`` writes the report (verdict, problems, counts) and its metrics
+    before ``publish_tables`` fails the run.
+    """
+
+    ARTIFACTS = ("quarantine", INGESTION_REPORT)
+
+    def __init__(self) -> None:
+        self._catalog: DataCatalog | None = None
+
+    @hook_impl
+    def after_catalog_created(self, catalog: DataCatalog) -> None:
+        self._catalog = catalog
+
+    @hook_impl
+    def after_dataset_saved(self, dataset_name: str) -> None:
+        if dataset_name not in self.ARTIFACTS or self._catalog is None or launch_rank()[0] > 0:
+            return
+        import mlflow
+
+        where = _location(self._catalog, dataset_name)
+        if mlflow.active_run() is None or not where or not Path(where).is_file():
+            return
+        mlflow.log_artifact(where, artifact_path="ingestion")
+
+
+#: Tags that say which process a run belongs to (see ``MlflowStoreHooks``).
+TAG_HOST, TAG_PID, TAG_PID_START = "dqe.host", "dqe.pid", "dqe.pid_start"
+TAG_ABANDONED = "dqe.abandoned"
+
+
+def _mlflow_settings(context: Any) -> dict[str, Any]:
+    """The project's ``mlflow.yml`` as kedro-mlflow will read it (registering its pattern)."""
+    from kedro.config import MissingConfigException
+
+    loader = context.config_loader
+    if "mlflow" not in loader.config_patterns:
+        loader.config_patterns.update({"mlflow": ["mlflow*", "mlflow*/**", "**/mlflow*"]})
+    try:
+        return dict(loader["mlflow"])
+    except MissingConfigException:  # no mlflow.yml: kedro-mlflow's defaults, nothing to do
+        return {}
+
+
+def _artifact_uri(location: str | None, project_path: Path) -> str | None:
+    """An experiment's artifact location as a URI (a bare path is taken from the project)."""
+    if not location or "://" in location or location.startswith("file:"):
+        return location
+    return (project_path / location).resolve().as_uri()
+
+
+def prepare_tracking_store(
+    tracking_uri: str, experiment: str | None, artifact_location: str | None
+) -> list[str]:
+    """Create the tracking store and the experiment once, then fail abandoned runs.
+
+    For an sqlite store this happens under an exclusive lock on ``<db>.lock``: two
+    runs starting at once on a fresh database would otherwise both create the tables
+    (an alembic error in the second) or both create the experiment.
+
+    Args:
+        tracking_uri: The MLflow tracking URI.
+        experiment: The experiment kedro-mlflow will use (created here when missing).
+        artifact_location: Its artifact location (a URI).
+
+    Returns:
+        The ids of the runs marked FAILED by :func:`fail_abandoned_runs`.
+    """
+    from mlflow import MlflowClient
+
+    def prepare() -> list[str]:
+        client = MlflowClient(tracking_uri=tracking_uri)
+        client.search_experiments(max_results=1)  # creates and migrates the tables
+        if experiment and client.get_experiment_by_name(experiment) is None:
+            client.create_experiment(experiment, artifact_location=artifact_location)
+        return fail_abandoned_runs(client)
+
+    if not tracking_uri.startswith("sqlite:///"):
+        return prepare()
+    db = Path(tracking_uri.removeprefix("sqlite:///"))
+    with exclusive_lock(db.with_name(db.name + ".lock")):
+        return prepare()
+
+
+def fail_abandoned_runs(client: Any) -> list[str]:
+    """Mark FAILED the RUNNING runs of this host whose process is gone.
+
+    A run killed with ``kill -9`` (or by the out-of-memory killer, or a lost machine)
+    never closes its MLflow run; its ``dqe.host`` / ``dqe.pid`` / ``dqe.pid_start`` tags
+    say which process owned it. Runs of other hosts and of live processes are left alone.
+
+    Returns:
+        The ids of the runs marked FAILED.
+    """
+    host = socket.gethostname()
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    if not experiments:
+        return []
+    runs = client.search_runs(
+        experiments,
+        filter_string=f"attributes.status = 'RUNNING' and tags.`{TAG_HOST}` = '{host}'",
+        max_results=1000,
+    )
+    failed = []
+    for run in runs:
+        tags = run.data.tags
+        pid = int(tags.get(TAG_PID, "0") or 0)
+        start = tags.get(TAG_PID_START)
+        if process_alive(pid, int(start) if start else None):
+            continue
+        note = (
+            f"process {pid} on {host} ended without closing this run (killed?); marked "
+            f"FAILED at {time.strftime('%Y-%m-%d %H:%M:%S')} by the next run's start "
+            f"(PID {os.getpid()})"
+        )
+        client.set_tag(run.info.run_id, TAG_ABANDONED, note)
+        client.set_terminated(run.info.run_id, "FAILED")
+        logger.warning("MLflow run %s: %s", run.info.run_id, note)
+        failed.append(run.info.run_id)
+    return failed
+
+
+class MlflowStoreHooks:
+    """A tracking store safe for concurrent runs, and no run left RUNNING by a dead process.
+
+    ``after_context_created`` runs before kedro-mlflow's own set-up (``tryfirst``): it
+    creates the store's tables and the experiment under a file lock, then marks FAILED
+    the runs a killed process of this host left RUNNING. ``before_pipeline_run`` tags
+    the run kedro-mlflow opened with this host, PID and process start time. Rank 0 only
+    (the other ranks of a ``torchrun`` launch have no MLflow run).
+    """
+
+    @hook_impl(tryfirst=True)
+    def after_context_created(self, context: Any) -> None:
+        if launch_rank()[0] > 0:
+            return
+        settings = _mlflow_settings(context)
+        uri = (settings.get("server") or {}).get("mlflow_tracking_uri")
+        if not uri:
+            return
+        experiment = (settings.get("tracking") or {}).get("experiment") or {}
+        location = (experiment.get("create_experiment_kwargs") or {}).get("artifact_location")
+        prepare_tracking_store(
+            str(uri), experiment.get("name"), _artifact_uri(location, Path(context.project_path))
+        )
+
+    @hook_impl
+    def before_pipeline_run(self) -> None:
+        if launch_rank()[0] > 0:
+            return
+        import mlflow
+
+        if mlflow.active_run() is None:
+            return
+        start = process_start_ticks(os.getpid())
+        mlflow.set_tags(
+            {
+                TAG_HOST: socket.gethostname(),
+                TAG_PID: str(os.getpid()),
+                **({TAG_PID_START: str(start)} if start is not None else {}),
+            }
+        )

@@ -17,7 +17,8 @@ import json
 import logging
 import os
 import secrets
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path, PurePath
 from typing import Any
 
@@ -296,3 +297,53 @@ class FolderLock:
         if self._fd is not None:
             os.close(self._fd)  # closing the descriptor releases the flock
             self._fd = None
+
+
+#: Marker in the name a damaged file is renamed to by :func:`set_aside`.
+CORRUPT_MARKER = ".corrupt-"
+
+
+def set_aside(path: str | os.PathLike[str]) -> Path:
+    """Rename a damaged file out of the way: ``last.pt`` -> ``last.pt.corrupt-<time>``.
+
+    The file is kept (for a post-mortem, or to be deleted by hand) under a name no
+    reader looks for, so the writer that owns it can produce a fresh one.
+
+    Args:
+        path: The damaged file.
+
+    Returns:
+        Its new path, in the same folder.
+    """
+    src = Path(path)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    dest = src.with_name(f"{src.name}{CORRUPT_MARKER}{stamp}")
+    n = 1
+    while dest.exists():
+        dest = src.with_name(f"{src.name}{CORRUPT_MARKER}{stamp}-{n}")
+        n += 1
+    os.replace(src, dest)
+    return dest
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created when missing) for the block.
+
+    Waits for another holder to let go; the kernel releases the lock when the holder
+    exits, however it exits. Used to serialise one-time set-up shared by concurrent
+    processes (e.g. creating the MLflow tables of a fresh sqlite store).
+
+    Args:
+        path: The lock file.
+    """
+    import fcntl
+
+    lock = Path(path)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the flock

@@ -50,3 +50,41 @@ def peak_rss_bytes(*, children: bool = False) -> int:
 
     who = resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF
     return resource.getrusage(who).ru_maxrss * 1024
+
+
+def process_start_ticks(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks since boot, from ``/proc``), or ``None``.
+
+    Together with the PID it names one process: a PID reused by a later process has
+    another start time. ``None`` when the process does not exist, is a zombie, or
+    ``/proc`` is not there (then only the PID is known).
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()  # the command name, in (), may hold spaces
+    if fields[0] == "Z":  # exited, not yet waited for
+        return None
+    return int(fields[19])  # field 22 of proc(5): starttime
+
+
+def process_alive(pid: int, start_ticks: int | None = None) -> bool:
+    """Whether process ``pid`` still runs (and, given ``start_ticks``, is the same one).
+
+    Args:
+        pid: The process id.
+        start_ticks: Its start time as :func:`process_start_ticks` gave it, if known.
+    """
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, owned by another user
+        return True
+    now = process_start_ticks(pid)
+    if now is None:
+        return not Path("/proc/self/stat").exists()  # a zombie, unless /proc is missing
+    return start_ticks is None or now == start_ticks

@@ -15,8 +15,13 @@ It reads the project's parameters and catalog exactly as ``kedro run --env <env>
   :func:`~dqe_cir_pipeline.data_sources.common.load_json`);
 * **images**: the fraction of images the split files reference that exist on disk
   (every image, not a sample: one directory listing per folder instead of one ``stat``
-  per image); blocking when more are missing than ingestion tolerates
-  (``data.max_rejected_fraction``);
+  per image), and the verdict ingestion will reach: the annotations are read by
+  ingestion's own readers with its own settings (``data_ingestion.nodes.read_benchmark``)
+  and judged by its own rule (``data_sources.common.rejection_problems``: per split and
+  FashionIQ category), so a query dropped because one of its images is missing counts
+  here as it will there; blocking when ingestion would fail. The image files are only
+  looked up (``--image-check exists``); ``--image-check decode`` reads and decodes them
+  as ingestion does (slower, and then exact for undecodable files too);
 * **backbone**: whether ``backbone.name_or_path`` loads (the same
   :func:`~dqe_cir_pipeline.model.backbone.load_backbone` call the pipeline makes);
 * **GPU**: presence and memory; blocking when ``runtime.device`` is ``cuda`` and none is
@@ -42,7 +47,13 @@ from typing import Any
 import yaml
 
 from dqe_cir_pipeline.config_loader import project_config_loader
-from dqe_cir_pipeline.data_sources.common import AnnotationError, load_json
+from dqe_cir_pipeline.data_sources.common import (
+    IMAGE_CHECKS,
+    AnnotationError,
+    load_json,
+    reason_code,
+    rejection_problems,
+)
 from dqe_cir_pipeline.launch import PROJECT_ROOT
 
 logger = logging.getLogger(__name__)
@@ -238,8 +249,14 @@ def _image_files(
     return {str(k): [Path(os.path.normpath(image_root / str(v)))] for k, v in entries.items()}
 
 
-def check_data(benchmark: str, data: dict[str, Any], report: Report) -> set[str]:
-    """Annotation and image checks; returns the distinct image ids the splits reference."""
+def check_data(
+    benchmark: str, data: dict[str, Any], report: Report, image_check: str = "exists"
+) -> set[str]:
+    """Annotation and image checks; returns the distinct image ids the splits reference.
+
+    ``image_check`` is how the prediction of ingestion's verdict looks at each image
+    (``exists``: only whether it is there; ``decode``: as ingestion does).
+    """
     cfg = data[benchmark]
     image_root = Path(cfg["image_root"]).absolute()
     specs = annotation_specs(benchmark, data)
@@ -277,29 +294,72 @@ def check_data(benchmark: str, data: dict[str, Any], report: Report) -> set[str]
     found = sum(any(p.name in listing(p.parent) for p in paths) for paths in files.values())
     total = len(files)
     fraction = found / total if total else 0.0
-    tolerated = float(data.get("max_rejected_fraction", 0.0))
     report.numbers.update(
         images_referenced=total, images_found=found, images_found_fraction=fraction
     )
-    if total == 0:
-        status, summary = FAIL, f"no image is referenced (image root {image_root})"
-    else:
-        status = PASS if found == total else (WARN if 1.0 - fraction <= tolerated else FAIL)
-        summary = (
-            f"{found}/{total} referenced images found ({100 * fraction:.1f} %) under {image_root}"
-        )
     details = []
     if found < total:
         absent = sorted(
             i for i, paths in files.items() if not any(p.name in listing(p.parent) for p in paths)
         )
         details.append(f"missing e.g.: {', '.join(absent[:5])}")
-        details.append(
-            f"ingestion fails above data.max_rejected_fraction = {tolerated:g} "
-            f"({100 * (1 - fraction):.1f} % missing)"
-        )
+    summary = f"{found}/{total} referenced images found ({100 * fraction:.1f} %) under {image_root}"
+    if total == 0:
+        status, summary = FAIL, f"no image is referenced (image root {image_root})"
+    elif n_ok < len(specs):
+        status = PASS if found == total else WARN
+        details.append("ingestion's verdict is predicted once every annotation file reads")
+    else:
+        status = predict_ingestion(benchmark, data, report, details, image_check)
     report.add(Check("images", status, summary, details))
     return set(files)
+
+
+def predict_ingestion(
+    benchmark: str, data: dict[str, Any], report: Report, details: list[str], image_check: str
+) -> str:
+    """Read the benchmark as ingestion will and judge it by ingestion's rule.
+
+    Adds the predicted verdict, problems and quarantine counts to ``report.numbers``
+    and the problems to ``details``.
+
+    Returns:
+        ``FAIL`` when ingestion would fail, ``WARN`` when it would quarantine
+        something yet pass, ``ok`` when it would quarantine nothing.
+    """
+    from dqe_cir_pipeline.pipelines.data_ingestion.nodes import DataConfig, read_benchmark
+
+    cfg = DataConfig(**data)
+    source = getattr(cfg, benchmark)
+    result = read_benchmark(
+        {
+            "dataset": benchmark,
+            "annotation_root": source.annotation_root,
+            "image_root": source.image_root,
+        },
+        cfg,
+        image_check=image_check,
+    )
+    problems = rejection_problems(result, cfg.max_rejected_fraction)
+    reasons: dict[str, int] = {}
+    for reason in result.quarantine["reason"]:
+        reasons[reason_code(reason)] = reasons.get(reason_code(reason), 0) + 1
+    report.numbers.update(
+        predicted_verdict="failed" if problems else "passed",
+        predicted_problems=problems,
+        predicted_quarantine=reasons,
+    )
+    if problems:
+        details.append(
+            f"ingestion will fail (data.max_rejected_fraction = {cfg.max_rejected_fraction:g} "
+            "per split and category):"
+        )
+        details.extend(line for problem in problems for line in problem.splitlines())
+        return FAIL
+    if reasons:
+        details.append(f"ingestion will pass, quarantining {reasons}")
+        return WARN
+    return PASS
 
 
 # --------------------------------------------------------------------------- backbone
@@ -418,11 +478,13 @@ def run_checks(
     project_path: Path,
     runtime_params: dict[str, Any] | None = None,
     skip_backbone: bool = False,
+    image_check: str = "exists",
 ) -> Report:
     """Run every check for ``env`` and return the report (prints nothing).
 
     The parameters and catalog are the ones ``kedro run --env <env>`` would use
-    (:func:`~dqe_cir_pipeline.config_loader.project_config_loader`).
+    (:func:`~dqe_cir_pipeline.config_loader.project_config_loader`); ``image_check``
+    is passed to :func:`check_data`.
     """
     loader = project_config_loader(env, project_path, runtime_params)
     params, catalog = dict(loader["parameters"]), dict(loader["catalog"])
@@ -434,7 +496,7 @@ def run_checks(
         report.add(Check("data", PASS, "generated benchmark (written on the first run)"))
         image_ids = set()
     else:
-        image_ids = check_data(benchmark, data, report)
+        image_ids = check_data(benchmark, data, report, image_check)
     tokens, dim = check_backbone(params["backbone"], report, skip=skip_backbone)
     check_gpu(params.get("runtime", {}), report)
     if image_ids:
@@ -456,6 +518,13 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument(
         "--skip-backbone", action="store_true", help="do not load the pretrained weights"
     )
+    ap.add_argument(
+        "--image-check",
+        choices=IMAGE_CHECKS,
+        default="exists",
+        help="how images are checked when predicting ingestion's verdict (default: exists; "
+        "decode: as ingestion does, slower)",
+    )
     return ap.parse_args(argv)
 
 
@@ -465,7 +534,9 @@ def main(argv: Iterable[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     project_path = (args.project_path or PROJECT_ROOT).resolve()
     try:
-        report = run_checks(args.env, project_path, parse_params(args.params), args.skip_backbone)
+        report = run_checks(
+            args.env, project_path, parse_params(args.params), args.skip_backbone, args.image_check
+        )
     except (KeyError, ValueError, TypeError) as err:
         print(f"pre-flight: configuration error for env {args.env!r}: {err}", file=sys.stderr)
         return 2

@@ -7,12 +7,17 @@ import os
 from dqe_cir_pipeline.config_loader import LocalOverlayConfigLoader
 from dqe_cir_pipeline.hooks import (
     DistributedHooks,
+    IngestionArtifactHooks,
+    IngestionVerdictHooks,
+    MissingInputHooks,
+    MlflowStoreHooks,
     ProvenanceHooks,
     ResourceHooks,
     RunLockHooks,
     SummaryHooks,
 )
 from dqe_cir_pipeline.launch import PROJECT_ROOT, data_root, launch_rank
+from dqe_cir_pipeline.serving_hooks import ServingModelHooks
 
 # PROJECT_ROOT (the folder holding ``pyproject.toml``, re-exported here) is where Kedro
 # runs from; the resolvers below make paths absolute against it, so nothing depends on
@@ -41,7 +46,18 @@ def _artifact_root() -> str:
     return os.environ.get("DQE_MLFLOW_ARTIFACTS", (PROJECT_ROOT / "mlartifacts").as_uri())
 
 
-HOOKS = (RunLockHooks(), ProvenanceHooks(), DistributedHooks(), ResourceHooks(), SummaryHooks())
+HOOKS = (
+    RunLockHooks(),
+    MissingInputHooks(),
+    IngestionVerdictHooks(),
+    IngestionArtifactHooks(),
+    MlflowStoreHooks(),
+    ProvenanceHooks(),
+    DistributedHooks(),
+    ResourceHooks(),
+    SummaryHooks(),
+    ServingModelHooks(),
+)
 
 # Under ``torchrun`` only rank 0 is an MLflow run: the other ranks never load
 # kedro-mlflow's hooks (no second run, no racing writes to the tracking store).

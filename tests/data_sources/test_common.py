@@ -86,7 +86,9 @@ def test_empty_frames_match_schema(schema: pa.Schema) -> None:
 
 
 def test_to_arrow_rejects_nulls_and_wrong_columns() -> None:
-    row = quarantine_row("cirr", "image", "f.json", "x", "missing file: f")
+    row = quarantine_row(
+        "cirr", "image", "f.json", "x", "missing file: f", split="val", category="all"
+    )
     df = frame_from_rows([row], QUARANTINE_SCHEMA)
     assert to_arrow(df, QUARANTINE_SCHEMA).num_rows == 1
     bad = df.copy()
@@ -114,7 +116,11 @@ def test_assemble_result_orders_quarantine_and_times_phases(tmp_path: Path) -> N
         ],
         "cirr",
     )
-    triplet_q = [quarantine_row("cirr", "triplet", "cap.json", "7", "duplicate: pairid 7")]
+    triplet_q = [
+        quarantine_row(
+            "cirr", "triplet", "cap.json", "7", "duplicate: pairid 7", split="val", category="all"
+        )
+    ]
     result = assemble_result(images, image_q, [], triplet_q, PhaseTimer(), "cirr")
     assert result.counts() == {
         "images": 1,
@@ -204,15 +210,16 @@ def test_check_images_hashes_each_path_once(
     assert images["content_hash"].nunique() == 1
 
 
-def test_check_images_threaded_matches_serial(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["decode", "header"])
+def test_check_images_threaded_matches_serial(tmp_path: Path, mode: str) -> None:
     records = []
     for i in range(80):  # above the serial cut-off so the pool is used
         p = tmp_path / f"{i}.png"
         if i % 9:
             Image.new("RGB", (4 + i % 5, 4), (i, 0, 0)).save(p)
         records.append((str(i), "all", "val", str(p)))
-    serial = check_images(records, "cirr", workers=1)
-    threaded = check_images(records, "cirr", workers=4)
+    serial = check_images(records, "cirr", workers=1, mode=mode)
+    threaded = check_images(records, "cirr", workers=4, mode=mode)
     pd.testing.assert_frame_equal(serial[0], threaded[0])
     pd.testing.assert_frame_equal(serial[1], threaded[1])
     assert len(threaded[1]) == 9  # i = 0, 9, ..., 72
@@ -255,7 +262,7 @@ def _result_with(n_good: int, bad_reasons: list[str]) -> IngestResult:
         for i in range(n_good)
     ]
     bad = [
-        quarantine_row("cirr", "image", f"/x/b{i}.png", f"b{i}", r)
+        quarantine_row("cirr", "image", f"/x/b{i}.png", f"b{i}", r, split="val", category="all")
         for i, r in enumerate(bad_reasons)
     ]
     return IngestResult(
@@ -283,12 +290,64 @@ def test_threshold_exceeded_raises_with_counts_and_examples() -> None:
 def test_threshold_counts_triplets_separately() -> None:
     res = _result_with(10, [])
     res.quarantine = frame_from_rows(
-        [quarantine_row("cirr", "triplet", "cap.json", "1", "duplicate: pairid 1")],
+        [
+            quarantine_row(
+                "cirr",
+                "triplet",
+                "cap.json",
+                "1",
+                "duplicate: pairid 1",
+                split="val",
+                category="all",
+            )
+        ],
         QUARANTINE_SCHEMA,
     )
     # no accepted triplets: 1 of 1 triplets rejected
     with pytest.raises(IngestionError, match="1 of 1 triplets"):
         enforce_rejection_threshold(res, 0.5)
+
+
+def _triplet_result(parts: dict[tuple[str, str], tuple[int, int]]) -> IngestResult:
+    """Accepted and quarantined triplet counts per (split, category)."""
+    good, bad = [], []
+    for (split, category), (n_good, n_bad) in parts.items():
+        good += [{"split": split, "category": category}] * n_good
+        bad += [
+            quarantine_row(
+                "fashioniq",
+                "triplet",
+                f"cap.{category}.{split}.json",
+                f"{category}-{split}-{i}",
+                "quarantined image: reference 'x'",
+                split=split,
+                category=category,
+            )
+            for i in range(n_bad)
+        ]
+    return IngestResult(
+        triplets=pd.DataFrame(good, columns=["split", "category"]),
+        quarantine=frame_from_rows(bad, QUARANTINE_SCHEMA),
+    )
+
+
+def test_threshold_is_judged_per_split_not_over_all_splits() -> None:
+    # 12 of 210 val queries lost: 0.1 % of everything, 5.7 % of val
+    res = _triplet_result({("train", "all"): (10_000, 0), ("val", "all"): (198, 12)})
+    problems = common.rejection_problems(res, 0.02)
+    assert len(problems) == 1 and problems[0].startswith(
+        "val: 12 of 210 triplets quarantined (5.7% > 2.0%)"
+    )
+    with pytest.raises(IngestionError, match=r"val: 12 of 210 triplets"):
+        enforce_rejection_threshold(res, 0.02)
+    enforce_rejection_threshold(res, 0.06)
+
+
+def test_threshold_is_judged_per_fashioniq_category() -> None:
+    res = _triplet_result({("val", "dress"): (90, 10), ("val", "shirt"): (1000, 0)})
+    [problem] = common.rejection_problems(res, 0.05)
+    assert problem.startswith("val/dress: 10 of 100 triplets quarantined (10.0% > 5.0%)")
+    assert "cap.dress.val.json [dress-val-0]: quarantined image" in problem
 
 
 def test_threshold_validates_fraction() -> None:

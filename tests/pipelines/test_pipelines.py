@@ -33,6 +33,7 @@ def test_registry_names_every_stage() -> None:
         "data_ingestion.prepare_benchmark_source",
         "data_ingestion.ingest_benchmark",
         "data_ingestion.validate_ingestion",
+        "data_ingestion.publish_tables",
         "embedding_extraction.prepare_backbone",
         "embedding_extraction.extract_vit_features",
         "negative_mining.mine_initial_negatives",
@@ -46,6 +47,7 @@ def test_registry_names_every_stage() -> None:
         "negative_mining",
         "training",
         "evaluation",
+        "serving",
     }
 
 

@@ -79,7 +79,9 @@ class CIRRConfig:
         unlabelled_splits: Splits whose records have no ``target_hard`` (``target_id``
             is null there); elsewhere a missing target quarantines the record.
         workers: Threads for the image check (``None``: automatic).
-        full_decode: Decode every pixel during the image check (slow, thorough).
+        image_check: How the image check looks at each file (``common.IMAGE_CHECKS``):
+            ``decode`` every pixel (default: a truncated JPEG is quarantined here, not
+            found at extraction), ``header`` the container only, ``exists`` no read.
     """
 
     splits: Sequence[str] = ("train", "val", "test1")
@@ -89,7 +91,7 @@ class CIRRConfig:
     unlabelled_splits: Sequence[str] = ("test1", "test")
     quarantine_empty_captions: bool = False
     workers: int | None = None
-    full_decode: bool = False
+    image_check: str = "decode"
 
 
 def _file_name(prefix: str, version: str | None, split: str) -> str:
@@ -185,7 +187,13 @@ def _read_image_splits(
             if not isinstance(rel, str) or not rel:
                 pre_q.append(
                     quarantine_row(
-                        ds, "image", str(path), name, f"{REASON_BAD_VALUE}: path is {rel!r}"
+                        ds,
+                        "image",
+                        str(path),
+                        name,
+                        f"{REASON_BAD_VALUE}: path is {rel!r}",
+                        split=split,
+                        category=CATEGORY,
                     )
                 )
                 continue
@@ -198,6 +206,8 @@ def _read_image_splits(
                         str(path),
                         name,
                         f"{REASON_BAD_PATH}: {rel!r} points outside the image root {img_root}",
+                        split=split,
+                        category=CATEGORY,
                     )
                 )
                 continue
@@ -324,12 +334,18 @@ def _read_split_captions(
     for i, rec in enumerate(recs):
         qid, fields = _unique_record(rec, i, labelled, seen)
         if isinstance(fields, str):
-            triplet_q.append(quarantine_row(ds, "triplet", str(path), qid, fields))
+            triplet_q.append(
+                quarantine_row(
+                    ds, "triplet", str(path), qid, fields, split=split, category=CATEGORY
+                )
+            )
             continue
         n_empty += not fields["caption"].strip()
         row = _triplet_row(fields, qid, split, f"record {i}", index, cfg)
         if isinstance(row, str):
-            triplet_q.append(quarantine_row(ds, "triplet", str(path), qid, row))
+            triplet_q.append(
+                quarantine_row(ds, "triplet", str(path), qid, row, split=split, category=CATEGORY)
+            )
             continue
         triplets.append(row)
     if n_empty:
@@ -373,9 +389,7 @@ def read_cirr(
     # 1. Image splits.
     listed, records, pre_q = _read_image_splits(ann, img_root, cfg, timer)
     with timer("image_check_s"):
-        images, image_q = check_images(
-            records, ds, workers=cfg.workers, full_decode=cfg.full_decode
-        )
+        images, image_q = check_images(records, ds, workers=cfg.workers, mode=cfg.image_check)
     with timer("frames_s"):
         image_q = concat_frames(
             [frame_from_rows(pre_q, QUARANTINE_SCHEMA), image_q], QUARANTINE_SCHEMA

@@ -81,7 +81,9 @@ class FashionIQConfig:
         unlabelled_splits: Splits whose records carry no ``target``; elsewhere a
             missing target quarantines the record.
         workers: Threads for the image check (``None``: automatic).
-        full_decode: Decode every pixel during the image check (slow, thorough).
+        image_check: How the image check looks at each file (``common.IMAGE_CHECKS``):
+            ``decode`` every pixel (default: a truncated JPEG is quarantined here, not
+            found at extraction), ``header`` the container only, ``exists`` no read.
     """
 
     categories: Sequence[str] = ("dress", "shirt", "toptee")
@@ -90,7 +92,7 @@ class FashionIQConfig:
     random_train_forms: bool = True
     unlabelled_splits: Sequence[str] = field(default_factory=lambda: ("test",))
     workers: int | None = None
-    full_decode: bool = False
+    image_check: str = "decode"
 
 
 def clean_caption(text: str) -> str:
@@ -218,6 +220,8 @@ def _match_image_files(
                     str(path),
                     str(i),
                     f"{REASON_BAD_VALUE}: entry {i} is {image_id!r}, not an image id",
+                    split=split,
+                    category=cat,
                 )
             )
             continue
@@ -235,6 +239,8 @@ def _match_image_files(
                     str(img_root / f"{image_id}.{cfg.image_exts[0]}"),
                     image_id,
                     f"{REASON_MISSING_FILE}: none of {tried} exists in {img_root}",
+                    split=split,
+                    category=cat,
                 )
             )
             continue
@@ -247,6 +253,8 @@ def _match_image_files(
                     str(img_root / name),
                     image_id,
                     f"{REASON_BAD_PATH}: a symlink to {target}, outside the image root {img_root}",
+                    split=split,
+                    category=cat,
                 )
             )
             continue
@@ -309,7 +317,11 @@ def _read_captions(
                 qid = f"{cat}-{split}-{i}"
                 row = _triplet_row(rec, i, qid, cat, split, labelled, seen, index, cfg)
                 if isinstance(row, str):
-                    triplet_q.append(quarantine_row(DATASET, "triplet", str(path), qid, row))
+                    triplet_q.append(
+                        quarantine_row(
+                            DATASET, "triplet", str(path), qid, row, split=split, category=cat
+                        )
+                    )
                     continue
                 n_one_empty += not all(clean_caption(c) for c in row["captions_raw"])
                 triplets.append(row)
@@ -346,9 +358,7 @@ def read_fashioniq(
 
     # 2. Image checks (threaded).
     with timer("image_check_s"):
-        images, image_q = check_images(
-            records, DATASET, workers=cfg.workers, full_decode=cfg.full_decode
-        )
+        images, image_q = check_images(records, DATASET, workers=cfg.workers, mode=cfg.image_check)
     with timer("frames_s"):
         missing_q = frame_from_rows(quarantine, QUARANTINE_SCHEMA)
         image_q = concat_frames([missing_q, image_q], QUARANTINE_SCHEMA)

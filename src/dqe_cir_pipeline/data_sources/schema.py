@@ -49,6 +49,8 @@ QUARANTINE_SCHEMA = pa.schema(
     [
         pa.field("dataset", pa.string(), nullable=False),
         pa.field("kind", pa.string(), nullable=False),  # image | triplet
+        pa.field("split", pa.string(), nullable=False),  # the split the record belongs to
+        pa.field("category", pa.string(), nullable=False),  # dress|shirt|toptee, or "all"
         pa.field("source_file", pa.string(), nullable=False),
         pa.field("record", pa.string(), nullable=False),  # index / id of the bad record
         pa.field("reason", pa.string(), nullable=False),

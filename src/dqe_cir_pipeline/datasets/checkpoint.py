@@ -43,10 +43,12 @@ from kedro.io.core import (
 
 from dqe_cir_pipeline.io_utils import atomic_save
 from dqe_cir_pipeline.model.state import (  # re-exported: the dataset's public helpers
+    UNREADABLE_ERRORS,
     CheckpointMismatchError,
     capture_rng_state,
     load_trainable_state,
     restore_rng_state,
+    unreadable_message,
 )
 
 __all__ = [
@@ -216,16 +218,26 @@ class TorchCheckpointDataset(AbstractVersionedDataset[dict[str, Any], dict[str, 
             The checkpoint dict; tensors on ``map_location`` (CPU by default).
 
         Raises:
-            DatasetError: If the file is missing or holds non-allowed objects.
+            DatasetError: If the file is missing, cannot be read back (truncated or
+                corrupted: the message names the file and its size) or holds
+                non-allowed objects.
         """
         load_path = get_filepath_str(self._get_load_path(), self._protocol)
-        if self._protocol == "file":
-            if not Path(load_path).is_file():
-                raise DatasetError(f"Checkpoint file {load_path} does not exist.")
-            # A path (not a file object) lets torch memory-map when mmap=True.
-            return torch.load(load_path, weights_only=True, **self._load_args)
-        with self._fs.open(load_path, mode="rb") as handle:
-            return torch.load(handle, weights_only=True, **self._load_args)
+        try:
+            if self._protocol == "file":
+                if not Path(load_path).is_file():
+                    raise DatasetError(f"Checkpoint file {load_path} does not exist.")
+                # A path (not a file object) lets torch memory-map when mmap=True.
+                return torch.load(load_path, weights_only=True, **self._load_args)
+            with self._fs.open(load_path, mode="rb") as handle:
+                return torch.load(handle, weights_only=True, **self._load_args)
+        except DatasetError:
+            raise
+        except UNREADABLE_ERRORS as exc:
+            raise DatasetError(
+                unreadable_message(Path(load_path), exc)
+                + ". Re-run training to write it again (kedro run --pipelines training)."
+            ) from exc
 
     def save(self, data: dict[str, Any]) -> None:
         """Atomically writes the checkpoint dict.

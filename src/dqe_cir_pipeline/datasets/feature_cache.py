@@ -41,8 +41,10 @@ from dqe_cir_pipeline.datasets.feature_shards import (
     read_index,
     read_meta,
     remove_incomplete,
+    set_shard_aside,
     shard_stem,
     stored_features,
+    verify_shard,
     write_shard,
 )
 from dqe_cir_pipeline.io_utils import atomic_write_json, canonical_json
@@ -81,6 +83,9 @@ class FeatureExtractionJob:
         shard_size: Images per shard (and per ``encode`` call).
         progress: Optional callback ``progress(done, total)`` called after each
             shard, counting images to compute in this save.
+        verify_checksums: Before reusing the cached shards, compare each one's CRC-32
+            with the one recorded when it was written (reads the whole cache once;
+            sizes are always checked). A damaged shard is set aside and recomputed.
     """
 
     images: pd.DataFrame
@@ -89,6 +94,7 @@ class FeatureExtractionJob:
     encode: Callable[[pd.DataFrame], np.ndarray]
     shard_size: int = 1024
     progress: Callable[[int, int], None] | None = field(default=None, compare=False)
+    verify_checksums: bool = True
 
     def __deepcopy__(self, memo: dict[int, Any]) -> FeatureExtractionJob:
         return self
@@ -195,7 +201,14 @@ class FeatureCache:
         mapped = self._maps.get(index)
         if mapped is None:
             path = self._root / f"{shard_stem(index)}.npy"
-            mapped = np.load(path, mmap_mode="r", allow_pickle=False)
+            shard = ShardInfo(index, path, self._root / f"{shard_stem(index)}.parquet")
+            problem = verify_shard(shard, checksum=False)
+            if problem is not None:
+                raise DatasetError(damaged_message(path, problem))
+            try:
+                mapped = np.load(path, mmap_mode="r", allow_pickle=False)
+            except (OSError, ValueError) as exc:
+                raise DatasetError(damaged_message(path, f"unreadable: {exc}")) from exc
             if mapped.ndim != 3 or mapped.shape[1:] != (self.tokens, self.dim):
                 raise DatasetError(
                     f"Shard {path} has shape {mapped.shape}, expected (n, {self.tokens}, "
@@ -280,6 +293,15 @@ class FeatureCache:
         state = self.__dict__.copy()
         state["_maps"] = {}
         return state
+
+
+def damaged_message(path: Path, problem: str) -> str:
+    """The error for a damaged shard found by a reader: the file, what is wrong, the fix."""
+    return (
+        f"Feature cache shard {path} is damaged ({problem}). Re-run the extraction "
+        "(kedro run --pipelines embedding_extraction): it sets the shard aside and "
+        "recomputes its images."
+    )
 
 
 class FeatureCacheDataset(AbstractDataset["FeatureExtractionJob", FeatureCache]):
@@ -370,7 +392,9 @@ class FeatureCacheDataset(AbstractDataset["FeatureExtractionJob", FeatureCache])
             A :class:`FeatureCache` handle (no feature data is read yet).
 
         Raises:
-            DatasetError: If there is no completed cache under ``filepath``.
+            DatasetError: If there is no completed cache under ``filepath``, or a shard
+                is damaged (its size differs from the one recorded when it was written:
+                the message names the file).
         """
         key, active = read_active(self._root)
         key_dir = self._root / key
@@ -380,6 +404,10 @@ class FeatureCacheDataset(AbstractDataset["FeatureExtractionJob", FeatureCache])
                 f"Feature cache {self._root} names active key {key!r} but "
                 f"{key_dir / META_FILE} is missing; re-run the feature extraction."
             )
+        for shard in complete_shards(key_dir):  # sizes only: a stat and a header each
+            problem = verify_shard(shard, checksum=False)
+            if problem is not None:
+                raise DatasetError(damaged_message(shard.npy, problem))
         index = read_index(key_dir)
         logger.info(
             "Opened feature cache %s/%s: %d images, %d x %d tokens",
@@ -421,6 +449,7 @@ class FeatureCacheDataset(AbstractDataset["FeatureExtractionJob", FeatureCache])
         meta = self._matching_meta(key_dir, job)
 
         removed = remove_incomplete(key_dir)
+        damaged = self._set_damaged_aside(key_dir, job.verify_checksums)
         shards = complete_shards(key_dir)
         missing = self._missing_images(images, shards)
         reused = len(images) - len(missing)
@@ -450,6 +479,7 @@ class FeatureCacheDataset(AbstractDataset["FeatureExtractionJob", FeatureCache])
             "reused": reused,
             "shards_written": shards_written,
             "incomplete_removed": removed,
+            "damaged_set_aside": damaged,
             "encode_seconds": encode_seconds,
             "seconds": time.perf_counter() - started,
         }
@@ -480,6 +510,30 @@ class FeatureCacheDataset(AbstractDataset["FeatureExtractionJob", FeatureCache])
                 f"{job.description!r}. Derive the cache key from all of the description."
             )
         return meta
+
+    @staticmethod
+    def _set_damaged_aside(key_dir: Path, checksum: bool) -> int:
+        """Set aside every committed shard that fails :func:`verify_shard`; returns how many.
+
+        Their images count as not cached, so this save recomputes them.
+        """
+        started = time.perf_counter()
+        shards = complete_shards(key_dir)
+        damaged = 0
+        for shard in shards:
+            problem = verify_shard(shard, checksum=checksum)
+            if problem is not None:
+                set_shard_aside(shard, problem)
+                damaged += 1
+        logger.info(
+            "Feature cache %s: %d shard(s) verified (%s) in %.1fs, %d damaged",
+            key_dir,
+            len(shards),
+            "sizes and checksums" if checksum else "sizes",
+            time.perf_counter() - started,
+            damaged,
+        )
+        return damaged
 
     @staticmethod
     def _missing_images(images: pd.DataFrame, shards: list[ShardInfo]) -> pd.DataFrame:

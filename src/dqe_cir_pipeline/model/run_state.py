@@ -5,6 +5,12 @@ schedule, RNG states, history, the current negatives); ``best.pt`` the best epoc
 weights and metrics. Both are dicts of tensors, numbers and strings
 (``torch.load(weights_only=True)`` reads them); the dicts are built here and written
 atomically, so a killed run resumes from its last finished epoch.
+
+A file that cannot be read back (truncated by a full disk, a copy cut short) is never
+fatal and never silently skipped: it is renamed ``<name>.corrupt-<time>`` with a warning
+naming it. A damaged ``last.pt`` means training starts afresh; a damaged (or missing)
+``best.pt`` beside a good ``last.pt`` means the run resumes and picks its best epoch
+among the epochs still to come.
 """
 
 from __future__ import annotations
@@ -18,9 +24,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from dqe_cir_pipeline.io_utils import set_aside
 from dqe_cir_pipeline.model.distributed import Distributed
 from dqe_cir_pipeline.model.mining_result import MiningResult
 from dqe_cir_pipeline.model.state import (
+    CheckpointCorruptError,
     CheckpointMismatchError,
     atomic_torch_save,
     capture_rng_state,
@@ -93,6 +101,7 @@ class RunState:
         )
         if loop.resume and state.last_path is not None and state.last_path.exists():
             state._resume(trainer)
+        if state.start_epoch:
             if distributed.rank:  # the checkpoint holds rank 0's generators: keep streams distinct
                 torch.manual_seed(loop.seed + 7919 * distributed.rank + state.start_epoch)
             logger.info("resumed training from %s at epoch %d", state.last_path, state.start_epoch)
@@ -104,23 +113,74 @@ class RunState:
             )
         return state
 
+    #: What ``last.pt`` / ``best.pt`` must hold to be resumed from.
+    LAST_KEYS = (
+        "model",
+        "optimizer",
+        "scheduler",
+        "rng",
+        "epoch",
+        "history",
+        "mining_summaries",
+        "best_score",
+        "best_epoch",
+    )
+    BEST_KEYS = ("model", "metrics")
+
+    def _readable(self, path: Path, keys: tuple[str, ...]) -> dict[str, Any] | None:
+        """The checkpoint at ``path``, or ``None`` after setting a damaged one aside.
+
+        Rank 0 renames the file (``<name>.corrupt-<time>``); every rank logs a warning
+        that names it and why.
+        """
+        try:
+            ckpt = load_torch(path)
+            absent = [k for k in keys if k not in ckpt]
+            if absent:
+                raise CheckpointCorruptError(f"checkpoint {path} lacks {absent}")
+        except CheckpointCorruptError as err:
+            moved = set_aside(path) if self.is_main else path
+            logger.warning("%s; set aside as %s", err, moved)
+            return None
+        return ckpt
+
     def _resume(self, trainer: Trainer) -> None:
-        assert self.last_path is not None
-        ckpt = load_torch(self.last_path)
+        """Continue from ``last.pt`` (and ``best.pt``), or leave the state fresh.
+
+        Both files are read and checked before anything is restored, so a damaged file
+        never leaves the trainer half restored.
+
+        Raises:
+            CheckpointMismatchError: ``last.pt`` was made with another backbone or recipe.
+        """
+        assert self.last_path is not None and self.best_path is not None
+        ckpt = self._readable(self.last_path, self.LAST_KEYS)
+        if ckpt is None:
+            logger.warning("training starts afresh in %s (epoch 0)", self.run_dir)
+            return
         self._check_compatible(ckpt)
+        best = None
+        if self.best_path.exists():
+            best = self._readable(self.best_path, self.BEST_KEYS)
         trainer.model.load_state_dict(ckpt["model"], strict=True)
         trainer.optimizer.load_state_dict(ckpt["optimizer"])
         trainer.scheduler.load_state_dict(ckpt["scheduler"])
         self.start_epoch = int(ckpt["epoch"])
         self.history = list(ckpt["history"])
         self.mining_summaries = list(ckpt["mining_summaries"])
-        self.best_score = float(ckpt["best_score"])
-        self.best_epoch = int(ckpt["best_epoch"])
         if ckpt.get("mining") is not None:
             self.mining = MiningResult.from_state(ckpt["mining"])
-        if self.best_path is not None and self.best_path.exists():
-            best = load_torch(self.best_path)
+        if best is not None:
+            self.best_score = float(ckpt["best_score"])
+            self.best_epoch = int(ckpt["best_epoch"])
             self.best_state, self.best_metrics = best["model"], dict(best["metrics"])
+        elif int(ckpt["best_epoch"]) >= 0:
+            logger.warning(
+                "no readable %s: resuming at epoch %d, the best epoch is chosen among the "
+                "epochs from there on",
+                self.best_path,
+                self.start_epoch,
+            )
         restore_rng_state(ckpt["rng"])
 
     def _check_compatible(self, ckpt: dict[str, Any]) -> None:

@@ -8,6 +8,7 @@ RNG states are stored in that same safe form.
 from __future__ import annotations
 
 import logging
+import pickle
 import random
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,6 +26,16 @@ class CheckpointMismatchError(ValueError):
     """A checkpoint was made with another backbone or configuration than requested."""
 
 
+class CheckpointCorruptError(ValueError):
+    """A checkpoint file cannot be read back: truncated, overwritten, or not a checkpoint."""
+
+
+#: What ``torch.load`` raises on a damaged file: a truncated zip ("failed finding
+#: central directory", a ``RuntimeError``), a short legacy pickle (``EOFError``,
+#: ``UnpicklingError``), bytes that are not a checkpoint (``ValueError``) or I/O errors.
+UNREADABLE_ERRORS = (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError)
+
+
 def atomic_torch_save(path: str | Path, obj: dict[str, Any]) -> None:
     """``torch.save`` through :func:`~dqe_cir_pipeline.io_utils.atomic_save`.
 
@@ -40,8 +51,35 @@ def atomic_torch_save(path: str | Path, obj: dict[str, Any]) -> None:
 
 
 def load_torch(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint dict safely (``weights_only=True``) onto the CPU."""
-    return torch.load(Path(path), map_location="cpu", weights_only=True)
+    """Load a checkpoint dict safely (``weights_only=True``) onto the CPU.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        CheckpointCorruptError: The file cannot be read back or holds no dict; the
+            message names the file, its size and the loader's error.
+    """
+    p = Path(path)
+    try:
+        ckpt = torch.load(p, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except UNREADABLE_ERRORS as exc:
+        raise CheckpointCorruptError(unreadable_message(p, exc)) from exc
+    if not isinstance(ckpt, dict):
+        raise CheckpointCorruptError(
+            f"checkpoint {p} holds a {type(ckpt).__name__}, not a checkpoint dict"
+        )
+    return ckpt
+
+
+def unreadable_message(path: Path, exc: BaseException) -> str:
+    """``checkpoint <path> (<n> bytes) cannot be read (truncated or corrupted?): <cause>``."""
+    try:
+        size = f"{path.stat().st_size} bytes"
+    except OSError:
+        size = "size unknown"
+    cause = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return f"checkpoint {path} ({size}) cannot be read (truncated or corrupted?): {cause}"
 
 
 # -- RNG state ------------------------------------------------------------------------

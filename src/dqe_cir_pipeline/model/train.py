@@ -93,6 +93,8 @@ class LoopConfig:
     resume: bool = True
 
     def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
         if self.negatives not in {"mined", "random", "none"}:
             raise ValueError(f"negatives must be mined|random|none, got {self.negatives!r}")
         if self.initial_negatives not in {"model", "random"}:

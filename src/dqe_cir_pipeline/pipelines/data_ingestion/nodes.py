@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import field
 from pathlib import Path
 from typing import Any
@@ -11,9 +12,13 @@ import pandas as pd
 
 from dqe_cir_pipeline.data_sources.cirr import CIRRConfig, read_cirr
 from dqe_cir_pipeline.data_sources.common import (
+    IMAGE_CHECKS,
+    IngestionError,
     IngestResult,
     dataset_fingerprint,
-    enforce_rejection_threshold,
+    reason_code,
+    rejection_message,
+    rejection_problems,
 )
 from dqe_cir_pipeline.data_sources.fashioniq import FashionIQConfig, read_fashioniq
 from dqe_cir_pipeline.data_sources.synthetic import SyntheticConfig, generate_benchmark
@@ -23,6 +28,9 @@ from dqe_cir_pipeline.tracking import metric_values
 logger = logging.getLogger(__name__)
 
 BENCHMARKS = ("synthetic", "fashioniq", "cirr")
+
+#: ``ingestion_report["verdict"]``: the tables passed the rejection threshold, or not.
+PASSED, FAILED = "passed", "failed"
 
 
 @config_block
@@ -51,6 +59,11 @@ class CIRRSource:
 class DataConfig:
     """The ``data`` block: which benchmark, the rejection threshold, each benchmark's source.
 
+    ``max_rejected_fraction`` is judged per split (and per FashionIQ category), for
+    images and triplets separately (``data_sources.common.rejection_problems``).
+    ``image_check`` is how thoroughly each image file is checked: ``decode`` (every
+    pixel; a truncated JPEG is quarantined) or ``header`` (the container only, faster).
+
     ``synthetic`` holds the generator's settings (``SyntheticConfig``'s fields) plus
     ``root``, the folder it writes; they are checked here, at start-up, by building the
     generator's configuration once.
@@ -59,6 +72,7 @@ class DataConfig:
     benchmark: str = "synthetic"
     max_rejected_fraction: float = 0.02
     check_workers: int = 8
+    image_check: str = "decode"
     synthetic: dict[str, Any] = field(
         default_factory=lambda: {"root": "data/synthetic/01_raw/benchmark"}
     )
@@ -68,6 +82,16 @@ class DataConfig:
     def __post_init__(self) -> None:
         if self.benchmark not in BENCHMARKS:
             raise ValueError(f"data.benchmark must be one of {BENCHMARKS}, got {self.benchmark!r}")
+        if self.image_check not in IMAGE_CHECKS[:2]:
+            raise ValueError(
+                f"data.image_check must be one of {IMAGE_CHECKS[:2]}, got {self.image_check!r}"
+            )
+        if not 0.0 <= self.max_rejected_fraction <= 1.0:
+            raise ValueError(
+                f"data.max_rejected_fraction must be in [0, 1], got {self.max_rejected_fraction}"
+            )
+        if self.check_workers < 1:
+            raise ValueError(f"data.check_workers must be at least 1, got {self.check_workers}")
         if "root" not in self.synthetic:
             raise ValueError(
                 "data.synthetic.root is missing: the folder the benchmark is written to"
@@ -119,15 +143,26 @@ def synthetic_splits(generator: SyntheticConfig) -> tuple[str, ...]:
     return ("train", "val", "test") if generator.test_families > 0 else ("train", "val")
 
 
-def ingest_benchmark(
-    source: dict[str, Any], data: DataConfig
-) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Read the benchmark into the canonical images / triplets / quarantine tables."""
+def read_benchmark(
+    source: dict[str, Any], data: DataConfig, image_check: str | None = None
+) -> IngestResult:
+    """Read the benchmark ``source`` points at with the readers ``data`` configures.
+
+    The one place the ``data`` block becomes reader settings: ingestion reads through it,
+    and the pre-flight check too (with ``image_check="exists"``), so both apply the
+    same rules.
+
+    Args:
+        source: ``prepare_benchmark_source``'s output (dataset, annotation and image roots).
+        data: The ``data`` block.
+        image_check: Overrides ``data.image_check`` (one of ``common.IMAGE_CHECKS``).
+    """
     dataset = source["dataset"]
     workers = data.check_workers
+    mode = image_check or data.image_check
     if dataset == "fashioniq":
         fiq = data.fashioniq
-        result = read_fashioniq(
+        return read_fashioniq(
             source["annotation_root"],
             source["image_root"],
             FashionIQConfig(
@@ -136,45 +171,65 @@ def ingest_benchmark(
                 image_exts=tuple(fiq.image_exts),
                 random_train_forms=fiq.random_train_forms,
                 workers=workers,
+                image_check=mode,
             ),
         )
-    elif dataset == "cirr":
-        result = read_cirr(
+    if dataset == "cirr":
+        return read_cirr(
             source["annotation_root"],
             source["image_root"],
             CIRRConfig(
                 splits=tuple(data.cirr.splits),
                 image_only_splits=tuple(data.cirr.image_only_splits),
                 workers=workers,
+                image_check=mode,
             ),
         )
-    else:
-        result = read_cirr(
-            source["annotation_root"],
-            source["image_root"],
-            CIRRConfig(
-                splits=synthetic_splits(data.generator()),
-                dataset_name="synthetic",
-                version=None,
-                unlabelled_splits=(),  # every generated split has targets, test included
-                workers=workers,
-            ),
-        )
-    counts = result.counts()
-    logger.info("ingested %s: %s", dataset, counts)
+    return read_cirr(
+        source["annotation_root"],
+        source["image_root"],
+        CIRRConfig(
+            splits=synthetic_splits(data.generator()),
+            dataset_name="synthetic",
+            version=None,
+            unlabelled_splits=(),  # every generated split has targets, test included
+            workers=workers,
+            image_check=mode,
+        ),
+    )
+
+
+def ingest_benchmark(
+    source: dict[str, Any], data: DataConfig
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Read the benchmark into the canonical images / triplets / quarantine tables.
+
+    The quarantine table is saved at once (a failed validation leaves it on disk for
+    inspection); images and triplets stay in memory until ``publish_tables`` has seen
+    the verdict.
+    """
+    result = read_benchmark(source, data)
+    logger.info("ingested %s: %s", source["dataset"], result.counts())
     return result.images, result.triplets, result.quarantine
 
 
 def validate_ingestion(
     images: pd.DataFrame, triplets: pd.DataFrame, quarantine: pd.DataFrame, data: DataConfig
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Fail on too many rejections; report counts (JSON) and MLflow metrics.
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """Judge the rejections and report them: the verdict, counts (JSON) and MLflow metrics.
 
-    The quarantine table is already saved when this node runs, so a failing run
-    leaves the rejected rows on disk for inspection.
+    Never raises on too many rejections: the report (with ``verdict: failed`` and the
+    problems) and the metrics must reach disk and MLflow first; ``publish_tables`` then
+    fails the run. Metrics: the counts, per split, and ``quarantine.<reason code>``
+    (spaces as ``_``).
+
+    Returns:
+        The report, the metrics, and the verdict alone (``verdict``, ``problems``,
+        ``dataset``) for ``publish_tables``, in memory: the report is a reporting-layer
+        file, and the tables must not be drawn as coming out of it.
     """
     result = IngestResult(images=images, triplets=triplets, quarantine=quarantine)
-    enforce_rejection_threshold(result, data.max_rejected_fraction)
+    problems = rejection_problems(result, data.max_rejected_fraction)
     counts = result.counts()
     per_split = {
         f"triplets/{split}": int(n) for split, n in triplets.groupby("split").size().items()
@@ -186,17 +241,37 @@ def validate_ingestion(
         f"triplets/{split}/{edit}": int(n)
         for (split, edit), n in triplets.groupby(["split", "edit_type"]).size().items()
     }
-    reasons = (
-        quarantine["reason"].str.split(":").str[0].value_counts().to_dict()
-        if len(quarantine)
-        else {}
-    )
+    reasons = Counter(reason_code(r) for r in quarantine["reason"])
     report = {
-        "dataset": sorted(set(images["dataset"])),
+        "dataset": sorted(set(images["dataset"]) | set(quarantine["dataset"])),
+        "verdict": FAILED if problems else PASSED,
+        "problems": problems,
+        "max_rejected_fraction": data.max_rejected_fraction,
         "fingerprint": dataset_fingerprint(images, triplets),
         "counts": counts,
         "per_split": per_split,
         "per_edit_type": per_edit,
-        "quarantine_reasons": {str(k): int(v) for k, v in reasons.items()},
+        "quarantine_reasons": {str(k): int(v) for k, v in sorted(reasons.items())},
     }
-    return report, metric_values({**counts, **per_split})
+    if problems:
+        logger.error("ingestion failed validation:\n%s", "\n".join(problems))
+    quarantined = {f"quarantine.{k.replace(' ', '_')}": n for k, n in reasons.items()}
+    metrics = metric_values(
+        {**counts, **per_split, **quarantined, "verdict_passed": float(not problems)}
+    )
+    verdict = {key: report[key] for key in ("verdict", "problems", "dataset")}
+    return report, metrics, verdict
+
+
+def publish_tables(
+    images: pd.DataFrame, triplets: pd.DataFrame, verdict: dict[str, Any]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Hand the tables to the later stages, only when validation passed.
+
+    Raises:
+        IngestionError: The verdict is ``failed``: nothing is published, and the
+            message names each failing split / category with its share.
+    """
+    if verdict["verdict"] != PASSED:
+        raise IngestionError(rejection_message(verdict["dataset"], verdict["problems"]))
+    return images, triplets

@@ -1,4 +1,10 @@
-"""``data_ingestion``: benchmark source -> canonical Parquet tables + quarantine."""
+"""``data_ingestion``: benchmark source -> canonical Parquet tables + quarantine.
+
+``ingest_benchmark`` saves the quarantine table at once and keeps images and triplets
+in memory; ``validate_ingestion`` writes the verdict (report and MLflow metrics, also
+when it fails); ``publish_tables`` writes the tables the later stages read only when
+the verdict passed, and otherwise fails the run.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ from kedro.pipeline import Node, Pipeline
 from dqe_cir_pipeline.pipelines.data_ingestion.nodes import (
     ingest_benchmark,
     prepare_benchmark_source,
+    publish_tables,
     validate_ingestion,
 )
 
@@ -22,19 +29,26 @@ def create_pipeline(**kwargs: object) -> Pipeline:
         Node(
             func=ingest_benchmark,
             inputs=["benchmark_source", "params:data"],
-            outputs=["images", "triplets", "quarantine"],
+            outputs=["ingested_images", "ingested_triplets", "quarantine"],
             name="ingest_benchmark",
         ),
         Node(
             func=validate_ingestion,
-            inputs=["images", "triplets", "quarantine", "params:data"],
-            outputs=["ingestion_report", "ingestion_metrics"],
+            inputs=["ingested_images", "ingested_triplets", "quarantine", "params:data"],
+            outputs=["ingestion_report", "ingestion_metrics", "verdict"],
             name="validate_ingestion",
+        ),
+        Node(
+            func=publish_tables,
+            inputs=["ingested_images", "ingested_triplets", "verdict"],
+            outputs=["images", "triplets"],
+            name="publish_tables",
         ),
     ]
     return Pipeline(
         nodes,
         namespace="data_ingestion",
+        tags=["data_ingestion"],
         outputs={
             "benchmark_source",
             "images",
