@@ -194,15 +194,20 @@ def active_benchmark_params(params: dict[str, Any]) -> dict[str, Any]:
 def log_dataset_input(mlflow: Any, report: dict[str, Any], data_cfg: Any) -> None:
     """The ingested benchmark as the run's MLflow dataset input: name, digest (the data
     fingerprint) and source (its annotation folder), shown in the run's Datasets panel."""
-    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.dataset_source_registry import get_registered_sources
     from mlflow.data.meta_dataset import MetaDataset
 
     benchmark = str(getattr(data_cfg, "benchmark", report.get("dataset", "benchmark")))
     section = getattr(data_cfg, benchmark, None)
     root = getattr(section, "root", None) or getattr(section, "annotation_root", None) or "."
     try:
+        # the local-folder source, named directly (resolving a file URI warns that two
+        # registered sources could read it)
+        local = next(
+            c for c in get_registered_sources() if c.__name__ == "LocalArtifactDatasetSource"
+        )
         dataset = MetaDataset(
-            source=resolve_dataset_source(Path(root).resolve().as_uri()),
+            source=local(Path(root).resolve().as_uri()),
             name=benchmark,
             digest=str(report["fingerprint"])[:36],
         )
