@@ -112,6 +112,8 @@ def test_rerun_reuses_features_and_evaluation_runs_alone(kedro_test_run: dict[st
 
 def test_the_run_ends_with_its_headline(kedro_test_run: dict[str, Any]) -> None:
     log = kedro_test_run["log"]
+    # start-up noise that is not the user's business is silenced (settings.py)
+    assert "Replacing dataset" not in log and "register_new_resolver" not in log
     tail = log[log.index("run summary") :]
     assert "synthetic test:" in tail
     for row in ("dqe_cir", "zero_shot", "untrained", "text_blind", "R@10 by edit", "weights"):

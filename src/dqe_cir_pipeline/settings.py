@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import warnings
 
 from dqe_cir_pipeline.config_loader import LocalOverlayConfigLoader
 from dqe_cir_pipeline.hooks import (
@@ -18,6 +20,24 @@ from dqe_cir_pipeline.hooks import (
 )
 from dqe_cir_pipeline.launch import PROJECT_ROOT, data_root, launch_rank
 from dqe_cir_pipeline.serving_hooks import ServingModelHooks
+
+# Start-up noise that is not the user's business, silenced at its source:
+# Kedro and kedro-mlflow still call OmegaConf's deprecated ``register_new_resolver``.
+warnings.filterwarnings(
+    "ignore", message=r"register_new_resolver\(\) is deprecated", category=UserWarning
+)
+
+
+class _MetricsRebindFilter(logging.Filter):
+    """kedro-mlflow re-binds every ``*_metrics`` dataset to the active MLflow run, which
+    Kedro reports as a WARNING "Replacing dataset '<name>_metrics'": expected, so dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (message.startswith("Replacing dataset") and "_metrics'" in message)
+
+
+logging.getLogger("kedro.io.data_catalog").addFilter(_MetricsRebindFilter())
 
 # PROJECT_ROOT (the folder holding ``pyproject.toml``, re-exported here) is where Kedro
 # runs from; the resolvers below make paths absolute against it, so nothing depends on
