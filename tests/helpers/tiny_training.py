@@ -97,10 +97,12 @@ def run_fit(
     n_query: int = 24,
     no_dropout: bool = False,
     distributed: Distributed = SINGLE,
+    data: tuple[TrainData, MemoryFeatures, EvalSet] | None = None,
     **over: object,
 ) -> FitResult:
-    """Three epochs (unless overridden) of the training loop on ``make_data``."""
-    data, feats, val = make_data(n_query=n_query)
+    """Three epochs (unless overridden) of the training loop on ``make_data`` (or on
+    ``data``: training set, features, validation set)."""
+    data, feats, val = data or make_data(n_query=n_query)
     params: dict[str, object] = dict(
         epochs=3, batch_size=8, lr=1e-3, warmup_steps=2, refresh_interval=1
     )

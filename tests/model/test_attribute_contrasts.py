@@ -13,19 +13,16 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from helpers.tiny_training import make_data, tiny_backbone, training_config  # noqa: E402
+from helpers.tiny_training import make_data, run_fit, tiny_backbone  # noqa: E402
 
 from dqe_cir_pipeline.data_sources.cirr import CIRRConfig, read_cirr  # noqa: E402
 from dqe_cir_pipeline.data_sources.synthetic import SyntheticConfig, generate_benchmark  # noqa: E402
 from dqe_cir_pipeline.model.backbone import Backbone  # noqa: E402
 from dqe_cir_pipeline.model.data import TrainData  # noqa: E402
 from dqe_cir_pipeline.model.dqe import QueryOutput  # noqa: E402
-from dqe_cir_pipeline.model.evaluate import evaluate  # noqa: E402
-from dqe_cir_pipeline.model.factory import build_loss, build_model  # noqa: E402
 from dqe_cir_pipeline.model.losses import DQELoss, LossConfig  # noqa: E402
 from dqe_cir_pipeline.model.mining import neighbourhood_stats, sampled_neighbour_share  # noqa: E402
 from dqe_cir_pipeline.model.negatives import MiningConfig, mine_negatives  # noqa: E402
-from dqe_cir_pipeline.model.train import fit  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -216,30 +213,6 @@ def backbone(tmp_path_factory: pytest.TempPathFactory) -> Backbone:
     return tiny_backbone(tmp_path_factory.mktemp("tiny_contrast"))
 
 
-def _fit(backbone: Backbone, data: TrainData, feats: Any, val: Any, margin_negatives: str) -> Any:
-    cfg = training_config(
-        epochs=2,
-        batch_size=8,
-        lr=1e-3,
-        warmup_steps=2,
-        refresh_interval=1,
-        margin_negatives=margin_negatives,
-    )
-    model = build_model(backbone, cfg.model, cfg.loop.seed, "cpu")
-    return fit(
-        model,
-        build_loss(cfg.loss),
-        backbone.tokenizer,
-        feats,
-        data,
-        cfg,
-        MiningConfig(zone_quantile=0.2, epsilon=0.0),
-        lambda m: evaluate(m, feats, backbone.tokenizer, val, ks=(1, 5)).metrics,
-        backbone_meta={"key": backbone.key, "name": backbone.name},
-        device="cpu",
-    )
-
-
 def test_training_uses_the_contrasts_and_logs_coverage_and_zone_statistics(
     backbone: Backbone,
 ) -> None:
@@ -250,8 +223,9 @@ def test_training_uses_the_contrasts_and_logs_coverage_and_zone_statistics(
     data.contrast_color = [np.array([(t + 3) % n]) for t in data.target_idx]
     data.contrast_shape = [np.array([(t + 4) % n]) for t in data.target_idx]
     data.neighbour_keys = np.unique(data.reference_idx * n + data.target_idx)
-    attribute = _fit(backbone, data, feats, val, "attribute")
-    mined = _fit(backbone, data, feats, val, "mined")
+    given = (data, feats, val)
+    attribute = run_fit(backbone, None, data=given, epochs=2, margin_negatives="attribute")
+    mined = run_fit(backbone, None, data=given, epochs=2, margin_negatives="mined")
     first = attribute.history[0]
     assert first["train/margins/color_contrast_rate"] == 1.0
     assert first["train/margins/shape_contrast_rate"] == 1.0

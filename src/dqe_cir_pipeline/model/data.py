@@ -63,10 +63,9 @@ class TrainData:
         reference (a target of another query with the same reference)?"""
         ref = self.reference_idx[rows]
         keys = np.where(ref >= 0, ref * len(self.pool_ids) + images, -1)
-        pos = np.searchsorted(self.neighbour_keys, keys)
-        pos = np.minimum(pos, max(len(self.neighbour_keys) - 1, 0))
         if not len(self.neighbour_keys):
             return np.zeros(len(keys), dtype=bool)
+        pos = np.minimum(np.searchsorted(self.neighbour_keys, keys), len(self.neighbour_keys) - 1)
         return (self.neighbour_keys[pos] == keys) & (keys >= 0)
 
     def draw_contrasts(self, rng: np.random.Generator) -> np.ndarray:
