@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Idempotent setup: a project-local .venv with the project and its test extras.
+# Idempotent setup: a project-local .venv with the project, its test and notebook extras.
 # Re-running is a no-op unless pyproject.toml or this script changed.
 #   DQE_TORCH_SPEC   torch requirement installed first (default: torch==2.13.0, the
 #                    CPU build on these machines; on a GPU machine e.g. "torch==2.13.0"
@@ -25,6 +25,6 @@ echo "[setup] installing dependencies (first run takes a few minutes)"
 .venv/bin/python -m pip install --quiet --upgrade pip
 # torch first and pinned: an unpinned torch would pull a multi-GB CUDA build.
 .venv/bin/python -m pip install --quiet "${DQE_TORCH_SPEC:-torch==2.13.0}"
-.venv/bin/python -m pip install --quiet -e ".[test]"
+.venv/bin/python -m pip install --quiet -e ".[test,notebook]"
 echo "$want" > "$stamp"
 echo "[setup] done"

@@ -3,6 +3,7 @@
 
     dqe-cir-pipeline                                   # = kedro run (its options too)
     dqe-cir-pipeline search --image ref.png --text "make it red" -k 10
+    dqe-cir-pipeline serve                             # the search page on 127.0.0.1:8765
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from kedro.framework.project import configure_project
 
 def main(*args: str, **kwargs: object) -> object:
     """Runs ``kedro run`` for this package, with the same command-line options, or the
-    ``search`` subcommand when the first argument is ``search``.
+    ``search`` / ``serve`` subcommand when the first argument names it.
 
     Args:
         *args: Passed to Kedro's ``run`` command.
@@ -27,10 +28,11 @@ def main(*args: str, **kwargs: object) -> object:
         Whatever Kedro's ``run`` command returns (``search``: exits with its status).
     """
     argv = list(args[0]) if args and isinstance(args[0], (list, tuple)) else sys.argv[1:]
-    if argv[:1] == ["search"]:
-        from dqe_cir_pipeline.serving.cli import main as search_main
+    if argv[:1] in (["search"], ["serve"]):
+        from dqe_cir_pipeline.serving import cli
 
-        status = search_main(argv[1:])
+        command = cli.main if argv[0] == "search" else cli.serve_main
+        status = command(argv[1:])
         if hasattr(sys, "ps1"):
             return status
         sys.exit(status)

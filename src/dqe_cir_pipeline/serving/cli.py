@@ -82,3 +82,54 @@ def main(argv: Sequence[str] | None = None) -> int:
         out = save_grid(query.image.image, query.text, results, args.grid)
         print(f"grid: {out}")
     return 0
+
+
+def serve_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="dqe-cir-pipeline serve",
+        description="Serve the search page on this machine: pick or upload a reference "
+        "image, type a modification, see the top-k gallery images.",
+    )
+    source = p.add_mutually_exclusive_group()
+    source.add_argument(
+        "--model", help="an MLflow model URI, e.g. models:/dqe_cir_synthetic/latest"
+    )
+    source.add_argument(
+        "--checkpoint", help="an export folder (save_pretrained) or a training checkpoint .pt"
+    )
+    p.add_argument(
+        "--gallery",
+        help="a gallery index folder or a folder of images (default: the model's own index)",
+    )
+    p.add_argument("--env", default=None, help="Kedro environment for the defaults")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback)")
+    p.add_argument("--port", type=int, default=8765, help="port (default 8765)")
+    p.add_argument(
+        "--examples", type=int, default=200, help="benchmark queries offered on the page"
+    )
+    return p
+
+
+def serve_main(argv: Sequence[str] | None = None) -> int:
+    """Run the search page until interrupted; returns the exit status (2 on bad input)."""
+    args = serve_parser().parse_args(argv)
+    import uvicorn
+
+    from dqe_cir_pipeline.serving.resolve import open_searcher, project_examples
+    from dqe_cir_pipeline.serving.web import create_app
+
+    try:
+        searcher = open_searcher(args.model, args.checkpoint, args.gallery, args.env)
+        ids = set(searcher.index.table["image_id"])
+        examples = project_examples(ids, args.env, limit=args.examples) if args.examples else []
+    except (ServingInputError, StaleIndexError, ExportFormatError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(
+        f"model {searcher.model.version} ({searcher.model.backbone_name}), "
+        f"gallery {len(searcher.index)} images, {len(examples)} benchmark queries; "
+        f"open http://{args.host}:{args.port}/  (Ctrl+C stops)",
+        flush=True,
+    )
+    uvicorn.run(create_app(searcher, examples), host=args.host, port=args.port, log_level="warning")
+    return 0

@@ -401,6 +401,23 @@ class GalleryIndex:
             rows = self._search_exact(queries, ks, excluded)
         return self._results(rows)
 
+    def rank_of(
+        self, query: torch.Tensor, image_id: str, exclude_hash: str | None = None
+    ) -> int | None:
+        """The exact rank (1 = best) of ``image_id`` for one ``(P,)`` query, scored against
+        the whole gallery as exact search would (images with ``exclude_hash`` left out);
+        ``None`` when the image is not in this gallery or is excluded."""
+        rows = np.flatnonzero(self.table["image_id"].to_numpy() == image_id)
+        excluded = self.excluded(exclude_hash)
+        rows = rows[~np.isin(rows, excluded)]
+        if len(rows) == 0:
+            return None
+        scores = torch.einsum("p,mqp->mq", query.float(), self.embeddings.float()).amax(dim=-1)
+        keep = torch.ones(len(self), dtype=torch.bool)
+        keep[torch.from_numpy(excluded)] = False
+        target = scores[int(rows[0])]
+        return int(((scores > target) & keep).sum()) + 1
+
     def _search_exact(
         self, queries: torch.Tensor, ks: list[int], excluded: list[np.ndarray]
     ) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -217,3 +217,24 @@ def search(
         env,
     )
     return searcher.search(image, text, k)
+
+
+def project_examples(
+    gallery_ids: set[str], env: str | None = None, split: str | None = None, limit: int = 200
+) -> list[Any]:
+    """The benchmark queries the search page offers: the project's ingested triplets of
+    the gallery's split (``serving.gallery_split``, else ``evaluation.split``) whose
+    targets the gallery holds; empty (with a log line) before ingestion has run."""
+    from dqe_cir_pipeline.serving.web import benchmark_examples
+
+    config = _project(env)
+    params = config["parameters"]
+    split = split or params.get("serving", {}).get("gallery_split") or params["evaluation"]["split"]
+    paths = {name: Path(config["catalog"][name]["filepath"]) for name in ("triplets", "images")}
+    missing = [str(p) for p in paths.values() if not p.is_file()]
+    if missing:
+        logger.info("no benchmark examples for the page: %s not there yet", ", ".join(missing))
+        return []
+    triplets = pd.read_parquet(paths["triplets"])
+    images = pd.read_parquet(paths["images"], columns=["image_id", "path"])
+    return benchmark_examples(triplets, images, gallery_ids, split, limit)

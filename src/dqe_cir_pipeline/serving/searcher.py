@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+import torch
 from PIL import Image
 
 from dqe_cir_pipeline.serving.errors import ServingInputError
@@ -155,12 +156,26 @@ class Searcher:
         self.exclude_reference = exclude_reference
         self.batch_size = batch_size
 
-    def answer(self, queries: Sequence[Query], approximate: bool | None = None) -> pd.DataFrame:
-        """Ranked results of decoded queries (columns: :data:`ANSWER_COLUMNS`)."""
-        q = self.model.encode_queries(
+    def encode(self, queries: Sequence[Query]) -> torch.Tensor:
+        """The ``(N, P)`` composed-query embeddings of decoded queries."""
+        return self.model.encode_queries(
             [x.image.image for x in queries], [x.text for x in queries], self.batch_size
         )
-        hashes = [x.image.content_hash if self.exclude_reference else None for x in queries]
+
+    def excluded_hash(self, query: Query) -> str | None:
+        """The content hash the gallery leaves out for ``query`` (its reference), if any."""
+        return query.image.content_hash if self.exclude_reference else None
+
+    def answer(
+        self,
+        queries: Sequence[Query],
+        approximate: bool | None = None,
+        embeddings: torch.Tensor | None = None,
+    ) -> pd.DataFrame:
+        """Ranked results of decoded queries (columns: :data:`ANSWER_COLUMNS`);
+        ``embeddings``: their :meth:`encode` output when already computed."""
+        q = self.encode(queries) if embeddings is None else embeddings
+        hashes = [self.excluded_hash(x) for x in queries]
         return self.index.search(q, [x.k for x in queries], hashes, approximate)
 
     def answer_request(self, frame: pd.DataFrame, default_k: int) -> pd.DataFrame:
