@@ -9,6 +9,7 @@ the venv's own ``python3`` kernel, reading that run through the Kedro IPython ex
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -129,3 +130,19 @@ def test_figures_rendered(executed_notebook: nbformat.NotebookNode) -> None:
     ]
     # edit-type bars, training curves, qualitative grid
     assert len(images) >= 3
+
+
+def test_outputs_are_free_of_warnings_and_log_noise(
+    executed_notebook: nbformat.NotebookNode,
+) -> None:
+    """What the notebook shows is its results: no warnings and no log lines (Kedro's
+    rich handler shows log records as display outputs, hence the look at every kind)."""
+    noise = []
+    for cell in _code_cells(executed_notebook):
+        for out in cell.get("outputs", []):
+            text = out.get("text", "") or out.get("data", {}).get("text/plain", "")
+            if out.get("name") == "stderr" and text.strip():
+                noise.append(f"{cell.source[:50]!r} stderr: {text[:300]!r}")
+            elif re.search(r"\b(WARNING|INFO|DEBUG)\b|Warning\b", text):
+                noise.append(f"{cell.source[:50]!r}: {text[:300]!r}")
+    assert not noise, "\n".join(noise)

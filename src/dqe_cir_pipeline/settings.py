@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
-import warnings
 
+from dqe_cir_pipeline import quiet
 from dqe_cir_pipeline.config_loader import LocalOverlayConfigLoader
 from dqe_cir_pipeline.hooks import (
     DistributedHooks,
@@ -21,11 +21,8 @@ from dqe_cir_pipeline.hooks import (
 from dqe_cir_pipeline.launch import PROJECT_ROOT, data_root, launch_rank
 from dqe_cir_pipeline.serving_hooks import ServingModelHooks
 
-# Start-up noise that is not the user's business, silenced at its source:
-# Kedro and kedro-mlflow still call OmegaConf's deprecated ``register_new_resolver``.
-warnings.filterwarnings(
-    "ignore", message=r"register_new_resolver\(\) is deprecated", category=UserWarning
-)
+# Start-up noise that is not the user's business, silenced at its source (quiet.py).
+quiet.install()
 
 
 class _MetricsRebindFilter(logging.Filter):

@@ -1,0 +1,57 @@
+"""Start-up noise that is not the user's business, silenced at its source.
+
+:func:`install` runs before Kedro loads its plugins (registered as a ``kedro.init`` entry
+point in ``pyproject.toml``) and again when ``settings.py`` is imported (notebooks,
+``python -m dqe_cir_pipeline``), so the filters are in place before the libraries that
+warn are imported:
+
+* Kedro and kedro-mlflow still call OmegaConf's deprecated ``register_new_resolver``.
+* kedro-mlflow's ``KedroPipelineModel`` subclasses MLflow's ``PythonModel`` without type
+  hints on ``predict``; MLflow warns about it when the class is defined, at import.
+  MLflow raises that warning inside its own ``catch_warnings`` block with a ``once``
+  filter in front of every other, so no filter reaches it: it is dropped where warnings
+  are shown (``warnings.showwarning``, which Python documents as replaceable).
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from typing import Any, TextIO
+
+#: (message regex, category) pairs ignored; the regex is matched from the start.
+SILENCED: tuple[tuple[str, type[Warning]], ...] = (
+    (r"register_new_resolver\(\) is deprecated", UserWarning),
+    (r".*Add type hints to the `predict` method", UserWarning),
+)
+
+
+_PATTERNS = tuple((re.compile(m, re.IGNORECASE), c) for m, c in SILENCED)
+
+
+def silenced(message: Warning | str, category: type[Warning]) -> bool:
+    """Whether a warning is one of :data:`SILENCED`."""
+    text = str(message)
+    return any(p.match(text) and issubclass(category, c) for p, c in _PATTERNS)
+
+
+def _show(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
+    if not silenced(message, category):
+        _show.shown(message, category, filename, lineno, file, line)  # type: ignore[attr-defined]
+
+
+def install() -> None:
+    """Add the filters and the display guard (idempotent)."""
+    for message, category in SILENCED:
+        warnings.filterwarnings("ignore", message=message, category=category)
+    current: Any = warnings.showwarning
+    if current is not _show:
+        _show.shown = current  # type: ignore[attr-defined]
+        warnings.showwarning = _show
