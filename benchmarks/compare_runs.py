@@ -1,7 +1,7 @@
 """Compare the final evaluation metrics of MLflow runs, grouped by configuration.
 
 Reads every finished run of an MLflow experiment (one run per ``kedro run``), keeps the
-final evaluation metrics (``evaluation_metrics.eval.<model>.<metric>``), groups the runs
+final evaluation metrics (``eval/<model>.<metric>``), groups the runs
 by a set of parameters (the ablation knobs by default) and reports mean +- std over the
 seeds of each group (``training.loop.seed``), as
 
@@ -257,7 +257,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--experiment", default="dqe_cir_synthetic")
     ap.add_argument("--tracking-uri", default=None, help="default: the project's sqlite store")
-    ap.add_argument("--metric-prefix", default="evaluation_metrics.eval.")
+    ap.add_argument("--metric-prefix", default="eval/")
     ap.add_argument(
         "--models",
         nargs="+",

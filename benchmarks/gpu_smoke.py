@@ -137,8 +137,8 @@ def collect(benchmark: str, data_root: Path, tracking_uri: str) -> dict[str, Any
     metrics = mlflow.get_run(runs.run_id.iloc[0]).data.metrics
     nodes: dict[str, dict[str, float]] = {}
     for key, value in metrics.items():
-        if key.startswith("resources."):
-            node, what = key.removeprefix("resources.").rsplit(".", 1)  # node: namespace.name
+        if key.startswith("resources/"):
+            node, what = key.removeprefix("resources/").rsplit(".", 1)  # node: namespace.name
             nodes.setdefault(node, {})[what] = value
     extraction = json.loads((bench / "08_reporting/extraction_report.json").read_text())[
         "last_save"

@@ -16,7 +16,7 @@ import pytest
 mlflow = pytest.importorskip("mlflow")
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "compare_runs.py"
-PREFIX = "evaluation_metrics.eval."
+PREFIX = "eval/"
 GROUP_BY = "training.loss.objective,training.loss.use_margins"
 
 
@@ -75,7 +75,7 @@ def _fill(uri: str, tmp_path: Path) -> None:
             f"{PREFIX}dqe_cir.recall_at_50": r50,
             f"{PREFIX}dqe_cir.color/recall_at_10": r10 - 1.0,  # a breakdown: not headline
             f"{PREFIX}zero_shot.recall_at_10": 10.0,
-            "training_metrics.train/loss": 0.5,  # outside the prefix
+            "train/loss": 0.5,  # outside the prefix
         }
 
     dqe = {"training.loss.objective": "pairwise_kl", "training.loss.use_margins": "True"}
@@ -89,7 +89,7 @@ def _fill(uri: str, tmp_path: Path) -> None:
     _log_run(client, exp, {**con, "training.loop.seed": "1"}, metrics(44.0, 66.0))
     # not counted: a failed run and a run with no evaluation metrics (data_ingestion only)
     _log_run(client, exp, {**con, "training.loop.seed": "2"}, metrics(99.0, 99.0), status="FAILED")
-    _log_run(client, exp, {"training.loop.seed": "3"}, {"ingestion_metrics.images": 128.0})
+    _log_run(client, exp, {"training.loop.seed": "3"}, {"ingestion/images": 128.0})
 
 
 def test_main_writes_mean_and_std_per_group(

@@ -74,9 +74,7 @@ def test_torchrun_kedro_training_writes_once_from_rank_zero(
     assert len(new) == 1, new[["run_id", "tags.kedro_pipeline"]]  # rank 1 opened no run
     run = mlflow.get_run(new.run_id.iloc[0])
     assert run.data.tags["kedro_pipeline"] == "training"
-    steps = mlflow.tracking.MlflowClient().get_metric_history(
-        run.info.run_id, "training_metrics.train/loss"
-    )
+    steps = mlflow.tracking.MlflowClient().get_metric_history(run.info.run_id, "train/loss")
     assert [m.step for m in steps] == [0, 1]  # each epoch logged once, not once per rank
 
     assert history_path.stat().st_mtime_ns > before_mtime

@@ -538,8 +538,8 @@ def test_failed_ingestion_reaches_mlflow_and_blocks_later_stages(
     runs = _runs(project["uri"], "dqe_cir_test")
     failed = runs.iloc[-1]
     assert failed["status"] == "FAILED"
-    assert failed["metrics.ingestion_metrics.quarantine.undecodable_image"] == 3
-    assert failed["metrics.ingestion_metrics.verdict_passed"] == 0
+    assert failed["metrics.ingestion/quarantine.undecodable_image"] == 3
+    assert failed["metrics.ingestion/verdict_passed"] == 0
     assert failed[f"tags.{TAG_PID}"] == str(os.getpid()) and failed[f"tags.{TAG_HOST}"]
     client = mlflow.MlflowClient(tracking_uri=project["uri"])
     artifacts = {a.path for a in client.list_artifacts(failed["run_id"], "ingestion")}

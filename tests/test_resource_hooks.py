@@ -31,10 +31,10 @@ def test_node_time_save_time_and_memory_reach_mlflow(
         hooks.after_dataset_saved("c", n)
     metrics = mlflow.get_run(run.info.run_id).data.metrics
     mlflow.set_tracking_uri(previous)
-    assert 0.1 <= metrics["resources.slow_node.seconds"] < 5
-    assert 0.12 <= metrics["resources.slow_node.save_seconds"] < 5
-    assert metrics["resources.slow_node.peak_rss_gib"] > 0.05
-    assert "resources.slow_node.peak_gpu_gib" not in metrics  # CUDA never started here
+    assert 0.1 <= metrics["resources/slow_node.seconds"] < 5
+    assert 0.12 <= metrics["resources/slow_node.save_seconds"] < 5
+    assert metrics["resources/slow_node.peak_rss_gib"] > 0.05
+    assert "resources/slow_node.peak_gpu_gib" not in metrics  # CUDA never started here
 
 
 def test_without_a_run_the_hook_only_logs(caplog: pytest.LogCaptureFixture) -> None:

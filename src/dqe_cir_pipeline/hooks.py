@@ -11,7 +11,7 @@ and talks to MLflow (``settings.py`` does not even register kedro-mlflow on the 
 ranks). The other ranks load inputs as usual and keep their outputs in memory.
 
 ``ResourceHooks``: wall time, save time and peak memory of every node, as log lines and
-``resources.<node>.*`` MLflow metrics (what ``benchmarks/gpu_smoke.py`` reports).
+``resources/<node>.*`` MLflow metrics (what ``benchmarks/gpu_smoke.py`` reports).
 
 ``RunLockHooks``: one ``kedro run`` at a time per data root (a file lock the kernel
 drops with the process).
@@ -325,11 +325,11 @@ class DistributedHooks:
 class ResourceHooks:
     """Wall time and peak memory of every node: a log line and, in an MLflow run, metrics.
 
-    ``resources.<node>.seconds`` (the node function), ``resources.<node>.save_seconds``
+    ``resources/<node>.seconds`` (the node function), ``resources/<node>.save_seconds``
     (writing its outputs; logged when it takes a second or more: the feature cache
-    computes the features while it is saved), ``resources.<node>.peak_gpu_gib`` (CUDA
+    computes the features while it is saved), ``resources/<node>.peak_gpu_gib`` (CUDA
     memory allocated by tensors at the peak of the node and its saves, when CUDA is in
-    use) and ``resources.<node>.peak_rss_gib`` (the process's peak resident memory so
+    use) and ``resources/<node>.peak_rss_gib`` (the process's peak resident memory so
     far: it only grows, so read it as "the run had reached this by the end of the node").
     """
 
@@ -360,7 +360,7 @@ class ResourceHooks:
         import mlflow
 
         if mlflow.active_run() is not None:
-            mlflow.log_metrics({f"resources.{node.name}.{k}": float(v) for k, v in values.items()})
+            mlflow.log_metrics({f"resources/{node.name}.{k}": float(v) for k, v in values.items()})
 
     @hook_impl
     def before_node_run(self, node: Node) -> None:
@@ -771,8 +771,13 @@ def fail_abandoned_runs(client: Any) -> list[str]:
     return failed
 
 
+#: MLflow's switch for system metrics; unset, the project turns them on.
+SYSTEM_METRICS_ENV = "MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING"
+
+
 class MlflowStoreHooks:
-    """A tracking store safe for concurrent runs, and no run left RUNNING by a dead process.
+    """A tracking store safe for concurrent runs, and no run left RUNNING by a dead process;
+    MLflow's system metrics on (unless ``MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING`` says no).
 
     ``after_context_created`` runs before kedro-mlflow's own set-up (``tryfirst``): it
     creates the store's tables and the experiment under a file lock, then marks FAILED
@@ -789,6 +794,12 @@ class MlflowStoreHooks:
         uri = (settings.get("server") or {}).get("mlflow_tracking_uri")
         if not uri:
             return
+        if os.environ.get(SYSTEM_METRICS_ENV) is None:
+            # CPU, memory, disk, network (and GPU with nvidia-ml-py) of the run, sampled
+            # every 10 s into the run's "System metrics" tab; MLflow's own switch wins
+            import mlflow
+
+            mlflow.enable_system_metrics_logging()
         experiment = (settings.get("tracking") or {}).get("experiment") or {}
         location = (experiment.get("create_experiment_kwargs") or {}).get("artifact_location")
         prepare_tracking_store(

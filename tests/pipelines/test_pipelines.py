@@ -72,7 +72,7 @@ def test_ingestion_outputs_canonical_tables(prepared: dict[str, Any]) -> None:
     assert report["counts"]["triplets"] == len(triplets)
     assert len(report["fingerprint"]) == 16
     metrics = cat.load("ingestion_metrics")
-    assert metrics["images"]["value"] == len(images)
+    assert metrics["ingestion/images"]["value"] == len(images)
 
 
 def test_extraction_fills_cache_for_every_image(prepared: dict[str, Any]) -> None:
@@ -103,7 +103,7 @@ def test_mining_gives_valid_negatives(prepared: dict[str, Any]) -> None:
     for row in neg.itertuples():
         assert row.target_id not in row.candidate_ids and row.reference_id not in row.candidate_ids
         assert len(row.candidate_ids) >= 1
-    assert "mining.initial.seconds" in cat.load("mining_metrics")
+    assert "mining/initial.seconds" in cat.load("mining_metrics")
 
 
 @pytest.mark.slow

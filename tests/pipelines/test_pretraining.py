@@ -78,7 +78,7 @@ def test_pretrained_folder_loads_as_a_pretrained_backbone(run: dict[str, Any]) -
     assert bb.model.config.qformer_config.hidden_size == tiny.qformer_hidden
     assert bb.key.startswith("local-")
     metrics = run["catalog"].load("pretraining_metrics")
-    assert "pretraining.itc" in metrics and len(metrics["pretraining.itc"]) == 3
+    assert "pretraining/itc" in metrics and len(metrics["pretraining/itc"]) == 3
 
 
 def test_rerun_with_nothing_changed_trains_nothing(run: dict[str, Any]) -> None:

@@ -257,7 +257,8 @@ def validate_ingestion(
         logger.error("ingestion failed validation:\n%s", "\n".join(problems))
     quarantined = {f"quarantine.{k.replace(' ', '_')}": n for k, n in reasons.items()}
     metrics = metric_values(
-        {**counts, **per_split, **quarantined, "verdict_passed": float(not problems)}
+        {**counts, **per_split, **quarantined, "verdict_passed": float(not problems)},
+        prefix="ingestion/",
     )
     verdict = {key: report[key] for key in ("verdict", "problems", "dataset")}
     return report, metrics, verdict

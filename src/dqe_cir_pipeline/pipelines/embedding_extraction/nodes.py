@@ -128,4 +128,4 @@ def summarize_extraction(
         figures["images_per_s"] = float(stats["computed"]) / max(
             float(stats["encode_seconds"]), 1e-9
         )
-    return report, metric_values(figures, prefix="extraction.")
+    return report, metric_values(figures, prefix="extraction/")

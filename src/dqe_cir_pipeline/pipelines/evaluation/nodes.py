@@ -114,8 +114,11 @@ def _report(
     }
     metrics: dict[str, Any] = {}
     for name, out in outputs.items():
-        metrics.update(metric_values(out.metrics, prefix=f"eval.{name}."))
+        metrics.update(metric_values(out.metrics, prefix=f"eval/{name}."))
     main = next(iter(outputs.values()))
+    # the headline (the evaluated model's overall figures) without a group: the first
+    # charts MLflow shows
+    metrics.update(metric_values({k: v for k, v in main.metrics.items() if "." not in k}))
     logger.info(
         "%s, reported split %s: %s",
         data.dataset,

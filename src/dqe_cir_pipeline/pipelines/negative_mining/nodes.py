@@ -74,7 +74,7 @@ def mine_initial_negatives(
         {k: round(v, 3) for k, v in summary.items()},
     )
     sample = _delta_sample(queries, pool, data, result)
-    return result.to_table(data), metric_values(summary, prefix="mining.initial."), sample
+    return result.to_table(data), metric_values(summary, prefix="mining/initial."), sample
 
 
 def _delta_sample(

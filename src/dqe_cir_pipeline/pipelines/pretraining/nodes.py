@@ -159,7 +159,7 @@ def _run_pretraining(
 def summarize_pretraining(pretrained_backbone: dict[str, Any]) -> tuple[dict[str, Any], Figure]:
     """MLflow metric histories (step = optimiser step) and the loss curves."""
     history = pretrained_backbone["history"]
-    metrics = metric_history(history, prefix="pretraining.", step_key="step")
+    metrics = metric_history(history, prefix="pretraining/", step_key="step")
     return metrics, plot_pretraining(pd.DataFrame(history))
 
 

@@ -92,7 +92,7 @@ def train_model(
     finally:
         distributed.teardown()
     metrics = metric_history(result.history)
-    metrics.update(metric_history(result.mining_summaries, prefix="mining.refresh."))
+    metrics.update(metric_history(result.mining_summaries, prefix="mining/refresh."))
     checkpoint = {
         **result.best_checkpoint,
         "mining": asdict(mining),
