@@ -50,7 +50,7 @@ def test_torchrun_kedro_training_writes_once_from_rank_zero(
             "run",
             "--env",
             "test",
-            "--pipeline",
+            "--pipelines",
             "training",
             "--params",
             f"training.loop.run_dir={run_dir}",

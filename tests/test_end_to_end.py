@@ -94,14 +94,14 @@ def test_mlflow_run_has_params_metrics_tags_and_artifacts(kedro_test_run: dict[s
 
 def test_rerun_reuses_features_and_evaluation_runs_alone(kedro_test_run: dict[str, Any]) -> None:
     env = kedro_test_run["env"]
-    kedro(["run", "--env", "test", "--pipeline", "embedding_extraction"], env)
+    kedro(["run", "--env", "test", "--pipelines", "embedding_extraction"], env)
     report = json.loads(
         (kedro_test_run["data"] / "08_reporting/extraction_report.json").read_text()
     )
     assert (
         report["last_save"]["computed"] == 0 and report["last_save"]["reused"] == report["images"]
     )
-    kedro(["run", "--env", "test", "--pipeline", "evaluation"], env)
+    kedro(["run", "--env", "test", "--pipelines", "evaluation"], env)
     evaluated = mlflow.get_run(_runs(kedro_test_run).run_id.iloc[-1])
     # the evaluation-only run names the run that trained its checkpoint (another test may
     # have retrained it since the session's run), with that run's params
@@ -112,7 +112,7 @@ def test_rerun_reuses_features_and_evaluation_runs_alone(kedro_test_run: dict[st
         evaluated.data.params["training.loop.epochs"] == trained.data.params["training.loop.epochs"]
     )
     assert evaluated.data.tags["checkpoint_data_fingerprint"]
-    kedro(["run", "--env", "test", "--pipeline", "zero_shot"], env)
+    kedro(["run", "--env", "test", "--pipelines", "zero_shot"], env)
     zero = json.loads((kedro_test_run["data"] / "08_reporting/zero_shot.json").read_text())
     assert "zero_shot" in zero["models"] and "dqe_cir" not in zero["models"]
     assert len(_runs(kedro_test_run)) >= 4  # one MLflow run per kedro run
@@ -130,6 +130,10 @@ def test_the_run_ends_with_its_headline(kedro_test_run: dict[str, Any]) -> None:
     colour = next(line for line in weights if line.startswith("color edits")).split()[2:]
     assert len(colour) == 3 and abs(sum(map(float, colour)) - 1.0) < 0.02  # base+color+shape
     assert "MLflow run " in tail and "model_checkpoint: " in tail
+    # ... and it is the end of the run's output: after it, only its own paths
+    last = [line for line in tail.splitlines() if line.strip()][-4:]
+    assert all(": /" in line for line in last), last
+    assert "Successfully registered model" not in tail  # kedro-mlflow's lines come before
 
 
 def test_a_stage_before_its_inputs_exist_says_what_to_run_first(

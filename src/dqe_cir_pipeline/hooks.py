@@ -452,12 +452,19 @@ def headline(summary: dict[str, Any]) -> str:
 class SummaryHooks:
     """End a run that evaluated with its headline: the table, the MLflow run, the paths.
 
-    Runs first among the ``after_pipeline_run`` hooks, while kedro-mlflow's run is still
-    open, so the run id can be named.
+    Two steps, so that the headline is the last thing the run prints: the summary is
+    built first among the ``after_pipeline_run`` hooks, while kedro-mlflow's run is still
+    open (the table becomes the run's description and the run id can be named), and is
+    printed last, after kedro-mlflow has logged and registered the model and closed the
+    run (:class:`SummaryPrintHooks`, registered after this one in ``settings.py``).
     """
+
+    def __init__(self) -> None:
+        self.pending: str | None = None
 
     @hook_impl(tryfirst=True)
     def after_pipeline_run(self, pipeline: Pipeline, catalog: DataCatalog) -> None:
+        self.pending = None
         if "evaluation_summary" not in pipeline.all_outputs() or launch_rank()[0] > 0:
             return
         lines = [headline(catalog.load("evaluation_summary"))]
@@ -471,7 +478,20 @@ class SummaryHooks:
             where = _location(catalog, name)
             if where:
                 lines.append(f"{name}: {where}")
-        logger.info("run summary\n%s", "\n".join(lines))
+        self.pending = "\n".join(lines)
+
+
+class SummaryPrintHooks:
+    """Print the summary :class:`SummaryHooks` built, after every other hook has run."""
+
+    def __init__(self, summary: SummaryHooks) -> None:
+        self.summary = summary
+
+    @hook_impl(trylast=True)
+    def after_pipeline_run(self) -> None:
+        if self.summary.pending is not None:
+            logger.info("run summary\n%s", self.summary.pending)
+            self.summary.pending = None
 
 
 def _location(catalog: DataCatalog, name: str) -> str | None:

@@ -17,6 +17,7 @@ from dqe_cir_pipeline.hooks import (
     ResourceHooks,
     RunLockHooks,
     SummaryHooks,
+    SummaryPrintHooks,
 )
 from dqe_cir_pipeline.launch import PROJECT_ROOT, data_root, launch_rank
 from dqe_cir_pipeline.serving_hooks import ServingModelHooks
@@ -63,6 +64,9 @@ def _artifact_root() -> str:
     return os.environ.get("DQE_MLFLOW_ARTIFACTS", (PROJECT_ROOT / "mlartifacts").as_uri())
 
 
+# built while the MLflow run is open, printed after every other hook (the run's last lines)
+_SUMMARY = SummaryHooks()
+
 HOOKS = (
     RunLockHooks(),
     MissingInputHooks(),
@@ -72,8 +76,9 @@ HOOKS = (
     ProvenanceHooks(),
     DistributedHooks(),
     ResourceHooks(),
-    SummaryHooks(),
+    _SUMMARY,
     ServingModelHooks(),
+    SummaryPrintHooks(_SUMMARY),
 )
 
 # Under ``torchrun`` only rank 0 is an MLflow run: the other ranks never load

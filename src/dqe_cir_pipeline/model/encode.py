@@ -1,5 +1,8 @@
 """Embedding a gallery and a query set with a DQE-CIR model, batch by batch, no gradients.
 
+Both show a progress bar (images or queries per second, ETA) on a terminal; tqdm keeps
+it out of logs and CI (``disable=None``: only when the output is a terminal).
+
 The same two functions serve validation, evaluation, negative mining and the CIRR
 submission, so every consumer sees the exact embeddings training optimised.
 """
@@ -11,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
 from dqe_cir_pipeline.model.data import FeatureSource, load_tokens, tokenize
 from dqe_cir_pipeline.model.device import autocast
@@ -40,7 +44,8 @@ def encode_images(
     was_training = model.training
     model.eval()
     out: list[torch.Tensor] = []
-    for start in range(0, len(image_ids), batch_size):
+    starts = range(0, len(image_ids), batch_size)
+    for start in tqdm(starts, desc="encode gallery", unit="batch", leave=False, disable=None):
         tokens = load_tokens(features, image_ids[start : start + batch_size], device)
         with autocast(device, amp_dtype):
             emb = model.encode_targets(tokens)
@@ -72,7 +77,8 @@ def encode_queries(
     model.eval()
     qs: list[torch.Tensor] = []
     ws: list[torch.Tensor] = []
-    for start in range(0, len(texts), batch_size):
+    starts = range(0, len(texts), batch_size)
+    for start in tqdm(starts, desc="encode queries", unit="batch", leave=False, disable=None):
         tokens = load_tokens(features, reference_ids[start : start + batch_size], device)
         ids, mask = tokenize(tokenizer, texts[start : start + batch_size], max_len, device)
         with autocast(device, amp_dtype):
