@@ -72,6 +72,10 @@ def test_mlflow_run_has_params_metrics_tags_and_artifacts(kedro_test_run: dict[s
     ):
         assert key in metrics, key
     assert metrics["avg"] == metrics["eval/dqe_cir.avg"]
+    ungrouped = {k for k in metrics if "/" not in k}
+    assert ungrouped == {"avg", *(f"recall_at_{k}" for k in (1, 5, 10, 50))} | {
+        f"recall_subset_at_{k}" for k in (1, 2, 3)
+    }, ungrouped
     # grouped by stage, no doubled prefixes (kedro-mlflow's dataset-name prefix is off)
     assert not [k for k in metrics if "_metrics." in k or k.startswith("mining/mining")]
     groups = {k.split("/")[0] for k in metrics if "/" in k}
@@ -130,6 +134,8 @@ def test_the_run_ends_with_its_headline(kedro_test_run: dict[str, Any]) -> None:
     colour = next(line for line in weights if line.startswith("color edits")).split()[2:]
     assert len(colour) == 3 and abs(sum(map(float, colour)) - 1.0) < 0.02  # base+color+shape
     assert "MLflow run " in tail and "model_checkpoint: " in tail
+    run_id = _runs(kedro_test_run).run_id.iloc[0]
+    assert f"/runs/{run_id}?workflowType=machine_learning" in tail  # the training view
     # ... and it is the end of the run's output: after it, only its own paths
     last = [line for line in tail.splitlines() if line.strip()][-4:]
     assert all(": /" in line for line in last), last

@@ -449,6 +449,20 @@ def headline(summary: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def run_page_url(tracking_uri: str, host: str, port: str, experiment_id: str, run_id: str) -> str:
+    """The MLflow UI's page of a run, in its "Model training" view (MLflow 3 opens on its
+    GenAI view unless the address says ``workflowType=machine_learning``).
+
+    A tracking server (``http(s)://``) serves the UI itself; a local store (sqlite, files)
+    is served by ``kedro mlflow ui`` on the ``ui`` host and port of ``mlflow.yml``.
+    """
+    if tracking_uri.startswith(("http://", "https://")):
+        base = tracking_uri.rstrip("/")
+    else:
+        base = f"http://{host}:{port}"
+    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
+
+
 class SummaryHooks:
     """End a run that evaluated with its headline: the table, the MLflow run, the paths.
 
@@ -461,6 +475,12 @@ class SummaryHooks:
 
     def __init__(self) -> None:
         self.pending: str | None = None
+        self.ui = ("127.0.0.1", "5000")
+
+    @hook_impl
+    def after_context_created(self, context: Any) -> None:
+        ui = _mlflow_settings(context).get("ui") or {}
+        self.ui = (str(ui.get("host", self.ui[0])), str(ui.get("port", self.ui[1])))
 
     @hook_impl(tryfirst=True)
     def after_pipeline_run(self, pipeline: Pipeline, catalog: DataCatalog) -> None:
@@ -473,7 +493,11 @@ class SummaryHooks:
         run = mlflow.active_run()
         if run is not None:  # the table is also the run's description in the MLflow UI
             mlflow.set_tag("mlflow.note.content", f"```\n{lines[0]}\n```")
-            lines.append(f"MLflow run {run.info.run_id} ({mlflow.get_tracking_uri()})")
+            uri = mlflow.get_tracking_uri()
+            lines.append(f"MLflow run {run.info.run_id} ({uri})")
+            page = run_page_url(uri, *self.ui, run.info.experiment_id, run.info.run_id)
+            server = "" if uri.startswith(("http://", "https://")) else "`kedro mlflow ui`, then "
+            lines.append(f"MLflow run page: {server}{page}")
         for name in HEADLINE_PATHS:
             where = _location(catalog, name)
             if where:

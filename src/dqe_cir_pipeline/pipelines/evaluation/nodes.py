@@ -116,9 +116,10 @@ def _report(
     for name, out in outputs.items():
         metrics.update(metric_values(out.metrics, prefix=f"eval/{name}."))
     main = next(iter(outputs.values()))
-    # the headline (the evaluated model's overall figures) without a group: the first
-    # charts MLflow shows
-    metrics.update(metric_values({k: v for k, v in main.metrics.items() if "." not in k}))
+    # the headline (the evaluated model's overall figures: avg, recall@K, recall_subset@K;
+    # not the per-edit-type or weight breakdowns) without a group: MLflow's first charts
+    headline_keys = [k for k in main.metrics if "/" not in k and "." not in k]
+    metrics.update(metric_values({k: main.metrics[k] for k in headline_keys}))
     logger.info(
         "%s, reported split %s: %s",
         data.dataset,
