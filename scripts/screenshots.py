@@ -12,7 +12,9 @@ Needs a finished ``kedro run --pipelines=train`` under ``DQE_DATA_ROOT`` logged 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -20,6 +22,7 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # tests.helpers.browser: the same browser set-up as the tests
@@ -30,7 +33,8 @@ from tests.helpers.browser import browser_page, free_port, serve_app  # noqa: E4
 @contextmanager
 def server(args: list[str], url: str, seconds: float = 120) -> Iterator[None]:
     """A server process (started in the project root), until ``url`` answers."""
-    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    log = open(Path(os.environ.get("TMPDIR", "/tmp")) / "screenshots_server.log", "w")  # noqa: SIM115
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + seconds
         while True:
@@ -87,24 +91,53 @@ def mlflow_pages(out: Path, uri: str) -> None:
         browser_page(1400, 1000) as page,
     ):
         page_url = f"{base}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
-        page.goto(page_url)
+        view = "?workflowType=machine_learning"  # MLflow 3's training view, not GenAI
+        page.goto(page_url + view)
         page.wait_for_selector("text=Description", timeout=60_000)
+        _close_popups(page)
         page.wait_for_timeout(2500)
         page.screenshot(path=str(out / "mlflow_run.png"))
-        page.goto(f"{page_url}/model-metrics")
+        page.goto(f"{page_url}/model-metrics{view}")
         page.wait_for_timeout(6000)
+        _close_popups(page)
         page.screenshot(path=str(out / "mlflow_charts.png"))
 
 
+def _close_popups(page: Any) -> None:
+    """Close the side panels and guided tours the UIs open on a first visit."""
+    for name in ("Close", "Close guidance", "Dismiss", "Got it", "Skip", "Close tour"):
+        for button in page.get_by_role("button", name=name, exact=True).all():
+            if button.is_visible():
+                button.click()
+                page.wait_for_timeout(300)
+
+
 def kedro_viz(out: Path) -> None:
-    port = free_port()
+    port = 4141  # kedro viz refuses ports above 49151 (free_port's range) and moves up if busy
+    while _in_use(port):
+        port += 1
     base = f"http://127.0.0.1:{port}"
     args = [sys.executable, "-m", "kedro", "viz", "run", "--no-browser", f"--port={port}"]
     with server(args, base, seconds=240), browser_page(1400, 900) as page:
+        # kedro viz keeps its settings in localStorage: no feature tour, no minimap
+        settings = {
+            "showFeatureHints": False,
+            "theme": "light",
+            "visible": {"miniMap": False, "sidebar": True, "graph": True, "code": False},
+        }
+        page.add_init_script(f"localStorage.setItem('KedroViz', '{json.dumps(settings)}')")
         page.goto(base)
         page.wait_for_selector(".pipeline-node", timeout=120_000)
         page.wait_for_timeout(3000)
+        _close_popups(page)
+        page.keyboard.press("Escape")
+        page.wait_for_timeout(1000)
         page.screenshot(path=str(out / "kedro_viz.png"))
+
+
+def _in_use(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def main() -> None:

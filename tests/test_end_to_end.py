@@ -56,6 +56,11 @@ def test_mlflow_run_has_params_metrics_tags_and_artifacts(kedro_test_run: dict[s
     assert not any(k.startswith(("data.cirr.", "data.fashioniq.")) for k in run.data.params)
     assert run.data.tags["git_commit"]
     assert run.data.tags["mlflow.runName"] == "train"  # what ran; no command-line overrides
+    # kedro-mlflow's unreadable tags replaced: a class name, the session id by its name,
+    # the command as typed
+    assert run.data.tags["runner"] == "SequentialRunner"
+    assert "run_id" not in run.data.tags and run.data.tags["kedro_session_id"]
+    assert run.data.tags["kedro_command"] == "kedro run --env test --pipelines train"
     assert "dqe_cir" in run.data.tags["mlflow.note.content"]  # the headline as description
     experiment = mlflow.get_experiment(run.info.experiment_id)
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"

@@ -34,6 +34,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
+import shlex
 import socket
 import subprocess
 import sys
@@ -150,8 +152,12 @@ class ProvenanceHooks:
                 "kedro_env": str(run_params.get("env") or "local"),
                 "kedro_pipeline": pipelines,
                 "mlflow.runName": run_name(pipelines, run_params.get("runtime_params") or {}),
+                **readable_kedro_tags(run_params, sys.argv),
             }
         )
+        # kedro-mlflow's "run_id" tag is Kedro's session id, not the MLflow run id: renamed
+        if "run_id" in mlflow.get_run(run.info.run_id).data.tags:
+            mlflow.MlflowClient().delete_tag(run.info.run_id, "run_id")
         # the UI opens an experiment of this kind on its runs, not on the GenAI views
         mlflow.MlflowClient().set_experiment_tag(
             run.info.experiment_id, "mlflow.experimentKind", "custom_model_development"
@@ -179,6 +185,24 @@ class ProvenanceHooks:
             return
         mlflow.set_tag("dataset_fingerprint", str(report["fingerprint"]))
         log_dataset_input(mlflow, report, inputs.get("params:data"))
+
+
+def readable_kedro_tags(run_params: dict[str, Any], argv: list[str]) -> dict[str, str]:
+    """Tags that replace kedro-mlflow's unreadable ones: ``runner`` as a class name (not
+    an object's repr), ``kedro_session_id`` (kedro-mlflow calls it ``run_id``, which is
+    not the MLflow run id), and ``kedro_command`` as typed when Kedro's CLI started the
+    run (kedro-mlflow rebuilds it with the deprecated ``--pipeline`` flag)."""
+    tags: dict[str, str] = {}
+    runner = str(run_params.get("runner") or "")
+    match = re.match(r"<([\w.]+) object at", runner)
+    if runner:
+        tags["runner"] = (match.group(1) if match else runner).rsplit(".", 1)[-1]
+    if run_params.get("run_id"):  # Kedro's name for the session id in run_params
+        tags["kedro_session_id"] = str(run_params["run_id"])
+    args = argv[1:]
+    if args[:1] == ["run"]:
+        tags["kedro_command"] = "kedro " + shlex.join(args)
+    return tags
 
 
 def active_benchmark_params(params: dict[str, Any]) -> dict[str, Any]:
