@@ -131,6 +131,11 @@ def test_the_run_ends_with_its_headline(kedro_test_run: dict[str, Any]) -> None:
     log = kedro_test_run["log"]
     # start-up noise that is not the user's business is silenced (settings.py)
     assert "Replacing dataset" not in log and "register_new_resolver" not in log
+    for noise in ("Add type hints to the `predict`", "`python_model`", "Downloading artifacts"):
+        assert noise not in log, noise
+    assert "Warning" not in log and " WARNING " not in log, [
+        line for line in log.splitlines() if "Warning" in line or " WARNING " in line
+    ]
     tail = log[log.index("run summary") :]
     assert "synthetic test:" in tail
     for row in ("dqe_cir", "zero_shot", "untrained", "text_blind", "R@10 by edit", "weights"):

@@ -11,10 +11,16 @@ warn are imported:
   MLflow raises that warning inside its own ``catch_warnings`` block with a ``once``
   filter in front of every other, so no filter reaches it: it is dropped where warnings
   are shown (``warnings.showwarning``, which Python documents as replaceable).
+* When kedro-mlflow logs the inference model, MLflow logs a WARNING that the model is a
+  pickled Python object (kedro-mlflow's design, nothing a user can change) and draws
+  "Downloading artifacts" progress bars for its own validation; both are dropped
+  (a logging filter; ``MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR`` unless the user set it).
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import re
 import warnings
 from typing import Any, TextIO
@@ -47,8 +53,18 @@ def _show(
         _show.shown(message, category, filename, lineno, file, line)  # type: ignore[attr-defined]
 
 
+class _PickledModelFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Passing a Python object as `python_model`")
+
+
+_PICKLED_MODEL_FILTER = _PickledModelFilter()
+
+
 def install() -> None:
     """Add the filters and the display guard (idempotent)."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    logging.getLogger("mlflow.pyfunc").addFilter(_PICKLED_MODEL_FILTER)  # a set: idempotent
     for message, category in SILENCED:
         warnings.filterwarnings("ignore", message=message, category=category)
     current: Any = warnings.showwarning
