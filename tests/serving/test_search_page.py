@@ -7,7 +7,12 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import os
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +25,8 @@ from PIL import Image
 from dqe_cir_pipeline.serving import GalleryIndex, QueryModel, Searcher
 from dqe_cir_pipeline.serving.errors import ServingInputError
 from dqe_cir_pipeline.serving.web import Example, benchmark_examples, create_app
-from tests.helpers.browser import browser_page, chromium_path, serve_app
+from tests.conftest import ROOT
+from tests.helpers.browser import browser_page, chromium_path, free_port, serve_app
 
 pytestmark = pytest.mark.slow
 
@@ -211,3 +217,58 @@ def test_search_page_in_a_browser(page_setup: dict[str, Any], tmp_path: Path) ->
         page.click("#search")
         page.wait_for_function("document.getElementById('error').textContent.length > 0")
         assert "text is empty" in page.inner_text("#error")
+
+
+def test_serve_command_answers_on_loopback_and_names_a_missing_model(
+    kedro_test_run: dict[str, Any], tmp_path: Path
+) -> None:
+    """``dqe-cir-pipeline serve`` on the run's own model, index and benchmark queries."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "dqe_cir_pipeline", "serve", "--env", "test"]
+    proc = subprocess.Popen(
+        [*cmd, "--port", str(port)],
+        cwd=ROOT,
+        env=kedro_test_run["env"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/api/info", timeout=5) as resp:
+                    info = json.loads(resp.read())
+                break
+            except OSError:
+                assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+                assert time.monotonic() < deadline, "serve did not start"
+                time.sleep(0.5)
+        index = GalleryIndex.load(kedro_test_run["data"] / "06_models/gallery_index")
+        assert info["gallery_images"] == len(index) and info["examples"] > 0
+        with urllib.request.urlopen(f"{base}/api/examples", timeout=5) as resp:
+            first = json.loads(resp.read())[0]
+        body = json.dumps({"example_id": first["example_id"], "text": first["text"], "k": 3})
+        req = urllib.request.Request(
+            f"{base}/api/search", body.encode(), {"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            answer = json.loads(resp.read())
+        assert [r["rank"] for r in answer["results"]] == [1, 2, 3]
+        assert answer["target"]["image_id"] == first["target_id"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    # no trained model under this data root: the next step is named, exit status 2
+    empty = {**kedro_test_run["env"], "DQE_DATA_ROOT": str(tmp_path / "empty")}
+    done = subprocess.run(
+        [*cmd, "--port", str(free_port())],
+        cwd=ROOT,
+        env=empty,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert "run `kedro run --pipelines=train` first" in done.stderr, done.stderr[-2000:]

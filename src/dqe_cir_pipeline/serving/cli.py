@@ -21,14 +21,8 @@ from dqe_cir_pipeline.serving.errors import ServingInputError, StaleIndexError
 from dqe_cir_pipeline.serving.query_model import ExportFormatError
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="dqe-cir-pipeline search",
-        description="Rank gallery images for a reference image and a modification text.",
-    )
-    p.add_argument("--image", required=True, help="the reference image file")
-    p.add_argument("--text", required=True, help="how the image should change")
-    p.add_argument("-k", type=int, default=None, help="results to show (default serving.top_k)")
+def add_source_arguments(p: argparse.ArgumentParser) -> None:
+    """Where the model and the gallery come from (``search`` and ``serve`` alike)."""
     source = p.add_mutually_exclusive_group()
     source.add_argument(
         "--model", help="an MLflow model URI, e.g. models:/dqe_cir_synthetic/latest"
@@ -40,9 +34,20 @@ def parser() -> argparse.ArgumentParser:
         "--gallery",
         help="a gallery index folder or a folder of images (default: the model's own index)",
     )
+    p.add_argument("--env", default=None, help="Kedro environment for the defaults")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="dqe-cir-pipeline search",
+        description="Rank gallery images for a reference image and a modification text.",
+    )
+    p.add_argument("--image", required=True, help="the reference image file")
+    p.add_argument("--text", required=True, help="how the image should change")
+    p.add_argument("-k", type=int, default=None, help="results to show (default serving.top_k)")
+    add_source_arguments(p)
     p.add_argument("--save-index", help="keep the index of an image-folder gallery here")
     p.add_argument("--grid", help="also write a picture of the answer (PNG)")
-    p.add_argument("--env", default=None, help="Kedro environment for the defaults")
     p.add_argument(
         "--exact", action="store_true", help="exact search even where an approximate index exists"
     )
@@ -90,18 +95,7 @@ def serve_parser() -> argparse.ArgumentParser:
         description="Serve the search page on this machine: pick or upload a reference "
         "image, type a modification, see the top-k gallery images.",
     )
-    source = p.add_mutually_exclusive_group()
-    source.add_argument(
-        "--model", help="an MLflow model URI, e.g. models:/dqe_cir_synthetic/latest"
-    )
-    source.add_argument(
-        "--checkpoint", help="an export folder (save_pretrained) or a training checkpoint .pt"
-    )
-    p.add_argument(
-        "--gallery",
-        help="a gallery index folder or a folder of images (default: the model's own index)",
-    )
-    p.add_argument("--env", default=None, help="Kedro environment for the defaults")
+    add_source_arguments(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback)")
     p.add_argument("--port", type=int, default=8765, help="port (default 8765)")
     p.add_argument(
