@@ -62,8 +62,8 @@ def kedro_test_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}",
         "DQE_MLFLOW_ARTIFACTS": (tmp / "artifacts").as_uri(),
         "HF_HUB_OFFLINE": "1",
-        # the test run is short: sample MLflow's system metrics every second, not every 10
-        "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1",
+        # the test run is short: sample MLflow's system metrics every 2 s, not every 10
+        "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "2",
     }
     proc = kedro(["run", "--env", "test", "--pipelines", "train"], env)
     return {

@@ -15,6 +15,11 @@ warn are imported:
   pickled Python object (kedro-mlflow's design, nothing a user can change) and draws
   "Downloading artifacts" progress bars for its own validation; both are dropped
   (a logging filter; ``MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR`` unless the user set it).
+* MLflow's system-metrics thread warns when its last sample cannot be written because
+  the run is being closed (its own message says "this is expected if the experiment/run
+  is already terminated"; on a busy sqlite store the closing run's writes can also keep
+  it waiting for a connection until it gives up). The sample is lost, nothing else: the
+  warning is dropped.
 """
 
 from __future__ import annotations
@@ -58,13 +63,25 @@ class _PickledModelFilter(logging.Filter):
         return not record.getMessage().startswith("Passing a Python object as `python_model`")
 
 
+class _MonitorStopFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (
+            message.startswith(("Failed to log system metrics", "Failed to get mlflow run"))
+            and record.levelno == logging.WARNING
+        )
+
+
 _PICKLED_MODEL_FILTER = _PickledModelFilter()
+_MONITOR_STOP_FILTER = _MonitorStopFilter()
 
 
 def install() -> None:
     """Add the filters and the display guard (idempotent)."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     logging.getLogger("mlflow.pyfunc").addFilter(_PICKLED_MODEL_FILTER)  # a set: idempotent
+    monitor = logging.getLogger("mlflow.system_metrics.system_metrics_monitor")
+    monitor.addFilter(_MONITOR_STOP_FILTER)
     for message, category in SILENCED:
         warnings.filterwarnings("ignore", message=message, category=category)
     current: Any = warnings.showwarning
