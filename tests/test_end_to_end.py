@@ -72,7 +72,7 @@ def test_mlflow_run_has_params_metrics_tags_and_artifacts(kedro_test_run: dict[s
         "eval/dqe_cir.avg",
         "eval/text_blind.recall_at_10",
         "mining/initial.seconds",
-        "avg",  # the headline, ungrouped: MLflow's first charts
+        "avg",  # the headline, also ungrouped (short names for the runs table)
         "recall_at_10",
     ):
         assert key in metrics, key

@@ -117,7 +117,8 @@ def _report(
         metrics.update(metric_values(out.metrics, prefix=f"eval/{name}."))
     main = next(iter(outputs.values()))
     # the headline (the evaluated model's overall figures: avg, recall@K, recall_subset@K;
-    # not the per-edit-type or weight breakdowns) without a group: MLflow's first charts
+    # not the per-edit-type or weight breakdowns) also without a group: short names for
+    # the runs table's columns and run comparisons (the charts open on the eval/ group)
     headline_keys = [k for k in main.metrics if "/" not in k and "." not in k]
     metrics.update(metric_values({k: main.metrics[k] for k in headline_keys}))
     logger.info(
