@@ -17,8 +17,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,28 +25,24 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # tests.helpers.browser: the same browser set-up as the tests
 
-from tests.helpers.browser import browser_page, free_port, serve_app  # noqa: E402
+from tests.helpers.browser import browser_page, serve_app  # noqa: E402
+from tests.helpers.net import answers, free_port, wait_until  # noqa: E402
 
 
 @contextmanager
 def server(args: list[str], url: str, seconds: float = 120) -> Iterator[None]:
-    """A server process (started in the project root), until ``url`` answers."""
-    log = open(Path(os.environ.get("TMPDIR", "/tmp")) / "screenshots_server.log", "w")  # noqa: SIM115
-    proc = subprocess.Popen(args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + seconds
-        while True:
-            try:
-                urllib.request.urlopen(url, timeout=5)
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"{args[0:4]} did not serve {url}") from None
-                time.sleep(1)
-        yield
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    """A server process (started in the project root), until ``url`` answers; its output
+    goes to ``$TMPDIR/screenshots_server.log``."""
+    log_path = Path(os.environ.get("TMPDIR", "/tmp")) / "screenshots_server.log"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            what = f"{args[:4]} to serve {url} (log: {log_path})"
+            wait_until(lambda: answers(url, timeout=5), proc, seconds, what, 1)
+            yield
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
 
 
 def search_page(out: Path) -> None:

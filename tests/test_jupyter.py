@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -18,7 +17,7 @@ import pytest
 from jupyter_client.blocking import BlockingKernelClient
 
 from tests.conftest import ROOT
-from tests.helpers.browser import free_port
+from tests.helpers.net import free_port, wait_until
 
 pytest.importorskip("jupyterlab")
 pytestmark = pytest.mark.slow
@@ -42,24 +41,6 @@ def _get(url: str, method: str = "GET", body: dict[str, Any] | None = None) -> A
             if raw and resp.headers.get_content_type() == "application/json"
             else resp.status
         )
-
-
-def _wait(check: Any, seconds: float, what: str, proc: subprocess.Popen[str]) -> Any:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            out = proc.stdout.read() if proc.stdout else ""
-            pytest.fail(
-                f"kedro jupyter lab exited ({proc.returncode}) before {what}:\n{out[-3000:]}"
-            )
-        try:
-            got = check()
-            if got:
-                return got
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        time.sleep(1)
-    pytest.fail(f"timed out waiting for {what}")
 
 
 def test_kedro_jupyter_lab_serves_the_projects_kernel(tmp_path: Path) -> None:
@@ -89,7 +70,7 @@ def test_kedro_jupyter_lab_serves_the_projects_kernel(tmp_path: Path) -> None:
     base = f"http://127.0.0.1:{port}"
     printed: list[str] = []
     try:
-        specs = _wait(lambda: _get(f"{base}/api/kernelspecs"), 120, "the server", proc)
+        specs = wait_until(lambda: _get(f"{base}/api/kernelspecs"), proc, 120, "the server", 1)
         assert specs["default"] == KERNEL, specs["default"]
         spec = specs["kernelspecs"][KERNEL]["spec"]
         assert "kedro.ipython" in " ".join(spec["argv"])  # the Kedro extension is loaded

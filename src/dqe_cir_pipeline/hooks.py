@@ -155,8 +155,9 @@ class ProvenanceHooks:
                 **readable_kedro_tags(run_params, sys.argv),
             }
         )
-        # kedro-mlflow's "run_id" tag is Kedro's session id, not the MLflow run id: renamed
-        if "run_id" in mlflow.get_run(run.info.run_id).data.tags:
+        # kedro-mlflow's "run_id" tag (every run param with a value) is Kedro's session id,
+        # not the MLflow run id: renamed to kedro_session_id above
+        if run_params.get("run_id"):
             mlflow.MlflowClient().delete_tag(run.info.run_id, "run_id")
         # the UI opens an experiment of this kind on its runs, not on the GenAI views
         mlflow.MlflowClient().set_experiment_tag(
@@ -473,6 +474,11 @@ def headline(summary: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def _is_server(tracking_uri: str) -> bool:
+    """A tracking server (it serves the UI itself), not a local store."""
+    return tracking_uri.startswith(("http://", "https://"))
+
+
 def run_page_url(tracking_uri: str, host: str, port: str, experiment_id: str, run_id: str) -> str:
     """The MLflow UI's page of a run, in its "Model training" view (MLflow 3 opens on its
     GenAI view unless the address says ``workflowType=machine_learning``).
@@ -480,7 +486,7 @@ def run_page_url(tracking_uri: str, host: str, port: str, experiment_id: str, ru
     A tracking server (``http(s)://``) serves the UI itself; a local store (sqlite, files)
     is served by ``kedro mlflow ui`` on the ``ui`` host and port of ``mlflow.yml``.
     """
-    if tracking_uri.startswith(("http://", "https://")):
+    if _is_server(tracking_uri):
         base = tracking_uri.rstrip("/")
     else:
         base = f"http://{host}:{port}"
@@ -520,8 +526,8 @@ class SummaryHooks:
             uri = mlflow.get_tracking_uri()
             lines.append(f"MLflow run {run.info.run_id} ({uri})")
             page = run_page_url(uri, *self.ui, run.info.experiment_id, run.info.run_id)
-            server = "" if uri.startswith(("http://", "https://")) else "`kedro mlflow ui`, then "
-            lines.append(f"MLflow run page: {server}{page}")
+            start = "" if _is_server(uri) else "`kedro mlflow ui`, then "
+            lines.append(f"MLflow run page: {start}{page}")
         for name in HEADLINE_PATHS:
             where = _location(catalog, name)
             if where:

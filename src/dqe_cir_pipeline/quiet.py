@@ -46,6 +46,10 @@ def silenced(message: Warning | str, category: type[Warning]) -> bool:
     return any(p.match(text) and issubclass(category, c) for p, c in _PATTERNS)
 
 
+#: ``warnings.showwarning`` as it was before :func:`install` put :func:`_show` in front.
+_shown_by: Any = None
+
+
 def _show(
     message: Warning | str,
     category: type[Warning],
@@ -55,7 +59,7 @@ def _show(
     line: str | None = None,
 ) -> None:
     if not silenced(message, category):
-        _show.shown(message, category, filename, lineno, file, line)  # type: ignore[attr-defined]
+        _shown_by(message, category, filename, lineno, file, line)
 
 
 class _PickledModelFilter(logging.Filter):
@@ -84,7 +88,7 @@ def install() -> None:
     monitor.addFilter(_MONITOR_STOP_FILTER)
     for message, category in SILENCED:
         warnings.filterwarnings("ignore", message=message, category=category)
-    current: Any = warnings.showwarning
-    if current is not _show:
-        _show.shown = current  # type: ignore[attr-defined]
+    global _shown_by
+    if warnings.showwarning is not _show:
+        _shown_by = warnings.showwarning
         warnings.showwarning = _show

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
+
+from tests.helpers.net import free_port
 
 #: Flags for a closed network: no background connections, no sandbox (root), no GPU.
 CHROMIUM_ARGS = [
@@ -45,12 +46,6 @@ def browser_page(width: int = 1280, height: int = 860) -> Iterator[Any]:
             yield page
         finally:
             browser.close()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextmanager

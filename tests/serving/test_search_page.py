@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,8 @@ from dqe_cir_pipeline.serving import GalleryIndex, QueryModel, Searcher
 from dqe_cir_pipeline.serving.errors import ServingInputError
 from dqe_cir_pipeline.serving.web import Example, benchmark_examples, create_app
 from tests.conftest import ROOT
-from tests.helpers.browser import browser_page, chromium_path, free_port, serve_app
+from tests.helpers.browser import browser_page, chromium_path, serve_app
+from tests.helpers.net import answers, free_port, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -235,16 +235,9 @@ def test_serve_command_answers_on_loopback_and_names_a_missing_model(
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/api/info", timeout=5) as resp:
-                    info = json.loads(resp.read())
-                break
-            except OSError:
-                assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-                assert time.monotonic() < deadline, "serve did not start"
-                time.sleep(0.5)
+        wait_until(lambda: answers(f"{base}/api/info"), proc, 120, "serve to answer")
+        with urllib.request.urlopen(f"{base}/api/info", timeout=5) as resp:
+            info = json.loads(resp.read())
         index = GalleryIndex.load(kedro_test_run["data"] / "06_models/gallery_index")
         assert info["gallery_images"] == len(index) and info["examples"] > 0
         with urllib.request.urlopen(f"{base}/api/examples", timeout=5) as resp:

@@ -8,10 +8,8 @@ import base64
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -31,6 +29,7 @@ from dqe_cir_pipeline.serving import (
 )
 from dqe_cir_pipeline.serving.query_model import weights_version
 from tests.conftest import ROOT, kedro
+from tests.helpers.net import answers, free_port, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -104,12 +103,6 @@ def test_registered_model_answers_its_input_example_in_a_fresh_process(
     print(f"fresh process: load {load:.2f} s, first answer {first_answer:.2f} s")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _post(url: str, payload: dict[str, Any]) -> tuple[int, dict[str, Any]]:
     request = urllib.request.Request(
         url, json.dumps(payload).encode(), {"Content-Type": "application/json"}
@@ -122,7 +115,7 @@ def _post(url: str, payload: dict[str, Any]) -> tuple[int, dict[str, Any]]:
 
 
 def test_mlflow_models_serve_answers_a_post_on_loopback(served: dict[str, Any]) -> None:
-    port = _free_port()
+    port = free_port()
     # mlflow execs `uvicorn` from PATH: the venv's bin first, as an activated venv has it
     env = {
         **served["env"],
@@ -135,18 +128,11 @@ def test_mlflow_models_serve_answers_a_post_on_loopback(served: dict[str, Any]) 
         start_new_session=True,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
-                    break
-            except OSError:
-                assert server.poll() is None, server.stderr.read().decode()[-3000:]
-                assert time.monotonic() < deadline, "the server did not come up"
-                time.sleep(0.5)
+        url = f"http://127.0.0.1:{port}"
+        wait_until(lambda: answers(f"{url}/ping"), server, 180, "the server to answer /ping")
         row = served["right"].iloc[-1]
         b64 = base64.b64encode(Path(row.reference_path).read_bytes()).decode()
-        url = f"http://127.0.0.1:{port}/invocations"
+        url = f"{url}/invocations"
         status, body = _post(
             url,
             {

@@ -187,24 +187,21 @@ def create_app(searcher: Searcher, examples: list[Example] | None = None) -> Fas
                 loaded = load_image_b64(body.image_b64.split(",")[-1], "the uploaded image")
             else:
                 raise ServingInputError("no reference image: pick an example or upload one")
+            # the benchmark's target answers the benchmark's text, not an edited one
+            target = None
+            if example is not None and text.strip() == example.text.strip():
+                target = example.target_id
             query = Query(loaded, text, k)
             with lock:
                 emb = searcher.encode([query])
                 results = searcher.answer([query], embeddings=emb)
                 target_rank = None
-                if (
-                    example is not None
-                    and example.target_id is not None
-                    and (text.strip() == example.text.strip())
-                ):
+                if target is not None:
                     target_rank = searcher.index.rank_of(
-                        emb[0], example.target_id, searcher.excluded_hash(query)
+                        emb[0], target, searcher.excluded_hash(query)
                     )
         except ServingInputError as err:
             raise _bad(err) from None
-        # the benchmark's target answers the benchmark's text, not an edited one
-        same_text = example is not None and text.strip() == example.text.strip()
-        target = example.target_id if same_text and example is not None else None
         return {
             "query": {
                 "text": text,
