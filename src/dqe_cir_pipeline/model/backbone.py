@@ -1,14 +1,8 @@
-"""BLIP-2 backbone: a pretrained checkpoint (hub id or local folder) or a tiny random preset.
+"""BLIP-2 backbone: a pretrained checkpoint (hub id or folder) or the tiny random preset.
 
-Both paths return a :class:`Backbone`: the HF ``Blip2ForImageTextRetrieval`` (its vision
-encoder frozen and in eval mode), a tokenizer, the image preprocessor matching the
-vision encoder, and a short ``key`` that identifies the weights (used in feature-cache
-keys, so cached ViT tokens are never reused across different encoders).
-
-The tiny preset exists so that the whole pipeline runs on a CPU in seconds. Two traps
-of a BLIP-2 built from scratch (rather than loaded from a checkpoint) are handled here:
-the vision config's ``initializer_range`` defaults to 1e-10 (nearly constant features),
-and the ``query_tokens`` are initialised to zeros (all query tokens stay identical).
+Either way a :class:`Backbone`: the HF retrieval model with its ViT frozen, the tokenizer,
+the matching image preprocessor and a ``key`` naming the weights (part of every
+feature-cache key, so cached ViT tokens are never reused across encoders).
 """
 
 from __future__ import annotations
@@ -78,17 +72,12 @@ class TinyBackboneSpec:
 
 @config_block
 class BackboneConfig:
-    """Which backbone to use.
+    """Which backbone to use (``backbone``).
 
     Attributes:
-        source: "pretrained" (a ``save_pretrained`` folder or a hub id: the default is
-            the tiny backbone pretrained by the ``pretraining`` pipeline, shipped in
-            ``models/``) or "tiny" (the tiny preset with random weights, built locally).
-        name_or_path: hub id or local folder for ``source="pretrained"``.
-        revision: hub revision (branch, tag or commit) for ``source="pretrained"``.
-        tiny: the tiny preset's hyper-parameters.
-        tiny_dir: where the tiny backbone is saved / reused.
-        max_text_len: tokenizer truncation length.
+        source: "pretrained" (a ``save_pretrained`` folder or hub id; default: the tiny
+            backbone our ``pretraining`` pipeline made, shipped in ``models/``) or "tiny"
+            (the tiny preset with random weights, built in ``tiny_dir``).
     """
 
     source: str = "pretrained"
@@ -105,15 +94,9 @@ class BackboneConfig:
 
 @dataclass
 class Backbone:
-    """A loaded backbone.
+    """A loaded backbone; ``key`` is a short hash of its weights (part of feature-cache keys).
 
-    Attributes:
-        model: the HF retrieval model; ``model.vision_model`` is frozen and in eval mode.
-        tokenizer: matching tokenizer ([CLS] first, [PAD] = 0).
-        preprocessor: image transform for ``model.vision_model``.
-        key: short stable hash identifying the weights (feature-cache key part).
-        name: human-readable name ("tiny" or the hub id / folder).
-        max_text_len: tokenizer truncation length for this backbone's texts.
+    ``model.vision_model`` is frozen and in eval mode; the tokenizer puts [CLS] first, [PAD] = 0.
     """
 
     model: Blip2ForImageTextRetrieval
@@ -124,16 +107,8 @@ class Backbone:
     max_text_len: int = 32
 
 
-# --------------------------------------------------------------------------- helpers
-
-
 def _key_hash(payload: Any) -> str:
-    """Short hash of ``payload`` for backbone keys and the tiny captions fingerprint.
-
-    Serialised with ``json.dumps(sort_keys=True, default=str)``, not
-    :func:`~dqe_cir_pipeline.io_utils.canonical_json`: keys already written into feature
-    caches, checkpoints and tiny backbone folders stay valid.
-    """
+    """Short hash of sorted-key ``json.dumps``, not ``canonical_json``: existing keys stay valid."""
     return short_hash(json.dumps(payload, sort_keys=True, default=str))
 
 
@@ -151,24 +126,11 @@ def _captions_fingerprint(captions: list[str]) -> str:
 def train_wordpiece_tokenizer(
     captions: Iterable[str], vocab_size: int, max_len: int
 ) -> BertTokenizer:
-    """Build a lowercase BERT-style WordPiece tokenizer offline from ``captions``.
+    """Deterministic lowercase BERT WordPiece tokenizer built offline from ``captions``.
 
-    [design] Deterministic vocabulary: ``tokenizers``' ``WordPieceTrainer`` breaks ties
-    between equally frequent merges in hash order, so two trainings on the same captions
-    gave different vocabularies (measured here, also single-threaded). Instead the
-    vocabulary is: the special tokens, every character seen and its ``##`` continuation
-    (so any word over the training alphabet is encodable), then whole words by frequency
-    (ties alphabetical) up to ``vocab_size``. Normalisation, pre-tokenisation and the
-    WordPiece model itself are the ``tokenizers`` library's BERT components.
-
-    Args:
-        captions: training texts (empty strings are ignored).
-        vocab_size: upper bound on the vocabulary size (specials included).
-        max_len: the tokenizer's ``model_max_length``.
-
-    Returns:
-        A transformers ``BertTokenizer`` (tokenizers-backed, the "fast" one in 5.x) with
-        [PAD]=0, [UNK]=1, [CLS]=2, [SEP]=3, [MASK]=4.
+    Vocabulary: [PAD]=0, [UNK], [CLS], [SEP], [MASK], every character and its ``##``
+    continuation, then whole words by frequency (ties alphabetical) up to ``vocab_size``.
+    [design] ``WordPieceTrainer`` breaks ties in hash order, so its vocabularies vary by run.
     """
     norm = normalizers.BertNormalizer(lowercase=True)
     pre = pre_tokenizers.BertPreTokenizer()
@@ -221,8 +183,7 @@ def tiny_blip2_config(spec: TinyBackboneSpec) -> Blip2Config:
 
 
 def _tiny_key(spec: TinyBackboneSpec, tokenizer: PreTrainedTokenizerBase, folder: Path) -> str:
-    """Spec + vocabulary + SHA-256 of the saved weights (a few MB): the seeded init may
-    differ between torch versions, the bytes on disk are what the features come from."""
+    """Spec + vocabulary + SHA-256 of the saved weights (the seeded init may vary by torch)."""
     vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
     weights = hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
     return "tiny-" + _key_hash({"spec": asdict(spec), "vocab": vocab, "weights": weights})
@@ -268,21 +229,9 @@ def build_tiny_backbone(
 ) -> Backbone:
     """Build (or reuse) the tiny random BLIP-2 with a tokenizer trained on ``captions``.
 
-    [design] Reuse rule: if ``out_dir`` holds a tiny backbone built from the same spec it
-    is loaded as is (idempotent, bit-exact), even when the captions differ (a warning is
-    logged; the key still identifies the saved vocabulary, so caches stay consistent).
-    Point ``tiny_dir`` at a different folder per benchmark to get a matching vocabulary.
-
-    Args:
-        spec: tiny hyper-parameters (``seed`` fixes the weights).
-        captions: texts to train the WordPiece vocabulary on.
-        out_dir: folder for ``save_pretrained`` (written atomically: temp dir + rename).
-        max_text_len: tokenizer truncation (default and upper bound:
-            ``spec.max_position_embeddings``).
-
-    Returns:
-        The backbone, loaded back from ``out_dir`` (so a fresh build and a reuse are
-        the same objects bit for bit).
+    [design] A folder built from the same spec is reused bit-exact, even for other captions (a
+    warning; the key still names the saved vocabulary): give each benchmark its own
+    ``tiny_dir`` for a matching vocabulary. Written atomically, returned as loaded back.
     """
     out = Path(out_dir)
     caption_list = [c for c in captions if c and c.strip()]
@@ -339,11 +288,10 @@ def build_tiny_backbone(
 
 
 def _folder_fingerprint(folder: Path) -> str:
-    """[design] Content fingerprint of a local checkpoint folder.
+    """[design] Content fingerprint of a local checkpoint folder: survives copies, cheap for ViT-g.
 
-    Hashes ``config.json`` and, for every weight file, its name, size and the SHA-256 of
-    its first and last MiB (safetensors headers hold every tensor's offsets). Content,
-    not mtimes, so copying the folder keeps the key; cheap even for ViT-g (~4 GB).
+    config.json, then per weight file its name, size and first and last MiB (safetensors
+    headers hold every tensor's offsets).
     """
     h = hashlib.sha256()
     cfg = folder / "config.json"
@@ -387,19 +335,11 @@ def _is_path(name: str) -> bool:
 
 
 def load_backbone(cfg: BackboneConfig, captions: Iterable[str] | None = None) -> Backbone:
-    """Load the backbone described by ``cfg``.
+    """Load the backbone ``cfg`` describes, its vision encoder frozen and in eval mode.
 
-    Args:
-        cfg: backbone configuration.
-        captions: texts for the tiny tokenizer; only needed when the tiny backbone has
-            to be built (an existing one in ``cfg.tiny_dir`` is reused).
-
-    Returns:
-        The backbone with a frozen, eval-mode vision encoder.
-
-    Raises:
-        BackboneNotFoundError: pretrained weights are unavailable (e.g. offline and not
-            cached), or no tiny backbone exists and no captions were given.
+    ``captions`` train the tiny tokenizer, needed only when ``cfg.tiny_dir`` holds no tiny
+    backbone of this spec. BackboneNotFoundError: weights unavailable (offline and not
+    cached), or a tiny backbone to build without captions.
     """
     if cfg.source == "tiny":
         out = Path(cfg.tiny_dir)
@@ -449,16 +389,9 @@ def load_backbone(cfg: BackboneConfig, captions: Iterable[str] | None = None) ->
 
 
 def encode_vit(model: Blip2ForImageTextRetrieval, pixel_values: torch.Tensor) -> torch.Tensor:
-    """Frozen ViT tokens: what the feature cache stores.
+    """(B, 3, S, S) pixels -> (B, T, D) post-layernorm ViT tokens: what the feature cache stores.
 
-    Args:
-        model: the retrieval model (only ``model.vision_model`` is used).
-        pixel_values: (B, 3, S, S) preprocessed images.
-
-    Returns:
-        (B, T, D) post-layernorm ``last_hidden_state`` (T = 1 + (S / patch)^2), on the
-        model's device and dtype; an ordinary tensor (cloned out of inference mode), so
-        it can feed a graph that trains the Q-Former.
+    Cloned out of inference mode, so they can feed a graph that trains the Q-Former.
     """
     vm = model.vision_model
     p = next(vm.parameters())

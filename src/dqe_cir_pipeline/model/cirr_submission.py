@@ -1,10 +1,7 @@
-"""CIRR test1 submission: the two evaluation-server JSON payloads and their checks.
+"""CIRR test1 submission: the evaluation server's two JSON payloads and their checks.
 
-The CIRR evaluation server takes two files for the unlabelled test1 split: the top-50
-ranking of the whole gallery (``"metric": "recall"``) and the top-3 ranking within each
-query's ``img_set.members`` (``"metric": "recall_subset"``), both keyed by ``pairid``,
-with the reference image removed. :func:`cirr_submission` builds them and
-:func:`validate_cirr_submission` checks them before upload.
+Top-50 of the whole gallery (``"metric": "recall"``) and top-3 within ``img_set.members``
+(``"recall_subset"``), keyed by ``pairid``, the reference removed.
 """
 
 from __future__ import annotations
@@ -28,17 +25,9 @@ def cirr_submission(
     subset_ranked_names: Sequence[Sequence[str]],
     version: str = "rc2",
 ) -> tuple[dict[str, object], dict[str, object]]:
-    """Build the two CIRR evaluation-server JSON payloads.
+    """``(recall_json, subset_json)``: ``{"version", "metric", str(pairid): names}``.
 
-    Args:
-        pair_ids: ``N`` CIRR ``pairid`` values.
-        ranked_names: ``N`` rankings (reference already removed), at least 50 names each.
-        subset_ranked_names: ``N`` subset rankings (reference removed), at least 3 each.
-        version: Dataset version tag.
-
-    Returns:
-        ``(recall_json, subset_json)``: ``{"version": "rc2", "metric": "recall",
-        str(pairid): top-50 names}`` and the same with ``"recall_subset"`` / top-3.
+    ``ranked_names``: >= 50 names per pair, ``subset_ranked_names``: >= 3, reference removed.
     """
     if not len(pair_ids) == len(ranked_names) == len(subset_ranked_names):
         raise ValueError("pair_ids, ranked_names and subset_ranked_names differ in length")
@@ -60,24 +49,11 @@ def validate_cirr_submission(
     members: Mapping[int | str, Sequence[str]] | None = None,
     max_bytes: int = CIRR_SUBMISSION_MAX_BYTES,
 ) -> None:
-    """Check both CIRR submission files before upload.
+    """Check both files before upload; ValueError listing the problems (first 20).
 
-    Checks: ``version == "rc2"`` and the right ``metric``; every expected pairid
-    present and no unexpected one; list lengths 50 / 3; entries are strings; no
-    duplicates; the pair's reference not in its own lists; optionally subset names
-    within ``members``; each file at most ``max_bytes`` when serialised with
-    ``json.dumps``.
-
-    Args:
-        recall_json: The ``"recall"`` payload.
-        subset_json: The ``"recall_subset"`` payload.
-        expected_pair_ids: Pair ids of the split (CIRR test1: 2,178).
-        references: ``pairid -> reference image name``.
-        members: Optional ``pairid -> img_set.members`` names.
-        max_bytes: Size limit per file.
-
-    Raises:
-        ValueError: listing every problem found (first 20), each naming the file and pair.
+    Version "rc2" and metric; exactly the expected pairids (CIRR test1: 2,178); 50 / 3 unique
+    string names without the pair's reference; subset names within ``members`` when given;
+    each file's ``json.dumps`` size <= ``max_bytes``.
     """
     problems: list[str] = []
     refs = {str(k): v for k, v in references.items()}

@@ -1,12 +1,6 @@
-"""How every configuration block of the project is declared.
+"""``config_block``: parameter blocks as validating dataclasses (unknown keys refused by name).
 
-Each block (``DQEConfig`` beside the model, ``LossConfig`` beside the losses,
-``MiningConfig`` beside the miner, ``OptimConfig`` / ``LoopConfig`` beside the trainer,
-...) is a *validating* dataclass: an unknown key or a value of the wrong type is refused
-with the key's name, whether it comes from Python or from ``conf/`` through Kedro's
-typed parameters (Kedro instantiates a dataclass type hint from the YAML block). The
-dataclass defaults equal ``conf/base`` (a test compares them), so there is one source
-of defaults.
+Kedro instantiates them from their ``conf/`` YAML blocks; their defaults equal ``conf/base``.
 """
 
 from __future__ import annotations
@@ -30,8 +24,7 @@ def config_block(cls: type[T]) -> type[T]:
 
 
 def build_strict(cls: type[T], values: Mapping[str, Any], where: str) -> T:
-    """``cls(**values)`` for a plain dataclass that lives outside the model library (a
-    reader's or generator's settings), refusing unknown keys with their parameter path."""
+    """``cls(**values)`` for a plain dataclass outside the model library, refusing unknown keys."""
     known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(values) - known)
     if unknown:
@@ -41,12 +34,9 @@ def build_strict(cls: type[T], values: Mapping[str, Any], where: str) -> T:
 
 @config_block
 class RuntimeConfig:
-    """Where compute runs (``runtime`` in ``conf/base/parameters.yml``).
+    """Where compute runs (``runtime``).
 
-    Attributes:
-        device: ``auto | cpu | cuda | cuda:N`` (``auto``: CUDA when available).
-        amp_dtype: autocast dtype on CUDA (``bfloat16 | float16 | float32``); CPU runs
-            fp32 whatever this says.
+    ``device``: ``auto | cpu | cuda | cuda:N``; ``amp_dtype`` applies on CUDA (CPU runs fp32).
     """
 
     device: str = "auto"

@@ -9,11 +9,7 @@ import torch
 
 
 def resolve_device(device: str = "auto") -> torch.device:
-    """Turn ``auto | cpu | cuda | cuda:N`` into a ``torch.device``.
-
-    ``auto`` picks CUDA when it is available. Asking for CUDA on a machine without it is
-    an error rather than a silent fallback, so a GPU run never quietly trains on CPU.
-    """
+    """``auto | cpu | cuda | cuda:N`` -> device; missing CUDA is an error, never a quiet CPU run."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     resolved = torch.device(device)

@@ -1,19 +1,8 @@
 """Data-parallel training under ``torchrun``: rank facts, process group, collectives.
 
-``torchrun`` starts one process per GPU and sets ``RANK``, ``LOCAL_RANK``,
-``WORLD_SIZE``, ``MASTER_ADDR`` and ``MASTER_PORT``. ``Distributed.from_env`` reads
-them (rank and world size through :func:`dqe_cir_pipeline.launch.launch_rank`, as the
-Kedro hooks do); without them (a plain ``kedro run``) everything here is a no-op with
-world size 1, so the single-process path runs the same code.
-
-The training loop uses it to keep the global batch exact: each rank embeds its slice of
-the global batch, the target and negative embeddings are all-gathered *with* gradients
-(so every query still sees the whole batch's candidates), losses are normalised by
-global counts and scaled by the world size (``DistributedDataParallel`` averages
-gradients). One step on W ranks therefore equals one step of the same global batch on
-one process, up to float summation order (``tests/model/test_distributed.py``).
-
-Kept free of Kedro and MLflow.
+Without ``torchrun`` all of it is a no-op at world size 1, so one code path serves both.
+Embeddings are all-gathered with gradients: a step on W ranks equals one step of the same
+global batch on one process (docs/method.md, tests/model/test_distributed.py).
 """
 
 from __future__ import annotations
@@ -36,13 +25,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Distributed:
-    """Who this process is in a data-parallel job.
-
-    Attributes:
-        rank: global rank (0 writes checkpoints, datasets and MLflow).
-        world_size: number of processes.
-        local_rank: rank on this machine (selects the GPU).
-    """
+    """Who this process is in a data-parallel job (rank 0 writes checkpoints, data, MLflow)."""
 
     rank: int = 0
     world_size: int = 1
@@ -121,11 +104,9 @@ class Distributed:
     def gather_rows(
         self, tensor: torch.Tensor, sizes: Sequence[int], *, differentiable: bool
     ) -> torch.Tensor:
-        """Concatenate every rank's rows in rank order; rank r contributes ``sizes[r]`` rows.
+        """Every rank's rows in rank order (rank r gives ``sizes[r]``), padded for the collective.
 
-        Uneven slices are padded to the largest for the collective and trimmed after.
-        With ``differentiable`` the gradient of the gathered rows flows back to the rank
-        that produced them.
+        With ``differentiable`` the gradient of the gathered rows flows back to their rank.
         """
         if not self.enabled:
             return tensor
@@ -149,11 +130,9 @@ def _all_gather(tensor: torch.Tensor) -> torch.Tensor:
 
 
 class _GatherRows(torch.autograd.Function):
-    """All-gather along dim 0 whose backward hands each rank the gradient of its rows.
+    """All-gather on dim 0; backward all-reduces the gradient and returns this rank's rows.
 
-    Every rank's loss depends on every rank's rows, so the gradient of rank r's rows is
-    the sum over ranks of d loss_k / d rows_r: an all-reduce of the full gradient,
-    then this rank's slice.
+    Every rank's loss depends on every rank's rows, so d loss / d rows_r sums over ranks.
     """
 
     @staticmethod

@@ -1,27 +1,7 @@
-"""DQE-CIR: composed query with attribute sub-queries and learnable attribute weights.
+"""DQE-CIR head on cached ViT tokens: composed query, colour/shape sub-queries, weights.
 
 Shapes: B batch, T ViT tokens, D ViT width, L text length, Q query tokens, H Q-Former
-width, P projection width (256 for BLIP-2), N gallery size.
-
-The model works on *cached* ViT tokens: the frozen vision encoder is not part of it.
-
-* target / gallery side (BLIP-2 ITC image path): the Q query tokens cross-attend to the
-  image's ViT tokens; each output goes through ``vision_projection`` and is
-  L2-normalised -> (Q, P) per image.
-* query side: one Q-Former pass over ``[query tokens ; text tokens]`` with shared
-  self-attention, the query tokens cross-attending to the *reference* image (the BLIP-2
-  ITM input layout) -> fused hidden states (B, Q + L, H).
-* q_base: pooled fused state through ``text_projection`` (QuRe: mean over the Q query
-  outputs; SPRC: the text [CLS] position), L2-normalised.
-* [design] q_color / q_shape: residual attribute heads,
-  ``normalise(text_projection(h) + MLP(h))`` with the MLP's last layer initialised
-  near zero, so at the start each sub-query equals q_base and a pretrained backbone
-  keeps its zero-shot behaviour; the margin losses then teach attribute deltas.
-* [design] attribute weights: an MLP on the text [CLS] state of the same fused pass (it
-  sees the modification text and, through self-attention, the query tokens) predicts
-  three logits; softmax -> (w_base, w_color, w_shape), the bias set so that w_base
-  starts at ``base_weight_init``. q = normalise(w_b q_base + w_c q_color + w_s q_shape).
-* score s(q, I) = max over the target's Q token embeddings of <q, t_k> (BLIP-2 ITC).
+width, P projection width. Paper vs our choices: docs/method.md.
 """
 
 from __future__ import annotations
@@ -40,18 +20,9 @@ from dqe_cir_pipeline.model.config import config_block
 
 @config_block
 class DQEConfig:
-    """DQE-CIR head configuration (``training.model``).
+    """DQE-CIR head settings (``training.model``); ``query_pooling``: "mean" (QuRe) or "cls" (SPRC).
 
-    Attributes:
-        use_attribute_weights: learn text-conditioned weights and mix the sub-queries
-            into q; False (ablation) gives q = q_base, weights [1, 0, 0].
-        attr_hidden: hidden width of the attribute-weight MLP.
-        base_weight_init: w_base at initialisation (the other two share the rest).
-        query_pooling: "mean" over the Q fused query outputs (QuRe) or "cls", the text
-            [CLS] position (SPRC).
-        temperature_init: initial softmax temperature.
-        temperature_min: lower clamp of the temperature.
-        temperature_max: upper clamp of the temperature.
+    ``use_attribute_weights=False`` (ablation) gives q = q_base and weights [1, 0, 0].
     """
 
     use_attribute_weights: bool = True
@@ -83,13 +54,7 @@ class QueryOutput:
 
 
 class AttributeHead(nn.Module):
-    """Residual attribute sub-query: normalise(text_projection(h) + MLP(h)).
-
-    Args:
-        hidden: Q-Former width H.
-        proj_dim: projection width P.
-        init_std: std of the MLP's last layer (small: start close to q_base).
-    """
+    """[design] Residual sub-query normalise(text_projection(h) + MLP(h)); starts near q_base."""
 
     def __init__(self, hidden: int, proj_dim: int, init_std: float = 1e-3) -> None:
         super().__init__()
@@ -106,17 +71,9 @@ class AttributeHead(nn.Module):
 
 
 class DQECIR(nn.Module):
-    """Trainable part of DQE-CIR on top of a BLIP-2 retrieval model.
+    """Trainable DQE-CIR on a BLIP-2 whose Q-Former has the text path (no ViT inside).
 
-    The Q-Former, query tokens, text embeddings and projections are *copied* from
-    ``backbone``, so two models built from one backbone (e.g. a trained one and the
-    zero-shot baseline) never share weights and the backbone stays pristine. The
-    vision encoder is not registered here: training runs on cached ViT tokens.
-
-    Args:
-        backbone: HF ``Blip2ForImageTextRetrieval`` whose Q-Former has the text path
-            (``use_qformer_text_input=True``).
-        cfg: head configuration.
+    Its Q-Former side is a copy: models built from one backbone never share weights.
     """
 
     def __init__(self, backbone: Blip2ForImageTextRetrieval, cfg: DQEConfig | None = None) -> None:
@@ -125,10 +82,10 @@ class DQECIR(nn.Module):
         if not backbone.qformer.config.use_qformer_text_input:
             raise ValueError("the Q-Former needs use_qformer_text_input=True for the text path")
         self.query_tokens = nn.Parameter(backbone.query_tokens.detach().clone())  # (1, Q, H)
-        self.embeddings = copy.deepcopy(backbone.embeddings)  # text word + position embeddings
+        self.embeddings = copy.deepcopy(backbone.embeddings)
         self.qformer = copy.deepcopy(backbone.qformer)
-        self.vision_projection = copy.deepcopy(backbone.vision_projection)  # H -> P
-        self.text_projection = copy.deepcopy(backbone.text_projection)  # H -> P
+        self.vision_projection = copy.deepcopy(backbone.vision_projection)
+        self.text_projection = copy.deepcopy(backbone.text_projection)
         hidden, proj = self.text_projection.in_features, self.text_projection.out_features
 
         self.color_head = AttributeHead(hidden, proj)
@@ -150,33 +107,22 @@ class DQECIR(nn.Module):
                 self.weight_mlp[2].bias.copy_(torch.tensor([math.log(b), rest, rest]))
         self.log_temperature = nn.Parameter(torch.tensor(math.log(self.cfg.temperature_init)))
 
-    # ------------------------------------------------------------------ utilities
     @property
     def num_query_tokens(self) -> int:
         """Q, the number of learned query tokens."""
         return self.query_tokens.shape[1]
 
     def temperature(self) -> torch.Tensor:
-        """Scalar temperature exp(log_t), clamped to [temperature_min, temperature_max]."""
         return self.log_temperature.exp().clamp(self.cfg.temperature_min, self.cfg.temperature_max)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        """Every parameter of the module (the frozen ViT is not inside it)."""
         return [p for p in self.parameters() if p.requires_grad]
 
     def _dtype(self) -> torch.dtype:
         return self.query_tokens.dtype
 
-    # ------------------------------------------------------------------ encoders
     def encode_targets(self, vit_tokens: torch.Tensor) -> torch.Tensor:
-        """Target / gallery embeddings.
-
-        Args:
-            vit_tokens: (B, T, D) cached ViT tokens.
-
-        Returns:
-            (B, Q, P) L2-normalised per token.
-        """
+        """(B, T, D) ViT tokens -> (B, Q, P) target embeddings, unit norm per token."""
         b = vit_tokens.shape[0]
         out = self.qformer(
             query_embeds=self.query_tokens.expand(b, -1, -1),
@@ -187,19 +133,10 @@ class DQECIR(nn.Module):
     def encode_queries(
         self, vit_tokens: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
     ) -> QueryOutput:
-        """Composed queries from reference ViT tokens and modification text.
-
-        Args:
-            vit_tokens: (B, T, D) reference-image ViT tokens.
-            input_ids: (B, L) token ids ([CLS] first).
-            attention_mask: (B, L) 1 for real tokens, 0 for padding.
-
-        Returns:
-            QueryOutput with q, q_base, q_color, q_shape (B, P) and weights (B, 3).
-        """
+        """(B, T, D) reference ViT tokens, (B, L) ids ([CLS] first) and mask -> queries."""
         b, nq = vit_tokens.shape[0], self.num_query_tokens
         queries = self.query_tokens.expand(b, -1, -1)
-        # BLIP-2 ITM layout: [query tokens ; text word + position embeddings].
+        # BLIP-2 ITM layout: [query tokens ; text]
         embeds = self.embeddings(input_ids=input_ids, query_embeds=queries)  # (B, Q+L, H)
         mask = torch.cat([attention_mask.new_ones(b, nq), attention_mask], dim=1)
         hidden = self.qformer(
@@ -226,32 +163,14 @@ class DQECIR(nn.Module):
     def forward(
         self, vit_tokens: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
     ) -> QueryOutput:
-        """Alias of :meth:`encode_queries`."""
         return self.encode_queries(vit_tokens, input_ids, attention_mask)
 
-    # ------------------------------------------------------------------ scores
     @staticmethod
     def score(q: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """All-pairs max-over-tokens similarity.
-
-        Args:
-            q: (B, P) queries.
-            targets: (N, Q, P) target token embeddings.
-
-        Returns:
-            (B, N) scores s(q_b, I_n) = max_k <q_b, t_{n,k}>.
-        """
+        """(B, P) queries x (N, Q, P) targets -> (B, N) max-over-tokens scores."""
         return torch.einsum("bp,nkp->bnk", q, targets.to(q.dtype)).amax(dim=-1)
 
     @staticmethod
     def pair_score(q: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Row-wise max-over-tokens similarity.
-
-        Args:
-            q: (B, P) queries.
-            targets: (B, Q, P) the target of each row.
-
-        Returns:
-            (B,) scores s(q_b, I_b).
-        """
+        """(B, P) queries x (B, Q, P) their own targets -> (B,) max-over-tokens scores."""
         return torch.einsum("bp,bkp->bk", q, targets.to(q.dtype)).amax(dim=-1)

@@ -1,10 +1,7 @@
 """Embedding a gallery and a query set with a DQE-CIR model, batch by batch, no gradients.
 
-Both show a progress bar (images or queries per second, ETA) on a terminal; tqdm keeps
-it out of logs and CI (``disable=None``: only when the output is a terminal).
-
-The same two functions serve validation, evaluation, negative mining and the CIRR
-submission, so every consumer sees the exact embeddings training optimised.
+One path for validation, evaluation, mining and the CIRR submission, so every consumer
+sees the embeddings training optimised. Progress bars only on a terminal (tqdm).
 """
 
 from __future__ import annotations

@@ -42,15 +42,7 @@ class _ImageFiles(Dataset):
 
 
 class VitEncoder:
-    """Callable ``paths -> (n, T, D) float16`` array, with OOM back-off on CUDA.
-
-    Args:
-        backbone: the loaded backbone (its vision encoder is frozen).
-        device: where the ViT runs.
-        batch_size: images per forward; halved (down to 1) on CUDA out-of-memory.
-        num_workers: DataLoader decode workers.
-        amp_dtype: autocast dtype on CUDA (``bfloat16``); ignored on CPU.
-    """
+    """Callable ``paths -> (n, T, D) float16`` array; halves ``batch_size`` on CUDA OOM."""
 
     def __init__(
         self,

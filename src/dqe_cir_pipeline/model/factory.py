@@ -14,10 +14,7 @@ from dqe_cir_pipeline.model.state import CheckpointMismatchError, load_trainable
 
 
 def build_model(backbone: Backbone, cfg: DQEConfig, seed: int = 0, device: str = "auto") -> DQECIR:
-    """The DQE-CIR module on the backbone's Q-Former, on ``device``.
-
-    Seeded with ``seed`` (the training seed) so the heads initialise reproducibly.
-    """
+    """The DQE-CIR module on the backbone's Q-Former, seeded for reproducible heads."""
     torch.manual_seed(seed)
     return DQECIR(backbone.model, cfg).to(resolve_device(device))
 
@@ -25,12 +22,7 @@ def build_model(backbone: Backbone, cfg: DQEConfig, seed: int = 0, device: str =
 def build_untrained_model(
     backbone: Backbone, cfg: DQEConfig, seed: int = 0, device: str = "auto"
 ) -> DQECIR:
-    """The DQE-CIR module with the backbone's Q-Former side re-initialised at random.
-
-    The floor below zero-shot: the same architecture and the same frozen ViT features,
-    but neither the backbone's pretraining nor any CIR training. (On a backbone that was
-    never pretrained, e.g. ``backbone.source: tiny``, it is as random as zero-shot.)
-    """
+    """DQE-CIR with its Q-Former side re-initialised: the floor below zero-shot."""
     model = build_model(backbone, cfg, seed, device)
     init = backbone.model._init_weights  # the architecture's own initialisation
     with torch.random.fork_rng(devices=[]):
@@ -54,12 +46,7 @@ def build_loss(cfg: LossConfig) -> DQELoss:
 def model_from_checkpoint(
     checkpoint: dict[str, Any], backbone: Backbone, device: str = "auto"
 ) -> DQECIR:
-    """The trained model a checkpoint describes, on ``backbone``.
-
-    Raises:
-        CheckpointMismatchError: the checkpoint was trained on another backbone, or its
-            weights do not fit the model its own configuration describes.
-    """
+    """The trained model of a checkpoint; CheckpointMismatchError for another backbone or shape."""
     saved = checkpoint.get("backbone", {})
     if saved.get("key") != backbone.key:
         raise CheckpointMismatchError(

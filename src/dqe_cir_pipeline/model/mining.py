@@ -1,7 +1,6 @@
 """Negative mining with a live model: embed the pool and the training queries, then mine.
 
-The same call produces the initial negatives (the negative_mining pipeline, untrained
-model) and refreshes them during training on the interval schedule.
+Used for the initial negatives (negative_mining pipeline) and the refreshes in training.
 """
 
 from __future__ import annotations
@@ -31,8 +30,7 @@ def encode_for_mining(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Training queries (N, P) and the pool (M, Q, P) as ``model`` embeds them now.
 
-    Queries use their evaluation caption (deterministic) so a refresh does not depend on
-    which random caption form an epoch drew.
+    Queries use their evaluation caption: a refresh must not depend on an epoch's caption draw.
     """
     device = next(model.parameters()).device
     pool = encode_images(
@@ -81,11 +79,7 @@ def mine_with_model(
     max_len: int = 32,
     amp_dtype: str | None = "bfloat16",
 ) -> tuple[MiningResult, dict[str, float]]:
-    """Encode the pool and the training queries with ``model`` and mine negatives.
-
-    Returns:
-        The mining result and its :func:`neighbourhood_stats`.
-    """
+    """Encode with ``model`` and mine; returns the result and its :func:`neighbourhood_stats`."""
     queries, pool = encode_for_mining(
         model, features, tokenizer, data, max_len=max_len, amp_dtype=amp_dtype
     )
@@ -112,18 +106,11 @@ def neighbourhood_stats(
     result: MiningResult,
     epsilon: float,
 ) -> dict[str, float]:
-    """Where the competitors that matter sit relative to the mined zone.
+    """Where each query's neighbours (its reference's other targets) sit relative to the zone.
 
-    A query's *neighbours* are the other targets of its reference (the scene family on
-    the generated benchmark: the images a text-blind ranker confuses with the target).
-
-    Returns:
-        ``neighbourhood/above_gap``: fraction of neighbours with ``Delta > -epsilon`` (the
-        zone excludes them as near-duplicates / likely false negatives);
-        ``neighbourhood/in_zone``: fraction inside ``[lower, upper]``;
-        ``neighbourhood/stored_share``: share of the stored zone candidates that are
-        neighbours; ``neighbourhood/random_share``: that share for uniform pool draws.
-        Empty when no query has neighbours (e.g. FashionIQ, one target per reference).
+    ``neighbourhood/``: ``above_gap`` (share with Delta > -epsilon), ``in_zone``,
+    ``stored_share`` (share of the stored candidates that are neighbours) and
+    ``random_share`` (the same under uniform draws); empty when no query has neighbours.
     """
     rows, images = [], []
     for i in range(len(data)):
@@ -189,11 +176,9 @@ def random_negatives(data: TrainData, rng: np.random.Generator) -> np.ndarray:
 
 
 def zone_negatives(result: MiningResult, data: TrainData, rng: np.random.Generator) -> np.ndarray:
-    """One negative per query drawn uniformly from its stored zone members.
+    """One negative per query, uniform over its stored zone members.
 
-    Raises:
-        ValueError: a query has no candidate at all (its pool holds nothing but its
-            target and reference); ``-1`` would otherwise index the pool's last image.
+    ValueError when a query has no candidate at all: -1 would index the pool's last image.
     """
     negatives = sample_negatives(result, rng)
     empty = np.flatnonzero(negatives < 0)

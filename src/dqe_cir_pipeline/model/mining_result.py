@@ -1,9 +1,7 @@
-"""The outcome of one negative-mining pass, and its persistent forms.
+"""A negative-mining pass's result: in memory, in checkpoints and as a Parquet table.
 
-A :class:`MiningResult` lives in three places: in memory during training, inside the
-resumable training checkpoint (``to_state`` / ``from_state``, safe for
-``torch.load(weights_only=True)``) and as the ``initial_negatives`` Parquet table that
-the negative_mining pipeline hands to training (``to_table`` / ``from_table``).
+``to_state`` / ``from_state`` are ``torch.load(weights_only=True)``-safe; ``to_table`` /
+``from_table`` are the ``initial_negatives`` table that negative_mining hands to training.
 """
 
 from __future__ import annotations
@@ -33,20 +31,15 @@ _FB = {name: code for code, name in enumerate(FALLBACK_NAMES)}
 
 @dataclass
 class MiningResult:
-    """Mined negatives (all numpy, CPU).
+    """Mined negatives of N queries (numpy, CPU).
 
     Attributes:
-        candidates: ``(N, max_zone)`` int64 pool indices, left-packed, sorted by Delta
-            descending, padded with ``-1``.
-        deltas: ``(N, max_zone)`` float32 Delta of each stored candidate (NaN padding).
-        zone_size: ``(N,)`` int64 size of the full zone (may exceed ``max_zone``; 0 when a
-            fallback candidate is stored instead).
-        lower: ``(N,)`` float32 zone lower bound ``L_i`` on Delta (NaN if none).
-        upper: ``(N,)`` float32 zone upper bound ``U_i`` on Delta (NaN if none).
-        pool_size: ``(N,)`` int64 candidates in the query's pool (target/reference excluded).
-        fallback: ``(N,)`` int8 code, names in :data:`FALLBACK_NAMES`.
-        widenings: ``(N,)`` int8 widenings applied (midzone).
-        strategy: Strategy that produced the result.
+        candidates: (N, max_zone) int64 pool indices, by Delta descending, -1 padded.
+        deltas: (N, max_zone) float32 Delta of each stored candidate, NaN padded.
+        zone_size: (N,) full zone size (may exceed max_zone; 0 when a fallback is stored).
+        lower: (N,) float32 zone bounds on Delta, with ``upper`` (NaN when none).
+        pool_size: (N,) candidates in the query's pool, target and reference excluded.
+        fallback: (N,) int8 codes into :data:`FALLBACK_NAMES`; ``widenings`` (N,) int8.
     """
 
     candidates: np.ndarray
@@ -73,13 +66,9 @@ class MiningResult:
         return np.asarray(self.fallback_names, dtype=object)[self.fallback.astype(np.int64)]
 
     def summary(self) -> dict[str, float]:
-        """Flat statistics for logging.
+        """Flat statistics for logging: sizes, fallback counts, mean Delta and bounds.
 
-        Returns:
-            ``zone_size/mean``, ``zone_size/median``, ``stored/mean``, ``pool_size/mean``,
-            ``empty_zone_rate`` (fraction whose first-try zone was empty, i.e. any
-            fallback or widening), ``fallback/<name>`` counts, ``delta/mean`` (mean Delta
-            of the stored candidates), ``lower/mean``, ``upper/mean``.
+        ``empty_zone_rate``: share of queries whose first-try zone was empty (fallback or widening).
         """
         n = len(self)
         out: dict[str, float] = {
@@ -155,12 +144,7 @@ class MiningResult:
     def from_table(
         cls, table: pd.DataFrame, data: TrainData, max_zone: int, strategy: str
     ) -> MiningResult:
-        """Rebuild a result from :meth:`to_table` output, refusing a stale table.
-
-        Raises:
-            ValueError: The table's queries or candidates do not match ``data`` (the
-                training triplets changed since it was mined).
-        """
+        """Rebuild from :meth:`to_table` output; ValueError if ``data``'s triplets changed since."""
         if table["query_id"].astype(str).tolist() != data.query_ids:
             raise ValueError(
                 "initial_negatives does not match the training triplets (different queries or "

@@ -1,50 +1,8 @@
-"""Target-relative negative sampling (TRNS), the QuRe rule and random negatives.
+"""Negative mining: target-relative mid-zone (TRNS), the QuRe rule, or random negatives.
 
-For training query ``i`` with target ``t_i`` and a candidate pool::
-
-    Delta_i(c) = s(q_i, c) - s(q_i, t_i)      c in pool_i, c != t_i, c != reference_i
-
-``pool_i`` is the whole pool, or only the items of the query's group when
-``query_groups`` / ``pool_groups`` are given (FashionIQ: same category).
-
-Strategies (``MiningConfig.strategy``):
-
-``"midzone"`` (TRNS, [design] reconstruction)
-    ``k_i = ceil(zone_quantile * |pool_i|)``. The zone is the set of candidates that are
-    among the ``k_i`` highest-Delta candidates **and** have ``Delta <= U_i = -epsilon``.
-    Equivalently ``L_i <= Delta <= U_i`` with ``L_i`` the ``k_i``-th highest Delta (ties
-    at ``L_i`` are cut by rank, so the zone never exceeds ``k_i`` items). The gap
-    ``epsilon`` below the target removes near-duplicates and likely false negatives; the
-    quantile removes the easy bulk. With ``n_above_i = #{Delta > -epsilon}`` the zone has
-    ``max(0, k_i - n_above_i)`` members, so emptiness is known without sorting.
-    Empty zone: ``k`` is widened to ``ceil(k_i * widen_factor ** w)`` for
-    ``w = 1 .. max_widenings`` (capped at the pool size); still empty: fall back to the
-    hardest candidate with ``Delta <= -epsilon`` (``"hardest_below"``), and if none
-    exists (everything is a near-duplicate of the target) to a random pool member
-    (``"random"``). The fallback used is recorded per query.
-``"qure"`` ([QuRe] rule as we read it)
-    Candidates with ``Delta < 0`` sorted descending, truncated to ``qure_topk``:
-    ``d_0 >= d_1 >= ... >= d_{n-1}``. Drops ``g_j = d_j - d_{j+1}`` for ``j = 0..n-2``.
-    ``a`` = position of the steepest drop (first on ties); ``b`` = position of the
-    steepest drop with ``|b - a| > 1``. With ``lo, hi = min(a, b), max(a, b)`` the zone is
-    ``d_{lo+1} .. d_{hi}`` **inclusive**: the items after the first drop up to and
-    including the last item before the second drop (so ``hi - lo >= 2`` members).
-    No admissible second drop (``n < 4``, or ``n = 4`` with the steepest drop in the
-    middle): the zone is all ``n`` candidates (``"qure_short"``); none below the target:
-    a random pool member (``"random"``).
-``"random"``
-    Uniform over the pool (target and reference excluded).
-
-Storage [design]: at most ``max_zone`` zone members are kept per query. With
-``zone_keep="uniform"`` (default) they are a uniformly random subset of the zone, so
-:func:`sample_negatives` is uniform over the *whole* zone and the quantile keeps its
-meaning when the zone is larger than ``max_zone``; ``zone_keep="hardest"`` keeps the
-highest-Delta zone members instead. The random choice uses a hash of
-``(seed, query index, pool index)``, so results do not depend on ``chunk_size`` or device.
-
-Cost: one chunked pass over queries x pool (``O(chunk_size * M)`` memory) plus a
-bounded ``torch.topk`` of at most ``k_i * widen_factor ** max_widenings`` (midzone) or
-``qure_topk`` (QuRe) per query; the pool is never fully sorted.
+For query i, Delta_i(c) = s(q_i, c) - s(q_i, t_i) over its pool (its group's when groups
+are given), target and reference excluded. One chunked pass over queries x pool and a
+bounded top-k per query: the pool is never sorted. Rules in detail: docs/method.md.
 """
 
 from __future__ import annotations
@@ -75,7 +33,7 @@ __all__ = [
 
 
 _STRATEGIES = ("midzone", "qure", "random")
-_HASH_MASK = 0x7FFFFFFF  # 2**31 - 1
+_HASH_MASK = 0x7FFFFFFF
 
 
 @config_block
@@ -83,16 +41,11 @@ class MiningConfig:
     """Negative-mining settings (``mining``).
 
     Attributes:
-        strategy: ``"midzone"`` (TRNS), ``"qure"`` or ``"random"``.
-        epsilon: Gap below the target score: zone upper bound ``U = -epsilon``.
-        zone_quantile: Fraction of the pool (highest Delta) the zone is taken from.
-        max_zone: Zone members stored per query.
-        widen_factor: Multiplier of ``k`` per widening of an empty zone.
-        max_widenings: Widenings before falling back.
-        chunk_size: Queries scored per chunk.
-        qure_topk: QuRe: length of the below-target list the drops are searched in.
-        seed: Seed of the uniform choices (zone subset, random strategy / fallback).
-        zone_keep: ``"uniform"`` or ``"hardest"`` subset of an oversized zone [design].
+        epsilon: gap below the target score: the zone keeps Delta <= -epsilon.
+        zone_quantile: the zone lies within this top fraction of the pool by Delta.
+        max_zone: zone members stored per query (an oversized zone is subsampled).
+        qure_topk: QuRe: length of the below-target list searched for drops.
+        zone_keep: [design] which members of an oversized zone are kept: "uniform" or "hardest".
     """
 
     strategy: str = "midzone"
@@ -121,15 +74,8 @@ class MiningConfig:
             raise ValueError("widen_factor must be >= 1 and max_widenings >= 0")
 
 
-# --------------------------------------------------------------------------------------
-# helpers
-# --------------------------------------------------------------------------------------
 def _mix(x: torch.Tensor) -> torch.Tensor:
-    """Integer avalanche mixer on non-negative int64 values below ``2**31``.
-
-    The classic 32-bit ``xorshift-multiply`` hash restricted to 31 bits: the products stay
-    below ``2**58`` (no int64 overflow) and ``&`` replaces a costly ``%``.
-    """
+    """xorshift-multiply hash on 31 bits: products stay below 2**58, no int64 overflow."""
     x = x ^ (x >> 16)
     x = (x * 0x45D9F3B) & _HASH_MASK
     x = x ^ (x >> 16)
@@ -138,15 +84,9 @@ def _mix(x: torch.Tensor) -> torch.Tensor:
 
 
 def _hash_uniform(qids: torch.Tensor, items: torch.Tensor, seed: int) -> torch.Tensor:
-    """Deterministic pseudo-uniform keys in ``[0, 1)`` for (query, item) pairs.
+    """(c, K) float64 keys in [0, 1) for (c, 1) query ids x (c, K) pool indices.
 
-    Args:
-        qids: ``(c, 1)`` int64 global query indices.
-        items: ``(c, K)`` int64 pool indices.
-        seed: Seed.
-
-    Returns:
-        ``(c, K)`` float64 keys; independent of chunking and device.
+    A hash rather than an RNG, so the draws do not depend on chunking or device.
     """
     s = _mix(torch.tensor(seed & _HASH_MASK, dtype=torch.long, device=qids.device))
     row = _mix((_mix((qids & _HASH_MASK) ^ s) + 0x2545F49) & _HASH_MASK)  # (c, 1), cheap
@@ -183,20 +123,10 @@ def _keep(
     mode: str,
     seed: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pick at most ``max_zone`` zone members per row.
+    """At most ``max_zone`` zone members per row: a hashed-uniform subset or the hardest.
 
-    Args:
-        idx: ``(c, K)`` pool indices.
-        vals: ``(c, K)`` their Delta.
-        zone: ``(c, K)`` bool zone membership.
-        qids: ``(c, 1)`` global query indices.
-        max_zone: Columns of the output.
-        mode: ``"uniform"`` (hashed random subset) or ``"hardest"`` (highest Delta).
-        seed: Hash seed.
-
-    Returns:
-        ``(c, max_zone)`` int64 indices (``-1`` pad) and float32 Delta (NaN pad), each row
-        sorted by Delta descending.
+    ``idx``, ``vals``, ``zone``: (c, K) pool indices, Delta, membership. Returns (c, max_zone)
+    indices (-1 pad) and float32 Delta (NaN pad), each row sorted by Delta descending.
     """
     c, k = idx.shape
     out_i = torch.full((c, max_zone), -1, dtype=torch.long, device=idx.device)
@@ -210,7 +140,6 @@ def _keep(
     sel_i = idx.gather(1, pos)
     sel_d = vals.gather(1, pos).float()
     ok = torch.isfinite(kv)
-    # re-order the kept members by Delta (descending), padding last
     order = torch.argsort(sel_d.masked_fill(~ok, -math.inf), dim=1, descending=True, stable=True)
     sel_i, sel_d, ok = sel_i.gather(1, order), sel_d.gather(1, order), ok.gather(1, order)
     out_i[:, :kz] = sel_i.masked_fill(~ok, -1)
@@ -226,18 +155,17 @@ def _random_member(valid: torch.Tensor, qids: torch.Tensor, seed: int) -> torch.
     return torch.where(valid.any(dim=1), best, torch.full_like(best, -1))
 
 
-# --------------------------------------------------------------------------------------
-# strategies on one chunk
-# --------------------------------------------------------------------------------------
 @dataclass
 class _Chunk:
-    cand: torch.Tensor  # (c, max_zone)
-    delta: torch.Tensor  # (c, max_zone)
-    zone_size: torch.Tensor  # (c,)
-    lower: torch.Tensor  # (c,)
-    upper: torch.Tensor  # (c,)
-    fallback: torch.Tensor  # (c,)
-    widenings: torch.Tensor  # (c,)
+    """One chunk's output: ``cand``, ``delta`` (c, max_zone), every other field (c,)."""
+
+    cand: torch.Tensor
+    delta: torch.Tensor
+    zone_size: torch.Tensor
+    lower: torch.Tensor
+    upper: torch.Tensor
+    fallback: torch.Tensor
+    widenings: torch.Tensor
 
 
 def _set_single(ch: _Chunk, rows: torch.Tensor, cols: torch.Tensor, delta: torch.Tensor) -> None:
@@ -254,7 +182,11 @@ def _set_single(ch: _Chunk, rows: torch.Tensor, cols: torch.Tensor, delta: torch
 def _midzone_chunk(
     delta: torch.Tensor, valid: torch.Tensor, qids: torch.Tensor, cfg: MiningConfig
 ) -> _Chunk:
-    """Mid-zone selection for a chunk. ``delta``/``valid``: ``(c, M)``."""
+    """[design] Mid-zone of a chunk: of the k = ceil(quantile * pool) highest Delta, those <= -eps.
+
+    Empty zone: k widens up to ``max_widenings`` times, then the hardest candidate below
+    -epsilon, then a random one. ``delta``, ``valid``: (c, M).
+    """
     c, m = delta.shape
     dev = delta.device
     eps = cfg.epsilon
@@ -311,7 +243,10 @@ def _midzone_chunk(
 def _qure_chunk(
     delta: torch.Tensor, valid: torch.Tensor, qids: torch.Tensor, cfg: MiningConfig
 ) -> _Chunk:
-    """QuRe steepest-drop selection for a chunk. ``delta``/``valid``: ``(c, M)``."""
+    """[QuRe] rule as we read it, on a chunk: the Delta < 0 items between the two steepest drops.
+
+    No second drop more than one position away: all of them. ``delta``, ``valid``: (c, M).
+    """
     c, m = delta.shape
     dev = delta.device
     below = valid & (delta < 0)
@@ -362,7 +297,7 @@ def _qure_chunk(
 def _random_chunk(
     delta: torch.Tensor, valid: torch.Tensor, qids: torch.Tensor, cfg: MiningConfig
 ) -> _Chunk:
-    """Uniform pool members (hashed) for a chunk. ``delta``/``valid``: ``(c, M)``."""
+    """Hashed-uniform pool members for a chunk. ``delta``, ``valid``: (c, M)."""
     c, m = delta.shape
     dev = delta.device
     cols = torch.arange(m, device=dev).expand(c, m)
@@ -417,18 +352,11 @@ def mine_negatives(
     """Mine negatives for every query against the pool, in chunks of queries.
 
     Args:
-        queries: ``(N, P)`` L2-normalised composed queries (current model).
-        pool: ``(M, Q, P)`` L2-normalised candidate token embeddings.
-        target_idx: ``(N,)`` long pool index of each target (must be in the pool).
-        reference_idx: ``(N,)`` long pool index of each reference, ``-1`` if absent.
-        cfg: Mining configuration (default :class:`MiningConfig`).
-        query_groups: Optional ``(N,)`` group labels (ints or strings).
-        pool_groups: Optional ``(M,)`` group labels; a query's pool is its group.
-        device: Compute device (default: the queries').
-        amp_dtype: Matmul dtype on CUDA (bf16 scores: Delta resolution ~4e-3 near 1).
-
-    Returns:
-        :class:`MiningResult` with numpy arrays on CPU.
+        queries: (N, P) L2-normalised composed queries of the current model.
+        pool: (M, Q, P) L2-normalised candidate token embeddings.
+        target_idx: (N,) pool index of each target; ``reference_idx``: (N,), -1 if absent.
+        query_groups: optional (N,) labels with ``pool_groups`` (M,): a query's pool is its group.
+        amp_dtype: matmul dtype on CUDA (bf16 scores: Delta resolution ~4e-3 near 1).
     """
     cfg = cfg or MiningConfig()
     n, m = int(queries.shape[0]), int(pool.shape[0])
@@ -479,15 +407,7 @@ def mine_negatives(
 
 
 def sample_negatives(result: MiningResult, generator: np.random.Generator) -> np.ndarray:
-    """Draw one negative per query uniformly from its stored zone members.
-
-    Args:
-        result: Output of :func:`mine_negatives`.
-        generator: numpy random generator.
-
-    Returns:
-        ``(N,)`` int64 pool indices; ``-1`` for queries with nothing stored.
-    """
+    """(N,) one pool index per query, uniform over its stored zone; -1 where none is stored."""
     counts = result.n_stored
     pick = np.floor(generator.random(len(result)) * np.maximum(counts, 1)).astype(np.int64)
     pick = np.minimum(pick, np.maximum(counts - 1, 0))
@@ -508,29 +428,10 @@ def delta_histogram(
     seed: int = 0,
     device: str | torch.device | None = None,
 ) -> dict[str, np.ndarray]:
-    """Delta samples of a few queries for the target-relative distribution plot.
+    """Delta samples of a few queries (default: the first 8) for the distribution plot.
 
-    Memory is bounded by ``len(query_indices) * M`` scores plus
-    ``len(query_indices) * max_per_query`` returned values.
-
-    Args:
-        queries: ``(N, P)``.
-        pool: ``(M, Q, P)``.
-        target_idx: ``(N,)``.
-        reference_idx: ``(N,)`` (``-1`` = not in pool).
-        query_indices: Queries to sample (default: the first 8).
-        result: Optional mining result; adds the zone flag and bounds.
-        max_per_query: At most this many Delta values per query (uniform subsample).
-        query_groups: As in :func:`mine_negatives`.
-        pool_groups: As in :func:`mine_negatives`.
-        seed: Subsampling seed.
-        device: Compute device.
-
-    Returns:
-        Long-format columns: ``"query"`` (int64), ``"delta"`` (float32),
-        ``"in_zone"`` (bool; ``lower <= delta <= upper`` of ``result``, False without it),
-        and per sampled query ``"bounds_query"``, ``"lower"``, ``"upper"`` (NaN without
-        ``result``).
+    Long format (``query``, ``delta``, ``in_zone``) plus per sampled query ``bounds_query``,
+    ``lower``, ``upper``: ``result``'s zone bounds (NaN and no zone without ``result``).
     """
     n, m = int(queries.shape[0]), int(pool.shape[0])
     qi = np.asarray(
@@ -568,19 +469,9 @@ def delta_histogram(
 
 
 def refresh_epochs(total_epochs: int, interval: int | None = None) -> list[int]:
-    """Epochs (0-based, at their start) at which negatives are re-mined during training.
+    """Epochs (0-based, at their start) at which negatives are re-mined; never epoch 0.
 
-    ``interval=None`` uses QuRe's rule ``max(1, floor(E / 6))``: E=30 -> 5, 10, 15, 20, 25;
-    E=50 -> 8, 16, 24, 32, 40, 48. Epoch 0 is never in the list: the first negatives are
-    produced *before* training, by the initial model (``training.loop.initial_negatives:
-    model``, ours) or at random (``random``, QuRe: random until the first refresh).
-
-    Args:
-        total_epochs: Number of training epochs E.
-        interval: Epochs between refreshes, or ``None``.
-
-    Returns:
-        Sorted refresh epochs in ``[1, E - 1]``.
+    ``interval=None``: QuRe's ``max(1, E // 6)``, e.g. E=30 -> 5, 10, 15, 20, 25.
     """
     if total_epochs < 1:
         return []

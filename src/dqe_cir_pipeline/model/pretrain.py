@@ -1,31 +1,8 @@
-"""BLIP-2 stage-1 pretraining of the Q-Former against a frozen ViT, on cached ViT tokens.
+"""BLIP-2 stage-1 pretraining of the tiny backbone's Q-Former side on cached ViT tokens.
 
-DQE-CIR fine-tunes a *pretrained* BLIP-2. The embedded default has no pretrained tiny
-backbone to download, so this module gives it one the way BLIP-2 was made: the frozen
-vision encoder stays as it is; the learned query tokens, the Q-Former, the text
-embeddings, the two projections and the ITM head learn from described images with
-
-* **ITC** (BLIP-2): image-text contrastive. Image = the Q query outputs of an image-only
-  pass through ``vision_projection``; text = a text-only pass through ``text_projection``;
-  score = max over the Q image tokens; symmetric cross-entropy over the batch with a
-  learnable temperature. [ours] The text side is the masked mean of the token outputs,
-  not BLIP-2's [CLS] output: BLIP-2 starts its Q-Former from BERT, ours starts from
-  random weights, where the [CLS] output is the same vector for every text for hundreds
-  of steps (measured: ITC stays at chance, log B, while the mean-pooled form learns).
-* **ITM** (BLIP-2): image-text matching on the fused pass (query tokens and text in one
-  self-attention, queries cross-attending to the image); ``itm_head`` on each query
-  output, averaged; one positive and two hard negatives per pair (a text for each image
-  and an image for each text, drawn in proportion to their ITC similarity). [ours] On
-  the first ``itm_pairs`` pairs of the batch only: the fused pass over long descriptions
-  is the expensive part of a step on a CPU.
-* **Fused ITC** ([ours]): the fused pass of (image, its description), mean-pooled over
-  the query outputs and passed through ``text_projection`` (exactly DQE-CIR's base
-  query), contrasted against the batch's image embeddings. BLIP-2's objectives never
-  train that pooled fused output into the image space; without it a composed query of
-  the pretrained backbone is unrelated to the gallery embeddings and zero-shot CIR is at
-  chance.
-
-Shapes: B batch, Q query tokens, L text length, H Q-Former width, P projection width.
+ITC and ITM with hard negatives (BLIP-2), plus [ours] fused ITC and a mean-pooled ITC
+text side (why: docs/method.md). Shapes: B batch, Q query tokens, L text length, H
+Q-Former width, P projection width.
 """
 
 from __future__ import annotations
@@ -57,20 +34,10 @@ class PretrainConfig:
     """Stage-1 pretraining recipe (``pretraining.train``).
 
     Attributes:
-        seed: seeds batches, descriptions and hard-negative draws.
-        steps: optimiser steps.
-        batch_size: described images per step (ITC/ITM negatives come from the batch).
-        lr: peak AdamW learning rate (warmup, then cosine to ``lr * min_lr_ratio``).
-        weight_decay: AdamW weight decay (not on biases, norms, query tokens).
         warmup_steps: linear warmup; the post-LN Q-Former diverges without it.
-        min_lr_ratio: end of the cosine as a fraction of ``lr``.
-        grad_clip: gradient-norm clip.
-        itm_weight: weight of the ITM loss.
-        itm_pairs: pairs of the batch that get the ITM (and fused ITC) passes.
-        fused_itc_weight: weight of the fused ITC loss ([ours]; 0 = BLIP-2's two losses).
-        temperature_init: initial ITC temperature (learned, clamped to [0.01, 0.5]).
-        held_out: images kept out of training to measure retrieval of their descriptions.
-        log_every: steps between history records.
+        itm_pairs: pairs of the batch that get the ITM and fused ITC passes (their CPU cost).
+        fused_itc_weight: [ours] weight of the fused ITC loss; 0 = BLIP-2's two losses.
+        held_out: images never trained on, to measure retrieval of their descriptions.
     """
 
     seed: int = 0
@@ -118,8 +85,7 @@ class DescribedImages:
 
 
 class Stage1(nn.Module):
-    """The trainable parts of a ``Blip2ForImageTextRetrieval`` (shared, not copied) and
-    the ITC temperature. Training it trains the retrieval model in place."""
+    """The trainable parts of a BLIP-2 retrieval model (shared, not copied) + ITC temperature."""
 
     def __init__(self, model: Blip2ForImageTextRetrieval, temperature_init: float = 0.07) -> None:
         super().__init__()
@@ -235,8 +201,7 @@ def text_to_image_recall(
     max_len: int,
     ks: Sequence[int] = (1, 5, 10),
 ) -> dict[str, float]:
-    """Recall@K (%) of retrieving each image from its first description (ITC scores),
-    and of the fused (image, description) query finding its own image among ``data``."""
+    """Held-out Recall@K (%): text -> image (ITC) and fused query -> its own image."""
     was_training = net.training
     net.eval()
     device = net.log_temperature.device
@@ -283,20 +248,10 @@ def pretrain(
     device: torch.device | None = None,
     progress: Callable[[dict[str, float]], None] | None = None,
 ) -> list[dict[str, float]]:
-    """Train ``model``'s Q-Former side in place; return the history (one record per
-    ``log_every`` steps: mean loss terms, learning rate, temperature, and on the last
-    record the held-out retrieval of descriptions).
+    """Train ``model``'s Q-Former side in place; its ViT is not run (tokens from ``features``).
 
-    Args:
-        model: a ``Blip2ForImageTextRetrieval`` (its ViT is frozen and not run: the ViT
-            tokens come from ``features``).
-        tokenizer: its tokenizer.
-        features: cached ViT tokens of the corpus images.
-        corpus: images and their descriptions; the last ``cfg.held_out`` are held out.
-        cfg: the recipe.
-        max_len: tokenizer truncation.
-        device: where to train (default: CPU).
-        progress: called with each history record (logging, progress display).
+    Returns one record per ``log_every`` steps (mean loss terms, lr, temperature), the last
+    with held-out retrieval; the last ``cfg.held_out`` images are never trained on.
     """
     device = device or torch.device("cpu")
     torch.manual_seed(cfg.seed)

@@ -1,34 +1,8 @@
-"""Chunked late-interaction retrieval: scores, top-k, target ranks and CIR metrics.
+"""Chunked max-over-tokens retrieval: scores, top-k, target ranks and CIR metrics.
 
-Embedding conventions:
-
-* a composed query is an L2-normalised ``(P,)`` vector; a batch of queries is ``(N, P)``;
-* a gallery image is an L2-normalised ``(Q, P)`` matrix of token embeddings (Q = 32 for
-  BLIP-2); a gallery is ``(M, Q, P)`` (a ``(M, P)`` gallery is accepted as ``Q = 1``);
-* ``s(q, I) = max_j <q, I_j>`` (BLIP-2 ITC convention).
-
-Every function works on CPU or CUDA (``device`` argument, default: the queries' device),
-scores queries in chunks so that the transient memory is ``O(chunk_size * M)`` (the
-``N x M x Q`` tensor is never built, not even ``chunk x M x Q``), can run the matmuls in
-``amp_dtype`` (e.g. ``torch.bfloat16``) on CUDA, and returns CPU tensors / Python floats.
-
-Metric keys are stable (they become MLflow metric names):
-
-* :func:`recall_at_k` -> ``"recall@{k}"``
-* :func:`cirr_metrics_from_ranks` -> ``"recall@{1,5,10,50}"``, ``"recall_subset@{1,2,3}"``,
-  ``"avg"``
-* :func:`fashioniq_metrics_from_ranks` -> ``"{cat}/recall@{10,50}"``,
-  ``"mean/recall@{10,50}"``, ``"avg"``
-* :func:`breakdown_by_group` -> ``"{group}/recall@{k}"``, ``"{group}/count"``
-
-Tie rule [design, pessimistic]: the rank of a target counts every other (non-excluded)
-item whose score is *strictly higher* plus every other item whose score is *exactly
-equal*. A model that collapses all embeddings therefore gets chance-or-worse recall
-instead of a free R@1 = 100 %. With random float embeddings exact ties essentially never
-occur; in bf16 they do, which is one more reason to compute final metrics in fp32.
-
-The CIRR test1 submission files are built and checked in
-:mod:`dqe_cir_pipeline.model.cirr_submission`.
+Queries (N, P), galleries (M, Q, P) or (M, P), L2-normalised; each function scores
+``chunk_size`` queries at a time (memory O(chunk_size * M)) on ``device`` (default: the
+queries'), in ``amp_dtype`` on CUDA, and returns CPU tensors. Ties count against the target.
 """
 
 from __future__ import annotations
@@ -51,11 +25,7 @@ __all__ = [
 ]
 
 
-# --------------------------------------------------------------------------------------
-# Scoring core
-# --------------------------------------------------------------------------------------
 def _resolve_device(queries: torch.Tensor, device: str | torch.device | None) -> torch.device:
-    """Device to compute on: explicit ``device`` or the queries' device."""
     if device is None:
         return queries.device
     return torch.device(device)
@@ -67,7 +37,7 @@ def _compute_dtype(
     device: torch.device,
     amp_dtype: torch.dtype | None,
 ) -> torch.dtype:
-    """Matmul dtype: ``amp_dtype`` on CUDA, otherwise the promoted input float dtype."""
+    """Matmul dtype: ``amp_dtype`` on CUDA, else the promoted float dtype of the inputs."""
     if amp_dtype is not None and device.type == "cuda":
         return amp_dtype
     dtype = torch.promote_types(queries.dtype, gallery.dtype)
@@ -77,18 +47,10 @@ def _compute_dtype(
 
 
 class _Scorer:
-    """Holds the gallery on the compute device and scores query chunks against it.
+    """Scores query chunks against a gallery held on the compute device.
 
-    The gallery ``(M, Q, P)`` is viewed as a flat ``(M * Q, P)`` token matrix and scored
-    in blocks of ``items_per_block`` images so that one block's token scores
-    ``(c, items_per_block * Q)`` never exceed ``c * max(M, 8192, Q)`` elements. [design] This
-    avoids both the ``c x M x Q`` tensor and a transposed copy of the gallery; the
-    running maximum over tokens happens per block via ``amax`` on a contiguous view.
-
-    Args:
-        gallery: ``(M, Q, P)`` or ``(M, P)`` tensor.
-        device: Compute device.
-        dtype: Matmul dtype.
+    The gallery is a flat (M * Q, P) token matrix scored in blocks of whole images, so
+    neither a (c, M, Q) tensor nor a transposed copy of the gallery is ever built.
     """
 
     _MIN_BLOCK_TOKENS = 8192
@@ -107,15 +69,7 @@ class _Scorer:
         self.items_per_block = max(1, max(self.m, self._MIN_BLOCK_TOKENS) // max(1, self.q))
 
     def __call__(self, q_chunk: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
-        """Scores of a query chunk.
-
-        Args:
-            q_chunk: ``(c, P)`` queries (any device / dtype).
-            out_dtype: dtype of the returned scores.
-
-        Returns:
-            ``(c, M)`` scores on the compute device.
-        """
+        """(c, P) queries (any device / dtype) -> (c, M) scores on the compute device."""
         qc = q_chunk.to(device=self.device, dtype=self.dtype)
         if qc.shape[-1] != self.p:
             raise ValueError(f"query dim {qc.shape[-1]} != gallery dim {self.p}")
@@ -135,7 +89,7 @@ def _iter_scores(
     device: str | torch.device | None,
     amp_dtype: torch.dtype | None,
 ) -> Iterator[tuple[int, torch.Tensor]]:
-    """Yield ``(start, scores (c, M))`` with scores left on the compute device (fp32/fp64)."""
+    """Yield ``(start, scores (c, M))``, left on the compute device in fp32 (fp64 inputs: fp64)."""
     if queries.ndim != 2:
         raise ValueError(f"queries must be (N, P); got {tuple(queries.shape)}")
     if chunk_size < 1:
@@ -150,7 +104,6 @@ def _iter_scores(
 
 
 def _check_index(name: str, idx: torch.Tensor | None, n: int, m: int, allow_neg: bool) -> None:
-    """Validate an ``(N,)`` index tensor into the gallery."""
     if idx is None:
         return
     if idx.shape != (n,):
@@ -167,7 +120,7 @@ def _gallery_size(gallery: torch.Tensor) -> int:
 
 
 def _mask_excluded(scores: torch.Tensor, exclude: torch.Tensor | None, start: int) -> None:
-    """In place: set ``scores[r, exclude[start + r]]`` to ``-inf`` where ``exclude >= 0``."""
+    """In place: ``scores[r, exclude[start + r]] = -inf`` where ``exclude >= 0``."""
     if exclude is None:
         return
     ex = exclude[start : start + scores.shape[0]].to(scores.device)
@@ -185,21 +138,10 @@ def topk(
     device: str | torch.device | None = None,
     amp_dtype: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-``k`` gallery items per query.
+    """Top-``k`` items per query, best first: ``(scores (N, k), indices (N, k))`` on CPU.
 
-    Args:
-        queries: ``(N, P)``.
-        gallery: ``(M, Q, P)``.
-        k: Items to return; ``k <= M`` (``k <= M - 1`` when ``exclude`` is given).
-        exclude: ``(N,)`` long gallery index removed from each query's ranking (e.g. the
-            CIRR reference); ``-1`` = nothing removed.
-        chunk_size: Queries per chunk.
-        device: Compute device (default: the queries').
-        amp_dtype: Matmul dtype on CUDA.
-
-    Returns:
-        ``(scores (N, k) float, indices (N, k) long)`` on CPU, best first. Order among
-        exactly tied scores is whatever ``torch.topk`` returns (not guaranteed).
+    ``exclude``: (N,) gallery index removed from each ranking (the CIRR reference), -1 for
+    none; then ``k <= M - 1``. The order among exactly tied scores is ``torch.topk``'s.
     """
     n, m = queries.shape[0], _gallery_size(gallery)
     _check_index("exclude", exclude, n, m, allow_neg=True)
@@ -225,23 +167,10 @@ def target_ranks(
     device: str | torch.device | None = None,
     amp_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """0-based rank of each query's target in the full gallery ranking.
+    """(N,) 0-based rank of each query's ``target_idx`` in the full gallery ranking.
 
-    ``rank_i = #{c != t_i, c != exclude_i : s(q_i, c) > s(q_i, t_i)}
-    + #{c != t_i, c != exclude_i : s(q_i, c) == s(q_i, t_i)}`` ([design] pessimistic ties).
-
-    Args:
-        queries: ``(N, P)``.
-        gallery: ``(M, Q, P)``.
-        target_idx: ``(N,)`` long gallery index of each target.
-        exclude: ``(N,)`` long index removed from the ranking (``-1`` = none); must differ
-            from the target.
-        chunk_size: Queries per chunk.
-        device: Compute device (default: the queries').
-        amp_dtype: Matmul dtype on CUDA.
-
-    Returns:
-        ``(N,)`` long ranks on CPU (0 = retrieved first).
+    [design] Pessimistic ties: every other non-excluded item scoring >= the target counts.
+    ``exclude`` as in :func:`topk`; it must differ from the target.
     """
     n, m = queries.shape[0], _gallery_size(gallery)
     _check_index("target_idx", target_idx, n, m, allow_neg=False)
@@ -263,15 +192,7 @@ def target_ranks(
 def recall_at_k(
     ranks: torch.Tensor | np.ndarray, ks: Sequence[int] = (1, 5, 10, 50)
 ) -> dict[str, float]:
-    """Recall@K in percent from 0-based ranks.
-
-    Args:
-        ranks: ``(N,)`` 0-based ranks.
-        ks: Cut-offs.
-
-    Returns:
-        ``{"recall@{k}": 100 * mean(rank < k)}``; NaN for an empty input.
-    """
+    """``{"recall@{k}": percent of ranks < k}`` from (N,) 0-based ranks; NaN when empty."""
     r = torch.as_tensor(np.asarray(ranks)).reshape(-1)
     out: dict[str, float] = {}
     for k in ks:
@@ -279,9 +200,6 @@ def recall_at_k(
     return out
 
 
-# --------------------------------------------------------------------------------------
-# Subsets (CIRR Recall_subset)
-# --------------------------------------------------------------------------------------
 def _subset_scores(
     queries: torch.Tensor,
     gallery: torch.Tensor,
@@ -291,10 +209,9 @@ def _subset_scores(
     device: str | torch.device | None,
     amp_dtype: torch.dtype | None,
 ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
-    """Yield ``(start, scores (c, S), valid (c, S))`` for the subset members only.
+    """Yield ``(start, scores (c, S), valid (c, S))`` over the subset members only.
 
-    Members that are padding (``-1``) or equal to ``exclude`` are invalid (score ``-inf``).
-    Memory per chunk is ``O(c * S * Q * P)`` (gathered member tokens), independent of M.
+    Padding (-1) and the excluded item are invalid (score -inf); memory O(c * S * Q * P).
     """
     n, m = queries.shape[0], _gallery_size(gallery)
     if subset_idx.ndim != 2 or subset_idx.shape[0] != n:
@@ -329,26 +246,10 @@ def subset_ranks(
     device: str | torch.device | None = None,
     amp_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """0-based rank of the target within each query's subset (CIRR ``img_set.members``).
+    """(N,) 0-based rank of the target within its subset (CIRR ``img_set.members``).
 
-    Same pessimistic tie rule as :func:`target_ranks`. The excluded item (the
-    reference) and ``-1`` padding are removed from the subset first.
-
-    Args:
-        queries: ``(N, P)``.
-        gallery: ``(M, Q, P)``.
-        target_idx: ``(N,)`` long gallery index of each target; must be in its subset.
-        subset_idx: ``(N, S)`` long gallery indices of each subset (``-1`` = padding).
-        exclude: ``(N,)`` long index removed from the subset (``-1`` = none).
-        chunk_size: Queries per chunk.
-        device: Compute device (default: the queries').
-        amp_dtype: Matmul dtype on CUDA.
-
-    Returns:
-        ``(N,)`` long ranks on CPU.
-
-    Raises:
-        ValueError: if a target is not among its (non-excluded) subset members.
+    ``subset_idx``: (N, S) gallery indices, -1 padding. Padding and ``exclude`` (the
+    reference) are removed first; pessimistic ties. ValueError if a target is not a member.
     """
     n = queries.shape[0]
     _check_index("target_idx", target_idx, n, _gallery_size(gallery), allow_neg=False)
@@ -381,22 +282,7 @@ def subset_topk(
     device: str | torch.device | None = None,
     amp_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """Best ``k`` subset members per query (for the CIRR ``recall_subset`` submission).
-
-    Args:
-        queries: ``(N, P)``.
-        gallery: ``(M, Q, P)``.
-        subset_idx: ``(N, S)`` long gallery indices (``-1`` padding).
-        k: Members to return (``k <= S``).
-        exclude: ``(N,)`` long index removed from each subset (the reference).
-        chunk_size: Queries per chunk.
-        device: Compute device (default: the queries').
-        amp_dtype: Matmul dtype on CUDA.
-
-    Returns:
-        ``(N, k)`` long gallery indices on CPU, best first; ``-1`` where a subset has
-        fewer than ``k`` valid members.
-    """
+    """(N, k) best subset members per query, best first; -1 where fewer than ``k`` are valid."""
     if not 1 <= k <= subset_idx.shape[1]:
         raise ValueError(f"k={k} must be in [1, {subset_idx.shape[1]}]")
     out = torch.empty((queries.shape[0], k), dtype=torch.long)
@@ -411,27 +297,13 @@ def subset_topk(
     return out
 
 
-# --------------------------------------------------------------------------------------
-# Protocols
-# --------------------------------------------------------------------------------------
 def cirr_metrics_from_ranks(
     ranks: torch.Tensor,
     sub_ranks: torch.Tensor,
     ks: Sequence[int] = (1, 5, 10, 50),
     subset_ks: Sequence[int] = (1, 2, 3),
 ) -> dict[str, float]:
-    """CIRR metrics from precomputed ranks.
-
-    Args:
-        ranks: ``(N,)`` full-gallery ranks with the reference removed.
-        sub_ranks: ``(N,)`` subset ranks with the reference removed.
-        ks: Recall cut-offs.
-        subset_ks: Recall_subset cut-offs.
-
-    Returns:
-        ``{"recall@k": ..., "recall_subset@k": ..., "avg": (R@5 + Rs@1) / 2}`` (percent);
-        ``avg`` is omitted when 5 is not in ``ks`` or 1 not in ``subset_ks``.
-    """
+    """CIRR metrics (percent) from ranks with the reference removed; ``avg`` = (R@5 + Rs@1) / 2."""
     out = recall_at_k(ranks, ks)
     out.update(
         {
@@ -447,16 +319,10 @@ def cirr_metrics_from_ranks(
 def fashioniq_metrics_from_ranks(
     per_category_ranks: Mapping[str, torch.Tensor | np.ndarray], ks: Sequence[int] = (10, 50)
 ) -> dict[str, float]:
-    """FashionIQ metrics from per-category ranks.
+    """FashionIQ metrics from per-category ranks (reference not removed).
 
-    Args:
-        per_category_ranks: ``{category: (N_cat,) ranks}`` (reference not removed).
-        ks: Cut-offs.
-
-    Returns:
-        ``{"{cat}/recall@k"}`` per category, ``"mean/recall@k"`` = unweighted mean over
-        categories (as published FashionIQ results report it), and ``"avg"`` = mean of
-        the ``"mean/recall@k"`` values (with the default ks: (mean R@10 + mean R@50) / 2).
+    ``{cat}/recall@k``, ``mean/recall@k`` (unweighted over categories, as published results
+    report it) and ``avg``, the mean of the ``mean/recall@k`` ((R@10 + R@50) / 2).
     """
     if not per_category_ranks:
         raise ValueError("no categories")
@@ -477,16 +343,7 @@ def fashioniq_metrics_from_ranks(
 def breakdown_by_group(
     ranks: torch.Tensor | np.ndarray, groups: Sequence[str], ks: Sequence[int] = (1, 5, 10, 50)
 ) -> dict[str, float]:
-    """Recall@K per group (e.g. per edit type: color / shape / ...).
-
-    Args:
-        ranks: ``(N,)`` ranks.
-        groups: ``N`` group labels.
-        ks: Cut-offs.
-
-    Returns:
-        ``{"{group}/recall@{k}": percent, "{group}/count": float(n_group)}``, groups sorted.
-    """
+    """Recall@K per group (e.g. edit type): ``{group}/recall@{k}``, ``{group}/count``."""
     r = np.asarray(ranks).reshape(-1)
     g = np.asarray(list(groups), dtype=object)
     if g.shape[0] != r.shape[0]:
