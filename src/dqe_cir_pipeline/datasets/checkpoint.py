@@ -1,25 +1,8 @@
 """Training checkpoints as plain dicts: a safe, atomic, versioned Kedro dataset.
 
-A checkpoint is a plain ``dict`` (nanoGPT / open_clip style), e.g.::
-
-    {
-        "model": model.state_dict(),          # trainable parameters only
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "rng": capture_rng_state(),
-        "epoch": 3,
-        "config": {...},                      # model / training config as plain data
-        "backbone": {"key": "blip2-vitg", "name": "Salesforce/blip2-itm-vit-g"},
-        "metrics": {"val/recall@10": 0.41},
-    }
-
-It is written with ``torch.save`` and read back with
-``torch.load(weights_only=True)``, which only rebuilds tensors and plain containers.
-Everything in a checkpoint must therefore be tensors, Python scalars / strings /
-bytes, ``None``, ``torch.Size`` / ``dtype`` / ``device`` and dicts, lists, tuples and
-sets of those; :func:`capture_rng_state` stores the numpy and Python RNG states in
-that vocabulary. Weights meant for sharing go to safetensors via
-:func:`export_weights`.
+A checkpoint holds only what ``torch.load(weights_only=True)`` rebuilds: tensors, Python
+scalars / strings / bytes, None, torch Size / dtype / device and containers of those
+(:func:`capture_rng_state` stores RNG states that way).
 """
 
 from __future__ import annotations
@@ -77,10 +60,9 @@ _SAFE_LEAVES: tuple[type, ...] = (
 
 
 def _find_unsafe(obj: Any, path: str = "checkpoint") -> str | None:
-    """Returns the location of the first value ``weights_only`` loading would reject.
+    """Where the first value ``weights_only`` loading would reject sits, to explain a failed save.
 
-    Only used to explain a failed save; the authoritative check is a real
-    ``weights_only`` load of the written file.
+    The authoritative check is a real ``weights_only`` load of the written file.
     """
     if isinstance(obj, _SAFE_LEAVES):
         return None
@@ -116,15 +98,13 @@ def _verify_weights_only(path: Path, data: Mapping[str, Any]) -> None:
 
 
 class TorchCheckpointDataset(AbstractVersionedDataset[dict[str, Any], dict[str, Any]]):
-    """Saves and loads training checkpoints (plain dicts) with ``torch.save`` / ``torch.load``.
+    """Training checkpoints (plain dicts) saved atomically, loaded with ``weights_only=True``.
 
-    Saving is atomic on the local file system: the checkpoint goes to a temporary file
-    in the destination directory, is re-loaded once with ``weights_only=True`` (memory
-    mapped, so cheap) to prove it will load, and only then replaces the destination
-    with ``os.replace``. A crash mid-save leaves the previous checkpoint intact. Other
-    fsspec file systems receive the verified file with a single upload.
+    A save is re-loaded once (memory-mapped) before it replaces the destination, so a crash
+    or an unloadable dict never replaces a good checkpoint; other fsspec file systems get
+    the verified file in one upload.
 
-    Example catalog entry (``conf/base/catalog.yml``):
+    Example catalog entry:
 
     .. code-block:: yaml
 
@@ -132,23 +112,9 @@ class TorchCheckpointDataset(AbstractVersionedDataset[dict[str, Any], dict[str, 
           type: dqe_cir_pipeline.datasets.checkpoint.TorchCheckpointDataset
           filepath: data/06_models/dqe_checkpoint.pt
           versioned: true
-          load_args:
-            map_location: cpu
 
-    Example Python use:
-
-    .. code-block:: python
-
-        ds = TorchCheckpointDataset(filepath="data/06_models/ckpt.pt")
-        ds.save({"model": model.state_dict(), "epoch": 3, "rng": capture_rng_state()})
-        ckpt = ds.load()
-        load_trainable_state(model, ckpt, "blip2-vitg", {"num_query_tokens": 32})
-
-    Security: loading always uses ``torch.load(weights_only=True)``; it cannot be
-    switched off through ``load_args``. That loader only rebuilds tensors and an
-    allow-list of plain types and refuses any other global in the pickle stream, so a
-    crafted checkpoint cannot run code on load (a plain ``torch.load`` or a
-    ``PickleDataset`` would execute whatever the file's ``__reduce__`` says).
+    Security: ``weights_only=True`` cannot be switched off through ``load_args``; it refuses
+    any global outside an allow-list of plain types, so a crafted file cannot run code.
     """
 
     DEFAULT_LOAD_ARGS: dict[str, Any] = {"map_location": "cpu"}
@@ -165,21 +131,10 @@ class TorchCheckpointDataset(AbstractVersionedDataset[dict[str, Any], dict[str, 
         fs_args: dict[str, Any] | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> None:
-        """Creates a new ``TorchCheckpointDataset``.
+        """The kedro-datasets arguments; ``filepath`` may be any fsspec URL.
 
-        Args:
-            filepath: Checkpoint file, local or any fsspec URL (``s3://...``).
-            load_args: Extra ``torch.load`` arguments (default
-                ``{"map_location": "cpu"}``; ``mmap: true`` avoids reading large
-                tensors eagerly). ``weights_only`` is always ``True``.
-            save_args: Extra ``torch.save`` arguments.
-            version: Kedro version (set by ``versioned: true`` in the catalog).
-            credentials: fsspec credentials.
-            fs_args: fsspec file-system arguments.
-            metadata: Free-form metadata, ignored by Kedro itself.
-
-        Raises:
-            DatasetError: If ``load_args`` tries to disable ``weights_only``.
+        ``load_args`` go to ``torch.load`` (default ``map_location: cpu``; ``mmap: true`` avoids
+        reading large tensors eagerly); a ``weights_only`` other than True raises DatasetError.
         """
         self._load_args = {**self.DEFAULT_LOAD_ARGS, **(load_args or {})}
         if self._load_args.pop("weights_only", True) is not True:
@@ -212,16 +167,7 @@ class TorchCheckpointDataset(AbstractVersionedDataset[dict[str, Any], dict[str, 
         }
 
     def load(self) -> dict[str, Any]:
-        """Loads the checkpoint dict with ``torch.load(weights_only=True)``.
-
-        Returns:
-            The checkpoint dict; tensors on ``map_location`` (CPU by default).
-
-        Raises:
-            DatasetError: If the file is missing, cannot be read back (truncated or
-                corrupted: the message names the file and its size) or holds
-                non-allowed objects.
-        """
+        """The checkpoint dict; DatasetError names a missing, truncated or disallowed file."""
         load_path = get_filepath_str(self._get_load_path(), self._protocol)
         try:
             if self._protocol == "file":
@@ -240,14 +186,9 @@ class TorchCheckpointDataset(AbstractVersionedDataset[dict[str, Any], dict[str, 
             ) from exc
 
     def save(self, data: dict[str, Any]) -> None:
-        """Atomically writes the checkpoint dict.
+        """Atomically write the checkpoint dict.
 
-        Args:
-            data: The checkpoint: a mapping of plain data and tensors.
-
-        Raises:
-            DatasetError: If ``data`` is not a mapping or would not load back with
-                ``weights_only=True`` (nothing is written then).
+        DatasetError, with nothing written, for a non-mapping or a dict that would not load back.
         """
         if not isinstance(data, Mapping):
             raise DatasetError(

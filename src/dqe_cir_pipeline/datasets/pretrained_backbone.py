@@ -1,21 +1,7 @@
-"""A folder of pretrained BLIP-2 backbones, one per configuration, written lazily.
+"""A folder of pretrained BLIP-2 backbones, one per configuration, trained only when missing.
 
-The pretraining node returns a :class:`PretrainingJob` (a key and a function that
-trains); this dataset's ``save`` runs the job only when ``<path>/<key>/`` does not hold
-a finished backbone yet, so re-running the pipeline with nothing changed trains
-nothing. A finished backbone is a ``save_pretrained`` folder (``config.json``,
-``model.safetensors``, the tokenizer files) plus ``pretraining.json`` (the settings the
-key was derived from and the training history), i.e. exactly what
-``backbone.source: pretrained`` with ``backbone.name_or_path: <that folder>`` loads,
-the same way a downloaded ``Salesforce/blip2-itm-vit-g`` loads.
-
-Example catalog entry::
-
-    pretrained_backbone:
-      type: dqe_cir_pipeline.datasets.pretrained_backbone.PretrainedBackboneDataset
-      path: data/synthetic/06_models/pretrained_backbone
-
-Security: loading reads JSON only; the weights are safetensors (no pickled code).
+Each is a ``save_pretrained`` folder plus ``pretraining.json`` (settings, history) that
+``backbone.source: pretrained`` loads like a downloaded ``Salesforce/blip2-itm-vit-g``.
 """
 
 from __future__ import annotations
@@ -44,8 +30,7 @@ _KEY_RE = re.compile(r"^[A-Za-z0-9._-]+$")
 
 @dataclass(frozen=True)
 class TrainedBackbone:
-    """What a pretraining job produces: a model and tokenizer with ``save_pretrained``,
-    and a JSON-ready record (history, measured retrieval, seconds)."""
+    """What a pretraining job returns: model and tokenizer (``save_pretrained``), JSON record."""
 
     model: Any
     tokenizer: Any
@@ -56,11 +41,8 @@ class TrainedBackbone:
 class PretrainingJob:
     """A pretraining to run unless its result already exists.
 
-    Attributes:
-        key: folder name of the result (letters, digits, ``.``, ``_``, ``-``), derived
-            from ``description``.
-        description: the JSON-ready settings the key was derived from.
-        run: trains and returns the backbone.
+    ``key``: the result's folder name (letters, digits, ``.``, ``_``, ``-``), derived from
+    the JSON-ready ``description``; ``run`` trains and returns the backbone.
     """
 
     key: str
@@ -74,13 +56,16 @@ class PretrainingJob:
 class PretrainedBackboneDataset(AbstractDataset[PretrainingJob, dict[str, Any]]):
     """Pretrained backbones under ``path``, keyed by configuration.
 
-    ``save(job)`` writes ``path/<job.key>/`` atomically (temp folder, then rename) unless
-    it exists, and records it as current; ``load()`` returns the current backbone's
-    ``pretraining.json`` with ``path`` (the folder to load) added.
+    ``save(job)`` writes ``path/<job.key>/`` atomically unless it exists, then marks it
+    current; ``load()`` returns the current backbone's ``pretraining.json`` plus ``path``.
 
-    Args:
-        path: the parent folder.
-        metadata: free-form (kedro viz shows it).
+    Example catalog entry::
+
+        pretrained_backbone:
+          type: dqe_cir_pipeline.datasets.pretrained_backbone.PretrainedBackboneDataset
+          path: data/synthetic/06_models/pretrained_backbone
+
+    Security: loading reads JSON only; the weights are safetensors (no pickled code).
     """
 
     def __init__(self, *, path: str, metadata: dict[str, Any] | None = None) -> None:

@@ -1,15 +1,8 @@
 """Kedro datasets for what serving reads: the query model export and the gallery index.
 
-Both are folders written atomically and skipped when nothing changed:
-
-* ``QueryModelDataset`` saves a :class:`~dqe_cir_pipeline.serving.QueryModel` with
-  ``save_pretrained`` unless the folder already holds the same version (weights hash).
-* ``GalleryIndexDataset`` saves a :class:`~dqe_cir_pipeline.serving.index.GalleryIndexJob`
-  by building it only when the folder's index has another key (model version, backbone,
-  images or build settings), or a ready :class:`GalleryIndex` as is.
-
-``_filepath`` is the folder: kedro-mlflow's ``pipeline_ml_factory`` logs it as an
-artifact of the inference model and points it at the logged copy when that model loads.
+Both are folders written atomically and skipped when unchanged (same weights version,
+same index key). ``_filepath`` is the folder: kedro-mlflow's ``pipeline_ml_factory``
+logs it with the inference model and points it at the logged copy on load.
 """
 
 from __future__ import annotations
@@ -36,12 +29,9 @@ logger = logging.getLogger(__name__)
 
 
 class QueryModelDataset(AbstractDataset[QueryModel, QueryModel]):
-    """A ``save_pretrained`` export folder of the trained query model.
+    """A ``save_pretrained`` export folder of the query model, rewritten only for a new version.
 
-    Args:
-        path: the folder.
-        device: where a loaded model runs (``cpu`` | ``cuda`` | ``auto``).
-        metadata: free-form metadata (Kedro-Viz etc.).
+    ``device``: where a loaded model runs (``cpu`` | ``cuda`` | ``auto``).
     """
 
     def __init__(
@@ -77,11 +67,9 @@ class QueryModelDataset(AbstractDataset[QueryModel, QueryModel]):
 
 
 class GalleryIndexDataset(AbstractDataset[GalleryIndex | GalleryIndexJob, GalleryIndex]):
-    """A gallery index folder, rebuilt only when its key changes.
+    """A gallery index folder, rebuilt only when its key changes (``last_save`` says which).
 
-    Args:
-        path: the folder.
-        metadata: free-form metadata (Kedro-Viz etc.).
+    ``save`` takes a ready :class:`GalleryIndex` or a :class:`GalleryIndexJob` built on demand.
     """
 
     def __init__(self, *, path: str, metadata: dict[str, Any] | None = None) -> None:
