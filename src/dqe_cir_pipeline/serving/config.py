@@ -10,26 +10,16 @@ ANN_ENCODINGS = ("Flat", "SQ8", "SQ4")
 
 @config_block
 class ServingConfig:
-    """How the trained model is served (``serving`` in ``conf/base/parameters_serving.yml``).
+    """How the trained model is served (``serving``).
 
     Attributes:
-        gallery_split: the benchmark split whose images the gallery index holds;
-            ``null``: the evaluation's reported split (``evaluation.split``: test on the
-            generated benchmark, val on FashionIQ and CIRR).
-        gallery_folder: a folder of images to index instead of the benchmark split
-            (``null``: the split); every ``.jpg/.jpeg/.png/.webp/.bmp`` below it.
-        top_k: results returned when a query does not say.
-        chunk_size: queries scored per chunk by exact search (bounds memory).
-        batch_size: images encoded per batch when building an index or answering a batch.
+        gallery_split: split whose images are indexed; null: ``evaluation.split``.
+        gallery_folder: index this folder's images (.jpg/.jpeg/.png/.webp/.bmp) instead.
         exclude_reference: drop gallery images with the reference's exact bytes (the
-            evaluation protocol of CIRR and the generated benchmark).
-        approximate_from: galleries of at least this many images also get an approximate
-            FAISS index; smaller ones are searched exactly only.
-        ann_encoding: FAISS storage of the token vectors (``Flat`` | ``SQ8`` | ``SQ4``).
-        ann_nlist: inverted lists of the IVF index (``0``: ``4 * sqrt(tokens)``).
-        ann_nprobe: lists visited per query.
-        ann_candidates: distinct images the approximate search hands to exact re-ranking.
-        registered_model_name: the MLflow Model Registry name of the inference model.
+            protocol of CIRR and the generated benchmark).
+        approximate_from: galleries this large also get the FAISS index.
+        ann_nlist: IVF lists (0: sqrt of the token count).
+        ann_candidates: distinct images the FAISS search hands to exact re-ranking.
     """
 
     gallery_split: str | None = None

@@ -10,11 +10,9 @@ from pathlib import Path
 
 
 def write_folder(out: str | Path, writer: Callable[[Path], None]) -> Path:
-    """Run ``writer`` on a fresh temporary folder next to ``out``, then replace ``out``.
+    """Run ``writer`` on a fresh folder next to ``out``, then swap it in with ``os.replace``.
 
-    A reader never sees a half-written folder: the old one stays in place until the new
-    one is complete (``os.replace`` of a directory), and a failed ``writer`` leaves it
-    untouched.
+    Readers never see a half-written folder; a failed ``writer`` leaves ``out`` untouched.
     """
     dest = Path(out)
     dest.parent.mkdir(parents=True, exist_ok=True)

@@ -1,24 +1,8 @@
 """A gallery index: the trained model's target embeddings of a gallery, searchable.
 
-A :class:`GalleryIndex` holds, for every gallery image, its ``(Q, P)`` token embeddings
-(the query model's target side), its id, path, content hash and category, and the
-identity of what built it: the query model's ``version`` (a hash of the trained
-weights), the backbone key and a fingerprint of the images. A query model refuses an
-index built by another version or backbone (:meth:`GalleryIndex.check_model`).
-
-Search is exact by default: ``s(q, I) = max_j <q, I_j>`` over the whole gallery, in
-chunks, with :func:`dqe_cir_pipeline.model.retrieval.topk` (the evaluation's own
-scoring). Galleries of at least ``approximate_from`` images also get a FAISS IVF index
-over every token vector (:class:`TokenANN`): the max-over-tokens score of an image is
-the score of its best token, so the images owning the best-scoring tokens are the
-candidates; they are re-ranked exactly.
-
-Folder layout (:meth:`GalleryIndex.save`)::
-
-    meta.json          format, key, model version, backbone key, fingerprint, sizes, settings
-    images.parquet     image_id, path, content_hash, category (row i = embedding i)
-    embeddings.npy     (M, Q, P) float32
-    ann.faiss          the approximate index (only for large galleries)
+It records what built it (model version, backbone, image fingerprint). Search is exact
+(chunked, scored as evaluation scores); large galleries add a FAISS token index that
+pre-selects candidates for exact re-ranking. Folder layout: docs/serving.md.
 """
 
 from __future__ import annotations
@@ -60,8 +44,7 @@ _DEFAULTS = ServingConfig()
 
 @dataclass(frozen=True)
 class IndexSettings:
-    """What decides how an index is built and searched (from :class:`ServingConfig`,
-    whose defaults it shares)."""
+    """What decides how an index is built and searched (defaults: :class:`ServingConfig`'s)."""
 
     approximate_from: int = _DEFAULTS.approximate_from
     ann_encoding: str = _DEFAULTS.ann_encoding
@@ -108,10 +91,10 @@ def index_key(model: QueryModel, table: pd.DataFrame, settings: IndexSettings) -
 
 
 class TokenANN:
-    """FAISS inverted-file index over every gallery token vector (inner product).
+    """FAISS IVF index over every gallery token (inner product); token ``m * Q + j`` is image m's.
 
-    Token ``m * Q + j`` is token ``j`` of image ``m``. :meth:`candidates` returns, per
-    query, the distinct images owning the best-scoring tokens found, best first.
+    An image's max-over-tokens score is its best token's, so the owners of the best tokens
+    found are the candidates.
     """
 
     def __init__(self, index: Any, tokens_per_image: int) -> None:
@@ -166,17 +149,11 @@ class TokenANN:
 
 @dataclass
 class GalleryIndex:
-    """Embeddings and metadata of a gallery, and search over them.
+    """A gallery's embeddings, metadata and search.
 
-    Immutable once built: ``copy.deepcopy`` returns the same object (Kedro and
-    kedro-mlflow deep-copy their in-memory data on every prediction).
-
-    Attributes:
-        embeddings: ``(M, Q, P)`` float32 target embeddings, row i = ``table`` row i.
-        table: image_id, path, content_hash, category.
-        meta: format, key, model_version, backbone_key, fingerprint, sizes, build settings.
-        ann: the approximate index, or ``None`` (exact search only).
-        settings: search settings (nprobe, candidates, chunk size).
+    ``embeddings``: (M, Q, P) float32, row i = ``table`` row i (image_id, path, content_hash,
+    category); ``ann``: the approximate index or None. Immutable: ``deepcopy`` returns it
+    (Kedro and kedro-mlflow deep-copy in-memory data on every prediction).
     """
 
     embeddings: torch.Tensor
@@ -209,7 +186,6 @@ class GalleryIndex:
     def key(self) -> str:
         return str(self.meta["key"])
 
-    # ------------------------------------------------------------------ building
     @classmethod
     def build(
         cls,
@@ -220,16 +196,10 @@ class GalleryIndex:
         batch_size: int = 64,
         source: str = "",
     ) -> GalleryIndex:
-        """Embed a gallery with ``model``.
+        """Embed a gallery (table: image_id, path, content_hash, category) with ``model``.
 
-        Args:
-            model: the query model (its target side embeds the gallery).
-            table: image_id, path, content_hash, category (one row per image).
-            features: cached ViT tokens of the images (the benchmark's feature cache);
-                ``None``: decode the files at ``path`` and run the ViT here.
-            settings: index settings (approximate index from ``approximate_from``).
-            batch_size: images decoded and encoded per batch (no feature cache).
-            source: where the gallery comes from, for the metadata.
+        ``features``: the images' cached ViT tokens; None decodes the files and runs the ViT
+        here, ``batch_size`` images at a time. ``source`` is recorded in the metadata.
         """
         settings = settings or IndexSettings()
         start = time.perf_counter()
@@ -292,7 +262,6 @@ class GalleryIndex:
             source=str(Path(folder).resolve()),
         )
 
-    # ------------------------------------------------------------------ files
     def save(self, folder: str | Path) -> Path:
         """Write the index folder atomically."""
 
@@ -307,11 +276,7 @@ class GalleryIndex:
 
     @classmethod
     def load(cls, folder: str | Path, settings: IndexSettings | None = None) -> GalleryIndex:
-        """Read an index folder.
-
-        Raises:
-            ServingInputError: the folder is not a gallery index of this format.
-        """
+        """Read an index folder; ServingInputError when it is not an index of this format."""
         root = Path(folder)
         meta = read_index_meta(root)
         if meta is None:
@@ -330,13 +295,8 @@ class GalleryIndex:
         ann = TokenANN.load(root / ANN_FILE, emb.shape[1]) if (root / ANN_FILE).exists() else None
         return cls(emb, table, meta, ann, settings or IndexSettings())
 
-    # ------------------------------------------------------------------ search
     def check_model(self, model: QueryModel, where: str = "gallery index") -> None:
-        """Refuse to answer ``model``'s queries from an index another model embedded.
-
-        Raises:
-            StaleIndexError: other backbone, or other trained weights (model version).
-        """
+        """Refuse an index another model embedded: StaleIndexError (other backbone or version)."""
         if self.backbone_key != model.backbone_key:
             raise StaleIndexError(
                 f"{where} was built on backbone {self.backbone_key!r} "
@@ -363,21 +323,11 @@ class GalleryIndex:
         exclude_hashes: Sequence[str | None] | None = None,
         approximate: bool | None = None,
     ) -> pd.DataFrame:
-        """Top-``k`` gallery images per query.
+        """Top-``k`` gallery images for (N, P) queries (one ``k``, or one per query).
 
-        Args:
-            queries: ``(N, P)`` composed-query embeddings.
-            k: results per query (one value, or one per query).
-            exclude_hashes: per query, the content hash of images to leave out (the
-                reference), or ``None``.
-            approximate: use the FAISS index (default: when the index has one).
-
-        Returns:
-            One row per result: query (row of ``queries``), rank (1 = best), image_id,
-            path, category, score.
-
-        Raises:
-            ServingInputError: a ``k`` below 1 or above the gallery (minus exclusions).
+        ``exclude_hashes``: per query, the content hash to leave out (the reference) or None;
+        ``approximate`` defaults to using the FAISS index when there is one. One row per result:
+        query, rank (1 = best), image_id, path, category, score. ServingInputError for a bad ``k``.
         """
         n = int(queries.shape[0])
         ks = [int(k)] * n if isinstance(k, int) else [int(v) for v in k]
@@ -404,9 +354,10 @@ class GalleryIndex:
     def rank_of(
         self, query: torch.Tensor, image_id: str, exclude_hash: str | None = None
     ) -> int | None:
-        """The exact rank (1 = best) of ``image_id`` for one ``(P,)`` query, scored against
-        the whole gallery as exact search would (images with ``exclude_hash`` left out);
-        ``None`` when the image is not in this gallery or is excluded."""
+        """Exact rank (1 = best) of ``image_id`` for one (P,) query, as exact search ranks it.
+
+        None when the image is not in this gallery or is excluded by ``exclude_hash``.
+        """
         rows = np.flatnonzero(self.table["image_id"].to_numpy() == image_id)
         excluded = self.excluded(exclude_hash)
         rows = rows[~np.isin(rows, excluded)]
@@ -464,12 +415,10 @@ class GalleryIndex:
 
 @dataclass(frozen=True)
 class GalleryIndexJob:
-    """A gallery index to build, keyed by what it depends on; built only when needed.
+    """A gallery index to build, keyed by what it depends on; built only when the key changed.
 
-    The index node returns a job; :class:`~dqe_cir_pipeline.datasets.gallery_index.
-    GalleryIndexDataset` keeps the index on disk when its key equals ``key`` (same model
-    version, backbone, images and build settings) and calls ``build`` otherwise.
-    ``copy.deepcopy`` returns the job itself (it holds a live model).
+    :class:`~dqe_cir_pipeline.datasets.serving_artifacts.GalleryIndexDataset` decides;
+    ``deepcopy`` returns the job itself (it holds a live model).
     """
 
     key: str

@@ -1,21 +1,8 @@
 """The trained query side of DQE-CIR as one object, and its ``save_pretrained`` export.
 
-A :class:`QueryModel` holds everything a query on a *new* image needs: the frozen ViT
-(training only ever saw its cached tokens), the trained DQE-CIR module, the tokenizer and
-the image preprocessing. It embeds queries (reference image + text) and gallery images
-exactly as evaluation does: the ViT tokens are rounded to float16 like the feature cache
-stores them, then go through the same ``encode_queries`` / ``encode_images`` path.
-
-Export folder (Hugging Face convention, :meth:`QueryModel.save_pretrained`)::
-
-    config.json              model_type "dqe_cir", version, backbone, DQE-CIR head settings,
-                             the BLIP-2 architecture, preprocessing, training summary
-    model.safetensors        "dqe.*": the trained DQE-CIR module; "vision_model.*": the ViT
-    tokenizer.json, tokenizer_config.json, ...   the backbone's tokenizer
-    README.md                model card: training data, metrics, limits
-
-``version`` is a hash of the trained weights: a gallery index records the version that
-embedded it, and a query refuses an index of another version.
+A :class:`QueryModel` embeds queries on new images and gallery images exactly as
+evaluation does (ViT tokens rounded to float16 like the feature cache, then the same
+encode path). ``version`` hashes the trained weights. Export layout: docs/serving.md.
 """
 
 from __future__ import annotations
@@ -68,17 +55,9 @@ def weights_version(state: Mapping[str, torch.Tensor]) -> str:
 class QueryModel:
     """Frozen ViT + trained DQE-CIR + tokenizer + preprocessing, in eval mode.
 
-    Build it with :meth:`from_checkpoint` (a training checkpoint on its backbone) or
-    :meth:`from_pretrained` (an export folder). Immutable once built: ``copy.deepcopy``
-    returns the same object (Kedro and kedro-mlflow deep-copy their in-memory data).
-
-    Attributes:
-        dqe: the trained DQE-CIR module.
-        version: hash of the trained weights (:func:`weights_version`).
-        backbone_key: the backbone whose frozen ViT the model was trained on.
-        backbone_name: its name (hub id or folder) at training time.
-        max_text_len: tokenizer truncation length.
-        info: what the export's ``config.json`` records about training (data, metrics).
+    Built by :meth:`from_checkpoint` or :meth:`from_pretrained`; immutable (``deepcopy``
+    returns it). ``version``: :func:`weights_version` of the DQE-CIR module; ``info``: what
+    the export records about training (data, metrics).
     """
 
     def __init__(
@@ -125,7 +104,6 @@ class QueryModel:
         """P: the embedding width."""
         return int(self.dqe.text_projection.out_features)
 
-    # ------------------------------------------------------------------ building
     @classmethod
     def from_checkpoint(
         cls,
@@ -192,9 +170,7 @@ class QueryModel:
     def from_pretrained(cls, folder: str | Path, device: str = "cpu") -> QueryModel:
         """Load an export folder written by :meth:`save_pretrained`.
 
-        Raises:
-            ExportFormatError: the folder lacks the files, is of another format, or its
-                weights do not hash to the version its config records.
+        ExportFormatError: files missing, another format, or weights not hashing to its version.
         """
         root = Path(folder)
         config = read_export_config(root)
@@ -239,7 +215,6 @@ class QueryModel:
             )
         return model
 
-    # ------------------------------------------------------------------ embedding
     @torch.no_grad()
     def vit_tokens(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Frozen-ViT tokens of decoded images, float16 as the feature cache stores them."""

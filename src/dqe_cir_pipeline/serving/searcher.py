@@ -1,24 +1,8 @@
 """Answering queries: a reference image and a text in, ranked gallery images out.
 
-:class:`Searcher` pairs a :class:`QueryModel` with a :class:`GalleryIndex` it checked
-(same model version and backbone), decodes the query images (a path, raw bytes, base64
-text or a PIL image), embeds the queries and searches the index. It is what the search
-command, the notebook function and the MLflow model (the inference pipeline's node) run.
-
-The request table (the MLflow model's input) has one row per query:
-
-=============  ========  ==================================================================
-column         type      meaning
-=============  ========  ==================================================================
-``text``       string    the modification text (required, not empty)
-``image_b64``  string    the reference image's bytes, base64 (optional)
-``image_path`` string    the reference image's path on the serving machine (optional)
-``k``          long      results wanted (optional; default ``serving.top_k``)
-=============  ========  ==================================================================
-
-Each row gives ``image_b64`` or ``image_path`` (``image_b64`` wins when both are set).
-The answer has one row per result: ``query`` (row of the request), ``rank`` (1 = best),
-``image_id``, ``path``, ``category``, ``score``.
+:class:`Searcher` (a query model and a gallery index it checked) serves the command line,
+the notebook function and the MLflow model. A request has one row per query: ``text``,
+``image_b64`` or ``image_path`` (base64 wins), optional ``k`` (docs/serving.md).
 """
 
 from __future__ import annotations
@@ -43,7 +27,7 @@ from dqe_cir_pipeline.serving.images import (
 from dqe_cir_pipeline.serving.index import GalleryIndex
 from dqe_cir_pipeline.serving.query_model import QueryModel
 
-#: The request's columns (see the module docstring).
+#: The request's columns (docs/serving.md).
 REQUEST_COLUMNS = ("text", "image_b64", "image_path", "k")
 #: The answer's columns.
 ANSWER_COLUMNS = ("query", "rank", "image_id", "path", "category", "score")
@@ -93,12 +77,7 @@ def load_reference(image: str | Path | bytes | Image.Image, where: str = "image"
 
 
 def parse_request(frame: pd.DataFrame, default_k: int) -> list[Query]:
-    """Decode a request table (module docstring) into queries.
-
-    Raises:
-        ServingInputError: no ``text`` column or no image column, an empty text, a row
-            with no image, an unreadable image or a bad ``k``; naming the row.
-    """
+    """Decode a request table into queries; ServingInputError names the row of bad input."""
     if not isinstance(frame, pd.DataFrame):
         raise ServingInputError(f"the request must be a table, got {type(frame).__name__}")
     unknown = sorted(set(frame.columns) - set(REQUEST_COLUMNS))
@@ -126,18 +105,10 @@ def parse_request(frame: pd.DataFrame, default_k: int) -> list[Query]:
 
 
 class Searcher:
-    """A query model and a gallery index it may search (checked when built).
+    """A query model and a gallery index it may search (StaleIndexError otherwise).
 
-    Args:
-        model: the query model.
-        index: a gallery index built by this model (version and backbone checked).
-        exclude_reference: leave out gallery images with the reference's exact bytes.
-        batch_size: queries embedded per batch.
-        index_name: how errors name the index (e.g. its folder).
-        default_k: results per query when a query does not say.
-
-    Raises:
-        StaleIndexError: the index was built by another model version or backbone.
+    ``exclude_reference``: leave out gallery images with the reference's exact bytes;
+    ``index_name``: how errors name the index; ``default_k``: when a query does not say.
     """
 
     def __init__(
