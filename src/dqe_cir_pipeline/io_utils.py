@@ -1,11 +1,8 @@
-"""Small, dependency-free file helpers: atomic writes and short content hashes.
+"""Small, dependency-free file helpers: atomic writes, short content hashes, folder locks.
 
-Every artifact this project persists (checkpoints, feature-cache shards, markers) is
-written through :func:`atomic_save`: the payload goes to a temporary file in the
-*same directory* as the destination, is flushed and ``fsync``-ed, and is then moved
-into place with :func:`os.replace`. On POSIX (and NTFS) a rename within one file
-system is atomic, so a reader - or a run that crashed half way - sees either the old
-file or the complete new one, never a torn file.
+Every persisted artifact goes through :func:`atomic_save` (temporary file in the same
+directory, fsync, ``os.replace``), so a reader or a crashed run sees the old file or the
+complete new one, never a torn file.
 """
 
 from __future__ import annotations
@@ -24,9 +21,8 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-#: Marker inside the names of temporary files created by :func:`atomic_save`.
-#: Writers that own a directory may delete leftovers matching ``.*<marker>*``
-#: (e.g. after a ``SIGKILL`` which gives no chance to clean up).
+#: In :func:`atomic_save`'s temporary names; a folder's owner may delete
+#: ``.*<marker>*`` leftovers (a ``SIGKILL`` gives no chance to clean up).
 TEMP_MARKER = ".tmp-"
 
 #: Hex characters kept by :func:`short_hash` (64 bits of SHA-256).
@@ -34,19 +30,9 @@ SHORT_HASH_CHARS = 16
 
 
 def temp_path_for(path: str | os.PathLike[str]) -> Path:
-    """Returns a fresh, hidden temporary path next to ``path``.
+    """A fresh hidden temporary path next to ``path`` (64 random bits), ending in its suffix.
 
-    The temporary name keeps ``path``'s suffix at the end (``.x.npy`` ->
-    ``..x.npy.tmp-<hex>.npy``) because some writers append a suffix when it is
-    missing (``numpy.save`` adds ``.npy``), which would otherwise write to a name the
-    caller never renames.
-
-    Args:
-        path: The final destination.
-
-    Returns:
-        A path in the same directory that does not exist yet (with overwhelming
-        probability: 64 random bits).
+    The suffix stays last because some writers append a missing one (``numpy.save``: ``.npy``).
     """
     dest = Path(path)
     return dest.with_name(f".{dest.name}{TEMP_MARKER}{secrets.token_hex(8)}{dest.suffix}")
@@ -79,30 +65,11 @@ def _fsync_dir(directory: Path) -> None:
 def atomic_save(
     path: str | os.PathLike[str], writer: Callable[[Path], None], *, fsync: bool = True
 ) -> Path:
-    """Writes a file atomically through a caller-supplied writer.
+    """Write ``path`` atomically: ``writer`` creates the file at the temporary path it is given.
 
-    ``writer`` receives a temporary path in the destination's directory (it keeps the
-    destination's suffix) and must create the file there. The file is then
-    ``fsync``-ed and renamed over ``path`` with :func:`os.replace`. If ``writer``
-    raises (or the process dies), ``path`` is untouched; the temporary file is
-    removed on a Python exception.
-
-    Args:
-        path: Destination file. Missing parent directories are created.
-        writer: Callable that writes the complete payload to the path it is given.
-        fsync: Whether to flush the data and the directory entry to disk before
-            returning. Turning it off trades durability on power loss (not
-            atomicity) for speed.
-
-    Returns:
-        The destination as a :class:`~pathlib.Path`.
-
-    Raises:
-        FileNotFoundError: If ``writer`` returned without creating the file.
-        OSError: A write failed (disk full, permissions, ...): the same error class and
-            errno, with a message that names ``path`` (the library's own message, e.g.
-            numpy's "requested and written" byte counts, does not).
-        Exception: Whatever else ``writer`` raised, after cleaning up.
+    The file is fsync-ed and renamed over ``path``; if ``writer`` raises or the process dies,
+    ``path`` is untouched. ``fsync=False`` trades durability on power loss (not atomicity)
+    for speed. An OSError is re-raised naming ``path`` (same class and errno).
     """
     dest = Path(path)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -131,47 +98,19 @@ def atomic_save(
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Atomically replaces ``path`` with ``data``.
-
-    Args:
-        path: Destination file.
-        data: Complete file content.
-
-    Returns:
-        The destination path.
-    """
+    """Atomically replace ``path`` with ``data``."""
     return atomic_save(path, lambda tmp: tmp.write_bytes(data))
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str, *, encoding: str = "utf-8") -> Path:
-    """Atomically replaces ``path`` with ``text``.
-
-    Args:
-        path: Destination file.
-        text: Complete file content.
-        encoding: Text encoding.
-
-    Returns:
-        The destination path.
-    """
+    """Atomically replace ``path`` with ``text``."""
     return atomic_write_bytes(path, text.encode(encoding))
 
 
 def atomic_write_json(
     path: str | os.PathLike[str], obj: Any, *, indent: int | None = 2, sort_keys: bool = True
 ) -> Path:
-    """Atomically replaces ``path`` with ``obj`` serialised as JSON.
-
-    Args:
-        path: Destination file.
-        obj: JSON-serialisable object (``Path``, numpy scalars/arrays and
-            dataclasses are converted, see :func:`stable_hash`).
-        indent: JSON indentation; ``None`` for a single line.
-        sort_keys: Whether to sort object keys (stable diffs).
-
-    Returns:
-        The destination path.
-    """
+    """Atomically replace ``path`` with ``obj`` as JSON (paths, numpy, dataclasses converted)."""
     text = json.dumps(obj, indent=indent, sort_keys=sort_keys, default=_json_default)
     return atomic_write_text(path, text + "\n")
 
@@ -191,17 +130,10 @@ def _json_default(obj: Any) -> Any:
 
 
 def canonical_json(obj: Any) -> str:
-    """Serialises ``obj`` to canonical JSON (sorted keys, no whitespace, UTF-8).
+    """Canonical JSON (sorted keys, no whitespace, UTF-8): equal for equal inputs.
 
-    Tuples become lists, ``Path`` objects POSIX strings, sets sorted lists, numpy
-    values Python values, dataclasses dicts. ``NaN`` / ``inf`` are rejected because
-    they have no JSON spelling.
-
-    Args:
-        obj: The object to serialise.
-
-    Returns:
-        A string that is equal for equal inputs regardless of dict key order.
+    Tuples become lists, paths POSIX strings, sets sorted lists, numpy values Python values,
+    dataclasses dicts; NaN / inf are refused (no JSON spelling).
     """
     if isinstance(obj, Mapping):
         obj = dict(obj)
@@ -216,34 +148,16 @@ def canonical_json(obj: Any) -> str:
 
 
 def short_hash(data: str | bytes) -> str:
-    """Returns the first :data:`SHORT_HASH_CHARS` hex characters of the SHA-256 of ``data``.
+    """First :data:`SHORT_HASH_CHARS` hex characters of the SHA-256 of ``data`` (text: UTF-8).
 
-    The one place where the project truncates a digest into a key (cache keys, backbone
-    keys). Callers choose the serialisation; :func:`stable_hash` uses
-    :func:`canonical_json`.
-
-    Args:
-        data: Text (hashed as UTF-8) or bytes.
-
-    Returns:
-        16 lowercase hex characters (64 bits).
+    The one place a digest is truncated into a key; callers choose the serialisation.
     """
     raw = data.encode("utf-8") if isinstance(data, str) else data
     return hashlib.sha256(raw).hexdigest()[:SHORT_HASH_CHARS]
 
 
 def stable_hash(obj: Any) -> str:
-    """Returns a short, order-independent content hash of a JSON-like object.
-
-    Used to derive cache keys from settings (backbone key + preprocessing), so that
-    a change of any setting yields a new key.
-
-    Args:
-        obj: JSON-like object; see :func:`canonical_json` for accepted types.
-
-    Returns:
-        The first 16 hex characters (64 bits) of the SHA-256 of the canonical JSON.
-    """
+    """Short hash of :func:`canonical_json` of ``obj``: any changed setting gives a new key."""
     return short_hash(canonical_json(obj))
 
 
@@ -252,15 +166,10 @@ class FolderInUseError(RuntimeError):
 
 
 class FolderLock:
-    """An exclusive lock on a folder, held by one process at a time.
+    """An exclusive ``flock`` on ``<folder>/.run.lock`` recording its holder (PID, command, start).
 
-    ``fcntl.flock`` on ``<folder>/.run.lock``: the kernel releases it when the holder
-    exits, however it exits (``kill -9`` included), so a lock left by a dead process is
-    never in the way. The file records the holder (PID, command, start time) so that a
-    refused run can say who holds the folder.
-
-    Args:
-        folder: The folder to guard (created when missing).
+    The kernel releases it however the holder exits (``kill -9`` included), so a dead
+    process never blocks a run; a refused run names the holder.
     """
 
     FILE = ".run.lock"
@@ -306,14 +215,7 @@ CORRUPT_MARKER = ".corrupt-"
 def set_aside(path: str | os.PathLike[str]) -> Path:
     """Rename a damaged file out of the way: ``last.pt`` -> ``last.pt.corrupt-<time>``.
 
-    The file is kept (for a post-mortem, or to be deleted by hand) under a name no
-    reader looks for, so the writer that owns it can produce a fresh one.
-
-    Args:
-        path: The damaged file.
-
-    Returns:
-        Its new path, in the same folder.
+    Kept under a name no reader looks for, so its writer can produce a fresh one.
     """
     src = Path(path)
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -328,14 +230,9 @@ def set_aside(path: str | os.PathLike[str]) -> Path:
 
 @contextlib.contextmanager
 def exclusive_lock(path: str | os.PathLike[str]) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``path`` (created when missing) for the block.
+    """Hold an exclusive ``flock`` on ``path`` for the block, waiting for any other holder.
 
-    Waits for another holder to let go; the kernel releases the lock when the holder
-    exits, however it exits. Used to serialise one-time set-up shared by concurrent
-    processes (e.g. creating the MLflow tables of a fresh sqlite store).
-
-    Args:
-        path: The lock file.
+    Serialises one-time set-up of concurrent processes (e.g. a fresh MLflow sqlite store).
     """
     import fcntl
 
