@@ -51,10 +51,10 @@ from dqe_cir_pipeline import preflight
 from dqe_cir_pipeline.config_loader import project_config_loader
 from dqe_cir_pipeline.data_sources.common import (
     IngestionError,
-    check_images,
     enforce_rejection_threshold,
     rejection_problems,
 )
+from dqe_cir_pipeline.data_sources.image_check import check_images
 from dqe_cir_pipeline.datasets.checkpoint import TorchCheckpointDataset
 from dqe_cir_pipeline.datasets.feature_cache import FeatureCacheDataset, FeatureExtractionJob
 from dqe_cir_pipeline.hooks import (

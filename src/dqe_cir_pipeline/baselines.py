@@ -3,17 +3,40 @@
 The text-blind baseline ranks the gallery by pixel similarity to the reference image and
 ignores the modification text: a model that does not beat it has not learned to use the
 text. (The untrained model, the other floor, is the DQE-CIR module before training.)
+It is ranked by the evaluation's own protocol (:func:`evaluate_embeddings`, pessimistic
+ties), so its numbers are comparable with every model's.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
+from PIL import Image
 
-from dqe_cir_pipeline.data_sources.synthetic import pixel_embeddings
 from dqe_cir_pipeline.model.evaluate import EvalOutput, EvalSet, evaluate_embeddings
+
+
+def pixel_embeddings(paths: Sequence[str | Path], size: int = 16) -> np.ndarray:
+    """Embed images as their box-downsampled pixels, L2-normalised.
+
+    Args:
+        paths: Image files (any mode; converted to RGB).
+        size: Side of the downsampled image.
+
+    Returns:
+        float32 array of shape (N, 3 * size * size), rows of unit L2 norm.
+    """
+    out = np.empty((len(paths), 3 * size * size), dtype=np.float32)
+    for i, path in enumerate(paths):
+        with Image.open(path) as img:
+            small = img.convert("RGB").resize((size, size), Image.Resampling.BOX)
+        out[i] = np.asarray(small, dtype=np.float32).reshape(-1) / 255.0
+    norms = np.linalg.norm(out, axis=1, keepdims=True)
+    return out / np.maximum(norms, 1e-12)
 
 
 def text_blind_baseline(images: pd.DataFrame, data: EvalSet, ks: Sequence[int]) -> EvalOutput:

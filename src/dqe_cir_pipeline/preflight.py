@@ -48,12 +48,12 @@ import yaml
 
 from dqe_cir_pipeline.config_loader import project_config_loader
 from dqe_cir_pipeline.data_sources.common import (
-    IMAGE_CHECKS,
     AnnotationError,
     load_json,
     reason_code,
     rejection_problems,
 )
+from dqe_cir_pipeline.data_sources.image_check import IMAGE_CHECKS
 from dqe_cir_pipeline.launch import PROJECT_ROOT
 
 logger = logging.getLogger(__name__)

@@ -35,10 +35,10 @@ from dqe_cir_pipeline.data_sources.synthetic import (
     TEMPLATES,
     SceneObject,
     SyntheticConfig,
-    _sample_base_scene,
     benchmark_base_scenes,
     generate_benchmark,
 )
+from dqe_cir_pipeline.data_sources.synthetic.scenes import sample_base_scene
 
 Scene = tuple[SceneObject, ...]
 
@@ -136,7 +136,7 @@ def test_describe_states_every_attribute_of_every_object() -> None:
     rng = np.random.default_rng(0)
     cfg = SyntheticConfig()
     for _ in range(400):
-        scene = _sample_base_scene(rng, cfg)
+        scene = sample_base_scene(rng, cfg)
         for _ in range(3):
             text = describe(scene, rng)
             assert _decode(text) == set(scene), text

@@ -40,12 +40,9 @@ from dqe_cir_pipeline.data_sources.common import (
     REASON_DUPLICATE,
     REASON_EMPTY_CAPTIONS,
     REASON_MISSING_FIELD,
-    ImageIndex,
-    ImageRecord,
     IngestResult,
     PhaseTimer,
     assemble_result,
-    check_images,
     concat_frames,
     escaping_target,
     expect_type,
@@ -53,6 +50,7 @@ from dqe_cir_pipeline.data_sources.common import (
     load_json,
     quarantine_row,
 )
+from dqe_cir_pipeline.data_sources.image_check import ImageIndex, ImageRecord, check_images
 from dqe_cir_pipeline.data_sources.lexicon import attribute_flags
 from dqe_cir_pipeline.data_sources.schema import QUARANTINE_SCHEMA, edit_type_of
 

@@ -45,14 +45,22 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from dqe_cir_pipeline.data_sources import synthetic as syn
 from dqe_cir_pipeline.data_sources.phrasing import corpus_vocabulary, describe
-from dqe_cir_pipeline.data_sources.synthetic import (
-    BACKGROUND_GRAY_RANGE,
-    POSITIONS,
+from dqe_cir_pipeline.data_sources.synthetic.config import FORMAT_VERSION as RENDERER_VERSION
+from dqe_cir_pipeline.data_sources.synthetic.config import SPLITS, SyntheticConfig
+from dqe_cir_pipeline.data_sources.synthetic.families import build_family
+from dqe_cir_pipeline.data_sources.synthetic.rendering import render_scene
+from dqe_cir_pipeline.data_sources.synthetic.scenes import (
     SceneObject,
-    SyntheticConfig,
-    render_scene,
+    sample_background,
+    sample_base_scene,
+    sample_nuisance,
+)
+from dqe_cir_pipeline.data_sources.synthetic.vocabulary import POSITIONS
+from dqe_cir_pipeline.data_sources.synthetic.writing import (
+    IO_THREADS,
+    generate_folder,
+    write_json,
 )
 
 logger = logging.getLogger(__name__)
@@ -130,7 +138,7 @@ class CorpusConfig:
         payload = json.dumps(
             {
                 "format_version": FORMAT_VERSION,
-                "renderer_format_version": syn.FORMAT_VERSION,
+                "renderer_format_version": RENDERER_VERSION,
                 **asdict(self),
             },
             sort_keys=True,
@@ -161,9 +169,9 @@ def benchmark_scenes(cfg: SyntheticConfig) -> set[Scene]:
     used: set[Scene] = set()
     scenes: set[Scene] = set()
     family_id = 0
-    for split in syn.SPLITS:
+    for split in SPLITS:
         for index in range(int(getattr(cfg, f"{split}_families", 0))):
-            variants = syn._build_family(cfg, split, index, family_id, used)
+            variants = build_family(cfg, split, index, family_id, used)
             scenes.update(_canonical(v.objects) for v in variants)
             family_id += 1
     return scenes
@@ -219,7 +227,7 @@ def _draw_items(cfg: CorpusConfig, exclude: set[Scene], stats: dict[str, int]) -
         if stats["attempts"] >= max_attempts:  # pragma: no cover - 5e8 distinct scenes
             raise RuntimeError(f"only {len(seen)} fresh scenes in {max_attempts} draws")
         stats["attempts"] += 1
-        scene = syn._sample_base_scene(scene_rng, render_cfg)
+        scene = sample_base_scene(scene_rng, render_cfg)
         if scene in exclude:
             stats["rejected_excluded"] += 1
             continue
@@ -229,11 +237,8 @@ def _draw_items(cfg: CorpusConfig, exclude: set[Scene], stats: dict[str, int]) -
         image_id = f"scene_{len(seen):0{width}d}"
         seen.add(scene)
         # Background as a benchmark family's: one grey level plus a slight tint.
-        gray = int(look_rng.integers(BACKGROUND_GRAY_RANGE[0], BACKGROUND_GRAY_RANGE[1] + 1))
-        tr, tg, tb = (int(t) for t in look_rng.integers(-4, 5, size=3))
-        offsets, background = syn._nuisance(
-            look_rng, scene, (gray + tr, gray + tg, gray + tb), render_cfg
-        )
+        base_bg = sample_background(look_rng)
+        offsets, background = sample_nuisance(look_rng, scene, base_bg, render_cfg)
         texts: list[str] = []
         for _ in range(8 * cfg.descriptions_per_scene):  # distinct texts, bounded retries
             text = describe(scene, text_rng)
@@ -263,7 +268,7 @@ def _generate_into(tmp: Path, cfg: CorpusConfig, exclude: set[Scene]) -> dict[st
     images.mkdir(parents=True)
     stats: dict[str, int] = {}
     items: list[_Item] = []
-    with ThreadPoolExecutor(max_workers=syn._IO_THREADS) as pool:
+    with ThreadPoolExecutor(max_workers=IO_THREADS) as pool:
         futures = []
         for item in _draw_items(cfg, exclude, stats):
             items.append(item)
@@ -280,7 +285,7 @@ def _generate_into(tmp: Path, cfg: CorpusConfig, exclude: set[Scene]) -> dict[st
             }
             for item in items
         ]
-        syn._write_json(tmp / "corpus.json", records)
+        write_json(tmp / "corpus.json", records)
         for future in futures:
             future.result()  # re-raise the first rendering / writing error, if any
     counts = Counter(len(item.objects) for item in items)
@@ -331,7 +336,7 @@ def generate_corpus(
         "config": asdict(cfg),
         "excluded_scenes": len(excluded),
     }
-    summary, reused = syn.generate_folder(
+    summary, reused = generate_folder(
         root, identity, lambda tmp: _generate_into(tmp, cfg, excluded), extra
     )
     seconds = time.perf_counter() - start

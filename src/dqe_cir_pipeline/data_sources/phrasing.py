@@ -13,8 +13,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from dqe_cir_pipeline.data_sources import synthetic as syn
-from dqe_cir_pipeline.data_sources.synthetic import (
+from dqe_cir_pipeline.data_sources.synthetic.scenes import SceneObject
+from dqe_cir_pipeline.data_sources.synthetic.vocabulary import (
     COLOR_WORDS,
     COLORS,
     OBJECT_PHRASES,
@@ -25,7 +25,7 @@ from dqe_cir_pipeline.data_sources.synthetic import (
     SIZE_WORDS,
     SIZES,
     TEMPLATES,
-    SceneObject,
+    finish_sentence,
 )
 
 T = TypeVar("T")
@@ -104,12 +104,6 @@ def prepositions(position_word: str) -> tuple[str, ...]:
     return ("in the", "at the")
 
 
-def _finish(text: str) -> str:
-    """Fix the articles ("a" -> "an" before a vowel) and capitalise, as captions are."""
-    text = syn._ARTICLE_RE.sub(lambda m: m.group(1) + "n ", text)
-    return text[0].upper() + text[1:]
-
-
 def _object_text(obj: SceneObject, pick: Pick[Any]) -> str:
     """One phrase naming ``obj`` completely (draw order fixed: see ``_OBJECT_DRAWS``)."""
     pos_word = pick(POSITION_WORDS[obj.position])
@@ -132,7 +126,7 @@ def _compose(objects: Scene, pick: Pick[Any]) -> str:
     text = pick(SCENE_FORMS).format(
         objs=joined, count=pick(COUNT_WORDS[n]), be=_BE[n], bg=pick(BACKGROUND_WORDS)
     )
-    return _finish(text)
+    return finish_sentence(text)
 
 
 def describe(objects: Sequence[SceneObject], rng: np.random.Generator) -> str:
@@ -198,7 +192,7 @@ def _template_texts() -> list[str]:
                     "pos": positions[i % len(positions)],
                 }
                 words["obj"] = phrases[i % len(phrases)].format(**words)
-                texts.append(_finish(template.format(**words)))
+                texts.append(finish_sentence(template.format(**words)))
     return texts
 
 

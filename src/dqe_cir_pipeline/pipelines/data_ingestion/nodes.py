@@ -12,7 +12,6 @@ import pandas as pd
 
 from dqe_cir_pipeline.data_sources.cirr import CIRRConfig, read_cirr
 from dqe_cir_pipeline.data_sources.common import (
-    IMAGE_CHECKS,
     IngestionError,
     IngestResult,
     dataset_fingerprint,
@@ -21,6 +20,7 @@ from dqe_cir_pipeline.data_sources.common import (
     rejection_problems,
 )
 from dqe_cir_pipeline.data_sources.fashioniq import FashionIQConfig, read_fashioniq
+from dqe_cir_pipeline.data_sources.image_check import IMAGE_CHECKS
 from dqe_cir_pipeline.data_sources.synthetic import SyntheticConfig, generate_benchmark
 from dqe_cir_pipeline.model.config import build_strict, config_block
 from dqe_cir_pipeline.tracking import metric_values
