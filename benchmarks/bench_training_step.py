@@ -60,9 +60,10 @@ from dqe_cir_pipeline.model.backbone import TinyBackboneSpec, encode_vit, tiny_b
 from dqe_cir_pipeline.model.data import prefetched, to_device
 from dqe_cir_pipeline.model.device import autocast, resolve_device
 from dqe_cir_pipeline.model.dqe import DQECIR
-from dqe_cir_pipeline.model.losses import DQELoss, LossConfig
+from dqe_cir_pipeline.model.losses import DQELoss, EncodedBatch, LossConfig
+from dqe_cir_pipeline.model.optim import build_optimizer
 from dqe_cir_pipeline.model.preprocess import ImagePreprocessor
-from dqe_cir_pipeline.model.train import OptimConfig, build_optimizer
+from dqe_cir_pipeline.model.train_config import OptimConfig
 
 INIT_STD = 0.02  # the vision config's default (1e-10) gives near-constant features
 
@@ -315,12 +316,13 @@ class Stepper:
             out = self.dqe.encode_queries(ref, self.ids, self.mask)
             tgt_emb = self.dqe.encode_targets(tgt)
             neg_emb = self.dqe.encode_targets(neg)
-            terms = self.loss_fn(self.dqe, out, tgt_emb, neg_emb, self.color, self.shape)
+            batch = EncodedBatch(out, tgt_emb, self.color, self.shape, negatives=neg_emb)
+            terms = self.loss_fn(self.dqe, batch)
         self.optimizer.zero_grad(set_to_none=True)
-        terms["loss"].backward()
+        terms.loss.backward()
         torch.nn.utils.clip_grad_norm_(self.dqe.parameters(), 1.0)
         self.optimizer.step()
-        self.last_loss = terms["loss"].detach()
+        self.last_loss = terms.loss.detach()
 
     def step_from_pixels(self, ref: torch.Tensor, tgt: torch.Tensor, neg: torch.Tensor) -> None:
         """SPRC / QuRe: three frozen-ViT forwards, then the same Q-Former step."""

@@ -36,13 +36,15 @@ from dqe_cir_pipeline.config_loader import project_config_loader
 from dqe_cir_pipeline.data_sources.cirr import CIRRConfig, read_cirr
 from dqe_cir_pipeline.data_sources.synthetic import SyntheticConfig, generate_benchmark
 from dqe_cir_pipeline.model.backbone import BackboneConfig, load_backbone
+from dqe_cir_pipeline.model.config import RuntimeConfig
 from dqe_cir_pipeline.model.data import TrainData, train_captions
 from dqe_cir_pipeline.model.device import resolve_device
 from dqe_cir_pipeline.model.evaluate import EvalSet, evaluate
 from dqe_cir_pipeline.model.extract import VitEncoder, extract_to_memory
-from dqe_cir_pipeline.model.factory import build_loss, build_model, build_untrained_model
+from dqe_cir_pipeline.model.factory import build_model, build_untrained_model
 from dqe_cir_pipeline.model.negatives import MiningConfig
-from dqe_cir_pipeline.model.train import TrainingConfig, fit
+from dqe_cir_pipeline.model.train import FitData, fit
+from dqe_cir_pipeline.model.train_config import TrainingConfig
 
 #: variant -> (overrides of the training blocks, overrides of mining)
 VARIANTS: dict[str, tuple[dict[str, dict[str, Any]], dict[str, Any]]] = {
@@ -182,17 +184,12 @@ def run_variant(
 
     t0 = time.perf_counter()
     result = fit(
-        model,
-        build_loss(cfg.loss),
-        bb.tokenizer,
-        prep["features"],
-        data,
         cfg,
+        FitData(data, prep["features"], validate),
+        model,
+        bb,
         mcfg,
-        validate,
-        backbone_meta={"key": bb.key, "name": bb.name},
-        max_text_len=bb.max_text_len,
-        device=device,
+        runtime=RuntimeConfig(device=device),
     )
     seconds = time.perf_counter() - t0
     # the best epoch (chosen on val) is what the table reports, measured on test

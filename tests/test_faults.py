@@ -138,7 +138,7 @@ def _runs(uri: str, experiment: str) -> pd.DataFrame:
 def test_changed_data_trains_in_a_fresh_run_folder(tmp_path: Path) -> None:
     """The run folder is named after the data: other data never resumes an old run."""
     from dqe_cir_pipeline.model.negatives import MiningConfig
-    from dqe_cir_pipeline.model.train import TrainingConfig
+    from dqe_cir_pipeline.model.train_config import TrainingConfig
     from dqe_cir_pipeline.pipelines.evaluation.nodes import EvaluationConfig
     from dqe_cir_pipeline.pipelines.training.nodes import _keyed_run_dir
 

@@ -13,13 +13,16 @@ import torch
 from torch import nn
 
 from dqe_cir_pipeline.model.backbone import Backbone, TinyBackboneSpec, build_tiny_backbone
+from dqe_cir_pipeline.model.config import RuntimeConfig
 from dqe_cir_pipeline.model.data import TrainData
 from dqe_cir_pipeline.model.distributed import SINGLE, Distributed
 from dqe_cir_pipeline.model.evaluate import EvalSet, evaluate
 from dqe_cir_pipeline.model.extract import MemoryFeatures
-from dqe_cir_pipeline.model.factory import build_loss, build_model
+from dqe_cir_pipeline.model.factory import build_model
 from dqe_cir_pipeline.model.negatives import MiningConfig
-from dqe_cir_pipeline.model.train import FitResult, TrainingConfig, fit
+from dqe_cir_pipeline.model.run_state import FitResult
+from dqe_cir_pipeline.model.train import FitData, fit
+from dqe_cir_pipeline.model.train_config import TrainingConfig
 
 WORDS = ["red", "blue", "green", "circle", "square", "star", "make", "the", "a", "into", "turn"]
 SPEC = TinyBackboneSpec(
@@ -117,16 +120,14 @@ def run_fit(
                 module.attention_dropout = 0.0  # HF attention passes it to the kernel
     mining = MiningConfig(zone_quantile=0.2, epsilon=0.0)
     return fit(
-        model,
-        build_loss(cfg.loss),
-        backbone.tokenizer,
-        feats,
-        data,
         cfg,
+        FitData(
+            data, feats, lambda m: evaluate(m, feats, backbone.tokenizer, val, ks=(1, 5)).metrics
+        ),
+        model,
+        backbone,
         mining,
-        lambda m: evaluate(m, feats, backbone.tokenizer, val, ks=(1, 5)).metrics,
-        backbone_meta={"key": backbone.key, "name": backbone.name},
-        device="cpu",
+        runtime=RuntimeConfig(device="cpu"),
         stop_after_epochs=stop,
         distributed=distributed,
     )

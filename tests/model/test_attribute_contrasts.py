@@ -20,7 +20,7 @@ from dqe_cir_pipeline.data_sources.synthetic import SyntheticConfig, generate_be
 from dqe_cir_pipeline.model.backbone import Backbone  # noqa: E402
 from dqe_cir_pipeline.model.data import TrainData  # noqa: E402
 from dqe_cir_pipeline.model.dqe import QueryOutput  # noqa: E402
-from dqe_cir_pipeline.model.losses import DQELoss, LossConfig  # noqa: E402
+from dqe_cir_pipeline.model.losses import DQELoss, EncodedBatch, LossConfig  # noqa: E402
 from dqe_cir_pipeline.model.mining import neighbourhood_stats, sampled_neighbour_share  # noqa: E402
 from dqe_cir_pipeline.model.negatives import MiningConfig, mine_negatives  # noqa: E402
 
@@ -138,33 +138,37 @@ def test_the_margins_use_the_contrast_image_exactly_where_it_is_given() -> None:
     tgt, neg, con = unit(b, q, p), unit(b, q, p), unit(b, 2, q, p)
     edits = torch.ones(b, dtype=torch.bool)
     loss = DQELoss(LossConfig(objective="pairwise_kl", margin=2.0))  # every hinge active
-    plain = loss(Scorer(), out, tgt, neg, edits, edits)
+    plain = loss(Scorer(), EncodedBatch(out, tgt, edits, edits, neg))
     none = loss(
         Scorer(),
-        out,
-        tgt,
-        neg,
-        edits,
-        edits,
-        contrast_emb=con,
-        contrast_mask=torch.zeros(b, 2, dtype=torch.bool),
+        EncodedBatch(
+            out,
+            tgt,
+            edits,
+            edits,
+            neg,
+            contrasts=con,
+            contrast_mask=torch.zeros(b, 2, dtype=torch.bool),
+        ),
     )
     full = loss(
         Scorer(),
-        out,
-        tgt,
-        neg,
-        edits,
-        edits,
-        contrast_emb=con,
-        contrast_mask=torch.ones(b, 2, dtype=torch.bool),
+        EncodedBatch(
+            out,
+            tgt,
+            edits,
+            edits,
+            neg,
+            contrasts=con,
+            contrast_mask=torch.ones(b, 2, dtype=torch.bool),
+        ),
     )
-    as_negative = loss(Scorer(), out, tgt, con[:, 0], edits, edits)
-    assert torch.equal(none["color_margin"], plain["color_margin"])
-    assert torch.allclose(full["color_margin"], as_negative["color_margin"])
-    assert torch.allclose(full["main"], plain["main"])  # the main term keeps the negative
-    shape_only = loss(Scorer(), out, tgt, con[:, 1], edits, edits)
-    assert torch.allclose(full["shape_margin"], shape_only["shape_margin"])
+    as_negative = loss(Scorer(), EncodedBatch(out, tgt, edits, edits, con[:, 0]))
+    assert torch.equal(none.color_margin, plain.color_margin)
+    assert torch.allclose(full.color_margin, as_negative.color_margin)
+    assert torch.allclose(full.main, plain.main)  # the main term keeps the negative
+    shape_only = loss(Scorer(), EncodedBatch(out, tgt, edits, edits, con[:, 1]))
+    assert torch.allclose(full.shape_margin, shape_only.shape_margin)
 
 
 def test_neighbourhood_statistics_match_a_brute_force_count() -> None:

@@ -14,7 +14,7 @@ import torch
 from dqe_cir_pipeline.model.backbone import Backbone, TinyBackboneSpec, build_tiny_backbone
 from dqe_cir_pipeline.model.data import tokenize
 from dqe_cir_pipeline.model.dqe import DQECIR, DQEConfig
-from dqe_cir_pipeline.model.losses import DQELoss, LossConfig
+from dqe_cir_pipeline.model.losses import DQELoss, EncodedBatch, LossConfig
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
@@ -111,10 +111,10 @@ def test_gradients_reach_every_parameter_and_not_the_vit(backbone: Backbone) -> 
     ref, tgt, neg, ids, mask = _batch(backbone)
     out = model.encode_queries(ref, ids, mask)
     edits = torch.ones(B, dtype=torch.bool)
-    terms = DQELoss()(
-        model, out, model.encode_targets(tgt), model.encode_targets(neg), edits, edits
+    batch = EncodedBatch(
+        out, model.encode_targets(tgt), edits, edits, negatives=model.encode_targets(neg)
     )
-    terms["loss"].backward()
+    DQELoss()(model, batch).loss.backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
     assert missing == []
     assert all(p.grad is None for p in base.vision_model.parameters())
@@ -129,9 +129,10 @@ def test_optimiser_step_leaves_vit_unchanged(backbone: Backbone) -> None:
     ref, tgt, neg, ids, mask = _batch(backbone)
     out = model.encode_queries(ref, ids, mask)
     edits = torch.tensor([True, False, True, False])
-    DQELoss()(model, out, model.encode_targets(tgt), model.encode_targets(neg), edits, ~edits)[
-        "loss"
-    ].backward()
+    batch = EncodedBatch(
+        out, model.encode_targets(tgt), edits, ~edits, negatives=model.encode_targets(neg)
+    )
+    DQELoss()(model, batch).loss.backward()
     opt.step()
     assert all(torch.equal(v, base.vision_model.state_dict()[k]) for k, v in vit_before.items())
     # the model trains its own copy of the Q-Former; the backbone stays pristine
@@ -187,12 +188,15 @@ def test_overfits_a_handful_of_pairs(backbone: Backbone) -> None:
     losses = []
     for _ in range(40):
         out = model.encode_queries(ref, ids, mask)
-        terms = loss_fn(model, out, model.encode_targets(tgt), model.encode_targets(neg), ec, es)
+        batch = EncodedBatch(
+            out, model.encode_targets(tgt), ec, es, negatives=model.encode_targets(neg)
+        )
+        terms = loss_fn(model, batch)
         opt.zero_grad()
-        terms["loss"].backward()
+        terms.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.trainable_parameters(), 1.0)
         opt.step()
-        losses.append(terms["loss"].item())
+        losses.append(terms.loss.item())
     assert losses[-1] < 0.05 * losses[0]
     model.eval()
     with torch.no_grad():

@@ -16,14 +16,17 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from helpers.tiny_training import make_data, run_fit, tiny_backbone, training_config  # noqa: E402
 
 from dqe_cir_pipeline.model.backbone import Backbone  # noqa: E402
+from dqe_cir_pipeline.model.config import RuntimeConfig  # noqa: E402
 from dqe_cir_pipeline.model.dqe import DQEConfig  # noqa: E402
 from dqe_cir_pipeline.model.evaluate import EvalSet  # noqa: E402
-from dqe_cir_pipeline.model.factory import build_loss, build_model  # noqa: E402
+from dqe_cir_pipeline.model.factory import build_model  # noqa: E402
 from dqe_cir_pipeline.model.mining import random_negatives, zone_negatives  # noqa: E402
 from dqe_cir_pipeline.model.mining_result import MiningResult  # noqa: E402
 from dqe_cir_pipeline.model.negatives import MiningConfig, mine_negatives, sample_negatives  # noqa: E402
+from dqe_cir_pipeline.model.optim import lr_lambda  # noqa: E402
 from dqe_cir_pipeline.model.state import CheckpointMismatchError  # noqa: E402
-from dqe_cir_pipeline.model.train import LoopConfig, TrainingConfig, fit, lr_lambda  # noqa: E402
+from dqe_cir_pipeline.model.train import FitData, fit  # noqa: E402
+from dqe_cir_pipeline.model.train_config import LoopConfig, TrainingConfig  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -62,16 +65,12 @@ def test_resume_refuses_a_changed_recipe(backbone: Backbone, tmp_path: Path) -> 
             run_dir=str(tmp_path),
         )
         fit(
-            build_model(backbone, cfg.model, device="cpu"),
-            build_loss(cfg.loss),
-            backbone.tokenizer,
-            feats,
-            data,
             cfg,
+            FitData(data, feats, lambda m: {"avg": 0.0}),
+            build_model(backbone, cfg.model, device="cpu"),
+            backbone,
             MiningConfig(),
-            lambda m: {"avg": 0.0},
-            device="cpu",
-            backbone_meta={"key": backbone.key, "name": backbone.name},
+            runtime=RuntimeConfig(device="cpu"),
         )
 
 

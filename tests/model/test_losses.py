@@ -10,7 +10,9 @@ import torch.nn.functional as F
 
 from dqe_cir_pipeline.model.dqe import DQECIR, QueryOutput
 from dqe_cir_pipeline.model.losses import (
+    LOSS_TERMS,
     DQELoss,
+    EncodedBatch,
     LossConfig,
     attribute_margin_loss,
     in_batch_contrastive_loss,
@@ -82,24 +84,22 @@ def _case() -> tuple[QueryOutput, torch.Tensor, torch.Tensor]:
 
 def test_dqe_loss_pairwise_hand_computed() -> None:
     out, target, negative = _case()
-    terms = DQELoss(LossConfig(weight_order=0.0))(
-        _Stub(), out, target, negative, torch.tensor([True]), torch.tensor([False])
-    )  # type: ignore[arg-type]
-    assert set(terms) == {"loss", "main", "color_margin", "shape_margin", "weight_order"}
-    assert terms["weight_order"].item() == 0.0  # switched off
+    color_edit = EncodedBatch(out, target, torch.tensor([True]), torch.tensor([False]), negative)
+    terms = DQELoss(LossConfig(weight_order=0.0))(_Stub(), color_edit)  # type: ignore[arg-type]
+    assert LOSS_TERMS == ("loss", "main", "color_margin", "shape_margin", "weight_order")
+    assert list(terms.as_dict()) == list(LOSS_TERMS)
+    assert terms.weight_order.item() == 0.0  # switched off
     main = math.log(1 + math.exp(-4.0))  # softplus((0.6 - 1) / 0.1)
-    assert terms["main"].item() == pytest.approx(main, abs=1e-6)
-    assert terms["color_margin"].item() == pytest.approx(0.1, abs=1e-6)  # e1 ties: hinge = m
-    assert terms["shape_margin"].item() == 0.0  # not a shape edit
-    assert terms["loss"].item() == pytest.approx(main + 0.5 * 0.1, abs=1e-6)
-    no_margin = DQELoss(LossConfig(use_margins=False, weight_order=0.0))(
-        _Stub(), out, target, negative, torch.tensor([True]), torch.tensor([True])
-    )  # type: ignore[arg-type]
-    assert no_margin["loss"].item() == pytest.approx(main, abs=1e-6)
+    assert terms.main.item() == pytest.approx(main, abs=1e-6)
+    assert terms.color_margin.item() == pytest.approx(0.1, abs=1e-6)  # e1 ties: hinge = m
+    assert terms.shape_margin.item() == 0.0  # not a shape edit
+    assert terms.loss.item() == pytest.approx(main + 0.5 * 0.1, abs=1e-6)
+    both = EncodedBatch(out, target, torch.tensor([True]), torch.tensor([True]), negative)
+    no_margin = DQELoss(LossConfig(use_margins=False, weight_order=0.0))(_Stub(), both)  # type: ignore[arg-type]
+    assert no_margin.loss.item() == pytest.approx(main, abs=1e-6)
     with pytest.raises(ValueError):
-        DQELoss(LossConfig(weight_order=0.0))(
-            _Stub(), out, target, None, torch.tensor([True]), torch.tensor([True])
-        )  # type: ignore[arg-type]
+        no_negative = EncodedBatch(out, target, torch.tensor([True]), torch.tensor([True]))
+        DQELoss(LossConfig(weight_order=0.0))(_Stub(), no_negative)  # type: ignore[arg-type]
 
 
 def test_dqe_loss_contrastive_uses_rolled_negatives() -> None:
@@ -107,13 +107,12 @@ def test_dqe_loss_contrastive_uses_rolled_negatives() -> None:
     q = torch.stack([e0, e1])
     out = QueryOutput(q=q, q_base=q, q_color=q, q_shape=q, weights=torch.tensor([[1.0, 0, 0]] * 2))
     target = torch.stack([torch.stack([e0, e0]), torch.stack([e1, e1])])  # (2, 2, 2)
-    terms = DQELoss(LossConfig(objective="contrastive", weight_order=0.0))(
-        _Stub(), out, target, None, torch.tensor([True, True]), torch.tensor([False, True])
-    )  # type: ignore[arg-type]
+    batch = EncodedBatch(out, target, torch.tensor([True, True]), torch.tensor([False, True]))
+    terms = DQELoss(LossConfig(objective="contrastive", weight_order=0.0))(_Stub(), batch)  # type: ignore[arg-type]
     # scores = identity; CE over [10, 0] / row: log(1 + e^-10)
-    assert terms["main"].item() == pytest.approx(math.log(1 + math.exp(-10.0)), abs=1e-7)
+    assert terms.main.item() == pytest.approx(math.log(1 + math.exp(-10.0)), abs=1e-7)
     # rolled negative = the other row's target: pos 1, neg 0 -> margin satisfied
-    assert terms["color_margin"].item() == 0.0 and terms["shape_margin"].item() == 0.0
+    assert terms.color_margin.item() == 0.0 and terms.shape_margin.item() == 0.0
     with pytest.raises(ValueError):
         LossConfig(objective="triplet")
 

@@ -8,10 +8,10 @@ cached token matrices (``FeatureSource.get``), which is what makes an epoch chea
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -245,26 +245,38 @@ def load_tokens(features: FeatureSource, ids: Sequence[str], device: torch.devic
     return to_device(host_tokens(features, ids), device)
 
 
+_Item = TypeVar("_Item")
+_Gathered = TypeVar("_Gathered")
+
+
 def prefetched(
     features: FeatureSource, batches: Sequence[Sequence[Sequence[str]]], pin: bool
 ) -> Iterator[list[torch.Tensor]]:
-    """Host tokens of each batch's id lists, gathered one batch ahead on a worker thread.
-
-    Training reads every step's reference, target and negative tokens from the
-    memory-mapped cache; gathering the next step's while the current one computes keeps
-    that host work off the critical path. One thread, one batch ahead: the cache is read
-    by one thread at a time and at most two batches of tokens are held.
-    """
-    if not batches:
-        return
+    """Host tokens of each batch's id lists, gathered one batch ahead (:func:`gathered_ahead`)."""
 
     def gather(groups: Sequence[Sequence[str]]) -> list[torch.Tensor]:
         return [host_tokens(features, ids, pin) for ids in groups]
 
+    return gathered_ahead(batches, gather)
+
+
+def gathered_ahead(
+    items: Sequence[_Item], gather: Callable[[_Item], _Gathered]
+) -> Iterator[_Gathered]:
+    """``gather(item)`` for each item in order, the next one computed while this one is used.
+
+    Training reads every step's tokens from the memory-mapped cache; gathering the next
+    step's while the current one computes keeps that host work off the critical path.
+    One thread, one item ahead: the cache is read by one thread at a time and at most two
+    gathered items are held.
+    """
+    if not items:
+        return
+
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="token-prefetch") as pool:
-        pending = pool.submit(gather, batches[0])
-        for k in range(len(batches)):
+        pending = pool.submit(gather, items[0])
+        for k in range(len(items)):
             ready = pending.result()
-            if k + 1 < len(batches):
-                pending = pool.submit(gather, batches[k + 1])
+            if k + 1 < len(items):
+                pending = pool.submit(gather, items[k + 1])
             yield ready

@@ -5,7 +5,7 @@ Shapes: B batch, Q target tokens, P projection width.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -195,6 +195,32 @@ def weight_order_loss(
 
 
 @dataclass
+class LossTerms:
+    """The named scalar terms of :class:`DQELoss`; their field names are the logged names.
+
+    Under data parallelism each term is this rank's share scaled by the world size: their
+    mean over ranks is the global-batch value.
+    """
+
+    loss: torch.Tensor  # the optimised total
+    main: torch.Tensor  # the objective's ranking term
+    color_margin: torch.Tensor
+    shape_margin: torch.Tensor
+    weight_order: torch.Tensor
+
+    def as_dict(self) -> dict[str, torch.Tensor]:
+        return {name: getattr(self, name) for name in LOSS_TERMS}
+
+    def stacked(self) -> torch.Tensor:
+        """(len(LOSS_TERMS),) the detached float32 terms in ``LOSS_TERMS`` order."""
+        return torch.stack([getattr(self, name).detach().float() for name in LOSS_TERMS])
+
+
+#: The loss term names in logging order (``train/<name>`` in the history and MLflow).
+LOSS_TERMS: tuple[str, ...] = tuple(f.name for f in fields(LossTerms))
+
+
+@dataclass
 class GlobalBatch:
     """The global batch a process's rows belong to (data-parallel training).
 
@@ -228,28 +254,52 @@ class GlobalBatch:
         return int(self.targets.shape[0])
 
     @classmethod
-    def local(
-        cls,
-        targets: torch.Tensor,
-        negatives: torch.Tensor | None,
-        edits_color: torch.Tensor,
-        edits_shape: torch.Tensor,
-        target_index: torch.Tensor | None = None,
-        negative_index: torch.Tensor | None = None,
-    ) -> GlobalBatch:
+    def local(cls, batch: EncodedBatch) -> GlobalBatch:
         """A single-process batch: global = local (counts stay on the device: no sync)."""
         return cls(
-            targets=targets,
-            negatives=negatives,
-            target_index=target_index,
-            negative_index=negative_index,
-            n_color=edits_color.sum(),
-            n_shape=edits_shape.sum(),
+            targets=batch.targets,
+            negatives=batch.negatives,
+            target_index=batch.target_index,
+            negative_index=batch.negative_index,
+            n_color=batch.edits_color.sum(),
+            n_shape=batch.edits_shape.sum(),
         )
 
 
+@dataclass
+class EncodedBatch:
+    """One batch as the loss sees it: composed queries and encoded images (B rows).
+
+    Attributes:
+        queries: the composed queries (``QueryOutput``: (B, P) embeddings, (B, 3) weights).
+        targets: (B, Q, P) target embeddings.
+        edits_color: (B,) bool, the edit touches colour.
+        edits_shape: (B,) bool, the edit touches shape.
+        negatives: (B, Q, P) one negative per row, or None. Required by "pairwise_kl"
+            and "batch_kl"; without one the margins take the previous row's target.
+        target_index: (B,) image index of each target (masks duplicates), or None.
+        negative_index: (B,) image index of each negative, or None.
+        contrasts: (B, 2, Q, P) attribute-contrast images (colour, shape) that replace
+            the margins' negative where ``contrast_mask`` is set, or None.
+        contrast_mask: (B, 2) bool, or None.
+        global_batch: the global batch these rows are a slice of (data-parallel
+            training); None: the rows are the whole batch.
+    """
+
+    queries: QueryOutput
+    targets: torch.Tensor
+    edits_color: torch.Tensor
+    edits_shape: torch.Tensor
+    negatives: torch.Tensor | None = None
+    target_index: torch.Tensor | None = None
+    negative_index: torch.Tensor | None = None
+    contrasts: torch.Tensor | None = None
+    contrast_mask: torch.Tensor | None = None
+    global_batch: GlobalBatch | None = None
+
+
 class DQELoss(nn.Module):
-    """L = main + lambda_c L_color + lambda_s L_shape, returned as named terms.
+    """L = main + lambda_c L_color + lambda_s L_shape + w_order L_order, as named terms.
 
     Args:
         cfg: loss configuration.
@@ -259,73 +309,22 @@ class DQELoss(nn.Module):
         super().__init__()
         self.cfg = cfg or LossConfig()
 
-    def forward(
-        self,
-        model: DQECIR,
-        out: QueryOutput,
-        target_emb: torch.Tensor,
-        negative_emb: torch.Tensor | None,
-        edits_color: torch.Tensor,
-        edits_shape: torch.Tensor,
-        target_index: torch.Tensor | None = None,
-        negative_index: torch.Tensor | None = None,
-        global_batch: GlobalBatch | None = None,
-        contrast_emb: torch.Tensor | None = None,
-        contrast_mask: torch.Tensor | None = None,
-    ) -> dict[str, torch.Tensor]:
-        """Compute the loss terms.
-
-        Args:
-            model: the DQE-CIR model (scores and temperature).
-            out: composed queries of the batch.
-            target_emb: (B, Q, P) target embeddings.
-            negative_emb: (B, Q, P) one mined negative per row, or None. Required for
-                "pairwise_kl"; for "contrastive" only used by the margins, which
-                otherwise take the target of the previous row (a rolled batch).
-            edits_color: (B,) bool, edit touches color.
-            edits_shape: (B,) bool, edit touches shape.
-            target_index: (B,) image index of each target (masks duplicates in batch
-                objectives).
-            negative_index: (B,) image index of each negative.
-            global_batch: the global batch these rows are a slice of (data-parallel
-                training); None means the rows are the whole batch.
-            contrast_emb: (B, 2, Q, P) attribute-contrast images (colour, shape) that
-                replace the margins' negative where ``contrast_mask`` is set.
-            contrast_mask: (B, 2) bool.
-
-        Returns:
-            dict with scalar tensors "loss", "main", "color_margin", "shape_margin",
-            "weight_order".
-            Under data parallelism each term is this rank's share scaled by the world
-            size: their mean over ranks is the global-batch value.
-        """
-        g = global_batch or GlobalBatch.local(
-            target_emb, negative_emb, edits_color, edits_shape, target_index, negative_index
-        )
-        main = self._main(model, out, target_emb, negative_emb, target_index, g)
+    def forward(self, model: DQECIR, batch: EncodedBatch) -> LossTerms:
+        """The loss terms of ``batch`` (``model`` gives the scores and the temperature)."""
+        g = batch.global_batch or GlobalBatch.local(batch)
+        main = self._main(model, batch, g)
         if self.cfg.use_margins:
-            b = out.q.shape[0]
-            if negative_emb is not None:
-                neg = negative_emb
-            else:  # the previous row's target, over the global batch
-                neg = g.targets.roll(1, dims=0)[g.offset : g.offset + b]
-            neg_color = neg_shape = neg
-            if contrast_emb is not None and contrast_mask is not None:
-                neg_color = torch.where(contrast_mask[:, 0, None, None], contrast_emb[:, 0], neg)
-                neg_shape = torch.where(contrast_mask[:, 1, None, None], contrast_emb[:, 1], neg)
-            color = self._margin(
-                model, out.q_color, target_emb, neg_color, edits_color, g.n_color, g.world_size
-            )
-            shape = self._margin(
-                model, out.q_shape, target_emb, neg_shape, edits_shape, g.n_shape, g.world_size
-            )
+            color, shape = self._margins(model, batch, g)
         else:
             color = shape = main.new_zeros(())
         order = main.new_zeros(())
         if self.cfg.weight_order > 0 and model.cfg.use_attribute_weights:
-            denominator = g.size / g.world_size
             order = weight_order_loss(
-                out.weights, edits_color, edits_shape, self.cfg.weight_margin, denominator
+                batch.queries.weights,
+                batch.edits_color,
+                batch.edits_shape,
+                self.cfg.weight_margin,
+                g.size / g.world_size,
             )
         loss = (
             main
@@ -333,36 +332,25 @@ class DQELoss(nn.Module):
             + self.cfg.lambda_shape * shape
             + self.cfg.weight_order * order
         )
-        return {
-            "loss": loss,
-            "main": main,
-            "color_margin": color,
-            "shape_margin": shape,
-            "weight_order": order,
-        }
+        return LossTerms(
+            loss=loss, main=main, color_margin=color, shape_margin=shape, weight_order=order
+        )
 
-    def _main(
-        self,
-        model: DQECIR,
-        out: QueryOutput,
-        target_emb: torch.Tensor,
-        negative_emb: torch.Tensor | None,
-        target_index: torch.Tensor | None,
-        g: GlobalBatch,
-    ) -> torch.Tensor:
+    def _main(self, model: DQECIR, batch: EncodedBatch, g: GlobalBatch) -> torch.Tensor:
         """The objective's main term: this rank's share of the global-batch mean."""
-        tau, b = model.temperature(), out.q.shape[0]
+        q, negative = batch.queries.q, batch.negatives
+        tau, b = model.temperature(), q.shape[0]
         scale = g.world_size / g.size  # sum over local rows -> share of the global mean
-        labels = torch.arange(g.offset, g.offset + b, device=out.q.device)
+        labels = torch.arange(g.offset, g.offset + b, device=q.device)
         objective = self.cfg.objective
         if objective == "pairwise_kl":
-            if negative_emb is None:
+            if negative is None:
                 raise ValueError("objective 'pairwise_kl' needs one negative per query")
-            pos = model.pair_score(out.q, target_emb)
-            neg = model.pair_score(out.q, negative_emb)
+            pos = model.pair_score(q, batch.targets)
+            neg = model.pair_score(q, negative)
             return pairwise_kl_loss(pos, neg, tau, reduction="sum") * scale
         if objective == "batch_kl":
-            if negative_emb is None or g.negatives is None:
+            if negative is None or g.negatives is None:
                 raise ValueError("objective 'batch_kl' needs one negative per query")
             cand = torch.cat([g.targets, g.negatives])
             idx = None
@@ -370,8 +358,34 @@ class DQELoss(nn.Module):
                 idx = torch.cat([g.target_index, g.negative_index])
         else:  # contrastive: the batch's targets only
             cand, idx = g.targets, g.target_index
-        scores = model.score(out.q, cand)
-        return batch_kl_loss(scores, tau, target_index, idx, labels=labels, reduction="sum") * scale
+        scores = model.score(q, cand)
+        return (
+            batch_kl_loss(scores, tau, batch.target_index, idx, labels=labels, reduction="sum")
+            * scale
+        )
+
+    def _margins(
+        self, model: DQECIR, batch: EncodedBatch, g: GlobalBatch
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The colour and shape margins against the row's negative (or contrast image)."""
+        b = batch.queries.q.shape[0]
+        if batch.negatives is not None:
+            neg = batch.negatives
+        else:  # the previous row's target, over the global batch
+            neg = g.targets.roll(1, dims=0)[g.offset : g.offset + b]
+        neg_color = neg_shape = neg
+        con, mask = batch.contrasts, batch.contrast_mask
+        if con is not None and mask is not None:
+            neg_color = torch.where(mask[:, 0, None, None], con[:, 0], neg)
+            neg_shape = torch.where(mask[:, 1, None, None], con[:, 1], neg)
+        queries, targets = batch.queries, batch.targets
+        color = self._margin(
+            model, queries.q_color, targets, neg_color, batch.edits_color, g.n_color, g.world_size
+        )
+        shape = self._margin(
+            model, queries.q_shape, targets, neg_shape, batch.edits_shape, g.n_shape, g.world_size
+        )
+        return color, shape
 
     def _margin(
         self,

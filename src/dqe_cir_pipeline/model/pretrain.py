@@ -22,7 +22,7 @@ from transformers import Blip2ForImageTextRetrieval
 
 from dqe_cir_pipeline.model.config import config_block
 from dqe_cir_pipeline.model.data import FeatureSource, load_tokens, tokenize
-from dqe_cir_pipeline.model.train import lr_lambda
+from dqe_cir_pipeline.model.optim import lr_lambda
 
 logger = logging.getLogger(__name__)
 

@@ -1,16 +1,9 @@
 """What a training run carries from epoch to epoch, and its checkpoints as plain dicts.
 
-``last.pt`` holds everything needed to continue bit for bit (weights, optimiser,
-schedule, RNG states, history, the current negatives); ``best.pt`` the best epoch's
-weights and metrics. Both are dicts of tensors, numbers and strings
-(``torch.load(weights_only=True)`` reads them); the dicts are built here and written
-atomically, so a killed run resumes from its last finished epoch.
-
-A file that cannot be read back (truncated by a full disk, a copy cut short) is never
-fatal and never silently skipped: it is renamed ``<name>.corrupt-<time>`` with a warning
-naming it. A damaged ``last.pt`` means training starts afresh; a damaged (or missing)
-``best.pt`` beside a good ``last.pt`` means the run resumes and picks its best epoch
-among the epochs still to come.
+``last.pt`` holds everything needed to continue bit for bit; ``best.pt`` the best epoch.
+Both are built here (``last_checkpoint`` / ``best_checkpoint``), written atomically and
+read back with ``torch.load(weights_only=True)``. A file that cannot be read back is set
+aside as ``<name>.corrupt-<time>`` with a warning, never fatal and never silently skipped.
 """
 
 from __future__ import annotations
@@ -19,7 +12,7 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
@@ -35,11 +28,23 @@ from dqe_cir_pipeline.model.state import (
     load_torch,
     restore_rng_state,
 )
-
-if TYPE_CHECKING:
-    from dqe_cir_pipeline.model.train import Trainer
+from dqe_cir_pipeline.model.train_config import LoopConfig
 
 logger = logging.getLogger(__name__)
+
+#: What ``last.pt`` / ``best.pt`` must hold to be resumed from.
+LAST_KEYS = (
+    "model",
+    "optimizer",
+    "scheduler",
+    "rng",
+    "epoch",
+    "history",
+    "mining_summaries",
+    "best_score",
+    "best_epoch",
+)
+BEST_KEYS = ("model", "metrics")
 
 
 @dataclass
@@ -52,6 +57,15 @@ class FitResult:
     resumed_from_epoch: int = 0
 
 
+@dataclass(frozen=True)
+class Trainables:
+    """What ``last.pt`` saves and restores in place: the weights and the optimiser's state."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+
+
 def state_to_cpu(model: nn.Module) -> dict[str, torch.Tensor]:
     """A detached CPU copy of ``model``'s state dict."""
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
@@ -59,7 +73,12 @@ def state_to_cpu(model: nn.Module) -> dict[str, torch.Tensor]:
 
 @dataclass
 class RunState:
-    """The mutable state of one training run (rank 0 owns what it writes)."""
+    """The mutable state of one training run (rank 0 owns what it writes).
+
+    Attributes:
+        config: the recipe's fingerprint (``TrainingConfig.fingerprint``), checked on resume.
+        backbone: ``{"key": ..., "name": ...}`` of the backbone, checked on resume.
+    """
 
     config: dict[str, Any]
     backbone: dict[str, str]
@@ -84,23 +103,28 @@ class RunState:
 
     @classmethod
     def start(
-        cls, trainer: Trainer, backbone: dict[str, str], distributed: Distributed
+        cls,
+        trainables: Trainables,
+        config: dict[str, Any],
+        backbone: dict[str, str],
+        loop: LoopConfig,
+        distributed: Distributed,
     ) -> RunState:
-        """A fresh state, or the one in ``run_dir/last.pt`` when resuming is asked for.
+        """A fresh state, or the one in ``loop.run_dir/last.pt`` when resuming is asked for
+        (``trainables`` are then restored in place).
 
         Raises:
             CheckpointMismatchError: ``last.pt`` was made with another backbone or recipe.
             RuntimeError: the ranks disagree on where to resume.
         """
-        loop = trainer.cfg.loop
         state = cls(
-            config=trainer.cfg.fingerprint(trainer.max_text_len),
+            config=config,
             backbone=dict(backbone),
             run_dir=Path(loop.run_dir) if loop.run_dir else None,
             is_main=distributed.is_main,
         )
         if loop.resume and state.last_path is not None and state.last_path.exists():
-            state._resume(trainer)
+            state._resume(trainables)
         if state.start_epoch:
             if distributed.rank:  # the checkpoint holds rank 0's generators: keep streams distinct
                 torch.manual_seed(loop.seed + 7919 * distributed.rank + state.start_epoch)
@@ -113,58 +137,89 @@ class RunState:
             )
         return state
 
-    #: What ``last.pt`` / ``best.pt`` must hold to be resumed from.
-    LAST_KEYS = (
-        "model",
-        "optimizer",
-        "scheduler",
-        "rng",
-        "epoch",
-        "history",
-        "mining_summaries",
-        "best_score",
-        "best_epoch",
-    )
-    BEST_KEYS = ("model", "metrics")
+    def end_epoch(
+        self,
+        epoch: int,
+        record: dict[str, float],
+        score: float,
+        metrics: dict[str, float],
+        trainables: Trainables,
+    ) -> None:
+        """Record the epoch, keep the best weights, write ``best.pt`` / ``last.pt`` (rank 0)."""
+        self.history.append(record)
+        improved = score > self.best_score
+        if improved:
+            self.best_score, self.best_epoch = score, epoch
+            self.best_state = state_to_cpu(trainables.model)
+            self.best_metrics = dict(metrics)
+        if self.run_dir is None or not self.is_main:
+            return
+        if improved:
+            atomic_torch_save(self.run_dir / "best.pt", self.best_checkpoint())
+        atomic_torch_save(self.run_dir / "last.pt", self.last_checkpoint(epoch + 1, trainables))
 
-    def _readable(self, path: Path, keys: tuple[str, ...]) -> dict[str, Any] | None:
-        """The checkpoint at ``path``, or ``None`` after setting a damaged one aside.
+    def last_checkpoint(self, next_epoch: int, trainables: Trainables) -> dict[str, Any]:
+        """``last.pt``: everything a resumed run needs to continue at ``next_epoch``."""
+        return {
+            "model": state_to_cpu(trainables.model),
+            "optimizer": trainables.optimizer.state_dict(),
+            "scheduler": trainables.scheduler.state_dict(),
+            "rng": capture_rng_state(),
+            "epoch": next_epoch,
+            "config": self.config,
+            "backbone": self.backbone,
+            "history": self.history,
+            "mining_summaries": self.mining_summaries,
+            "best_score": self.best_score,
+            "best_epoch": self.best_epoch,
+            "mining": None if self.mining is None else self.mining.to_state(),
+        }
 
-        Rank 0 renames the file (``<name>.corrupt-<time>``); every rank logs a warning
-        that names it and why.
-        """
-        try:
-            ckpt = load_torch(path)
-            absent = [k for k in keys if k not in ckpt]
-            if absent:
-                raise CheckpointCorruptError(f"checkpoint {path} lacks {absent}")
-        except CheckpointCorruptError as err:
-            moved = set_aside(path) if self.is_main else path
-            logger.warning("%s; set aside as %s", err, moved)
-            return None
-        return ckpt
+    def best_checkpoint(self) -> dict[str, Any]:
+        """``best.pt`` and ``fit``'s result: the best epoch's weights with the recipe,
+        backbone and validation metrics."""
+        if self.best_state is None:
+            raise RuntimeError(
+                "training ran no epoch: check training.loop.epochs and the resume state"
+            )
+        return {
+            "model": self.best_state,
+            "epoch": self.best_epoch,
+            "config": self.config,
+            "backbone": self.backbone,
+            "metrics": self.best_metrics,
+        }
 
-    def _resume(self, trainer: Trainer) -> None:
+    def result(self) -> FitResult:
+        return FitResult(
+            best_checkpoint=self.best_checkpoint(),
+            history=self.history,
+            mining_summaries=self.mining_summaries,
+            resumed_from_epoch=self.start_epoch,
+        )
+
+    def _resume(self, trainables: Trainables) -> None:
         """Continue from ``last.pt`` (and ``best.pt``), or leave the state fresh.
 
         Both files are read and checked before anything is restored, so a damaged file
-        never leaves the trainer half restored.
+        never leaves the run half restored. A damaged ``last.pt`` means a fresh start; a
+        damaged or missing ``best.pt`` means the best epoch is chosen among those to come.
 
         Raises:
             CheckpointMismatchError: ``last.pt`` was made with another backbone or recipe.
         """
         assert self.last_path is not None and self.best_path is not None
-        ckpt = self._readable(self.last_path, self.LAST_KEYS)
+        ckpt = self._readable(self.last_path, LAST_KEYS)
         if ckpt is None:
             logger.warning("training starts afresh in %s (epoch 0)", self.run_dir)
             return
         self._check_compatible(ckpt)
         best = None
         if self.best_path.exists():
-            best = self._readable(self.best_path, self.BEST_KEYS)
-        trainer.model.load_state_dict(ckpt["model"], strict=True)
-        trainer.optimizer.load_state_dict(ckpt["optimizer"])
-        trainer.scheduler.load_state_dict(ckpt["scheduler"])
+            best = self._readable(self.best_path, BEST_KEYS)
+        trainables.model.load_state_dict(ckpt["model"], strict=True)
+        trainables.optimizer.load_state_dict(ckpt["optimizer"])
+        trainables.scheduler.load_state_dict(ckpt["scheduler"])
         self.start_epoch = int(ckpt["epoch"])
         self.history = list(ckpt["history"])
         self.mining_summaries = list(ckpt["mining_summaries"])
@@ -182,6 +237,20 @@ class RunState:
                 self.start_epoch,
             )
         restore_rng_state(ckpt["rng"])
+
+    def _readable(self, path: Path, keys: tuple[str, ...]) -> dict[str, Any] | None:
+        """The checkpoint at ``path``, or ``None`` after setting a damaged one aside
+        (rank 0 renames it; every rank logs a warning naming it and why)."""
+        try:
+            ckpt = load_torch(path)
+            absent = [k for k in keys if k not in ckpt]
+            if absent:
+                raise CheckpointCorruptError(f"checkpoint {path} lacks {absent}")
+        except CheckpointCorruptError as err:
+            moved = set_aside(path) if self.is_main else path
+            logger.warning("%s; set aside as %s", err, moved)
+            return None
+        return ckpt
 
     def _check_compatible(self, ckpt: dict[str, Any]) -> None:
         """Refuse to resume a run made with another backbone or recipe."""
@@ -210,63 +279,3 @@ class RunState:
                 + ". Set training.loop.resume: false or point training.loop.run_dir at a new "
                 "folder."
             )
-
-    def end_epoch(
-        self,
-        epoch: int,
-        record: dict[str, float],
-        score: float,
-        metrics: dict[str, float],
-        trainer: Trainer,
-    ) -> None:
-        """Record the epoch, keep the best weights, write ``best.pt`` / ``last.pt`` (rank 0)."""
-        self.history.append(record)
-        if score > self.best_score:
-            self.best_score, self.best_epoch = score, epoch
-            self.best_state, self.best_metrics = state_to_cpu(trainer.model), dict(metrics)
-            if self.best_path is not None and self.is_main:
-                atomic_torch_save(
-                    self.best_path,
-                    {"model": self.best_state, "metrics": self.best_metrics, "epoch": epoch},
-                )
-        if self.last_path is not None and self.is_main:
-            atomic_torch_save(self.last_path, self.last_checkpoint(epoch + 1, trainer))
-
-    def last_checkpoint(self, next_epoch: int, trainer: Trainer) -> dict[str, Any]:
-        """Everything a resumed run needs to continue at ``next_epoch``."""
-        return {
-            "model": state_to_cpu(trainer.model),
-            "optimizer": trainer.optimizer.state_dict(),
-            "scheduler": trainer.scheduler.state_dict(),
-            "rng": capture_rng_state(),
-            "epoch": next_epoch,
-            "config": self.config,
-            "backbone": self.backbone,
-            "history": self.history,
-            "mining_summaries": self.mining_summaries,
-            "best_score": self.best_score,
-            "best_epoch": self.best_epoch,
-            "mining": None if self.mining is None else self.mining.to_state(),
-        }
-
-    def best_checkpoint(self) -> dict[str, Any]:
-        """The best epoch's weights with the recipe, backbone and validation metrics."""
-        if self.best_state is None:
-            raise RuntimeError(
-                "training ran no epoch: check training.loop.epochs and the resume state"
-            )
-        return {
-            "model": self.best_state,
-            "epoch": self.best_epoch,
-            "config": self.config,
-            "backbone": self.backbone,
-            "metrics": self.best_metrics,
-        }
-
-    def result(self) -> FitResult:
-        return FitResult(
-            best_checkpoint=self.best_checkpoint(),
-            history=self.history,
-            mining_summaries=self.mining_summaries,
-            resumed_from_epoch=self.start_epoch,
-        )

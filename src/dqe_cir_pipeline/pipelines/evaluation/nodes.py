@@ -29,7 +29,7 @@ from dqe_cir_pipeline.model.factory import (
     model_from_checkpoint,
 )
 from dqe_cir_pipeline.model.state import CheckpointMismatchError
-from dqe_cir_pipeline.model.train import TrainingConfig
+from dqe_cir_pipeline.model.train_config import TrainingConfig
 from dqe_cir_pipeline.tracking import metric_values
 
 logger = logging.getLogger(__name__)

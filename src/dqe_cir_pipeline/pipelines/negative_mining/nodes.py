@@ -31,7 +31,7 @@ from dqe_cir_pipeline.model.mining import (  # noqa: E402
     neighbourhood_stats,
 )
 from dqe_cir_pipeline.model.negatives import MiningConfig, delta_histogram  # noqa: E402
-from dqe_cir_pipeline.model.train import TrainingConfig  # noqa: E402
+from dqe_cir_pipeline.model.train_config import TrainingConfig  # noqa: E402
 from dqe_cir_pipeline.tracking import metric_values  # noqa: E402
 
 logger = logging.getLogger(__name__)

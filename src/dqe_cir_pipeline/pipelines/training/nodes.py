@@ -22,10 +22,12 @@ from dqe_cir_pipeline.model.config import RuntimeConfig  # noqa: E402
 from dqe_cir_pipeline.model.data import TrainData  # noqa: E402
 from dqe_cir_pipeline.model.distributed import Distributed  # noqa: E402
 from dqe_cir_pipeline.model.evaluate import EvalSet  # noqa: E402
-from dqe_cir_pipeline.model.factory import build_loss, build_model  # noqa: E402
+from dqe_cir_pipeline.model.factory import build_model  # noqa: E402
+from dqe_cir_pipeline.model.losses import LOSS_TERMS  # noqa: E402
 from dqe_cir_pipeline.model.mining_result import MiningResult  # noqa: E402
 from dqe_cir_pipeline.model.negatives import MiningConfig  # noqa: E402
-from dqe_cir_pipeline.model.train import TrainingConfig, fit  # noqa: E402
+from dqe_cir_pipeline.model.train import FitData, fit  # noqa: E402
+from dqe_cir_pipeline.model.train_config import TrainingConfig  # noqa: E402
 from dqe_cir_pipeline.pipelines.evaluation.nodes import EvaluationConfig, evaluate_split  # noqa: E402
 from dqe_cir_pipeline.tracking import metric_history  # noqa: E402
 
@@ -74,19 +76,12 @@ def train_model(
     model = build_model(bb, training.model, training.loop.seed, runtime.device)
     try:
         result = fit(
-            model,
-            build_loss(training.loss),
-            bb.tokenizer,
-            vit_features,
-            data,
             training,
+            FitData(data, vit_features, validate, initial_mining=initial),
+            model,
+            bb,
             mining,
-            validate,
-            backbone_meta={"key": bb.key, "name": bb.name},
-            max_text_len=bb.max_text_len,
-            device=runtime.device,
-            amp_dtype=runtime.amp_dtype,
-            initial_mining=initial,
+            runtime=runtime,
             distributed=distributed,
         )
     finally:
@@ -136,8 +131,7 @@ def plot_training_curves(training_history: pd.DataFrame) -> Figure:
     history = training_history
     fig, axes = plt.subplots(1, 4, figsize=(17, 3.6))
     ep = history["epoch"] + 1
-    terms = ("loss", "main", "color_margin", "shape_margin", "weight_order")
-    for col in (f"train/{t}" for t in terms):
+    for col in (f"train/{t}" for t in LOSS_TERMS):
         if col in history:
             axes[0].plot(ep, history[col], marker="o", label=col.split("/")[1])
     axes[0].set_title("training loss terms")
