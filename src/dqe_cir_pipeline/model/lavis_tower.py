@@ -86,7 +86,7 @@ def retrieval_model(config: Blip2Config, initialise: bool = True) -> Blip2ForIma
     """``Blip2ForImageTextRetrieval(config)``, with the CLIP tower when the config marks one.
 
     ``initialise=False`` skips the random initialisation (the caller loads every weight
-    strictly afterwards): seconds instead of minutes for a ViT-g on a CPU.
+    strictly afterwards): no wasted random init of a ViT-g (tens of seconds on a CPU).
     """
     with nullcontext() if initialise else no_init_weights():
         model = Blip2ForImageTextRetrieval(config)
