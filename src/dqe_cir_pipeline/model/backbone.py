@@ -34,6 +34,7 @@ from transformers import (
 from dqe_cir_pipeline.io_utils import SHORT_HASH_CHARS, short_hash
 
 from .config import config_block
+from .lavis_tower import is_clip_folder, load_converted
 from .preprocess import ImagePreprocessor
 
 logger = logging.getLogger(__name__)
@@ -334,6 +335,16 @@ def _is_path(name: str) -> bool:
     return name.startswith(("/", "./", "../", "~")) or name.count("/") > 1
 
 
+def _load_retrieval(cfg: BackboneConfig, local: Path) -> Blip2ForImageTextRetrieval:
+    """The float32 retrieval model: a folder converted from LAVIS's CLIP ViT-L BLIP-2
+    (:mod:`.lavis`: its own vision tower) or any transformers BLIP-2 checkpoint."""
+    if local.is_dir() and is_clip_folder(local):
+        return load_converted(local)
+    return Blip2ForImageTextRetrieval.from_pretrained(
+        cfg.name_or_path, revision=cfg.revision, dtype=torch.float32
+    )
+
+
 def load_backbone(cfg: BackboneConfig, captions: Iterable[str] | None = None) -> Backbone:
     """Load the backbone ``cfg`` describes, its vision encoder frozen and in eval mode.
 
@@ -360,9 +371,7 @@ def load_backbone(cfg: BackboneConfig, captions: Iterable[str] | None = None) ->
             f"backbone folder not found: {local}\n" + _not_found_message(cfg, missing)
         )
     try:  # the same call for a hub id, a hub cache hit and a local folder
-        model = Blip2ForImageTextRetrieval.from_pretrained(
-            cfg.name_or_path, revision=cfg.revision, dtype=torch.float32
-        )
+        model = _load_retrieval(cfg, local)
         tokenizer = AutoTokenizer.from_pretrained(cfg.name_or_path, revision=cfg.revision)
     except (OSError, ValueError) as err:
         raise BackboneNotFoundError(_not_found_message(cfg, err)) from err

@@ -27,6 +27,7 @@ from dqe_cir_pipeline.model.dqe import DQECIR, DQEConfig
 from dqe_cir_pipeline.model.encode import encode_images, encode_queries
 from dqe_cir_pipeline.model.extract import MemoryFeatures
 from dqe_cir_pipeline.model.factory import model_from_checkpoint
+from dqe_cir_pipeline.model.lavis_tower import retrieval_model
 from dqe_cir_pipeline.model.preprocess import ImagePreprocessor
 from dqe_cir_pipeline.serving.folders import write_folder
 
@@ -181,7 +182,7 @@ class QueryModel:
         }
         head = {k[len(_DQE_PREFIX) :]: v for k, v in tensors.items() if k.startswith(_DQE_PREFIX)}
         with torch.random.fork_rng(devices=[]):  # construction draws random inits
-            retrieval = Blip2ForImageTextRetrieval(blip2)
+            retrieval = retrieval_model(blip2)  # with the CLIP tower a LAVIS ViT-L needs
             retrieval.vision_model.load_state_dict(vision, strict=True)
             retrieval.vision_model.requires_grad_(False)
             dqe = DQECIR(retrieval, DQEConfig(**config["dqe"]))
