@@ -182,7 +182,7 @@ def smoke_summary(report: dict[str, Any], model_only: float | None) -> dict[str,
 
 
 def _device_ratios(device_figures: dict[str, Any] | None) -> dict[str, Any]:
-    """The issue's ratios and the rates behind them, from the device figures' sections."""
+    """The GPU path's ratios and the rates behind them, from the device figures' sections."""
     sections = (device_figures or {}).get("sections", {})
     ext = sections.get("b_extraction", {})
     train = sections.get("c_training_step", {})
