@@ -1,10 +1,13 @@
-"""Wall time and peak resident-memory growth of a call (shared by the CPU benchmarks)."""
+"""Shared by the benchmarks: wall time and peak resident-memory growth of a call, and
+dropping a feature cache's pages from the page cache (cold-read measurements)."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -39,3 +42,20 @@ def measure(fn: Callable[[], T]) -> tuple[float, int, T]:
     th.join()
     peak[0] = max(peak[0], rss_bytes())
     return dt, peak[0] - base, out
+
+
+def drop_page_cache(directory: Path) -> None:
+    """Ask the kernel to evict the pages of every ``shard-*.npy`` below ``directory``.
+
+    Best effort (``posix_fadvise(DONTNEED)``, no root needed): a hypervisor's cache may
+    still serve the next read, so a "cold" figure is a lower bound on real-disk slowness.
+    """
+    if not hasattr(os, "posix_fadvise"):
+        return
+    for path in directory.rglob("shard-*.npy"):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)

@@ -388,19 +388,48 @@ def run_training_bench(
     pixels = [torch.randn(batch, 3, s, s, generator=g).to(device) for _ in range(3)]
     res = into if into is not None else {}
     res.update(
-        {
-            "preset": bench.preset,
-            "device": str(device),
-            "batch": batch,
-            "steps": steps,
-            "warmup": warmup,
-            "amp_dtype": amp_dtype if device.type == "cuda" else "float32",
-            "vit_tokens": t,
-            "vit_width": d,
-            "image_size": s,
-            "trainable_params": sum(p.numel() for p in stepper.dqe.trainable_parameters()),
-        }
+        preset=bench.preset,
+        device=str(device),
+        batch=batch,
+        steps=steps,
+        warmup=warmup,
+        amp_dtype=amp_dtype if device.type == "cuda" else "float32",
+        vit_tokens=t,
+        vit_width=d,
+        image_size=s,
+        trainable_params=sum(p.numel() for p in stepper.dqe.trainable_parameters()),
     )
+    _bare_rates(stepper, tokens, pixels, steps=steps, warmup=warmup, into=res)
+    if not end_to_end:
+        return res
+
+    n_e2e = e2e_steps or steps
+    with tempfile.TemporaryDirectory(prefix="bench_train_", dir=tmp_root) as tmp:
+        root = Path(tmp)
+        t0 = time.perf_counter()
+        mm = write_token_memmap(root / "tokens.npy", images, t, d, seed)
+        res["setup_memmap_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        w, h = png_size or (int(round(1.25 * s)), s)
+        paths = write_random_pngs(root / "png", images, (w, h), seed)
+        res["setup_png_s"] = time.perf_counter() - t0
+        res.update({"images": images, "workers": workers, "png_size": [w, h], "e2e_steps": n_e2e})
+        _end_to_end_rates(stepper, mm, paths, n_e2e, warmup, workers, seed, into=res)
+        del mm
+    return res
+
+
+def _bare_rates(
+    stepper: Stepper,
+    tokens: list[torch.Tensor],
+    pixels: list[torch.Tensor],
+    *,
+    steps: int,
+    warmup: int,
+    into: dict[str, Any],
+) -> None:
+    """Triplets/s of the cached and the recompute step on inputs already on the device."""
+    device, batch, res = stepper.device, len(tokens[0]), into
 
     def cached() -> None:
         stepper.step(*tokens)
@@ -422,75 +451,74 @@ def run_training_bench(
     )
     loss = stepper.last_loss
     res["last_loss_finite"] = bool(loss is not None and math.isfinite(float(loss)))
-    if not end_to_end:
-        return res
 
-    n_e2e = e2e_steps or steps
+
+def _end_to_end_rates(
+    stepper: Stepper,
+    mm: np.ndarray,
+    paths: list[str],
+    n_e2e: int,
+    warmup: int,
+    workers: int,
+    seed: int,
+    *,
+    into: dict[str, Any],
+) -> None:
+    """Triplets/s with data loading: memmap gathers (in the loop, then prefetched), and
+    PNG decoding in DataLoader workers."""
+    device, batch, res, images = stepper.device, len(stepper.ids), into, len(mm)
     rng = np.random.default_rng(seed)
-    with tempfile.TemporaryDirectory(prefix="bench_train_", dir=tmp_root) as tmp:
-        root = Path(tmp)
-        t0 = time.perf_counter()
-        mm = write_token_memmap(root / "tokens.npy", images, t, d, seed)
-        res["setup_memmap_s"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        w, h = png_size or (int(round(1.25 * s)), s)
-        paths = write_random_pngs(root / "png", images, (w, h), seed)
-        res["setup_png_s"] = time.perf_counter() - t0
-        res.update({"images": images, "workers": workers, "png_size": [w, h], "e2e_steps": n_e2e})
-
-        # cached: gather from the memmap in the training loop (model.data.load_tokens)
-        for _ in range(max(1, warmup)):  # touch the pages: the cache is warm in practice
-            stepper.step(
-                *(load_cached_tokens(mm, rng.integers(0, images, batch), device) for _ in range(3))
-            )
-        sync(device)
-        t0 = time.perf_counter()
-        for _ in range(n_e2e):
-            ref, tgt, neg = (
-                load_cached_tokens(mm, rng.integers(0, images, batch), device) for _ in range(3)
-            )
-            stepper.step(ref, tgt, neg)
-        sync(device)
-        sec = time.perf_counter() - t0
-        res["e2e_cached_triplets_per_s"] = batch * n_e2e / sec
-
-        # cached as the trainer trains now: next step's gather on a worker thread, fp16
-        # (pinned on CUDA) to the device, cast there
-        source = MemmapSource(mm)
-        plan = [[rng.integers(0, images, batch) for _ in range(3)] for _ in range(n_e2e)]
-        sync(device)
-        t0 = time.perf_counter()
-        for host in prefetched(source, plan, pin=device.type == "cuda"):
-            stepper.step(*(to_device(h, device) for h in host))
-        sync(device)
-        sec = time.perf_counter() - t0
-        res["e2e_cached_prefetch_triplets_per_s"] = batch * n_e2e / sec
-        res["e2e_prefetch_speedup"] = (
-            res["e2e_cached_prefetch_triplets_per_s"] / res["e2e_cached_triplets_per_s"]
+    # cached: gather from the memmap in the training loop (model.data.load_tokens)
+    for _ in range(max(1, warmup)):  # touch the pages: the cache is warm in practice
+        stepper.step(
+            *(load_cached_tokens(mm, rng.integers(0, images, batch), device) for _ in range(3))
         )
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(n_e2e):
+        ref, tgt, neg = (
+            load_cached_tokens(mm, rng.integers(0, images, batch), device) for _ in range(3)
+        )
+        stepper.step(ref, tgt, neg)
+    sync(device)
+    sec = time.perf_counter() - t0
+    res["e2e_cached_triplets_per_s"] = batch * n_e2e / sec
 
-        # recompute: decode + preprocess PNGs in DataLoader workers, ViT every step
-        picks = rng.integers(0, images, (batch * n_e2e, 3))
-        loader = DataLoader(
-            _TripletPixels(paths, picks, ImagePreprocessor(s)),
-            batch_size=batch,
-            num_workers=workers,
-            pin_memory=device.type == "cuda",
-            drop_last=True,
-        )
-        sync(device)
-        t0 = time.perf_counter()
-        it: Iterator[Any] = iter(loader)
-        for ref_px, tgt_px, neg_px in it:
-            stepper.step_from_pixels(ref_px, tgt_px, neg_px)
-        sync(device)
-        sec = time.perf_counter() - t0
-        res["e2e_recompute_triplets_per_s"] = batch * n_e2e / sec
-        res["e2e_speedup_cached_over_recompute"] = (
-            res["e2e_cached_triplets_per_s"] / res["e2e_recompute_triplets_per_s"]
-        )
-        del mm
-    return res
+    # cached as the trainer trains now: next step's gather on a worker thread, fp16
+    # (pinned on CUDA) to the device, cast there
+    source = MemmapSource(mm)
+    plan = [[rng.integers(0, images, batch) for _ in range(3)] for _ in range(n_e2e)]
+    sync(device)
+    t0 = time.perf_counter()
+    for host in prefetched(source, plan, pin=device.type == "cuda"):
+        stepper.step(*(to_device(h, device) for h in host))
+    sync(device)
+    sec = time.perf_counter() - t0
+    res["e2e_cached_prefetch_triplets_per_s"] = batch * n_e2e / sec
+    res["e2e_prefetch_speedup"] = (
+        res["e2e_cached_prefetch_triplets_per_s"] / res["e2e_cached_triplets_per_s"]
+    )
+
+    # recompute: decode + preprocess PNGs in DataLoader workers, ViT every step
+    picks = rng.integers(0, images, (batch * n_e2e, 3))
+    loader = DataLoader(
+        _TripletPixels(paths, picks, ImagePreprocessor(stepper.bench.image_size)),
+        batch_size=batch,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        drop_last=True,
+    )
+    sync(device)
+    t0 = time.perf_counter()
+    it: Iterator[Any] = iter(loader)
+    for ref_px, tgt_px, neg_px in it:
+        stepper.step_from_pixels(ref_px, tgt_px, neg_px)
+    sync(device)
+    sec = time.perf_counter() - t0
+    res["e2e_recompute_triplets_per_s"] = batch * n_e2e / sec
+    res["e2e_speedup_cached_over_recompute"] = (
+        res["e2e_cached_triplets_per_s"] / res["e2e_recompute_triplets_per_s"]
+    )
 
 
 def format_report(res: dict[str, Any]) -> str:

@@ -286,7 +286,7 @@ def merge(files: list[Path], rename: dict[str, str], out: Path | None) -> None:
         out.write_text(json.dumps({**payload, "rows": rows, "table": text}, indent=1))
 
 
-def main() -> None:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS))
@@ -317,7 +317,75 @@ def main() -> None:
         default=[],
         help="with --merge: old=new variant names (a --grid row that is the default recipe)",
     )
-    args = parser.parse_args()
+    return parser
+
+
+def _write_rows(out: Path | None, document: dict[str, Any]) -> None:
+    """Write the rows so far (partial results survive a time-out or an interruption)."""
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(document, indent=1))
+
+
+def floor_rows(
+    prep: dict[str, Any], params: dict[str, Any], device: torch.device
+) -> list[dict[str, Any]]:
+    """The text-blind pixel baseline, the zero-shot and the untrained model on test."""
+    test = EvalSet.from_tables(prep["triplets"], prep["images"], REPORT_SPLIT)
+    blind = text_blind_baseline(prep["images"], test, (1, 5, 10, 50)).metrics
+    rows: list[dict[str, Any]] = [{"variant": "text_blind", "seed": -1, "seconds": 0.0, **blind}]
+    cfg0 = training_config(params, {})
+    bb = prep["backbone"]
+    floors = {
+        "zero_shot": build_model(bb, cfg0.model, cfg0.loop.seed, str(device)),
+        "untrained": build_untrained_model(bb, cfg0.model, cfg0.loop.seed, str(device)),
+    }
+    for name, model in floors.items():
+        metrics = evaluate(model, prep["features"], bb.tokenizer, test).metrics
+        rows.append({"variant": name, "seed": -1, "seconds": 0.0, **metrics})
+    return rows
+
+
+def run_variants(
+    variants: dict[str, dict[str, Any]],
+    args: argparse.Namespace,
+    prep: dict[str, Any],
+    params: dict[str, Any],
+    device: torch.device,
+    rows: list[dict[str, Any]],
+) -> None:
+    """Every variant at every seed, appended to ``rows`` (in processes with ``--jobs``)."""
+    if args.jobs > 1:
+        ctx = multiprocessing.get_context("spawn")  # CUDA cannot be re-initialised in a fork
+        with ProcessPoolExecutor(max_workers=args.jobs, mp_context=ctx) as pool:
+            futures = [
+                pool.submit(
+                    run_variant_seeds, n, over, args.seeds, args.workdir, str(device), args.epochs
+                )
+                for n, over in variants.items()
+            ]
+            for fut in futures:
+                rows.extend(fut.result())
+                _write_rows(args.out, {"device": str(device), "rows": rows})
+        return
+    for name, over in variants.items():
+        for seed in args.seeds:
+            metrics = run_variant(name, over, seed, prep, params, str(device), args.epochs)
+            rows.append({"variant": name, "seed": seed, **metrics})
+            logging.info(
+                "%s seed %d: test avg %.2f R@10 %.2f, val avg %.2f (%.0fs)",
+                name,
+                seed,
+                metrics["avg"],
+                metrics["recall@10"],
+                metrics["val/avg"],
+                metrics["seconds"],
+            )
+            _write_rows(args.out, {"device": str(device), "rows": rows})
+
+
+def main() -> None:
+    args = _parser().parse_args()
     if args.merge:
         merge(args.merge, dict(r.rsplit("=", 1) for r in args.rename), args.out)
         return
@@ -332,69 +400,23 @@ def main() -> None:
     params = base_params()
     device = resolve_device(args.device)
     prep = prepare(args.workdir, params, device)
-    rows: list[dict[str, Any]] = []
-    test = EvalSet.from_tables(prep["triplets"], prep["images"], REPORT_SPLIT)
-    blind = text_blind_baseline(prep["images"], test, (1, 5, 10, 50)).metrics
-    rows.append({"variant": "text_blind", "seed": -1, "seconds": 0.0, **blind})
-    cfg0 = training_config(params, {})
-    bb = prep["backbone"]
-    floors = {
-        "zero_shot": build_model(bb, cfg0.model, cfg0.loop.seed, str(device)),
-        "untrained": build_untrained_model(bb, cfg0.model, cfg0.loop.seed, str(device)),
-    }
-    for name, model in floors.items():
-        metrics = evaluate(model, prep["features"], bb.tokenizer, test).metrics
-        rows.append({"variant": name, "seed": -1, "seconds": 0.0, **metrics})
+    rows = floor_rows(prep, params, device)
     variants = grid_variants(args.grid) if args.grid else {n: VARIANTS[n] for n in args.variants}
-    if args.jobs > 1:
-        ctx = multiprocessing.get_context("spawn")  # CUDA cannot be re-initialised in a fork
-        with ProcessPoolExecutor(max_workers=args.jobs, mp_context=ctx) as pool:
-            futures = [
-                pool.submit(
-                    run_variant_seeds, n, over, args.seeds, args.workdir, str(device), args.epochs
-                )
-                for n, over in variants.items()
-            ]
-            for fut in futures:
-                rows.extend(fut.result())
-                if args.out:  # partial results survive a time-out
-                    args.out.parent.mkdir(parents=True, exist_ok=True)
-                    args.out.write_text(json.dumps({"device": str(device), "rows": rows}, indent=1))
-    else:
-        for name, over in variants.items():
-            for seed in args.seeds:
-                metrics = run_variant(name, over, seed, prep, params, str(device), args.epochs)
-                rows.append({"variant": name, "seed": seed, **metrics})
-                logging.info(
-                    "%s seed %d: test avg %.2f R@10 %.2f, val avg %.2f (%.0fs)",
-                    name,
-                    seed,
-                    metrics["avg"],
-                    metrics["recall@10"],
-                    metrics["val/avg"],
-                    metrics["seconds"],
-                )
-                if args.out:  # partial results survive an interrupted run
-                    args.out.parent.mkdir(parents=True, exist_ok=True)
-                    args.out.write_text(json.dumps({"device": str(device), "rows": rows}, indent=1))
+    run_variants(variants, args, prep, params, device, rows)
     text = table(rows)
     print(f"device: {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'})")
     print(f"best epoch selected on {SELECTION_SPLIT}; numbers on {REPORT_SPLIT}")
     print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(
-            json.dumps(
-                {
-                    "device": str(device),
-                    "selection_split": SELECTION_SPLIT,
-                    "report_split": REPORT_SPLIT,
-                    "rows": rows,
-                    "table": text,
-                },
-                indent=1,
-            )
-        )
+    _write_rows(
+        args.out,
+        {
+            "device": str(device),
+            "selection_split": SELECTION_SPLIT,
+            "report_split": REPORT_SPLIT,
+            "rows": rows,
+            "table": text,
+        },
+    )
 
 
 if __name__ == "__main__":

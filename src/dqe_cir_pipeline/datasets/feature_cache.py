@@ -34,14 +34,15 @@ from dqe_cir_pipeline.datasets.feature_shards import (
     META_FILE,
     STORED_DTYPE,
     ShardInfo,
-    cached_pairs,
     complete_shards,
+    damaged_message,
+    missing_images,
     new_meta,
     read_active,
     read_index,
     read_meta,
     remove_incomplete,
-    set_shard_aside,
+    set_damaged_shards_aside,
     shard_stem,
     stored_features,
     verify_shard,
@@ -295,15 +296,6 @@ class FeatureCache:
         return state
 
 
-def damaged_message(path: Path, problem: str) -> str:
-    """The error for a damaged shard found by a reader: the file, what is wrong, the fix."""
-    return (
-        f"Feature cache shard {path} is damaged ({problem}). Re-run the extraction "
-        "(kedro run --pipelines embedding_extraction): it sets the shard aside and "
-        "recomputes its images."
-    )
-
-
 class FeatureCacheDataset(AbstractDataset["FeatureExtractionJob", FeatureCache]):
     """Kedro dataset for the resumable ViT token-feature cache.
 
@@ -449,9 +441,9 @@ class FeatureCacheDataset(AbstractDataset["FeatureExtractionJob", FeatureCache])
         meta = self._matching_meta(key_dir, job)
 
         removed = remove_incomplete(key_dir)
-        damaged = self._set_damaged_aside(key_dir, job.verify_checksums)
+        damaged = set_damaged_shards_aside(key_dir, checksum=job.verify_checksums)
         shards = complete_shards(key_dir)
-        missing = self._missing_images(images, shards)
+        missing = missing_images(images, shards)
         reused = len(images) - len(missing)
         logger.info(
             "Feature cache %s/%s: %d images requested, %d cached, %d to compute%s",
@@ -510,38 +502,6 @@ class FeatureCacheDataset(AbstractDataset["FeatureExtractionJob", FeatureCache])
                 f"{job.description!r}. Derive the cache key from all of the description."
             )
         return meta
-
-    @staticmethod
-    def _set_damaged_aside(key_dir: Path, checksum: bool) -> int:
-        """Set aside every committed shard that fails :func:`verify_shard`; returns how many.
-
-        Their images count as not cached, so this save recomputes them.
-        """
-        started = time.perf_counter()
-        shards = complete_shards(key_dir)
-        damaged = 0
-        for shard in shards:
-            problem = verify_shard(shard, checksum=checksum)
-            if problem is not None:
-                set_shard_aside(shard, problem)
-                damaged += 1
-        logger.info(
-            "Feature cache %s: %d shard(s) verified (%s) in %.1fs, %d damaged",
-            key_dir,
-            len(shards),
-            "sizes and checksums" if checksum else "sizes",
-            time.perf_counter() - started,
-            damaged,
-        )
-        return damaged
-
-    @staticmethod
-    def _missing_images(images: pd.DataFrame, shards: list[ShardInfo]) -> pd.DataFrame:
-        """The rows of ``images`` whose (image_id, content_hash) no shard holds yet."""
-        cached = cached_pairs(shards)
-        pairs = list(zip(images["image_id"], images["content_hash"], strict=True))
-        missing_mask = np.fromiter((pair not in cached for pair in pairs), bool, len(pairs))
-        return images.loc[missing_mask].reset_index(drop=True)
 
     def _encode_missing(
         self,

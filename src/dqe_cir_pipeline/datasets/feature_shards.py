@@ -29,6 +29,7 @@ import contextlib
 import json
 import logging
 import re
+import time
 import zlib
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -336,6 +337,50 @@ def set_shard_aside(shard: ShardInfo, problem: str) -> Path:
         moved,
     )
     return moved
+
+
+def set_damaged_shards_aside(key_dir: Path, *, checksum: bool) -> int:
+    """Set aside every committed shard of a key that fails :func:`verify_shard`.
+
+    Their images count as not cached, so the next save recomputes them.
+
+    Returns:
+        How many shards were set aside.
+    """
+    started = time.perf_counter()
+    shards = complete_shards(key_dir)
+    damaged = 0
+    for shard in shards:
+        problem = verify_shard(shard, checksum=checksum)
+        if problem is not None:
+            set_shard_aside(shard, problem)
+            damaged += 1
+    logger.info(
+        "Feature cache %s: %d shard(s) verified (%s) in %.1fs, %d damaged",
+        key_dir,
+        len(shards),
+        "sizes and checksums" if checksum else "sizes",
+        time.perf_counter() - started,
+        damaged,
+    )
+    return damaged
+
+
+def damaged_message(path: Path, problem: str) -> str:
+    """The error for a damaged shard found by a reader: the file, what is wrong, the fix."""
+    return (
+        f"Feature cache shard {path} is damaged ({problem}). Re-run the extraction "
+        "(kedro run --pipelines embedding_extraction): it sets the shard aside and "
+        "recomputes its images."
+    )
+
+
+def missing_images(images: pd.DataFrame, shards: list[ShardInfo]) -> pd.DataFrame:
+    """The rows of ``images`` whose (image_id, content_hash) no shard holds yet."""
+    cached = cached_pairs(shards)
+    pairs = list(zip(images["image_id"], images["content_hash"], strict=True))
+    missing_mask = np.fromiter((pair not in cached for pair in pairs), bool, len(pairs))
+    return images.loc[missing_mask].reset_index(drop=True)
 
 
 def new_meta(cache_key: str, description: dict[str, Any], features: np.ndarray) -> dict[str, Any]:

@@ -30,14 +30,23 @@ def decode_bytes(data: bytes, source: str) -> LoadedImage:
     """Decode image bytes; ``source`` names them in errors (a path or ``row 3 image_b64``).
 
     Raises:
-        ServingInputError: empty bytes or not an image format PIL reads.
+        ServingInputError: empty bytes, not an image format PIL reads, or an image PIL
+            refuses as a decompression bomb (more pixels than ``Image.MAX_IMAGE_PIXELS``
+            allows; also when its warning is turned into an error).
     """
     if not data:
         raise ServingInputError(f"{source}: the image is empty (0 bytes)")
     try:
         with Image.open(io.BytesIO(data)) as img:
             rgb = img.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError) as err:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise ServingInputError(f"{source}: refused as a decompression bomb ({err})") from None
+    except UnidentifiedImageError:
+        # PIL's own message names the in-memory buffer, which tells the user nothing
+        raise ServingInputError(
+            f"{source}: not a readable image (not an image format PIL recognises)"
+        ) from None
+    except (OSError, ValueError) as err:
         raise ServingInputError(f"{source}: not a readable image ({err})") from None
     return LoadedImage(rgb, source, hashlib.sha256(data).hexdigest())
 

@@ -13,13 +13,16 @@ Routes:
 ``GET /api/info``          model version, backbone, gallery size, default k
 ``GET /api/examples``      the benchmark queries the page offers (id, reference, text,
                            target, edit type)
-``POST /api/search``       ``{"text", "k", "example_id" | "image_b64"}`` -> results
+``POST /api/search``       ``{"text", "k", "example_id" | "image_b64" (+ "image_name")}``
+                           -> results
 ``GET /images/{image_id}`` a gallery image or an example's reference (by id only: no path
                            from the request ever reaches the file system)
 =========================  ==============================================================
 
-Bad input (an empty text, an unreadable upload, a bad ``k``, an unknown example) is
-answered with status 400 and ``{"detail": "<what is wrong>"}``.
+Bad input (an empty text, an unreadable upload or one PIL refuses as a decompression
+bomb, a bad ``k``, an unknown example) is answered with status 400 and
+``{"detail": "<what is wrong>"}``; an upload is named by its file name when the page sends
+one.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from fastapi.responses import FileResponse, HTMLResponse
 from pydantic import BaseModel, Field
 
 from dqe_cir_pipeline.serving.errors import ServingInputError
-from dqe_cir_pipeline.serving.images import load_image_b64, load_image_file
+from dqe_cir_pipeline.serving.images import LoadedImage, load_image_b64, load_image_file
 from dqe_cir_pipeline.serving.searcher import Query, Searcher, check_k, check_text
 
 logger = logging.getLogger(__name__)
@@ -119,10 +122,102 @@ class SearchRequest(BaseModel):
     k: int | None = None
     example_id: str | None = None
     image_b64: str | None = Field(default=None, description="the reference image, base64")
+    image_name: str | None = Field(
+        default=None, description="the uploaded file's name (named in error messages)"
+    )
 
 
 def _bad(err: Exception) -> HTTPException:
     return HTTPException(status_code=400, detail=str(err))
+
+
+def _upload_source(name: str | None) -> str:
+    """How messages name an upload: by its file name when the page sent one."""
+    return "the uploaded image" if not name else f"the uploaded image {name[:200]!r}"
+
+
+def _reference(
+    body: SearchRequest, by_id: dict[str, Example]
+) -> tuple[Example | None, LoadedImage]:
+    """The query's reference image: a benchmark example's file or the uploaded bytes.
+
+    Returns:
+        ``(example or None, the decoded image)``.
+
+    Raises:
+        ServingInputError: an unknown example, no image, or an upload that is too large
+            or that PIL cannot (or will not) decode.
+    """
+    if body.example_id is not None:
+        example = by_id.get(body.example_id)
+        if example is None:
+            raise ServingInputError(f"no benchmark example {body.example_id!r}")
+        return example, load_image_file(example.reference_path, f"example {example.example_id}")
+    if body.image_b64:
+        source = _upload_source(body.image_name)
+        if len(body.image_b64) > MAX_UPLOAD_CHARS:
+            raise ServingInputError(f"{source} is larger than {MAX_UPLOAD_CHARS // 2**20} MiB")
+        return None, load_image_b64(body.image_b64.split(",")[-1], source)
+    raise ServingInputError("no reference image: pick an example or upload one")
+
+
+def _search(
+    searcher: Searcher, by_id: dict[str, Example], lock: threading.Lock, body: SearchRequest
+) -> dict[str, Any]:
+    """Answer one ``POST /api/search``; bad input raises :class:`ServingInputError`."""
+    start = time.perf_counter()
+    text = check_text(body.text, "query")
+    k = searcher.default_k if body.k is None else check_k(body.k, "query")
+    example, loaded = _reference(body, by_id)
+    # the benchmark's target answers the benchmark's text, not an edited one
+    target = None
+    if example is not None and text.strip() == example.text.strip():
+        target = example.target_id
+    query = Query(loaded, text, k)
+    with lock:
+        emb = searcher.encode([query])
+        results = searcher.answer([query], embeddings=emb)
+        target_rank = None
+        if target is not None:
+            target_rank = searcher.index.rank_of(emb[0], target, searcher.excluded_hash(query))
+    return {
+        "query": {
+            "text": text,
+            "k": k,
+            "example_id": None if example is None else example.example_id,
+            "reference_url": None if example is None else f"/images/{example.reference_id}",
+        },
+        "target": None if target is None else {"image_id": target, "rank": target_rank},
+        "results": [
+            {
+                "rank": int(r.rank),
+                "image_id": str(r.image_id),
+                "score": float(r.score),
+                "category": str(r.category),
+                "is_target": target is not None and r.image_id == target,
+                "url": f"/images/{r.image_id}",
+            }
+            for r in results.itertuples(index=False)
+        ],
+        "elapsed_ms": round(1000 * (time.perf_counter() - start), 1),
+    }
+
+
+def _shown_example(example: Example) -> dict[str, Any]:
+    """An example as the page sees it: its reference by URL, never by server path."""
+    row = asdict(example)
+    del row["reference_path"]  # the server's file system stays private
+    return {**row, "reference_url": f"/images/{example.reference_id}"}
+
+
+def _image_file(files: dict[str, str], image_id: str) -> FileResponse:
+    """A served image by id (404 when the id is unknown or its file is gone)."""
+    path = files.get(image_id)
+    if path is None:
+        raise HTTPException(status_code=404, detail=f"no image {image_id!r} in this gallery")
+    if not Path(path).is_file():
+        raise HTTPException(status_code=404, detail=f"image {image_id!r}: {path} is gone")
+    return FileResponse(path)
 
 
 def create_app(searcher: Searcher, examples: list[Example] | None = None) -> FastAPI:
@@ -151,77 +246,17 @@ def create_app(searcher: Searcher, examples: list[Example] | None = None) -> Fas
 
     @app.get("/api/examples")
     def list_examples() -> list[dict[str, Any]]:
-        shown = []
-        for e in examples:
-            row = asdict(e)
-            del row["reference_path"]  # the server's file system stays private
-            shown.append({**row, "reference_url": f"/images/{e.reference_id}"})
-        return shown
+        return [_shown_example(e) for e in examples]
 
     @app.get("/images/{image_id}")
     def image(image_id: str) -> FileResponse:
-        path = files.get(image_id)
-        if path is None:
-            raise HTTPException(status_code=404, detail=f"no image {image_id!r} in this gallery")
-        if not Path(path).is_file():
-            raise HTTPException(status_code=404, detail=f"image {image_id!r}: {path} is gone")
-        return FileResponse(path)
+        return _image_file(files, image_id)
 
     @app.post("/api/search")
     def run_search(body: SearchRequest) -> dict[str, Any]:
-        start = time.perf_counter()
         try:
-            text = check_text(body.text, "query")
-            k = searcher.default_k if body.k is None else check_k(body.k, "query")
-            example = None
-            if body.example_id is not None:
-                example = by_id.get(body.example_id)
-                if example is None:
-                    raise ServingInputError(f"no benchmark example {body.example_id!r}")
-                loaded = load_image_file(example.reference_path, f"example {example.example_id}")
-            elif body.image_b64:
-                if len(body.image_b64) > MAX_UPLOAD_CHARS:
-                    raise ServingInputError(
-                        f"the uploaded image is larger than {MAX_UPLOAD_CHARS // 2**20} MiB"
-                    )
-                loaded = load_image_b64(body.image_b64.split(",")[-1], "the uploaded image")
-            else:
-                raise ServingInputError("no reference image: pick an example or upload one")
-            # the benchmark's target answers the benchmark's text, not an edited one
-            target = None
-            if example is not None and text.strip() == example.text.strip():
-                target = example.target_id
-            query = Query(loaded, text, k)
-            with lock:
-                emb = searcher.encode([query])
-                results = searcher.answer([query], embeddings=emb)
-                target_rank = None
-                if target is not None:
-                    target_rank = searcher.index.rank_of(
-                        emb[0], target, searcher.excluded_hash(query)
-                    )
+            return _search(searcher, by_id, lock, body)
         except ServingInputError as err:
             raise _bad(err) from None
-        return {
-            "query": {
-                "text": text,
-                "k": k,
-                "example_id": None if example is None else example.example_id,
-                "reference_url": None if example is None else f"/images/{example.reference_id}",
-            },
-            "target": None if target is None else {"image_id": target, "rank": target_rank},
-            "results": [
-                {
-                    "rank": int(r.rank),
-                    "image_id": str(r.image_id),
-                    "score": float(r.score),
-                    "category": str(r.category),
-                    "is_target": target is not None and r.image_id == target,
-                    "url": f"/images/{r.image_id}",
-                }
-                for r in results.itertuples(index=False)
-            ],
-            "elapsed_ms": round(1000 * (time.perf_counter() - start), 1),
-        }
 
     return app

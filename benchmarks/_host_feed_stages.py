@@ -1,67 +1,30 @@
-"""Host-side feed rates of the GPU path, measured on the CPU (issue 16): can the host keep up?
+"""The measured stages of ``bench_host_feed.py``: what the host side of the GPU path delivers.
 
-On the H200 the GPU itself ran ViT-g extraction at 822 images/s and the cached training
-step at 901 triplets/s, but end to end the host held them to 267 images/s and 170
-triplets/s. This script measures, with no device, what each host-side stage delivers
-and compares it with what the GPU needs at 900 images/s or 900 triplets/s:
-
-1. **decode + preprocess** (extraction, and the recompute baseline): generated
-   product-like JPEGs (FashionIQ-like, 300-600 px a side) and PNGs, decoded with PIL and
-   preprocessed by the project's ``ImagePreprocessor`` (target pad 1.25, bicubic resize
-   to 224, centre crop, CLIP normalisation) exactly as ``VitEncoder``'s DataLoader does.
-   Reported per core (images / CPU second of one thread, steady under other load), on
-   one thread (wall), on N threads and in N DataLoader worker processes. Need: 900
-   images/s, so ``900 / per-core rate`` cores.
-2. **feature-cache writer** (extraction): random fp16 ViT-g tokens (257 x 1408) written
-   as the feature cache writes them (``stored_features`` check + ``write_shard``: ``.npy``
-   then its Parquet index, each atomic with fsync, CRC-32 recorded). Need: 900 x 257 x
-   1408 x 2 B = 0.65 GB/s.
-3. **memory-mapped gather** (cached training): random batches of 3 x B rows (reference,
-   target, negative) from that cache through ``FeatureCache.get``: cold (pages dropped
-   with ``posix_fadvise(DONTNEED)``; a hypervisor cache may still help), then warm (in
-   the page cache), into fresh arrays (what ``host_tokens`` does) and into a reused
-   buffer, and through the engine's one-thread prefetch (``model.data.prefetched``),
-   also with a simulated GPU step of B / 900 s so that the loop's steady-state
-   triplets/s (from the first batch on) answers "can the prefetch feed 900 triplets/s".
-   Need: 3 x 257 x 1408 x 2 B x 900 = 1.95 GB/s.
-4. **host copy**: memcpy into a reused buffer and into fresh memory (the upper bound of
-   any host-side gather), and into pinned memory when CUDA is there.
-5. **device side** (only when CUDA is available): host -> device copy from pinned and
-   pageable memory, and a gather from device-resident tokens (``index_select``), with
-   whether CIRR's and FashionIQ's ViT-g caches would fit in free device memory.
-
-Usage::
-
-    PYTHONPATH=src .venv/bin/python benchmarks/host_feed.py --out /tmp/host_feed.json
-    PYTHONPATH=src .venv/bin/python benchmarks/host_feed.py --quick   # seconds; the test
-
-Default sizes write a 1.4 GB cache (two 1024-row shards, the project's shard size) in
-``--workdir`` (default a temporary directory, removed afterwards unless ``--keep``).
+1. decode + preprocess of generated product-like JPEGs and PNGs (the project's
+   ``ImagePreprocessor``, as ``VitEncoder``'s DataLoader runs it);
+2. the feature-cache writer (``stored_features`` + ``write_shard``);
+3. random-row gathers from the memory-mapped cache (``FeatureCache``, ``host_tokens``,
+   ``prefetched``), cold and warm;
+4. host memcpy;
+5. on CUDA only: host <-> device copies and a gather from device-resident tokens.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import math
 import os
-import platform
-import resource
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
-from bench_feature_cache import _drop_page_cache
+from _measure import drop_page_cache
 from PIL import Image
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from dqe_cir_pipeline.datasets.feature_cache import FeatureCache
 from dqe_cir_pipeline.datasets.feature_shards import (
@@ -75,9 +38,6 @@ from dqe_cir_pipeline.datasets.feature_shards import (
 )
 from dqe_cir_pipeline.io_utils import atomic_write_json
 from dqe_cir_pipeline.model.data import host_tokens, prefetched
-
-# The project's decode path: the Dataset that VitEncoder's DataLoader runs.
-from dqe_cir_pipeline.model.extract import _ImageFiles
 from dqe_cir_pipeline.model.preprocess import ImagePreprocessor
 
 #: ViT-g/14 at 224 px (``blip2-itm-vit-g``): 256 patches + CLS, 1408 wide, stored fp16.
@@ -85,13 +45,13 @@ VITG_TOKENS = 257
 VITG_WIDTH = 1408
 VITG_IMAGE_SIZE = 224
 ROW_BYTES = VITG_TOKENS * VITG_WIDTH * 2
-#: The rates the H200 reached on the bare GPU work (``docs/figures/gpu_bench_h200.json``).
+#: The rates the host must feed: the bare GPU work's rates on an H200 (docs/gpu.md).
 TARGET_IMAGES_PER_S = 900.0
 TARGET_TRIPLETS_PER_S = 900.0
 #: Bytes/s the host must deliver for them.
 NEEDED_GATHER_BYTES_PER_S = 3 * ROW_BYTES * TARGET_TRIPLETS_PER_S
 NEEDED_WRITE_BYTES_PER_S = ROW_BYTES * TARGET_IMAGES_PER_S
-#: Image files of the real benchmarks (``benchmarks/README.md``, bench_ingestion).
+#: Image files of the real benchmarks (what their ViT-g caches would hold).
 DATASET_IMAGES = {"cirr": 21_551, "fashioniq": 74_381}
 
 
@@ -192,6 +152,24 @@ def make_images(folder: Path, sizes: Sizes, fmt: str, seed: int = 0) -> list[str
     return paths
 
 
+class ImageFiles(Dataset):
+    """Decode + preprocess of image files: open with PIL, convert to RGB, preprocess.
+
+    The same work per item as the Dataset ``VitEncoder``'s DataLoader runs.
+    """
+
+    def __init__(self, paths: Sequence[str], preprocess: ImagePreprocessor) -> None:
+        self.paths = list(paths)
+        self.preprocess = preprocess
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        with Image.open(self.paths[i]) as img:
+            return self.preprocess(img.convert("RGB"))
+
+
 def _decoded(path: str) -> Image.Image:
     with Image.open(path) as img:
         return img.convert("RGB")
@@ -224,7 +202,7 @@ def decode_rates(paths: Sequence[str], sizes: Sizes, threads: int) -> dict[str, 
         images: pad, bicubic resize, crop, normalise), ``one_thread_images_per_s`` (wall),
         ``threads_images_per_s``, ``workers_images_per_s`` (wall) and file sizes.
     """
-    dataset = _ImageFiles(paths, ImagePreprocessor(VITG_IMAGE_SIZE))
+    dataset = ImageFiles(paths, ImagePreprocessor(VITG_IMAGE_SIZE))
     n = len(paths) * sizes.passes
     for i in range(min(len(paths), 4)):  # warm-up: page cache, allocator, libjpeg tables
         dataset[i]
@@ -240,7 +218,7 @@ def decode_rates(paths: Sequence[str], sizes: Sizes, threads: int) -> dict[str, 
     threads_wall = time.perf_counter() - t0
 
     loader = DataLoader(
-        _ImageFiles(list(paths) * sizes.passes, ImagePreprocessor(VITG_IMAGE_SIZE)),
+        ImageFiles(list(paths) * sizes.passes, ImagePreprocessor(VITG_IMAGE_SIZE)),
         batch_size=max(1, min(32, n // max(threads, 1))),
         num_workers=threads,
         persistent_workers=True,
@@ -411,7 +389,7 @@ def gather_rates(key_dir: Path, sizes: Sizes, seed: int = 0) -> dict[str, Any]:
         cache.close()
         return step_bytes * len(plan) / seconds / 1e9
 
-    _drop_page_cache(key_dir)
+    drop_page_cache(key_dir)
     res["cold_gb_per_s"] = run(_plan(ids, sizes, rng), host_tokens)
     _touch(key_dir)
     res["warm_gb_per_s"] = run(_plan(ids, sizes, rng), host_tokens)
@@ -420,12 +398,31 @@ def gather_rates(key_dir: Path, sizes: Sizes, seed: int = 0) -> dict[str, Any]:
         _plan(ids, sizes, rng), lambda cache, group: cache.get(group, out=buffer)
     )
 
+    res.update(
+        _prefetch_rates(lambda: FeatureCache(root=key_dir, meta=meta, index=index), ids, sizes, rng)
+    )
+    best = max(res["warm_gb_per_s"], res["prefetch_gb_per_s"])
+    res["warm_triplets_per_s_equivalent"] = best * 1e9 / (3 * ROW_BYTES)
+    return res
+
+
+def _prefetch_rates(
+    open_cache: Callable[[], FeatureCache],
+    ids: Sequence[str],
+    sizes: Sizes,
+    rng: np.random.Generator,
+) -> dict[str, Any]:
+    """The engine's one-thread prefetch (``prefetched``): idle consumer, then a simulated step.
+
+    The simulated step sleeps ``batch / 900`` s, as a 900 triplets/s GPU would; its
+    steady state counts from the first batch on (``..._with_fill_...`` from the start).
+    """
     pin = torch.cuda.is_available()
-    res["prefetch_pinned"] = pin
+    res: dict[str, Any] = {"prefetch_pinned": pin}
     for simulated in (False, True):
         plan = _plan(ids, sizes, rng)
         step_s = sizes.batch / TARGET_TRIPLETS_PER_S
-        cache = FeatureCache(root=key_dir, meta=meta, index=index)
+        cache = open_cache()
         t0 = time.perf_counter()
         first = t0
         for k, _ in enumerate(prefetched(cache, plan, pin=pin)):
@@ -444,9 +441,7 @@ def gather_rates(key_dir: Path, sizes: Sizes, seed: int = 0) -> dict[str, Any]:
                 sizes.batch * len(plan) / (end - t0)
             )
         else:
-            res["prefetch_gb_per_s"] = step_bytes * len(plan) / (end - t0) / 1e9
-    best = max(res["warm_gb_per_s"], res["prefetch_gb_per_s"])
-    res["warm_triplets_per_s_equivalent"] = best * 1e9 / (3 * ROW_BYTES)
+            res["prefetch_gb_per_s"] = _step_bytes(sizes) * len(plan) / (end - t0) / 1e9
     return res
 
 
@@ -514,194 +509,3 @@ def cuda_rates(sizes: Sizes, repeats: int = 5) -> dict[str, Any]:
         res[f"{name}_cache_gib"] = images * ROW_BYTES / 2**30
         res[f"{name}_fits_on_device"] = images * ROW_BYTES < 0.8 * free
     return res
-
-
-# -- summary ------------------------------------------------------------------------------
-def verdicts(res: dict[str, Any]) -> dict[str, Any]:
-    """What each stage delivers against what the GPU needs, and whether it can feed it."""
-    out: dict[str, Any] = {
-        "needs": {
-            "extraction_images_per_s": TARGET_IMAGES_PER_S,
-            "writer_gb_per_s": NEEDED_WRITE_BYTES_PER_S / 1e9,
-            "cached_step_triplets_per_s": TARGET_TRIPLETS_PER_S,
-            "gather_gb_per_s": NEEDED_GATHER_BYTES_PER_S / 1e9,
-        }
-    }
-    cores = os.cpu_count() or 1
-    for fmt in ("jpeg", "png"):
-        dec = res["decode"][fmt]
-        out[f"decode_{fmt}_cores_needed"] = math.ceil(dec["cores_for_target"])
-        out[f"decode_{fmt}_feeds_900_on_this_host"] = dec["cores_for_target"] <= cores
-    out["writer_feeds_900"] = res["writer"]["gb_per_s"] * 1e9 >= NEEDED_WRITE_BYTES_PER_S
-    gather = res["gather"]
-    out["gather_warm_feeds_900"] = gather["warm_gb_per_s"] * 1e9 >= NEEDED_GATHER_BYTES_PER_S
-    out["gather_cold_feeds_900"] = gather["cold_gb_per_s"] * 1e9 >= NEEDED_GATHER_BYTES_PER_S
-    out["prefetch_reaches_900_with_simulated_step"] = (
-        gather["prefetch_simulated_step_triplets_per_s"] >= 0.95 * TARGET_TRIPLETS_PER_S
-    )
-    return out
-
-
-def _row(stage: str, measured: str, need: str = "", verdict: str = "") -> str:
-    return f"{stage:<44}{measured:>22}{need:>14}  {verdict}"
-
-
-def format_table(res: dict[str, Any]) -> str:
-    """The figures against the needs, one line per stage."""
-    v, g, w, c = res["verdicts"], res["gather"], res["writer"], res["copy"]
-    lines = [_row("stage", "measured", "needed", "verdict"), "-" * 100]
-    for fmt in ("jpeg", "png"):
-        d = res["decode"][fmt]
-        lines += [
-            _row(
-                f"decode+preprocess {fmt}, per core (CPU time)",
-                f"{d['per_core_images_per_s']:.0f} img/s",
-                "900 img/s",
-                f"{v[f'decode_{fmt}_cores_needed']} cores "
-                f"(decode {100 * d['decode_share_of_cpu']:.0f} %, preprocess "
-                f"{100 * d['preprocess_share_of_cpu']:.0f} % of it)",
-            ),
-            _row("  one thread (wall)", f"{d['one_thread_images_per_s']:.0f} img/s"),
-            _row(
-                f"  {d['threads']} threads / {d['workers']} workers (wall)",
-                f"{d['threads_images_per_s']:.0f} / {d['workers_images_per_s']:.0f} img/s",
-                "",
-                "",
-            ),
-        ]
-    lines += [
-        _row(
-            "writer: check + write_shard (fsync)",
-            f"{w['gb_per_s']:.2f} GB/s",
-            f"{NEEDED_WRITE_BYTES_PER_S / 1e9:.2f} GB/s",
-            "feeds 900 img/s" if v["writer_feeds_900"] else "too slow for 900 img/s",
-        ),
-        _row(
-            "  split: np.save / crc32 / fsync",
-            f"{w['split_np_save_gb_per_s']:.1f}/{w['split_crc32_gb_per_s']:.1f}/"
-            f"{w['split_fsync_gb_per_s']:.1f}",
-            "",
-            f"check {w['check_gb_per_s']:.1f} GB/s",
-        ),
-        _row(
-            "gather cold (pages dropped), fresh arrays",
-            f"{g['cold_gb_per_s']:.2f} GB/s",
-            f"{NEEDED_GATHER_BYTES_PER_S / 1e9:.2f} GB/s",
-            "feeds" if v["gather_cold_feeds_900"] else "too slow",
-        ),
-        _row(
-            "gather warm, fresh arrays (host_tokens)",
-            f"{g['warm_gb_per_s']:.2f} GB/s",
-            f"{NEEDED_GATHER_BYTES_PER_S / 1e9:.2f} GB/s",
-            "feeds" if v["gather_warm_feeds_900"] else "too slow",
-        ),
-        _row("gather warm, reused out buffer", f"{g['warm_reused_buffer_gb_per_s']:.2f} GB/s"),
-        _row("gather warm, prefetch thread", f"{g['prefetch_gb_per_s']:.2f} GB/s"),
-        _row(
-            f"prefetch + simulated {1e3 * g['simulated_step_s']:.0f} ms step",
-            f"{g['prefetch_simulated_step_triplets_per_s']:.0f} trip/s",
-            "900 trip/s",
-            "reaches it" if v["prefetch_reaches_900_with_simulated_step"] else "host-bound",
-        ),
-        _row(
-            "memcpy reused / fresh",
-            f"{c['reused_gb_per_s']:.1f}/{c['fresh_gb_per_s']:.1f} GB/s",
-            "",
-            "",
-        ),
-    ]
-    if c.get("pinned_gb_per_s"):
-        lines.append(_row("memcpy into pinned", f"{c['pinned_gb_per_s']:.1f} GB/s"))
-    cu = res.get("cuda")
-    if cu and "error" in cu:
-        lines.append(_row("CUDA section", "failed", "", cu["error"][:60]))
-    elif cu:
-        lines += [
-            _row(
-                "H2D pinned / pageable",
-                f"{cu['h2d_pinned_gb_per_s']:.1f}/{cu['h2d_pageable_gb_per_s']:.1f} GB/s",
-                f"{NEEDED_GATHER_BYTES_PER_S / 1e9:.2f} GB/s",
-                "",
-            ),
-            _row(
-                "device-resident gather",
-                f"{cu['resident_gather_gb_per_s']:.0f} GB/s",
-                "",
-                f"CIRR fits {cu['cirr_fits_on_device']}, FIQ fits {cu['fashioniq_fits_on_device']}",
-            ),
-        ]
-    return "\n".join(lines)
-
-
-def _all_finite(obj: Any) -> bool:
-    if isinstance(obj, dict):
-        return all(_all_finite(v) for v in obj.values())
-    if isinstance(obj, float):
-        return math.isfinite(obj)
-    return True
-
-
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """CLI entry point: runs every section, prints the table, optionally writes JSON."""
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="tiny sizes: seconds (the test)")
-    ap.add_argument("--threads", type=int, default=min(4, os.cpu_count() or 1))
-    ap.add_argument("--workdir", type=Path, default=None, help="default: a temporary dir")
-    ap.add_argument("--keep", action="store_true", help="keep the generated files")
-    ap.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
-    args = ap.parse_args(argv)
-    sizes = QUICK if args.quick else FULL
-    torch.set_num_threads(1)  # decode workers run single-threaded; so does this process
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="host_feed_"))
-    work.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    res: dict[str, Any] = {
-        "env": {
-            "cpu_count": os.cpu_count(),
-            "load_average_start": list(os.getloadavg()),
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "pillow": Image.__version__,
-            "cuda": torch.cuda.is_available(),
-            "workdir": str(work),
-        },
-        "sizes": asdict(sizes),
-        "row_bytes": ROW_BYTES,
-    }
-    try:
-        res["decode"] = {}
-        for fmt in ("jpeg", "png"):
-            paths = make_images(work / fmt, sizes, fmt)
-            res["decode"][fmt] = decode_rates(paths, sizes, args.threads)
-        key_dir = work / "cache" / "host-feed-vitg"
-        res["writer"] = write_cache(key_dir, sizes)
-        res["gather"] = gather_rates(key_dir, sizes)
-        res["copy"] = copy_rates(sizes)
-        res["cuda"] = None
-        if torch.cuda.is_available():
-            try:  # never run here (no GPU): a failure must not lose the host figures
-                res["cuda"] = cuda_rates(sizes)
-            except Exception as err:  # noqa: BLE001 - recorded in the JSON
-                res["cuda"] = {"error": f"{type(err).__name__}: {err}"[:500]}
-    finally:
-        if not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
-    res["verdicts"] = verdicts(res)
-    res["env"]["load_average_end"] = list(os.getloadavg())
-    res["env"]["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    res["total_s"] = time.perf_counter() - start
-    res["all_finite"] = _all_finite(res)
-    print(format_table(res))
-    print(
-        f"total {res['total_s']:.1f} s; load average {res['env']['load_average_start'][0]:.1f} "
-        f"-> {res['env']['load_average_end'][0]:.1f} on {os.cpu_count()} cores"
-    )
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(res, indent=2))
-        print(f"wrote {args.out}")
-    return res
-
-
-if __name__ == "__main__":
-    main()

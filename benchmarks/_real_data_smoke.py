@@ -1,30 +1,21 @@
-"""GPU smoke run of the real-data path: placeholder CIRR / FashionIQ, full-size random BLIP-2.
+"""The real-data smoke run of ``gpu_report.py smoke``: every stage through Kedro at full size.
 
-What it runs, per benchmark, through the project's own ``kedro run --env <benchmark>
---pipelines train`` (catalog, feature cache, kedro-mlflow, the same nodes a real run
-uses):
+Per benchmark (CIRR, FashionIQ), through the project's own ``kedro run --env
+<benchmark> --pipelines train`` (catalog, feature cache, kedro-mlflow, the nodes a real
+run uses):
 
-1. a placeholder data tree with the real annotation layout and (``--scale 1``) the real
+1. a placeholder data tree with the real annotation layout and (``scale=1``) the real
    val/test sizes, small generated images (``data_sources/placeholder.py``);
 2. ingestion, ViT feature extraction, initial negative mining, a short training run
-   (``--epochs``, with a negative refresh) and evaluation with the benchmark's protocol;
+   (``epochs``, with a negative refresh) and evaluation with the benchmark's protocol;
 3. on a BLIP-2 with the ``blip2-itm-vit-g`` shapes (ViT-g/14 at 224 px, 32 query tokens,
-   12-layer Q-Former) and random weights, built locally (``--size full``), bf16 autocast
-   on CUDA.
+   12-layer Q-Former) and random weights, built once into ``<work>/backbone-full``
+   (``size="full"``, 4.4 GB), bf16 autocast on CUDA; ``size="tiny"`` runs on a CPU.
 
-It prints one table per benchmark: seconds (running the node, saving its outputs: the
-feature cache computes the ViT features while it is saved) and peak GPU memory per node, extraction
-images/s, training triplets/s, evaluation queries/s and the (chance-level) recall, and
-writes everything to ``<work>/smoke_report.json``. Recall on placeholders means
-nothing; the run checks that every stage works at full size and how fast it is.
-
-    python benchmarks/gpu_smoke.py                      # both benchmarks, full size, CUDA
-    python benchmarks/gpu_smoke.py --benchmarks cirr --scale 0.25
-    python benchmarks/gpu_smoke.py --size tiny --device cpu --scale 0.01 --train-queries 48
-
-Expected on one H200 (``--scale 1``): a few minutes per benchmark; the random ViT-g is
-built once (~1.1 B parameters, 4.4 GB in ``<work>/backbone-full``) and reused. The
-CPU form (``--size tiny``) is what ``tests/test_gpu_smoke.py`` runs.
+It prints one table per benchmark (seconds to run and to save each node, the feature
+cache computing the ViT features as it is saved; peak GPU memory and RSS per node;
+extraction images/s, training triplets/s, evaluation queries/s, the recall, at chance
+level on placeholders) and writes everything to ``<work>/smoke_report.json``.
 """
 
 from __future__ import annotations
@@ -35,18 +26,17 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+from dqe_cir_pipeline.data_sources.placeholder import PlaceholderConfig, write_benchmark
+from dqe_cir_pipeline.io_utils import atomic_write_json
+from dqe_cir_pipeline.launch import peak_rss_bytes
+from dqe_cir_pipeline.model.backbone import TinyBackboneSpec
 
-from dqe_cir_pipeline.data_sources.placeholder import PlaceholderConfig, write_benchmark  # noqa: E402
-from dqe_cir_pipeline.io_utils import atomic_write_json  # noqa: E402
-from dqe_cir_pipeline.launch import peak_rss_bytes  # noqa: E402
-from dqe_cir_pipeline.model.backbone import TinyBackboneSpec  # noqa: E402
+#: The repository root: ``kedro run`` runs there.
+ROOT = Path(__file__).resolve().parents[1]
 
 #: ``Salesforce/blip2-itm-vit-g`` shapes: EVA ViT-g/14 (39 layers, 1408 wide) and the
 #: 12-layer BERT-base Q-Former with cross-attention every second layer.
@@ -210,33 +200,14 @@ def table(benchmark: str, rep: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument(
-        "--work", type=Path, default=ROOT / "data" / "smoke", help="data, MLflow store, logs"
-    )
-    parser.add_argument(
-        "--benchmarks", nargs="+", default=["cirr", "fashioniq"], choices=["cirr", "fashioniq"]
-    )
-    parser.add_argument(
-        "--size", choices=sorted(SIZES), default="full", help="backbone shapes (random weights)"
-    )
-    parser.add_argument("--device", default="cuda", help="cuda | cpu | auto")
-    parser.add_argument(
-        "--scale", type=float, default=1.0, help="fraction of the real val/test sizes"
-    )
-    parser.add_argument("--train-queries", type=int, default=1024)
-    parser.add_argument(
-        "--image-size", type=int, default=256, help="side of the placeholder images"
-    )
-    parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--extraction-batch", type=int, default=256)
-    parser.add_argument(
-        "--workers", type=int, default=min(8, os.cpu_count() or 1), help="decode workers"
-    )
-    args = parser.parse_args(argv)
+def run_smoke(args: argparse.Namespace) -> dict[str, Any]:
+    """The smoke run: ``args`` as ``gpu_report.py smoke`` parses them.
 
+    Returns:
+        The report written to ``<work>/smoke_report.json``: per benchmark its placeholder
+        counts, seconds, per-node resources and the extraction, training and evaluation
+        figures; the peak RSS of a ``kedro run``; the CUDA device's name.
+    """
     work = args.work.resolve()
     data_root = work / "data"
     tracking_uri = f"sqlite:///{(work / 'mlflow.db').as_posix()}"
@@ -275,18 +246,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         report["benchmarks"][benchmark] = rep
         print(table(benchmark, rep), flush=True)
     report["max_child_rss_gib"] = peak_rss_bytes(children=True) / 2**30
-    try:
-        import torch
+    import torch
 
-        if torch.cuda.is_available():
-            report["device"] = torch.cuda.get_device_name(0)
-    except ImportError:  # pragma: no cover - torch is a project dependency
-        pass
+    if torch.cuda.is_available():
+        report["device"] = torch.cuda.get_device_name(0)
     out = work / "smoke_report.json"
     atomic_write_json(out, report, sort_keys=False)
     print(f"peak host RSS of a kedro run: {report['max_child_rss_gib']:.2f} GiB; report: {out}")
     return report
-
-
-if __name__ == "__main__":
-    main()

@@ -1,39 +1,44 @@
 #!/usr/bin/env bash
-# Issue 16 on a fresh GPU machine, in one run of at most ~14.5 minutes including the
-# install: the GPU figures (gpu_bench.py), the real-data smoke run through Kedro for CIRR
-# and FashionIQ at full-size random BLIP-2 (gpu_smoke.py), the host-side feed rates
-# (host_feed.py), and one JSON with the issue's ratios:
-#   docs/figures/gpu_smoke_<device>.json   (and $OUT/gpu_smoke_<device>.json)
+# Every figure that needs a GPU, in one run on a fresh GPU machine (about 14.5 minutes
+# with the install), written as docs/figures/gpu_smoke_<device>.json (and to $OUT).
 #
-# The machine needs Python with a CUDA build of torch already installed (and transformers,
-# numpy, pandas, pyarrow, pillow, as benchmarks/gpu_check.sh assumes); the script
-# installs the project's other dependencies around that torch (pinned by a constraints
-# file, so pip never replaces it) and then the project itself (--no-deps).
+# Default steps, each run by benchmarks/gpu_report.py or bench_host_feed.py:
+#   device           device figures: matmul peak, ViT-g extraction, cached vs recompute
+#                    training step, mining at 20k x 20k (torch + transformers, no Kedro)
+#   install          the project's dependencies around the machine's CUDA torch (pinned by
+#                    a constraints file, so pip never replaces it), then the project
+#   smoke_cirr       the real-data path through `kedro run --env cirr --pipelines train`
+#   smoke_fashioniq  the same for FashionIQ (placeholder data, full-size random BLIP-2)
+#   host_feed        the host-side feed rates, with the CUDA copies
+# Optional steps (name them in ONLY): gpu_tests (the `gpu`-marked tests of tests/model),
+# ablations (benchmarks/run_ablations.py, 6 variants x 3 seeds in parallel processes).
 #
-#   bash benchmarks/gpu_issue16.sh                       # online install from PyPI
-#   WHEELHOUSE=/path/to/wheels bash benchmarks/gpu_issue16.sh   # offline install
-#   bash benchmarks/gpu_issue16.sh --download-wheels DIR  # on a machine with internet:
-#        fill DIR with the wheels an offline GPU machine needs (PY_VERSION, default 3.12)
+#   bash benchmarks/gpu_run.sh                                # online install from PyPI
+#   WHEELHOUSE=/path/to/wheels bash benchmarks/gpu_run.sh     # offline install
+#   bash benchmarks/gpu_run.sh --download-wheels DIR          # on a machine with internet:
+#        the wheels an offline GPU machine needs (PY_VERSION, default 3.12)
+#   ONLY="gpu_tests ablations" bash benchmarks/gpu_run.sh     # the optional steps
+#   CPU_CHECK=1 PYTHON=.venv/bin/python bash benchmarks/gpu_run.sh   # the plumbing on any
+#        machine: tiny sizes on CPU, `pip install --dry-run`, JSON to $OUT only
 #
-#   CPU_CHECK=1 PYTHON=.venv/bin/python bash benchmarks/gpu_issue16.sh  # the script's
-#        plumbing on any machine: tiny sizes on CPU, and `pip install --dry-run`
-#
-# Environment: PYTHON (default python3), OUT (default /tmp/dqe_issue16), ONLY (a subset
-# of the steps gpu_bench install smoke_cirr smoke_fashioniq host_feed), SMOKE_SCALE
-# (fraction of the real val/test sizes, default 0.25), TOTAL_BUDGET (seconds for the
-# whole script, default 870), INSTALL_EXCLUDE (distributions not to install, default
-# "kedro-viz faiss-cpu": neither is used by `kedro run --pipelines train`).
-# Every step has its own time box (clipped to what is left of TOTAL_BUDGET) and its log in
-# $OUT/<step>.log; a failed or timed-out step is recorded in $OUT/steps.tsv and in the
-# JSON, and the remaining steps still run.
+# The machine needs Python with a CUDA build of torch, transformers, numpy, pandas,
+# pyarrow and pillow. Environment: PYTHON (default python3), OUT (default /tmp/dqe_gpu),
+# ONLY (steps to run; their timings are appended to $OUT/steps.tsv, so one run can be
+# split over several calls), SMOKE_SCALE (fraction of the real val/test sizes, default
+# 0.25), TOTAL_BUDGET (seconds for the whole script, default 870), INSTALL_EXCLUDE
+# (distributions not to install, default "kedro-viz faiss-cpu": `kedro run --pipelines
+# train` uses neither). Every step has its own time box (clipped to what is left of
+# TOTAL_BUDGET) and its log in $OUT/<step>.log; a failed or timed-out step is recorded in
+# $OUT/steps.tsv and in the JSON, and the remaining steps still run.
 set -u
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
+REPORT=benchmarks/gpu_report.py
 
 if [ "${1:-}" = "--download-wheels" ]; then
   DIR="${2:?usage: $0 --download-wheels DIR}"
   mkdir -p "$DIR"
-  "$PY" benchmarks/gpu_issue16_report.py requirements --out-dir "$DIR" \
+  "$PY" "$REPORT" requirements --out-dir "$DIR" \
     --exclude ${INSTALL_EXCLUDE-kedro-viz faiss-cpu} || exit 1
   "$PY" -m pip download --disable-pip-version-check -q -d "$DIR" --only-binary=:all: \
     --implementation cp --python-version "${PY_VERSION:-3.12}" \
@@ -48,29 +53,29 @@ if [ "${1:-}" = "--download-wheels" ]; then
 fi
 
 export PYTHONPATH=src HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 KEDRO_DISABLE_TELEMETRY=true
-export PY OUT="${OUT:-/tmp/dqe_issue16}" SMOKE_WORK="${SMOKE_WORK:-/tmp/dqe_issue16_smoke}"
+export PY REPORT OUT="${OUT:-/tmp/dqe_gpu}" SMOKE_WORK="${SMOKE_WORK:-/tmp/dqe_gpu_smoke}"
 if [ -n "${CPU_CHECK:-}" ]; then  # tiny sizes on CPU, nothing installed
-  BENCH_ARGS="--smoke --device cpu"
+  DEVICE_ARGS="--tiny --device cpu"
   export SMOKE_ARGS="--size tiny --device cpu --scale 0.01 --train-queries 48 --image-size 48
     --workers 2 --extraction-batch 64" PIP_DRY=--dry-run
   FEED_ARGS="--quick"
+  ABLATION_ARGS="--seeds 0 --device cpu --jobs 1"
   FIG_DIR="$OUT"  # a CPU check is no figure of the project
 else
-  BENCH_ARGS=""
+  DEVICE_ARGS=""
   export SMOKE_ARGS="--scale ${SMOKE_SCALE:-0.25}" PIP_DRY=""
   FEED_ARGS=""
+  ABLATION_ARGS="--seeds 0 1 2 --device cuda --jobs 6"
   FIG_DIR=docs/figures
 fi
 TOTAL_BUDGET="${TOTAL_BUDGET:-870}"
 RESERVE=15   # seconds kept for assembling the JSON
 mkdir -p "$OUT"
 STEPS="$OUT/steps.tsv"
-# ONLY="step step ...": run only those steps (e.g. split over two calls of a machine whose
-# commands are limited to 10 minutes); their timings are appended to an existing steps.tsv
-# (the last line of a step wins) and the JSON is assembled from whatever $OUT holds.
+DEFAULT_STEPS="device install smoke_cirr smoke_fashioniq host_feed"
 ONLY="${ONLY:-}"
 [ -z "$ONLY" ] && : > "$STEPS"
-wanted() { [ -z "$ONLY" ] || [[ " $ONLY " == *" $1 "* ]]; }
+wanted() { [[ " ${ONLY:-$DEFAULT_STEPS} " == *" $1 "* ]]; }
 
 # step NAME WANT_SECONDS COMMAND...: run COMMAND under `timeout` (the whole process
 # group), its output in $OUT/NAME.log; record NAME, seconds, exit status, time box.
@@ -99,7 +104,7 @@ install() {
   if [ -n "${WHEELHOUSE:-}" ]; then src=(--no-index --find-links "$WHEELHOUSE"); fi
   # PEP 668: a machine's system Python may refuse pip; this is a throwaway machine.
   export PIP_BREAK_SYSTEM_PACKAGES=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
-  "$PY" benchmarks/gpu_issue16_report.py requirements --out-dir "$OUT" \
+  "$PY" "$REPORT" requirements --out-dir "$OUT" \
     --exclude ${INSTALL_EXCLUDE-kedro-viz faiss-cpu} || return 1
   "$PY" -m pip install $PIP_DRY -q --progress-bar off "${src[@]}" \
     -c "$OUT/constraints.txt" -r "$OUT/requirements.txt" || return 1
@@ -116,7 +121,7 @@ install() {
 smoke() {  # smoke BENCHMARK: one kedro run, its report kept as $OUT/smoke_BENCHMARK.json
   rm -f "$SMOKE_WORK/smoke_report.json"
   # shellcheck disable=SC2086  # SMOKE_ARGS is a list of words
-  "$PY" benchmarks/gpu_smoke.py --work "$SMOKE_WORK" --benchmarks "$1" $SMOKE_ARGS \
+  "$PY" "$REPORT" smoke --work "$SMOKE_WORK" --benchmarks "$1" $SMOKE_ARGS \
     && cp "$SMOKE_WORK/smoke_report.json" "$OUT/smoke_$1.json"
 }
 export -f install smoke  # `timeout` runs them in a child bash
@@ -130,12 +135,15 @@ transformers.__version__, 'cuda', torch.cuda.is_available())"
 } 2>&1 | tee "$OUT/machine.txt"
 torch_before=$("$PY" -c "import torch; print(torch.__version__)" 2>/dev/null)
 
-# Budgets (seconds): bench 150, install 150, CIRR 240 (builds the 4.4 GB random
-# backbone once), FashionIQ 210, host feed 75, JSON 15 = 840 of the 870 default.
-# gpu_bench needs no Kedro: it runs first, so an install failure cannot cost it.
+# Time boxes (seconds) of the default steps: device 150, install 150, CIRR 240 (builds
+# the 4.4 GB random backbone once), FashionIQ 210, host feed 75, JSON 15 = 840 of 870.
+# The steps that need no Kedro run before the install, where its failure cannot cost them.
+step gpu_tests 120 "$PY" -m pytest -q -m gpu tests/model -p no:cacheprovider
 # shellcheck disable=SC2086
-step gpu_bench 150 "$PY" benchmarks/gpu_bench.py $BENCH_ARGS --budget 130 \
-  --out "$OUT/gpu_bench.json"
+step device 150 "$PY" "$REPORT" device $DEVICE_ARGS --budget 130 --out "$OUT/device.json"
+# shellcheck disable=SC2086
+step ablations "${ABLATION_TIMEOUT:-300}" "$PY" benchmarks/run_ablations.py $ABLATION_ARGS \
+  --workdir "${ABLATION_WORK:-/tmp/dqe_ablations}" --out "$OUT/ablations.json"
 step install 150 bash -c install
 torch_after=$("$PY" -c "import torch; print(torch.__version__)" 2>/dev/null)
 echo "torch before the install: $torch_before, after: $torch_after" | tee -a "$OUT/machine.txt"
@@ -151,11 +159,11 @@ else
   done
 fi
 # shellcheck disable=SC2086
-step host_feed 75 "$PY" benchmarks/host_feed.py $FEED_ARGS \
+step host_feed 75 "$PY" benchmarks/bench_host_feed.py $FEED_ARGS \
   --threads "$(($(nproc) > 8 ? 8 : $(nproc)))" --out "$OUT/host_feed.json"
 
 echo "== assemble ($((SECONDS))s elapsed)"
-"$PY" benchmarks/gpu_issue16_report.py assemble --gpu-bench "$OUT/gpu_bench.json" \
+"$PY" "$REPORT" assemble --device-figures "$OUT/device.json" \
   --smoke cirr="$OUT/smoke_cirr.json" --smoke fashioniq="$OUT/smoke_fashioniq.json" \
   --host-feed "$OUT/host_feed.json" --steps "$STEPS" --out-dir "$OUT" --out-dir "$FIG_DIR"
 echo "== done in $((SECONDS))s; everything is in $OUT"

@@ -1,8 +1,9 @@
-"""``benchmarks/gpu_smoke.py`` in its CPU form: both real-data environments end to end.
+"""The real-data smoke run (``benchmarks/gpu_report.py smoke``) in its CPU form: both
+real-data environments end to end.
 
-The script drives ``kedro run --env cirr`` and ``--env fashioniq`` (the envs a user runs
-on the real data) over placeholder trees with the real annotation layout; here with the
-tiny backbone on CPU at 1 % of the real val sizes. On a GPU the same script runs the
+It drives ``kedro run --env cirr`` and ``--env fashioniq`` (the envs a user runs on the
+real data) over placeholder trees with the real annotation layout; here with the tiny
+backbone on CPU at 1 % of the real val sizes. On a GPU the same command runs the
 full-size random BLIP-2 (``--size full``).
 """
 
@@ -21,8 +22,8 @@ from tests.conftest import ROOT
 pytestmark = pytest.mark.slow
 
 
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("gpu_smoke", ROOT / "benchmarks" / "gpu_smoke.py")
+def _load(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -32,9 +33,9 @@ def _load() -> ModuleType:
 def test_smoke_runs_every_stage_of_both_benchmarks(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    smoke = _load()
-    report = smoke.main(
+    code = _load("gpu_report").main(
         [
+            "smoke",
             "--work",
             str(tmp_path),
             "--size",
@@ -54,10 +55,9 @@ def test_smoke_runs_every_stage_of_both_benchmarks(
         ]
     )
     printed = capsys.readouterr().out
-    assert json.loads((tmp_path / "smoke_report.json").read_text())["benchmarks"].keys() == {
-        "cirr",
-        "fashioniq",
-    }
+    assert code == 0
+    report = json.loads((tmp_path / "smoke_report.json").read_text())
+    assert report["benchmarks"].keys() == {"cirr", "fashioniq"}
     for name, rep in report["benchmarks"].items():
         assert f"== {name}:" in printed
         for node in (
@@ -98,7 +98,7 @@ def test_full_size_preset_builds_a_blip2_vitg_sized_model() -> None:
     from dqe_cir_pipeline.model.backbone import tiny_blip2_config
 
     with torch.device("meta"):  # shapes only: no 4.4 GB of weights on a CI machine
-        model = Blip2ForImageTextRetrieval(tiny_blip2_config(_load().FULL_SIZE))
+        model = Blip2ForImageTextRetrieval(tiny_blip2_config(_load("_real_data_smoke").FULL_SIZE))
     params = sum(p.numel() for p in model.parameters())
     assert 1.15e9 < params < 1.20e9, params  # ViT-g/14 (~1.0 B) + Q-Former + projections
     assert tuple(model.vision_model.embeddings.position_embedding.shape) == (1, 257, 1408)

@@ -1,4 +1,4 @@
-"""``benchmarks/host_feed.py``: the host-side feed rates of the GPU path, at quick sizes."""
+"""``benchmarks/bench_host_feed.py``: the host-side feed rates of the GPU path, at quick sizes."""
 
 from __future__ import annotations
 
@@ -18,15 +18,15 @@ from PIL import Image
 
 from tests.conftest import ROOT
 
-SCRIPT = ROOT / "benchmarks" / "host_feed.py"
+SCRIPT = ROOT / "benchmarks" / "bench_host_feed.py"
 
 
 @pytest.fixture(scope="module")
-def host_feed() -> Iterator[ModuleType]:
-    """The script as a module (it imports its sibling ``bench_feature_cache``)."""
+def stages() -> Iterator[ModuleType]:
+    """The measured stages (``_host_feed_stages``, which imports its sibling ``_measure``)."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
-        import host_feed as module
+        import _host_feed_stages as module
 
         yield module
     finally:
@@ -103,12 +103,10 @@ def test_quick_run_reports_every_stage_against_the_gpu_needs(tmp_path: Path) -> 
     assert not work.exists()  # generated files removed without --keep
 
 
-def test_generated_images_decode_at_the_requested_sizes(
-    host_feed: ModuleType, tmp_path: Path
-) -> None:
-    sizes = replace(host_feed.QUICK, images=3, min_side=300, max_side=360)
+def test_generated_images_decode_at_the_requested_sizes(stages: ModuleType, tmp_path: Path) -> None:
+    sizes = replace(stages.QUICK, images=3, min_side=300, max_side=360)
     for fmt, suffix in (("jpeg", "JPEG"), ("png", "PNG")):
-        paths = host_feed.make_images(tmp_path / fmt, sizes, fmt)
+        paths = stages.make_images(tmp_path / fmt, sizes, fmt)
         assert len(paths) == 3
         for path in paths:
             with Image.open(path) as img:
@@ -118,14 +116,14 @@ def test_generated_images_decode_at_the_requested_sizes(
             assert pixels.min() < 200 and pixels.max() > 240  # a shape on a light background
 
 
-def test_written_cache_is_what_the_gather_reads(host_feed: ModuleType, tmp_path: Path) -> None:
+def test_written_cache_is_what_the_gather_reads(stages: ModuleType, tmp_path: Path) -> None:
     from dqe_cir_pipeline.datasets.feature_cache import FeatureCache
     from dqe_cir_pipeline.datasets.feature_shards import read_index, read_meta
 
-    sizes = replace(host_feed.QUICK, rows=20, shard_size=8)
+    sizes = replace(stages.QUICK, rows=20, shard_size=8)
     key_dir = tmp_path / "cache" / "key"
-    written = host_feed.write_cache(key_dir, sizes, seed=3)
-    assert written["bytes"] == 20 * host_feed.ROW_BYTES
+    written = stages.write_cache(key_dir, sizes, seed=3)
+    assert written["bytes"] == 20 * stages.ROW_BYTES
     assert sorted(p.name for p in key_dir.glob("shard-*.npy")) == [
         "shard-000000.npy",
         "shard-000001.npy",
@@ -139,13 +137,13 @@ def test_written_cache_is_what_the_gather_reads(host_feed: ModuleType, tmp_path:
     assert np.isfinite(tokens).all() and tokens.astype(np.float32).std() > 0.5
     assert not np.array_equal(tokens[0], tokens[1])
 
-    gather = host_feed.gather_rates(key_dir, sizes, seed=0)
-    assert gather["rows"] == 20 and gather["step_bytes"] == 3 * sizes.batch * host_feed.ROW_BYTES
+    gather = stages.gather_rates(key_dir, sizes, seed=0)
+    assert gather["rows"] == 20 and gather["step_bytes"] == 3 * sizes.batch * stages.ROW_BYTES
 
 
 @pytest.mark.gpu
-def test_cuda_section_measures_copies_and_the_resident_gather(host_feed: ModuleType) -> None:
-    res = host_feed.cuda_rates(host_feed.QUICK, repeats=2)
+def test_cuda_section_measures_copies_and_the_resident_gather(stages: ModuleType) -> None:
+    res = stages.cuda_rates(stages.QUICK, repeats=2)
     for key in (
         "h2d_pinned_gb_per_s",
         "h2d_pageable_gb_per_s",

@@ -1,36 +1,26 @@
-"""One short GPU benchmark run (H100 / H200, ~6 minutes): every device figure at once.
+"""The device figures of ``gpu_report.py device``: every GPU rate and memory figure at once.
 
-Sections (each time-boxed with SIGALRM and wrapped: a failure is recorded in the JSON
-and the table, and the remaining sections still run):
+Sections, each in its own SIGALRM time box (clipped to a global budget) and its own
+try/except, so a failure is recorded and the figures measured before it are kept:
 
-a. bf16 matmul peak (8192^3, 3 warm-ups, mean of 10).
+a. bf16 matmul peak (8192^3 on CUDA: 3 warm-ups, mean of 10).
 b. ViT-g/14 feature extraction (random weights, SDPA attention, bf16 autocast):
-   model-only at batch 256 and end to end (generated 224 px PNGs, DataLoader workers,
-   ``VitEncoder``, fp16 memmap), MFU of both against (a).
-c. Training step at batch 128, full-size config, bf16 autocast: cached ViT tokens vs
-   recomputing the frozen ViT, bare and end to end (``bench_training_step``).
-d. Negative mining (``mine_negatives``, midzone) on 20k queries x 20k pool x 32 tokens x
-   256 dims, bf16 on CUDA, wall time including the host -> device transfer, peak
-   ``torch.cuda.max_memory_allocated``; ``target_ranks`` at FashionIQ-val scale
-   (6k x 6k x 32 x 256).
-e. A summary table.
+   model-only at batch 256 and end to end (generated PNGs, DataLoader workers,
+   ``VitEncoder``, fp16 memmap), MFU of both against (a) (``bench_extraction.py``).
+c. The training step at batch 128, full size, bf16: cached ViT tokens vs recomputing the
+   frozen ViT, bare and end to end (``bench_training_step.py``).
+d. ``mine_negatives`` on 20k queries x 20k pool x 32 tokens x 256 dims (wall time with
+   the host -> device transfer, peak CUDA memory) and ``target_ranks`` at 6k x 6k.
 
-Run order is a, d, b, c (the cheap, model-free sections first, so that a slow model
-build cannot starve them); the table is printed in a-d order.
-
-Imports only torch / transformers / numpy / PIL and ``dqe_cir_pipeline.model`` (never
-kedro or mlflow: the device has neither). ``--smoke`` shrinks every size (tiny preset)
-so the whole script runs on a CPU in well under a minute.
-
-Usage::
-
-    PYTHONPATH=src python3 benchmarks/gpu_bench.py --out $OUT/gpu.json
-    PYTHONPATH=src .venv/bin/python benchmarks/gpu_bench.py --smoke --out /tmp/gpu_smoke.json
+They run in the order a, d, b, c (the cheap, model-free sections first, so a slow model
+build cannot starve them) and are tabled in a-d order. Only torch, transformers, numpy,
+PIL and ``dqe_cir_pipeline.model`` are imported (no Kedro, no MLflow: they run before
+the project is installed). ``tiny=True`` shrinks every size so the run takes well under
+a minute on a CPU.
 """
 
 from __future__ import annotations
 
-import argparse
 import gc
 import json
 import os
@@ -67,10 +57,10 @@ def _free(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def _sizes(smoke: bool, device: torch.device) -> dict[str, Any]:
-    """All sizes of the run: full GPU sizes, or tiny ones for ``--smoke``."""
+def _sizes(tiny: bool, device: torch.device) -> dict[str, Any]:
+    """All sizes of the run: full GPU sizes, or tiny ones (a CPU check)."""
     workers = max(1, min(12, (os.cpu_count() or 2) - 2))
-    if smoke:
+    if tiny:
         return {
             "preset": "tiny",
             "matmul_n": 512,
@@ -260,21 +250,11 @@ def summary_table(results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """CLI entry point."""
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--smoke", action="store_true", help="tiny sizes (CPU, seconds)")
-    ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    ap.add_argument("--budget", type=float, default=330.0, help="global seconds for all sections")
-    ap.add_argument("--workers", type=int, default=None, help="DataLoader decode workers")
-    ap.add_argument("--out", default=None, help="write the figures as JSON here")
-    args = ap.parse_args(argv)
-    device = resolve_device(args.device)
-    sizes = _sizes(args.smoke, device)
-    workers = args.workers if args.workers is not None else sizes["workers"]
+def environment(device: torch.device, tiny: bool, workers: int) -> dict[str, Any]:
+    """The run's device, versions and settings (the JSON's ``env``)."""
     env: dict[str, Any] = {
         "device": str(device),
-        "smoke": args.smoke,
+        "tiny": tiny,
         "torch": torch.__version__,
         "python": platform.python_version(),
         "cpu_count": os.cpu_count(),
@@ -287,8 +267,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         env["transformers"] = transformers.__version__
     except ImportError:  # pragma: no cover
         pass
-    print(json.dumps(env), flush=True)
-    runner = Runner(args.budget)
+    return env
+
+
+def run_sections(
+    runner: Runner, device: torch.device, sizes: dict[str, Any], workers: int, tiny: bool
+) -> None:
+    """Sections a, d, b, c through ``runner`` (the model is built once, on first need)."""
     peak: dict[str, Any] = {}
     model: list[BenchModel] = []
 
@@ -315,7 +300,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             unique_images=e["unique_images"],
             model_batches=e["model_batches"],
             peak=peak or None,
-            png_size=(280, 224) if not args.smoke else None,
+            png_size=(280, 224) if not tiny else None,
             into=partial,
         )
 
@@ -341,8 +326,32 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     runner.run("b_extraction", 120, sec_b, device)
     runner.run("c_training_step", 150, sec_c, device)
 
+
+def device_figures(
+    *, tiny: bool, device: str, budget_s: float, workers: int | None, out: Path | None
+) -> dict[str, Any]:
+    """Run every section, print the table and (with ``out``) write the JSON.
+
+    Args:
+        tiny: tiny sizes (a CPU check of the plumbing; its figures mean nothing).
+        device: ``auto``, ``cpu`` or ``cuda``.
+        budget_s: global seconds for all sections.
+        workers: DataLoader decode workers (default: the size preset's).
+        out: where the figures go as JSON.
+
+    Returns:
+        ``env``, ``sections`` (per section: its figures, ``status`` and seconds),
+        ``total_s`` and ``kedro_or_mlflow_imported`` (must be empty).
+    """
+    dev = resolve_device(device)
+    sizes = _sizes(tiny, dev)
+    n_workers = workers if workers is not None else sizes["workers"]
+    env = environment(dev, tiny, n_workers)
+    print(json.dumps(env), flush=True)
+    runner = Runner(budget_s)
+    run_sections(runner, dev, sizes, n_workers, tiny)
     forbidden = sorted(m for m in sys.modules if m.split(".")[0] in ("kedro", "mlflow"))
-    out = {
+    result = {
         "env": env,
         "sections": runner.results,
         "total_s": time.perf_counter() - runner.start,
@@ -350,13 +359,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     }
     print()
     print(summary_table(runner.results))
-    print(f"total {out['total_s']:.1f}s; kedro/mlflow modules imported: {forbidden or 'none'}")
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(out, indent=2, default=str))
-        print(f"wrote {args.out}")
-    return out
-
-
-if __name__ == "__main__":
-    main()
+    print(f"total {result['total_s']:.1f}s; kedro/mlflow modules imported: {forbidden or 'none'}")
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2, default=str))
+        print(f"wrote {out}")
+    return result

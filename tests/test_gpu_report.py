@@ -1,15 +1,18 @@
-"""``benchmarks/gpu_issue16_report.py``: install lists and the issue-16 JSON of a GPU run.
+"""``benchmarks/gpu_report.py`` and ``gpu_run.sh``: install lists, the figures JSON of a
+GPU run, and the device figures' plumbing at tiny sizes on CPU.
 
-The assembly is checked on the H200 ``gpu_bench`` output the project keeps
-(``docs/figures/gpu_bench_h200.json``) and on a smoke report shaped like the one
-``benchmarks/gpu_smoke.py`` writes.
+The assembly is checked on the H200 device figures the project keeps
+(``docs/figures/gpu_bench_h200.json``) and on a smoke report shaped like the one the
+``smoke`` step writes.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
+import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -18,20 +21,24 @@ import pytest
 
 from tests.conftest import ROOT
 
-SCRIPT = ROOT / "benchmarks" / "gpu_issue16_report.py"
+SCRIPT = ROOT / "benchmarks" / "gpu_report.py"
 
 
-@pytest.fixture(scope="module")
-def report() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("gpu_issue16_report", SCRIPT)
+def report_module() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("gpu_report", SCRIPT)
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
+@pytest.fixture(scope="module")
+def report() -> ModuleType:
+    return report_module()
+
+
 def _smoke_report() -> dict[str, Any]:
-    """What ``gpu_smoke.py`` writes for one benchmark (figures invented)."""
+    """What the ``smoke`` step writes for one benchmark (figures invented)."""
     return {
         "args": {},
         "benchmarks": {
@@ -92,9 +99,9 @@ def test_device_slug(report: ModuleType) -> None:
     assert report.device_slug("") == "unknown"
 
 
-def test_assemble_computes_the_issue_ratios(report: ModuleType) -> None:
+def test_assemble_computes_the_gpu_path_ratios(report: ModuleType) -> None:
     bench = json.loads((ROOT / "docs/figures/gpu_bench_h200.json").read_text())
-    steps = {"gpu_bench": {"seconds": 61.0, "exit": 0, "time_box_s": 150.0}}
+    steps = {"device": {"seconds": 61.0, "exit": 0, "time_box_s": 150.0}}
     doc = report.assemble(bench, {"cirr": _smoke_report(), "fashioniq": None}, None, steps)
 
     ext = bench["sections"]["b_extraction"]
@@ -123,10 +130,10 @@ def test_assemble_computes_the_issue_ratios(report: ModuleType) -> None:
         "run": 0.1,
         "save": 12.5,
     }
-    assert doc["smoke"]["cirr"]["extraction_over_gpu_bench_model_only"] == pytest.approx(
+    assert doc["smoke"]["cirr"]["extraction_over_device_model_only"] == pytest.approx(
         300.0 / ext["model_only_images_per_s"]
     )
-    assert doc["seconds_per_step"] == {"gpu_bench": 61.0}
+    assert doc["seconds_per_step"] == {"device": 61.0}
     assert doc["smoke_status"] == {"cirr": "ok", "fashioniq": "no report"}
     assert set(doc["missing"]) == {"smoke.fashioniq"}
 
@@ -151,11 +158,11 @@ def test_cli_writes_gpu_smoke_device_json(report: ModuleType, tmp_path: Path) ->
     smoke = tmp_path / "smoke_cirr.json"
     smoke.write_text(json.dumps(_smoke_report()))
     steps = tmp_path / "steps.tsv"
-    steps.write_text("gpu_bench\t61\t0\t150\ninstall\t0\tskipped\t5\nsmoke_cirr\t240\t124\t240\n")
+    steps.write_text("device\t61\t0\t150\ninstall\t0\tskipped\t5\nsmoke_cirr\t240\t124\t240\n")
     code = report.main(
         [
             "assemble",
-            "--gpu-bench",
+            "--device-figures",
             str(ROOT / "docs/figures/gpu_bench_h200.json"),
             "--smoke",
             f"cirr={smoke}",
@@ -189,6 +196,39 @@ def test_cli_writes_gpu_smoke_device_json(report: ModuleType, tmp_path: Path) ->
 
 def test_gpu_script_parses() -> None:
     proc = subprocess.run(
-        ["bash", "-n", str(ROOT / "benchmarks" / "gpu_issue16.sh")], capture_output=True, text=True
+        ["bash", "-n", str(ROOT / "benchmarks" / "gpu_run.sh")], capture_output=True, text=True
     )
     assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.slow
+def test_device_figures_run_every_section_at_tiny_sizes(tmp_path: Path) -> None:
+    out = tmp_path / "device.json"
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "device", "--tiny", "--device", "cpu", "--workers", "1"]
+        + ["--out", str(out)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    doc = json.loads(out.read_text())
+    sections = doc["sections"]
+    assert {k: v["status"] for k, v in sections.items()} == {
+        "a_matmul_peak": "ok",
+        "d_mining": "ok",
+        "b_extraction": "ok",
+        "c_training_step": "ok",
+    }
+    assert doc["kedro_or_mlflow_imported"] == []  # the device runs it before the install
+    train = sections["c_training_step"]
+    for key in ("bare_cached_triplets_per_s", "e2e_cached_prefetch_triplets_per_s"):
+        assert train[key] > 0, key
+    assert sections["d_mining"]["mining_shape"] == "1000x1000x16x64"
+    assert "b_extraction" in proc.stdout and "e2e cached/recompute" in proc.stdout
+    # what the assembly reads from it
+    assembled = report_module().assemble(doc, {}, None, {})
+    assert assembled["extraction_end_to_end_over_model_only"] > 0
+    assert assembled["missing"]["negative_refresh_20k_s"].startswith("mining measured at")
