@@ -46,9 +46,9 @@ import numpy as np
 import pandas as pd
 
 from dqe_cir_pipeline.data_sources.phrasing import corpus_vocabulary, describe
+from dqe_cir_pipeline.data_sources.synthetic.ambiguous import family_images
 from dqe_cir_pipeline.data_sources.synthetic.config import FORMAT_VERSION as RENDERER_VERSION
 from dqe_cir_pipeline.data_sources.synthetic.config import SPLITS, SyntheticConfig
-from dqe_cir_pipeline.data_sources.synthetic.families import build_family
 from dqe_cir_pipeline.data_sources.synthetic.rendering import render_scene
 from dqe_cir_pipeline.data_sources.synthetic.scenes import (
     SceneObject,
@@ -158,7 +158,8 @@ def benchmark_scenes(cfg: SyntheticConfig) -> set[Scene]:
     The stricter exclusion for :func:`generate_corpus`: with only the base scenes
     excluded (:func:`~.synthetic.benchmark_base_scenes`) a corpus image may still show
     the same scene as a benchmark *target* (e.g. a "remove" edit of a val base).
-    Builds the families with the generator's own family builder (no rendering).
+    Builds the families with the generator's own family builder, in the config's tier
+    (no rendering).
 
     Args:
         cfg: The benchmark's configuration.
@@ -171,7 +172,7 @@ def benchmark_scenes(cfg: SyntheticConfig) -> set[Scene]:
     family_id = 0
     for split in SPLITS:
         for index in range(int(getattr(cfg, f"{split}_families", 0))):
-            variants = build_family(cfg, split, index, family_id, used)
+            variants = family_images(cfg, split, index, family_id, used)
             scenes.update(_canonical(v.objects) for v in variants)
             family_id += 1
     return scenes

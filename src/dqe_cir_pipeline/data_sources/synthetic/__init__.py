@@ -8,21 +8,38 @@ Small scenes (1-3 coloured shapes on a plain background on a 3 x 3 grid) in *fam
     <root>/<split>/<image_name>.png          RGB, ``image_size`` x ``image_size``
     <root>/manifest.json                     config, config hash, summary
 
+Two tiers (``SyntheticConfig.tier``): ``unique`` (default), where each query has exactly
+one valid target, and ``ambiguous`` (:func:`ambiguous_config`), where captions leave sizes
+unsaid, so several gallery images satisfy a query; all are listed in ``target_soft``, and
+``<root>/scenes/scene.<split>.json`` gives every image's labels.
+
 Seeded (same config: byte-identical files), idempotent and atomic. Modules: vocabulary,
-config, scenes (sampling), edits, families, rendering, writing; the design is described
-in docs/data.md.
+config, scenes (sampling), edits, families, rendering, writing; for the ambiguous tier
+satisfaction (the ground-truth predicate), ambiguous (families), ambiguous_split (records).
+The design is described in docs/data.md.
 """
 
 from __future__ import annotations
 
 from dqe_cir_pipeline.data_sources.synthetic.config import (
+    AMBIGUOUS_DEFAULTS,
     FORMAT_VERSION,
     SPLITS,
+    TIERS,
     SyntheticConfig,
+    ambiguous_config,
 )
 from dqe_cir_pipeline.data_sources.synthetic.rendering import render_scene
+from dqe_cir_pipeline.data_sources.synthetic.satisfaction import (
+    Change,
+    Request,
+    is_near_miss,
+    satisfies,
+    violations,
+)
 from dqe_cir_pipeline.data_sources.synthetic.scenes import SceneObject, benchmark_base_scenes
 from dqe_cir_pipeline.data_sources.synthetic.vocabulary import (
+    AMBIGUOUS_EDIT_TYPES,
     BACKGROUND_GRAY_RANGE,
     COLOR_WORDS,
     COLORS,
@@ -40,6 +57,8 @@ from dqe_cir_pipeline.data_sources.synthetic.vocabulary import (
 from dqe_cir_pipeline.data_sources.synthetic.writing import generate_benchmark
 
 __all__ = [
+    "AMBIGUOUS_DEFAULTS",
+    "AMBIGUOUS_EDIT_TYPES",
     "BACKGROUND_GRAY_RANGE",
     "COLORS",
     "COLOR_WORDS",
@@ -55,9 +74,16 @@ __all__ = [
     "SIZE_WORDS",
     "SPLITS",
     "TEMPLATES",
+    "TIERS",
+    "Change",
+    "Request",
     "SceneObject",
     "SyntheticConfig",
+    "ambiguous_config",
     "benchmark_base_scenes",
     "generate_benchmark",
+    "is_near_miss",
     "render_scene",
+    "satisfies",
+    "violations",
 ]

@@ -60,7 +60,7 @@ def _edit_pool(objects: Scene, edit_type: str) -> list[EditKey]:
     return pool
 
 
-def _type_quota(rng: np.random.Generator, cfg: SyntheticConfig, k: int) -> dict[str, int]:
+def type_quota(rng: np.random.Generator, cfg: SyntheticConfig, k: int) -> dict[str, int]:
     """Split ``variants_per_family`` over color/shape/color_shape/other.
 
     Largest-remainder rounding with a random tie-break per family, so the shares hold on
@@ -92,7 +92,7 @@ def select_edits(
     or value, so each full edit has its "right colour, wrong shape" look-alikes; a type
     whose feasible pool runs out hands its slots to the "other" types.
     """
-    quota = _type_quota(rng, cfg, k)
+    quota = type_quota(rng, cfg, k)
     chosen: list[EditKey] = []
     taken: set[EditKey] = set()
 
@@ -200,7 +200,7 @@ def edit_labels(objects: Scene, key: EditKey) -> dict[str, Any]:
     return labels
 
 
-def _object_phrase(rng: np.random.Generator, objects: Scene, j: int) -> str:
+def object_phrase(rng: np.random.Generator, objects: Scene, j: int) -> str:
     """Name object ``j`` of a base scene unambiguously (see :data:`OBJECT_PHRASES`)."""
     obj = objects[j]
     forms = OBJECT_PHRASES["single" if len(objects) == 1 else "multi"]
@@ -235,7 +235,7 @@ def caption(rng: np.random.Generator, objects: Scene, key: EditKey) -> str:
         "shape": lambda v: choice(rng, SHAPE_WORDS[v]),
         "size": lambda v: choice(rng, SIZE_WORDS[v]),
         "pos": lambda v: choice(rng, POSITION_WORDS[v]),
-        "obj": lambda v: _object_phrase(rng, objects, key[1]),
+        "obj": lambda v: object_phrase(rng, objects, key[1]),
     }
     template = str(choice(rng, TEMPLATES[kind]))
     text = template.format(**{k: words[k](v) for k, v in slots.items()})

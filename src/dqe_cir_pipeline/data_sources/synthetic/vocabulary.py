@@ -165,6 +165,28 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
     ),
 }
 
+#: Edit types of the ambiguous tier; ``"two_objects"`` (one colour or shape change on each
+#: of two objects) takes the share the unique tier gives to the "other" types.
+AMBIGUOUS_EDIT_TYPES: tuple[str, ...] = ("color", "shape", "color_shape", "two_objects")
+
+#: Clauses of a two-object caption, one per requested attribute (slots as in TEMPLATES).
+CLAUSE_TEMPLATES: dict[str, tuple[str, ...]] = {
+    "color": ("make {obj} {color}", "paint {obj} {color}", "recolor {obj} {color}"),
+    "shape": (
+        "make {obj} a {shape}",
+        "turn {obj} into a {shape}",
+        "change {obj} into a {shape} of the same color",
+    ),
+}
+
+#: How the two clauses of a two-object caption are joined.
+CLAUSE_JOINERS: tuple[str, ...] = (
+    "{first} and {second}",
+    "{first}, and {second}",
+    "{first}; also {second}",
+    "{first}, then {second}",
+)
+
 #: Phrases naming an object of the reference scene. With a single object any of the
 #: ``single`` forms identifies it; with several, base scenes have pairwise distinct
 #: colours, shapes and cells, so each ``multi`` form is unambiguous.

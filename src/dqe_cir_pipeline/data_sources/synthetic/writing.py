@@ -15,10 +15,10 @@ import uuid
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from dqe_cir_pipeline.data_sources.synthetic.ambiguous_split import build_ambiguous_split
 from dqe_cir_pipeline.data_sources.synthetic.config import (
     FORMAT_VERSION,
     GENERATOR_NAME,
@@ -75,6 +75,49 @@ def _write_image(directory: Path, var: Variant, cfg: SyntheticConfig) -> None:
     image.save(directory / f"{var.name}.png", format="PNG", compress_level=cfg.png_compress_level)
 
 
+def _unique_split(
+    cfg: SyntheticConfig,
+    split: str,
+    first_family_id: int,
+    first_pairid: int,
+    used_bases: set[Scene],
+    emit: Callable[[list[Variant]], None],
+) -> tuple[list[Variant], list[dict[str, Any]], dict[str, Any]]:
+    """The unique tier's split: one record per variant, each with its one target."""
+    s_idx = SPLITS.index(split)
+    images: list[Variant] = []
+    records: list[dict[str, Any]] = []
+    for index in range(_n_families(cfg, split)):
+        variants = build_family(cfg, split, index, first_family_id + index, used_bases)
+        emit(variants)
+        images += variants
+        pairid = first_pairid + len(records)
+        records += family_records(cfg, variants, pairid, (cfg.seed, s_idx, index))
+    return images, records, {}
+
+
+def _ambiguous_split(
+    tmp: Path,
+    cfg: SyntheticConfig,
+    split: str,
+    first_family_id: int,
+    first_pairid: int,
+    used_bases: set[Scene],
+    emit: Callable[[list[Variant]], None],
+) -> tuple[list[Variant], list[dict[str, Any]], dict[str, Any]]:
+    """The ambiguous tier's split; also writes ``scenes/scene.<split>.json`` (labels)."""
+    n = _n_families(cfg, split)
+    built = build_ambiguous_split(cfg, split, n, first_family_id, first_pairid, used_bases, emit)
+    (tmp / "scenes").mkdir(exist_ok=True)
+    write_json(tmp / "scenes" / f"scene.{split}.json", built.scenes)
+    return built.variants, built.records, {"valid_targets": built.stats}
+
+
+def _n_families(cfg: SyntheticConfig, split: str) -> int:
+    """Number of families of ``split`` (``<split>_families``)."""
+    return int(getattr(cfg, f"{split}_families"))
+
+
 def _generate_into(tmp: Path, cfg: SyntheticConfig) -> dict[str, Any]:
     """Write the whole benchmark into the fresh directory ``tmp``; return the summary."""
     (tmp / "captions").mkdir(parents=True)
@@ -84,43 +127,45 @@ def _generate_into(tmp: Path, cfg: SyntheticConfig) -> dict[str, Any]:
     family_id = 0
     summary: dict[str, Any] = {"splits": {}}
     total_types: Counter[str] = Counter()
-    n_families = {
-        "train": cfg.train_families,
-        "val": cfg.val_families,
-        "test": cfg.test_families,
-    }
     with ThreadPoolExecutor(max_workers=IO_THREADS) as pool:
         pending: list[Future[None]] = []
-        for s_idx, split in enumerate(SPLITS):
-            if n_families[split] == 0:
+        for split in SPLITS:
+            n_families = _n_families(cfg, split)
+            if n_families == 0:
                 continue  # only test may be empty: no files, no summary entry
             (tmp / split).mkdir()
-            split_map: dict[str, str] = {}
-            records: list[dict[str, Any]] = []
-            for index in range(n_families[split]):
-                variants = build_family(cfg, split, index, family_id, used_bases)
-                pending += [pool.submit(_write_image, tmp / split, v, cfg) for v in variants]
-                for var in variants:
-                    split_map[var.name] = f"./{split}/{var.name}.png"
-                fam_records = family_records(cfg, variants, pairid, (cfg.seed, s_idx, index))
-                records += fam_records
-                pairid += len(fam_records)
-                family_id += 1
+
+            def emit(variants: list[Variant], directory: Path = tmp / split) -> None:
+                pending.extend(pool.submit(_write_image, directory, v, cfg) for v in variants)
+
+            if cfg.tier == "ambiguous":
+                args = (tmp, cfg, split, family_id, pairid, used_bases, emit)
+                images, records, extra = _ambiguous_split(*args)
+            else:
+                images, records, extra = _unique_split(
+                    cfg, split, family_id, pairid, used_bases, emit
+                )
+            split_map = {var.name: f"./{split}/{var.name}.png" for var in images}
+            pairid += len(records)
+            family_id += n_families
             write_json(tmp / "captions" / f"cap.{split}.json", records)
             write_json(tmp / "image_splits" / f"split.{split}.json", split_map)
             types = Counter(r["edit"]["type"] for r in records)
             total_types.update(types)
             summary["splits"][split] = {
-                "families": n_families[split],
+                "families": n_families,
                 "images": len(split_map),
                 "triplets": len(records),
                 "edit_types": dict(sorted(types.items())),
+                **extra,
             }
         for future in pending:
             future.result()  # re-raise the first rendering / writing error, if any
     summary["edit_types"] = dict(sorted(total_types.items()))
     summary["images"] = sum(s["images"] for s in summary["splits"].values())
     summary["triplets"] = sum(s["triplets"] for s in summary["splits"].values())
+    if cfg.tier != "unique":
+        summary["tier"] = cfg.tier
     return summary
 
 
@@ -189,7 +234,10 @@ def generate_benchmark(root: str | Path, cfg: SyntheticConfig | None = None) -> 
     Returns:
         Summary dict: ``root``, ``config_hash``, ``reused``, ``seconds``, ``images``,
         ``triplets``, ``edit_types`` and per split ``splits[split]`` with ``families``,
-        ``images``, ``triplets`` and ``edit_types`` (counts per ``edit["type"]``).
+        ``images``, ``triplets`` and ``edit_types`` (counts per ``edit["type"]``). The
+        ambiguous tier adds ``tier`` and per split ``valid_targets`` (queries, mean,
+        median, share_multiple, max, histogram of valid targets per query,
+        share_outside_family, near_misses).
 
     Raises:
         FileExistsError: ``root`` is a non-empty directory not made by this generator.
@@ -199,7 +247,7 @@ def generate_benchmark(root: str | Path, cfg: SyntheticConfig | None = None) -> 
     digest = cfg.config_hash()
     start = time.perf_counter()
     identity = {"generator": GENERATOR_NAME, "config_hash": digest}
-    extra = {"format_version": FORMAT_VERSION, "config": asdict(cfg)}
+    extra = {"format_version": FORMAT_VERSION, "config": cfg.settings()}
     summary, reused = generate_folder(root, identity, lambda tmp: _generate_into(tmp, cfg), extra)
     seconds = time.perf_counter() - start
     if reused:
