@@ -1,21 +1,25 @@
 """Embedding a gallery and a query set with a DQE-CIR model, batch by batch, no gradients.
 
 One path for validation, evaluation, mining and the CIRR submission, so every consumer
-sees the embeddings training optimised. Progress bars only on a terminal (tqdm).
+sees the embeddings training optimised. Progress: a bar on a terminal, log lines at
+intervals otherwise.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from dqe_cir_pipeline.model.data import FeatureSource, load_tokens, tokenize
 from dqe_cir_pipeline.model.device import autocast
 from dqe_cir_pipeline.model.dqe import DQECIR
+from dqe_cir_pipeline.model.progress import Progress
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -41,12 +45,13 @@ def encode_images(
     was_training = model.training
     model.eval()
     out: list[torch.Tensor] = []
-    starts = range(0, len(image_ids), batch_size)
-    for start in tqdm(starts, desc="encode gallery", unit="batch", leave=False, disable=None):
-        tokens = load_tokens(features, image_ids[start : start + batch_size], device)
-        with autocast(device, amp_dtype):
-            emb = model.encode_targets(tokens)
-        out.append(emb.float().cpu())
+    with Progress(len(image_ids), desc="encode gallery", unit="image", logger=logger) as bar:
+        for start in range(0, len(image_ids), batch_size):
+            tokens = load_tokens(features, image_ids[start : start + batch_size], device)
+            with autocast(device, amp_dtype):
+                emb = model.encode_targets(tokens)
+            out.append(emb.float().cpu())
+            bar.update(len(emb))
     model.train(was_training)
     if not out:
         raise ValueError("encode_images got no image ids")
@@ -74,13 +79,16 @@ def encode_queries(
     model.eval()
     qs: list[torch.Tensor] = []
     ws: list[torch.Tensor] = []
-    starts = range(0, len(texts), batch_size)
-    for start in tqdm(starts, desc="encode queries", unit="batch", leave=False, disable=None):
-        tokens = load_tokens(features, reference_ids[start : start + batch_size], device)
-        ids, mask = tokenize(tokenizer, texts[start : start + batch_size], max_len, device)
-        with autocast(device, amp_dtype):
-            out = model.encode_queries(tokens, ids, mask)
-        qs.append(out.q.float().cpu())
-        ws.append(out.weights.float().cpu())
+    with Progress(
+        len(texts), desc="encode queries", unit="query", item_unit="queries", logger=logger
+    ) as bar:
+        for start in range(0, len(texts), batch_size):
+            tokens = load_tokens(features, reference_ids[start : start + batch_size], device)
+            ids, mask = tokenize(tokenizer, texts[start : start + batch_size], max_len, device)
+            with autocast(device, amp_dtype):
+                out = model.encode_queries(tokens, ids, mask)
+            qs.append(out.q.float().cpu())
+            ws.append(out.weights.float().cpu())
+            bar.update(len(out.q))
     model.train(was_training)
     return QueryEmbeddings(q=torch.cat(qs), weights=torch.cat(ws))

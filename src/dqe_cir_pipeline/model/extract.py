@@ -1,6 +1,7 @@
 """Frozen-ViT feature extraction: decode -> preprocess -> ViT forward, in batches.
 
-Returns arrays; the feature cache dataset decides what to compute and writes it.
+Returns arrays; the feature cache dataset decides what to compute and writes it. Progress
+(images/s, ETA) shows as a bar on a terminal, as log lines at intervals otherwise.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from dqe_cir_pipeline.model.backbone import Backbone, encode_vit
 from dqe_cir_pipeline.model.device import autocast
+from dqe_cir_pipeline.model.progress import Progress
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +44,11 @@ class _ImageFiles(Dataset):
 
 
 class VitEncoder:
-    """Callable ``paths -> (n, T, D) float16`` array; halves ``batch_size`` on CUDA OOM."""
+    """Callable ``paths -> (n, T, D) float16`` array; halves ``batch_size`` on CUDA OOM.
+
+    A call reports its progress on the ``Progress`` it is given (one spanning many calls),
+    else on its own.
+    """
 
     def __init__(
         self,
@@ -62,11 +68,16 @@ class VitEncoder:
         self.images_done = 0
         self.seconds = 0.0
 
-    def __call__(self, paths: Sequence[str]) -> np.ndarray:
+    def __call__(self, paths: Sequence[str], progress: Progress | None = None) -> np.ndarray:
+        """ViT tokens of ``paths``, counted on ``progress`` (default: a progress of this call)."""
         start = time.perf_counter()
         while True:
+            own = progress or Progress(
+                len(paths), desc="extract shard", unit="image", logger=logger
+            )
+            counted = own.n
             try:
-                out = self._run(paths)
+                out = self._run(paths, own)
                 break
             except torch.OutOfMemoryError:
                 if self.batch_size == 1:
@@ -76,11 +87,15 @@ class VitEncoder:
                 logger.warning(
                     "CUDA out of memory: extraction batch size halved to %d", self.batch_size
                 )
+                own.update(counted - own.n)  # the retry counts these images again
+            finally:
+                if progress is None:
+                    own.close()
         self.images_done += len(paths)
         self.seconds += time.perf_counter() - start
         return out
 
-    def _run(self, paths: Sequence[str]) -> np.ndarray:
+    def _run(self, paths: Sequence[str], progress: Progress) -> np.ndarray:
         loader = DataLoader(
             _ImageFiles(paths, self.preprocess),
             batch_size=self.batch_size,
@@ -92,6 +107,7 @@ class VitEncoder:
             with autocast(self.device, self.amp_dtype):
                 tokens = encode_vit(self.model, pixels.to(self.device, non_blocking=True))
             chunks.append(tokens.to(torch.float16).cpu().numpy())
+            progress.update(len(pixels))
         return np.concatenate(chunks)
 
 
@@ -117,5 +133,8 @@ def extract_to_memory(
     encoder: VitEncoder, ids: Sequence[str], paths: Sequence[str], shard: int = 1024
 ) -> MemoryFeatures:
     """Encode every image into a ``MemoryFeatures`` (fp16), ``shard`` images per call."""
-    chunks = [encoder(list(paths[i : i + shard])) for i in range(0, len(paths), shard)]
+    with Progress(len(paths), desc="extract", unit="image", logger=logger) as progress:
+        chunks = [
+            encoder(list(paths[i : i + shard]), progress) for i in range(0, len(paths), shard)
+        ]
     return MemoryFeatures(ids, np.concatenate(chunks))

@@ -17,7 +17,6 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
 
 from dqe_cir_pipeline.model.backbone import Backbone
 from dqe_cir_pipeline.model.batch import BatchSource, EpochPlan, TrainBatch
@@ -37,6 +36,7 @@ from dqe_cir_pipeline.model.mining import (
 from dqe_cir_pipeline.model.mining_result import MiningResult
 from dqe_cir_pipeline.model.negatives import MiningConfig, refresh_epochs
 from dqe_cir_pipeline.model.optim import build_optimizer, build_scheduler
+from dqe_cir_pipeline.model.progress import Progress
 from dqe_cir_pipeline.model.run_state import FitResult, RunState, Trainables
 from dqe_cir_pipeline.model.train_config import TrainingConfig
 
@@ -272,8 +272,14 @@ class Trainer:
         self.trainables.scheduler.step()
         return terms.stacked()
 
-    def train_epoch(self, plan: EpochPlan) -> dict[str, float]:
-        """Train one epoch of ``plan``; returns mean loss terms and throughput."""
+    def train_epoch(
+        self, plan: EpochPlan, epoch: int = 0, later_s: float = 0.0
+    ) -> dict[str, float]:
+        """Train one epoch of ``plan``; returns mean loss terms and throughput.
+
+        ``epoch`` and ``later_s`` (seconds of validation and mining expected in the epochs
+        after this one) only feed the progress report.
+        """
         self.model.train()
         sums = dict.fromkeys(LOSS_TERMS, 0.0)
         start = time.perf_counter()
@@ -281,22 +287,31 @@ class Trainer:
         batches = gathered_ahead(
             [rows.local for rows in steps], lambda r: self.source.gather(plan, r)
         )
-        world = self.distributed.world_size
-        # a progress bar (rate, ETA, running loss) on a terminal; silent in logs and CI
-        bar = tqdm(
-            zip(steps, batches, strict=True),
-            total=len(steps),
-            desc="train",
-            unit="batch",
-            leave=False,
-            disable=None if self.distributed.is_main else True,
+        world, loop = self.distributed.world_size, self.config.loop
+        progress = Progress(
+            len(steps),
+            desc=f"epoch {epoch + 1}/{loop.epochs}",
+            unit="step",
+            item_unit="triplets",
+            log_every_s=loop.log_every_s,
+            log_first=True,
+            later=len(steps) * (loop.epochs - epoch - 1),
+            later_s=later_s,
+            enabled=self.distributed.is_main,
+            logger=logger,
         )
-        for rows, batch in bar:
-            values = (self.distributed.sum(self._step(batch, rows, plan)) / world).tolist()
-            means = dict(zip(LOSS_TERMS, values, strict=True))
-            for name, value in means.items():
-                sums[name] += value * len(rows.batch)
-            bar.set_postfix(loss=f"{means['loss']:.3f}", refresh=False)
+        seen = 0
+        with progress:
+            for rows, batch in zip(steps, batches, strict=True):
+                values = (self.distributed.sum(self._step(batch, rows, plan)) / world).tolist()
+                means = dict(zip(LOSS_TERMS, values, strict=True))
+                for name, value in means.items():
+                    sums[name] += value * len(rows.batch)
+                seen += len(rows.batch)
+                lr = self.trainables.scheduler.get_last_lr()[0]
+                progress.update(
+                    items=len(rows.batch), loss=f"{sums['loss'] / seen:.4f}", lr=f"{lr:.2e}"
+                )
         seconds = time.perf_counter() - start
         if skipped:
             logger.warning("skipped %d triplets in a batch smaller than the world size", skipped)
@@ -352,6 +367,7 @@ def fit(
         config.loop,
         distributed,
     )
+    overheads: list[float] = []  # seconds of each epoch outside its training steps
     for epoch in range(state.start_epoch, config.loop.epochs):
         if stop_after_epochs is not None and epoch - state.start_epoch >= stop_after_epochs:
             break
@@ -359,9 +375,13 @@ def fit(
         plan = distributed.broadcast(
             trainer.plan_epoch(epoch, state, data.initial_mining) if distributed.is_main else None
         )
-        record = trainer.train_epoch(plan)
+        later_s = float(np.mean(overheads)) * (config.loop.epochs - epoch - 1) if overheads else 0.0
+        train_start = time.perf_counter()
+        record = trainer.train_epoch(plan, epoch, later_s)
+        train_seconds = time.perf_counter() - train_start
         metrics = distributed.broadcast(data.validate(model) if distributed.is_main else None)
         record["train/epoch_seconds"] = time.perf_counter() - start
+        overheads.append(record["train/epoch_seconds"] - train_seconds)
         record["train/mining_seconds"] = plan.mining_seconds
         record.update({f"val/{k}": float(v) for k, v in metrics.items()})
         score = float(metrics[data.selection_metric])

@@ -44,6 +44,8 @@ class LoopConfig:
         caption_form: ``random`` (a random training form per epoch) | ``eval``.
         run_dir: folder of the resumable ``last.pt`` / ``best.pt``; ``None``: no files.
         resume: continue from ``run_dir/last.pt`` when it exists.
+        log_every_s: seconds between progress lines when output is not a terminal (the
+            first step's line always); 0: none. Not part of the recipe.
     """
 
     seed: int = 0
@@ -55,8 +57,11 @@ class LoopConfig:
     caption_form: str = "random"
     run_dir: str | None = None
     resume: bool = True
+    log_every_s: float = 60.0
 
     def __post_init__(self) -> None:
+        if self.log_every_s < 0:
+            raise ValueError(f"log_every_s must be >= 0, got {self.log_every_s}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
         if self.negatives not in {"mined", "random", "none"}:
@@ -87,9 +92,10 @@ class TrainingConfig:
 
     def fingerprint(self, max_text_len: int) -> dict[str, Any]:
         """What a resumed run must share with the run it resumes (and what a checkpoint
-        records): everything but where it is written and whether it resumes, plus the
-        backbone's text length."""
-        loop = {k: v for k, v in asdict(self.loop).items() if k not in ("run_dir", "resume")}
+        records): everything but where it is written, whether it resumes and how it reports
+        progress, plus the backbone's text length."""
+        run_only = ("run_dir", "resume", "log_every_s")
+        loop = {k: v for k, v in asdict(self.loop).items() if k not in run_only}
         return {
             "model": asdict(self.model),
             "loss": asdict(self.loss),
