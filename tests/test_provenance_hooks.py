@@ -4,6 +4,7 @@ command line changed) and the summary it ends with."""
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import mlflow
 import pytest
@@ -27,6 +28,8 @@ def test_run_names_say_what_ran_on_which_benchmark_and_what_changed() -> None:
 def test_the_benchmark_comes_from_the_run_parameters() -> None:
     params = {"data": {"benchmark": "fashioniq"}, "training": {}}
     assert run_benchmark(DataCatalog({"parameters": MemoryDataset(params)})) == "fashioniq"
+    typed = {"data": SimpleNamespace(benchmark="cirr")}  # as Kedro validated it
+    assert run_benchmark(DataCatalog({"parameters": MemoryDataset(typed)})) == "cirr"
     assert run_benchmark(DataCatalog({"parameters": MemoryDataset({"x": 1})})) is None
     assert run_benchmark(DataCatalog({})) is None
 

@@ -110,7 +110,10 @@ def run_benchmark(catalog: DataCatalog) -> str | None:
     if "parameters" not in catalog:
         return None
     data = (catalog.get("parameters").load() or {}).get("data")  # quietly: no log line
-    benchmark = data.get("benchmark") if isinstance(data, dict) else None
+    # a dict, or the typed block Kedro validated it into
+    benchmark = (
+        data.get("benchmark") if isinstance(data, dict) else getattr(data, "benchmark", None)
+    )
     return str(benchmark) if benchmark else None
 
 
