@@ -19,7 +19,7 @@ from kedro.io import DataCatalog
 from kedro.pipeline import Pipeline, node
 from kedro_datasets.pandas import ParquetDataset
 
-from dqe_cir_pipeline.hooks import DistributedHooks, RankLocalDataset
+from dqe_cir_pipeline.hooks.distributed import DistributedHooks, RankLocalDataset
 from tests.conftest import ROOT
 
 

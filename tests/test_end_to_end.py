@@ -55,7 +55,8 @@ def test_mlflow_run_has_params_metrics_tags_and_artifacts(kedro_test_run: dict[s
     assert run.data.tags["dataset_fingerprint"].startswith(inputs[0].dataset.digest)
     assert not any(k.startswith(("data.cirr.", "data.fashioniq.")) for k in run.data.params)
     assert run.data.tags["git_commit"]
-    assert run.data.tags["mlflow.runName"] == "train"  # what ran; no command-line overrides
+    # what ran, on which benchmark, in which environment; no command-line overrides
+    assert run.data.tags["mlflow.runName"] == "train · synthetic · env=test"
     # kedro-mlflow's unreadable tags replaced: a class name, the session id by its name,
     # the command as typed
     assert run.data.tags["runner"] == "SequentialRunner"

@@ -57,11 +57,11 @@ from dqe_cir_pipeline.data_sources.common import (
 from dqe_cir_pipeline.data_sources.image_check import check_images
 from dqe_cir_pipeline.datasets.checkpoint import TorchCheckpointDataset
 from dqe_cir_pipeline.datasets.feature_cache import FeatureCacheDataset, FeatureExtractionJob
-from dqe_cir_pipeline.hooks import (
+from dqe_cir_pipeline.hooks.guards import IngestionVerdictError
+from dqe_cir_pipeline.hooks.store import (
     TAG_ABANDONED,
     TAG_HOST,
     TAG_PID,
-    IngestionVerdictError,
     prepare_tracking_store,
 )
 from dqe_cir_pipeline.io_utils import FolderInUseError, FolderLock
@@ -208,7 +208,7 @@ def test_concurrent_starts_on_a_fresh_store_do_not_race(tmp_path: Path) -> None:
     go = tmp_path / "go"
     code = (
         "import sys, time, pathlib, mlflow\n"
-        "from dqe_cir_pipeline.hooks import prepare_tracking_store\n"
+        "from dqe_cir_pipeline.hooks.store import prepare_tracking_store\n"
         "print('ready', flush=True)\n"
         "while not pathlib.Path(sys.argv[2]).exists(): time.sleep(0.005)\n"
         "prepare_tracking_store(sys.argv[1], 'dqe_cir_race', None)\n"
@@ -238,7 +238,7 @@ def test_run_of_a_killed_process_is_marked_failed_on_next_start(tmp_path: Path) 
     uri = f"sqlite:///{(tmp_path / 'mlflow.db').as_posix()}"
     code = (
         "import sys, time, mlflow\n"
-        "from dqe_cir_pipeline.hooks import MlflowStoreHooks, prepare_tracking_store\n"
+        "from dqe_cir_pipeline.hooks.store import MlflowStoreHooks, prepare_tracking_store\n"
         "prepare_tracking_store(sys.argv[1], 'dqe_cir_killed', None)\n"
         "mlflow.set_tracking_uri(sys.argv[1])\n"
         "mlflow.set_experiment('dqe_cir_killed')\n"

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dqe_cir_pipeline.hooks import RunLockHooks
+from dqe_cir_pipeline.hooks.guards import RunLockHooks
 from dqe_cir_pipeline.io_utils import (
     FolderInUseError,
     FolderLock,

@@ -9,7 +9,7 @@ import mlflow
 import pytest
 from kedro.pipeline import node
 
-from dqe_cir_pipeline.hooks import ResourceHooks
+from dqe_cir_pipeline.hooks.resources import ResourceHooks
 
 
 def test_node_time_save_time_and_memory_reach_mlflow(
@@ -40,16 +40,8 @@ def test_node_time_save_time_and_memory_reach_mlflow(
 def test_without_a_run_the_hook_only_logs(caplog: pytest.LogCaptureFixture) -> None:
     n = node(lambda x: x, "a", "b", name="plain")
     hooks = ResourceHooks()
-    with caplog.at_level("INFO", logger="dqe_cir_pipeline.hooks"):
+    with caplog.at_level("INFO", logger="dqe_cir_pipeline.hooks.resources"):
         hooks.before_node_run(n)
         hooks.after_node_run(n)
     assert mlflow.active_run() is None
     assert any("node plain:" in r.getMessage() for r in caplog.records)
-
-
-def test_run_names_say_what_ran_and_what_changed() -> None:
-    from dqe_cir_pipeline.hooks import run_name
-
-    overrides = {"training": {"optim": {"lr": 0.0001}, "loop": {"seed": 1}}}
-    assert run_name("train", overrides) == "train seed=1 lr=0.0001"
-    assert run_name("evaluation", {}) == "evaluation"

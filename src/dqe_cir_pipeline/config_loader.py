@@ -9,6 +9,10 @@ Every other environment (``test`` above all) stays isolated from a user's local 
 :func:`project_config_loader` is the one way code outside a Kedro session (pre-flight
 check, benchmarks, test fixtures) reads the project's configuration: it builds the loader
 exactly as ``kedro run --env <env> --params ...`` does.
+
+Every path the configuration names resolves against the project the command runs in
+(:func:`kedro_project_root`: the folder holding ``conf``), never against where the
+package is installed: two checkouts sharing one environment each read their own files.
 """
 
 from __future__ import annotations
@@ -18,15 +22,45 @@ import difflib
 import logging
 import os
 from collections.abc import Iterable, Mapping
+from contextvars import ContextVar
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from kedro.config import OmegaConfigLoader
+from kedro.utils import find_kedro_project, is_kedro_project
 from omegaconf import OmegaConf
 
-from dqe_cir_pipeline.launch import PROJECT_ROOT
-
 logger = logging.getLogger(__name__)
+
+#: The root of the loader resolving configuration right now (``__getitem__``), which the
+#: ``${project_root:}`` family of resolvers reads: resolvers are global to OmegaConf,
+#: loaders of two projects may live in one process.
+_RESOLVING_FOR: ContextVar[Path | None] = ContextVar("dqe_project_root", default=None)
+
+
+class NotInProjectError(RuntimeError):
+    """A command that reads the project's configuration runs outside any Kedro project."""
+
+
+def kedro_project_root(conf_source: str | os.PathLike[str] | None = None) -> Path:
+    """The project a command runs in.
+
+    With a local ``conf_source`` (Kedro's own ``<project>/conf``, or ``--conf-source``: a
+    folder or an archive), the folder holding it; otherwise the Kedro project around the
+    current directory as ``kedro`` finds it (a ``pyproject.toml`` with ``[tool.kedro]``
+    here or above), else the current directory.
+    """
+    if conf_source is not None and "://" not in str(conf_source):
+        return Path(conf_source).expanduser().resolve().parent
+    cwd = Path.cwd()
+    return Path(find_kedro_project(cwd) or cwd).resolve()
+
+
+def active_project_root() -> Path:
+    """The root the configuration being resolved now belongs to (the project loader's),
+    else :func:`kedro_project_root`; what ``${project_root:}`` and ``${data_root:}`` mean."""
+    return _RESOLVING_FOR.get() or kedro_project_root()
 
 
 class LocalOverlayConfigLoader(OmegaConfigLoader):
@@ -56,7 +90,19 @@ class LocalOverlayConfigLoader(OmegaConfigLoader):
                 f"(environments: {', '.join(known)})"
             )
 
+    @cached_property
+    def project_root(self) -> Path:
+        """The folder holding ``conf_source``: the project's paths resolve against it."""
+        return kedro_project_root(self.conf_source)
+
     def __getitem__(self, key: str) -> dict[str, Any]:
+        token = _RESOLVING_FOR.set(self.project_root)
+        try:
+            return self._load(key)
+        finally:
+            _RESOLVING_FOR.reset(token)
+
+    def _load(self, key: str) -> dict[str, Any]:
         config = super().__getitem__(key)
         if key == "parameters" and self.runtime_params:
             self._refuse_unknown_runtime_blocks()
@@ -128,16 +174,26 @@ def project_config_loader(
         env: Kedro environment (``test``, ``fashioniq``, ...); ``None`` is Kedro's
             default run environment (``local``), and ``"base"`` reads ``conf/base``
             alone.
-        project_path: Project root; defaults to this checkout.
+        project_path: Project root; defaults to the Kedro project around the current
+            directory (:func:`kedro_project_root`), as for the ``kedro`` command.
         runtime_params: Overrides, as ``kedro run --params`` gives them (nested dicts).
 
     Returns:
         The configured loader.
+
+    Raises:
+        NotInProjectError: ``project_path`` (default: the current directory and those
+            above it) is no Kedro project.
     """
     from kedro.framework.project import settings
     from kedro.framework.startup import bootstrap_project
 
-    root = Path(project_path) if project_path is not None else PROJECT_ROOT
+    root = Path(project_path) if project_path is not None else kedro_project_root()
+    if not is_kedro_project(root):
+        raise NotInProjectError(
+            f"{root} is not a Kedro project (no pyproject.toml with [tool.kedro] there or "
+            "above): run the command inside the project folder"
+        )
     bootstrap_project(root)
     return settings.CONFIG_LOADER_CLASS(
         conf_source=str(root / settings.CONF_SOURCE),

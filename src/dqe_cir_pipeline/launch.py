@@ -1,8 +1,9 @@
-"""Facts about this process: where the project lives, its ``torchrun`` rank, its peak memory.
+"""Facts about this process: its data root, its ``torchrun`` rank, its peak memory.
 
 ``settings.py`` imports this module on every ``kedro`` command, and the hooks, the
 data-parallel helpers and the benchmarks read the same facts from here, so it uses the
-standard library only (no torch, no Kedro).
+standard library only (no torch, no Kedro). Which project a command runs in is Kedro's
+business: ``config_loader.kedro_project_root``.
 """
 
 from __future__ import annotations
@@ -10,14 +11,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-#: The project root (the folder holding ``pyproject.toml``). Kedro runs from it; the
-#: config resolvers in ``settings.py`` make paths absolute against it.
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
+def data_root(project: Path) -> Path:
+    """Where every catalog path lives: ``DQE_DATA_ROOT``, else ``<project>/data``.
 
-def data_root() -> Path:
-    """Where every catalog path lives: ``DQE_DATA_ROOT``, else ``<project>/data``."""
-    return Path(os.environ.get("DQE_DATA_ROOT", (PROJECT_ROOT / "data").as_posix()))
+    Args:
+        project: The root of the Kedro project the command runs in.
+    """
+    return Path(os.environ.get("DQE_DATA_ROOT", (project / "data").as_posix()))
 
 
 def launch_rank() -> tuple[int, int]:

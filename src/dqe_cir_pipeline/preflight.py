@@ -46,7 +46,7 @@ from typing import Any
 
 import yaml
 
-from dqe_cir_pipeline.config_loader import project_config_loader
+from dqe_cir_pipeline.config_loader import kedro_project_root, project_config_loader
 from dqe_cir_pipeline.data_sources.common import (
     AnnotationError,
     load_json,
@@ -54,7 +54,6 @@ from dqe_cir_pipeline.data_sources.common import (
     rejection_problems,
 )
 from dqe_cir_pipeline.data_sources.image_check import IMAGE_CHECKS
-from dqe_cir_pipeline.launch import PROJECT_ROOT
 
 logger = logging.getLogger(__name__)
 
@@ -513,7 +512,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--env", default="fashioniq", help="Kedro environment (fashioniq, cirr, ...)")
     ap.add_argument("--params", default=None, help='overrides as in kedro run: "a.b=1,c=x"')
     ap.add_argument(
-        "--project-path", type=Path, default=None, help="project root (default: this checkout)"
+        "--project-path", type=Path, default=None, help="project root (default: the current one)"
     )
     ap.add_argument(
         "--skip-backbone", action="store_true", help="do not load the pretrained weights"
@@ -532,7 +531,7 @@ def main(argv: Iterable[str] | None = None) -> int:
     """CLI entry point: print the report, return the exit code."""
     args = _parse_args(list(argv) if argv is not None else None)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    project_path = (args.project_path or PROJECT_ROOT).resolve()
+    project_path = (args.project_path or kedro_project_root()).resolve()
     try:
         report = run_checks(
             args.env, project_path, parse_params(args.params), args.skip_backbone, args.image_check

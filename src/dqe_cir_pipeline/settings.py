@@ -6,21 +6,15 @@ import logging
 import os
 
 from dqe_cir_pipeline import quiet
-from dqe_cir_pipeline.config_loader import LocalOverlayConfigLoader
-from dqe_cir_pipeline.hooks import (
-    DistributedHooks,
-    IngestionArtifactHooks,
-    IngestionVerdictHooks,
-    MissingInputHooks,
-    MlflowStoreHooks,
-    ProvenanceHooks,
-    ResourceHooks,
-    RunLockHooks,
-    SummaryHooks,
-    SummaryPrintHooks,
-)
-from dqe_cir_pipeline.launch import PROJECT_ROOT, data_root, launch_rank
-from dqe_cir_pipeline.serving_hooks import ServingModelHooks
+from dqe_cir_pipeline.config_loader import LocalOverlayConfigLoader, active_project_root
+from dqe_cir_pipeline.hooks.distributed import DistributedHooks
+from dqe_cir_pipeline.hooks.guards import IngestionVerdictHooks, MissingInputHooks, RunLockHooks
+from dqe_cir_pipeline.hooks.provenance import IngestionArtifactHooks, ProvenanceHooks
+from dqe_cir_pipeline.hooks.resources import ResourceHooks
+from dqe_cir_pipeline.hooks.serving import ServingModelHooks
+from dqe_cir_pipeline.hooks.store import MlflowStoreHooks
+from dqe_cir_pipeline.hooks.summary import SummaryHooks, SummaryPrintHooks
+from dqe_cir_pipeline.launch import data_root, launch_rank
 
 # Start-up noise that is not the user's business, silenced at its source (quiet.py).
 quiet.install()
@@ -37,14 +31,19 @@ class _MetricsRebindFilter(logging.Filter):
 
 logging.getLogger("kedro.io.data_catalog").addFilter(_MetricsRebindFilter())
 
-# PROJECT_ROOT (the folder holding ``pyproject.toml``, re-exported here) is where Kedro
-# runs from; the resolvers below make paths absolute against it, so nothing depends on
-# the current directory.
+# The resolvers below make paths absolute against the project whose configuration is
+# being read (the folder holding ``conf``: config_loader.active_project_root), never
+# against where this package is installed.
+
+
+def _project_root() -> str:
+    """``${project_root:}``: the Kedro project the command runs in."""
+    return active_project_root().as_posix()
 
 
 def _data_root() -> str:
     """``${data_root:}``: where every catalog path lives (``DQE_DATA_ROOT`` overrides)."""
-    return data_root().as_posix()
+    return data_root(active_project_root()).as_posix()
 
 
 def _tracking_uri() -> str:
@@ -55,30 +54,33 @@ def _tracking_uri() -> str:
     made absolute here. ``MLFLOW_TRACKING_URI`` overrides it (e.g. a tracking server).
     """
     return os.environ.get(
-        "MLFLOW_TRACKING_URI", f"sqlite:///{(PROJECT_ROOT / 'mlflow.db').as_posix()}"
+        "MLFLOW_TRACKING_URI", f"sqlite:///{(active_project_root() / 'mlflow.db').as_posix()}"
     )
 
 
 def _artifact_root() -> str:
     """``${artifact_root:}``: the folder MLflow writes artifacts to (not the database)."""
-    return os.environ.get("DQE_MLFLOW_ARTIFACTS", (PROJECT_ROOT / "mlartifacts").as_uri())
+    return os.environ.get("DQE_MLFLOW_ARTIFACTS", (active_project_root() / "mlartifacts").as_uri())
 
 
 # built while the MLflow run is open, printed after every other hook (the run's last lines)
 _SUMMARY = SummaryHooks()
 
+# Every hook of the project, in registration order (hooks/__init__.py says what each
+# module is for). Pluggy calls the hooks of one stage in the reverse order unless a hook
+# says ``tryfirst`` / ``trylast``; the order below is the order that was tested.
 HOOKS = (
-    RunLockHooks(),
-    MissingInputHooks(),
-    IngestionVerdictHooks(),
-    IngestionArtifactHooks(),
-    MlflowStoreHooks(),
-    ProvenanceHooks(),
-    DistributedHooks(),
-    ResourceHooks(),
-    _SUMMARY,
-    ServingModelHooks(),
-    SummaryPrintHooks(_SUMMARY),
+    RunLockHooks(),  # guards: one run per data root
+    MissingInputHooks(),  # guards: inputs an earlier pipeline writes
+    IngestionVerdictHooks(),  # guards: no tables from a failed ingestion
+    IngestionArtifactHooks(),  # provenance: quarantine and report to MLflow
+    MlflowStoreHooks(),  # store: tracking store, abandoned runs, process tags
+    ProvenanceHooks(),  # provenance: params, tags, run name, dataset input
+    DistributedHooks(),  # distributed: rank 0 writes under torchrun
+    ResourceHooks(),  # resources: time and memory per node
+    _SUMMARY,  # summary: built while the MLflow run is open
+    ServingModelHooks(),  # serving: input example, registered name, requirements
+    SummaryPrintHooks(_SUMMARY),  # summary: printed last
 )
 
 # Under ``torchrun`` only rank 0 is an MLflow run: the other ranks never load
@@ -97,6 +99,6 @@ CONFIG_LOADER_ARGS = {
         "data_root": _data_root,
         "tracking_uri": _tracking_uri,
         "artifact_root": _artifact_root,
-        "project_root": lambda: PROJECT_ROOT.as_posix(),
+        "project_root": _project_root,
     },
 }

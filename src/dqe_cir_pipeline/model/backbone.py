@@ -15,7 +15,7 @@ import shutil
 import tempfile
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -345,6 +345,21 @@ def _load_retrieval(cfg: BackboneConfig, local: Path) -> Blip2ForImageTextRetrie
     )
 
 
+#: Backbones shipped inside the package too (package data), for a packaged run (wheel +
+#: conf archive) started outside the project, where ``models/<name>`` does not exist.
+SHIPPED_MODELS = Path(__file__).resolve().parents[1] / "shipped_models"
+
+
+def _shipped_copy(cfg: BackboneConfig) -> BackboneConfig:
+    """``cfg`` on the package's copy of a shipped backbone when its folder is missing."""
+    local = Path(cfg.name_or_path).expanduser()
+    shipped = SHIPPED_MODELS / local.name
+    if not _is_path(cfg.name_or_path) or local.is_dir() or not shipped.is_dir():
+        return cfg
+    logger.info("backbone folder %s not found: using the copy in the package, %s", local, shipped)
+    return replace(cfg, name_or_path=str(shipped))
+
+
 def load_backbone(cfg: BackboneConfig, captions: Iterable[str] | None = None) -> Backbone:
     """Load the backbone ``cfg`` describes, its vision encoder frozen and in eval mode.
 
@@ -364,6 +379,7 @@ def load_backbone(cfg: BackboneConfig, captions: Iterable[str] | None = None) ->
             return _load_tiny(out, cfg.tiny, cfg.max_text_len)
         return build_tiny_backbone(cfg.tiny, captions, out, cfg.max_text_len)
 
+    cfg = _shipped_copy(cfg)
     local = Path(cfg.name_or_path).expanduser()
     if _is_path(cfg.name_or_path) and not local.is_dir():
         missing = FileNotFoundError(f"backbone folder not found: {local}")

@@ -3,6 +3,8 @@ a checkpoint, or the project's latest run; an index folder or a folder of images
 
 This is the serving package's glue to Kedro's configuration and MLflow (imported
 lazily, only for the sources that need them); the rest of the package uses neither.
+The defaults are those of the Kedro project the command runs in (the current folder),
+never of the checkout the package was installed from.
 """
 
 from __future__ import annotations
@@ -35,9 +37,13 @@ MODEL_URI_SCHEMES = ("models:/", "runs:/", "file:", "mlflow-artifacts:")
 
 
 def _project(env: str | None) -> Any:
-    from dqe_cir_pipeline.config_loader import project_config_loader
+    """The configuration of the Kedro project the command runs in (the current folder)."""
+    from dqe_cir_pipeline.config_loader import NotInProjectError, project_config_loader
 
-    return project_config_loader(env)
+    try:
+        return project_config_loader(env)
+    except NotInProjectError as err:
+        raise ServingInputError(f"{err}, or give --model") from None
 
 
 def project_serving_config(env: str | None = None) -> ServingConfig:
@@ -54,6 +60,7 @@ def project_paths(env: str | None = None) -> dict[str, Path]:
 def load_registered(uri: str) -> tuple[QueryModel, GalleryIndex, ServingConfig]:
     """The query model, gallery index and serving settings inside a logged MLflow model
     (the inference pipeline kedro-mlflow logged at the end of a training run)."""
+    # lazy: only an MLflow model URI needs MLflow, which takes seconds to import
     import mlflow
     import mlflow.pyfunc
 
