@@ -1,5 +1,8 @@
 """Chunked max-over-tokens retrieval: scores, top-k, target ranks and CIR metrics.
 
+Single-target metrics (Recall@K, CIRR, FashionIQ) and multi-target ones for queries with
+several valid targets (recall of any valid target, CIRCO's mAP@K), all from ranks.
+
 Queries (N, P), galleries (M, Q, P) or (M, P), L2-normalised; each function scores
 ``chunk_size`` queries at a time (memory O(chunk_size * M)) on ``device`` (default: the
 queries'), in ``amp_dtype`` on CUDA, and returns CPU tensors. Ties count against the target.
@@ -14,14 +17,19 @@ import numpy as np
 import torch
 
 __all__ = [
+    "average_precision_at_k",
     "breakdown_by_group",
     "cirr_metrics_from_ranks",
     "fashioniq_metrics_from_ranks",
+    "first_valid_rank",
+    "map_at_k",
+    "recall_any_at_k",
     "recall_at_k",
     "subset_ranks",
     "subset_topk",
     "target_ranks",
     "topk",
+    "valid_target_ranks",
 ]
 
 
@@ -187,6 +195,141 @@ def target_ranks(
         equal = (scores == t_score).sum(dim=1) - 1  # minus the target itself
         ranks[start : start + c] = (higher + equal).cpu()
     return ranks
+
+
+def _check_valid(valid: torch.Tensor, exclude: torch.Tensor | None, n: int, m: int) -> None:
+    if valid.ndim != 2 or valid.shape[0] != n or valid.shape[1] < 1:
+        raise ValueError(f"valid must be (N, V) with N={n}, V >= 1; got {tuple(valid.shape)}")
+    if valid.dtype != torch.long:
+        raise ValueError(f"valid must be a long tensor; got {valid.dtype}")
+    if valid.numel() == 0:
+        return
+    if int(valid.min()) < -1 or int(valid.max()) >= m:
+        raise ValueError(f"valid out of range [-1, {m})")
+    srt = valid.sort(dim=1).values
+    if bool(((srt[:, 1:] == srt[:, :-1]) & (srt[:, 1:] >= 0)).any()):
+        raise ValueError("a query lists the same valid target twice")
+    if exclude is not None and bool(((valid == exclude.unsqueeze(1)) & (valid >= 0)).any()):
+        raise ValueError("exclude equals a valid target for some queries")
+
+
+def valid_target_ranks(
+    queries: torch.Tensor,
+    gallery: torch.Tensor,
+    valid: torch.Tensor,
+    exclude: torch.Tensor | None = None,
+    chunk_size: int = 1024,
+    device: str | torch.device | None = None,
+    amp_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """(N, V) 0-based rank of every valid target in the full gallery ranking; -1 for padding.
+
+    ``valid``: (N, V) long gallery indices of each query's valid targets, -1 padding, no
+    repeats. Each entry is ranked exactly as :func:`target_ranks` ranks a single target:
+    every other non-excluded item scoring >= it counts, other valid targets included
+    (:func:`first_valid_rank` and the metrics below undo that among valid targets).
+    ``exclude`` as in :func:`topk`; it must differ from every valid target.
+    """
+    n, m = queries.shape[0], _gallery_size(gallery)
+    _check_index("exclude", exclude, n, m, allow_neg=True)
+    _check_valid(valid, exclude, n, m)
+    ranks = torch.empty(valid.shape, dtype=torch.long)
+    for start, scores in _iter_scores(queries, gallery, chunk_size, device, amp_dtype):
+        c = scores.shape[0]
+        v = valid[start : start + c].to(scores.device)
+        t_scores = scores.gather(1, v.clamp_min(0))  # (c, V), read before the masking
+        _mask_excluded(scores, exclude, start)
+        # one column at a time: memory O(c * M), never (c, V, M)
+        r = torch.stack(
+            [(scores >= t_scores[:, j : j + 1]).sum(dim=1) - 1 for j in range(v.shape[1])],
+            dim=1,
+        )
+        ranks[start : start + c] = r.masked_fill(v < 0, -1).cpu()
+    return ranks
+
+
+def _tie_resolved_positions(ranks_valid: torch.Tensor | np.ndarray) -> np.ndarray:
+    """(N, V) positions of the valid targets in one consistent ranking, ascending per row.
+
+    Ranks from :func:`valid_target_ranks` count tied valid targets against each other: g
+    valid targets tied at rank r all read r. Ties with other items stay against them, but
+    among themselves they take the g places r - g + 1 .. r (which one takes which place
+    changes neither recall nor AP). Padding (< 0) sorts last as int64 max.
+    """
+    r = np.asarray(ranks_valid, dtype=np.int64)
+    if r.ndim != 2:
+        raise ValueError(f"ranks_valid must be (N, V); got shape {r.shape}")
+    big = np.iinfo(np.int64).max
+    srt = np.sort(np.where(r >= 0, r, big), axis=1)
+    v = srt.shape[1]
+    col = np.arange(v)
+    is_last = np.ones_like(srt, dtype=bool)  # last entry of its group of equal ranks
+    is_last[:, :-1] = srt[:, 1:] != srt[:, :-1]
+    last = np.minimum.accumulate(np.where(is_last, col, v)[:, ::-1], axis=1)[:, ::-1]
+    return np.where(srt < big, srt - (last - col), big)
+
+
+def first_valid_rank(ranks_valid: torch.Tensor | np.ndarray) -> np.ndarray:
+    """(N,) 0-based position of each query's best-ranked valid target; -1 if it has none.
+
+    A tie between valid targets does not count against them (see ``valid_target_ranks``).
+    """
+    first = _tie_resolved_positions(ranks_valid)[:, 0]
+    return np.where(first == np.iinfo(np.int64).max, -1, first)
+
+
+def recall_any_at_k(
+    ranks_valid: torch.Tensor | np.ndarray, ks: Sequence[int] = (1, 5, 10, 50)
+) -> dict[str, float]:
+    """``{"recall_any@{k}": percent of queries with a valid target in the top k}``.
+
+    From (N, V) :func:`valid_target_ranks`; a query with no ranked valid target (all
+    padding) counts as a miss. NaN when there are no queries.
+    """
+    first = first_valid_rank(ranks_valid)
+    out: dict[str, float] = {}
+    for k in ks:
+        hit = (first >= 0) & (first < k)
+        out[f"recall_any@{k}"] = float(hit.mean() * 100.0) if first.size else math.nan
+    return out
+
+
+def average_precision_at_k(
+    ranks_valid: torch.Tensor | np.ndarray, n_valid: torch.Tensor | np.ndarray, k: int
+) -> np.ndarray:
+    """(N,) CIRCO's AP@K per query, in [0, 1], from the valid targets' ranks alone.
+
+    AP@K = (1 / min(K, |G|)) * sum over positions p <= K of P@p * rel(p), G the query's
+    valid targets: the i-th valid target (1-based) at 0-based position r adds i / (r + 1).
+    ``n_valid``: (N,) |G| >= 1, at least the ranked (non-padding) entries; a larger value
+    counts the missing targets (e.g. absent from the gallery) as never retrieved.
+    """
+    if k < 1:
+        raise ValueError(f"k={k} must be >= 1")
+    pos = _tie_resolved_positions(ranks_valid)
+    n_g = np.asarray(n_valid, dtype=np.int64).reshape(-1)
+    if n_g.shape[0] != pos.shape[0]:
+        raise ValueError(f"{n_g.shape[0]} n_valid for {pos.shape[0]} queries")
+    ranked = (pos < np.iinfo(np.int64).max).sum(axis=1)
+    if pos.shape[0] and (n_g.min() < 1 or bool((n_g < ranked).any())):
+        raise ValueError("n_valid must be >= 1 and >= the ranked valid targets of each query")
+    hits_before = np.arange(1, pos.shape[1] + 1)  # valid targets at or above each position
+    inside = pos < k
+    prec = np.where(inside, hits_before / (np.where(inside, pos, 0) + 1.0), 0.0)
+    return prec.sum(axis=1) / np.minimum(k, n_g)
+
+
+def map_at_k(
+    ranks_valid: torch.Tensor | np.ndarray,
+    n_valid: torch.Tensor | np.ndarray,
+    ks: Sequence[int] = (5, 10, 25, 50),
+) -> dict[str, float]:
+    """``{"map@{k}": mean AP@K over queries, percent}`` (CIRCO's mAP@K); NaN when empty."""
+    out: dict[str, float] = {}
+    for k in ks:
+        ap = average_precision_at_k(ranks_valid, n_valid, k)
+        out[f"map@{k}"] = float(ap.mean() * 100.0) if ap.size else math.nan
+    return out
 
 
 def recall_at_k(

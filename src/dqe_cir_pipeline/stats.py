@@ -1,0 +1,138 @@
+"""Bootstrap confidence intervals for retrieval metrics that are means over queries.
+
+Inputs are per-query scores on a 0-1 scale (hit@K as 0/1, AP@K), one row per training
+seed: arrays (S, N), or (N,) for a single seed. A replicate resamples seeds and queries
+with replacement; a comparison of two methods is paired (the same resampled seeds and
+queries for both). Results are in points (percent). NumPy only: benchmarks and reporting
+use it, the model code does not.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["Interval", "bootstrap_mean", "bootstrap_replicates", "paired_bootstrap"]
+
+# replicates drawn per batch: bounds the (batch, N) count matrix to ~16 MiB of float64
+_BATCH_CELLS = 1 << 21
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A point estimate and its percentile bootstrap interval, in points."""
+
+    estimate: float
+    low: float
+    high: float
+    confidence: float
+    n_boot: int
+
+
+def _as_scores(x: np.ndarray, name: str) -> np.ndarray:
+    arr = np.asarray(x, dtype=np.float64)
+    if arr.ndim == 1:
+        arr = arr[None, :]
+    if arr.ndim != 2 or arr.shape[0] < 1 or arr.shape[1] < 1:
+        raise ValueError(f"{name} must be (N,) or (S, N) with S, N >= 1; got {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{name} has non-finite values")
+    return arr
+
+
+def _counts(rng: np.random.Generator, rows: int, n: int) -> np.ndarray:
+    """(rows, n) how often each index is drawn in ``rows`` resamples of size ``n``."""
+    idx = rng.integers(0, n, size=(rows, n)) + n * np.arange(rows)[:, None]
+    return np.bincount(idx.ravel(), minlength=rows * n).reshape(rows, n).astype(np.float64)
+
+
+def bootstrap_replicates(
+    scores: np.ndarray, *, n_boot: int = 10_000, seed: int = 0, resample_seeds: bool = True
+) -> np.ndarray:
+    """(n_boot,) means of ``scores`` over resampled seeds x queries, on the input scale.
+
+    Each replicate draws S seeds and N queries with replacement (the seeds only when
+    ``resample_seeds``) and averages ``scores[s, q]`` over every drawn pair. The draws
+    depend only on ``seed``, the shape and ``resample_seeds``: two arrays of the same
+    shape resampled with the same ``seed`` share their indices (a paired comparison).
+    """
+    d = _as_scores(scores, "scores")
+    if n_boot < 1:
+        raise ValueError(f"n_boot={n_boot} must be >= 1")
+    s, n = d.shape
+    rng = np.random.default_rng(seed)
+    batch = max(1, _BATCH_CELLS // n)
+    out = np.empty(n_boot, dtype=np.float64)
+    for start in range(0, n_boot, batch):
+        rows = min(batch, n_boot - start)
+        w_seed = _counts(rng, rows, s) if resample_seeds else np.ones((rows, s))
+        w_query = _counts(rng, rows, n)
+        # sum over drawn (seed, query) pairs of d = w_seed @ d @ w_query, per replicate
+        out[start : start + rows] = ((w_seed @ d) * w_query).sum(axis=1) / (s * n)
+    return out
+
+
+def _interval(
+    estimate: float, reps: np.ndarray, confidence: float, scale: float, n_boot: int
+) -> Interval:
+    low, high = np.quantile(reps, [(1 - confidence) / 2, (1 + confidence) / 2])
+    return Interval(
+        estimate=float(estimate * scale),
+        low=float(low * scale),
+        high=float(high * scale),
+        confidence=confidence,
+        n_boot=n_boot,
+    )
+
+
+def _check_confidence(confidence: float) -> None:
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence={confidence} must be in (0, 1)")
+
+
+def bootstrap_mean(
+    scores: np.ndarray,
+    *,
+    n_boot: int = 10_000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    resample_seeds: bool = True,
+    scale: float = 100.0,
+) -> Interval:
+    """A metric that is a mean over queries (and seeds), with its percentile interval.
+
+    ``scores``: (S, N) or (N,) per-query values, e.g. hit@10 as 0/1 for Recall@10, AP@K
+    for mAP@K, (hit@5 + subset hit@1) / 2 for CIRR's average. ``scale`` turns the 0-1
+    scale into points (pass 1.0 for scores already in percent).
+    """
+    _check_confidence(confidence)
+    d = _as_scores(scores, "scores")
+    reps = bootstrap_replicates(d, n_boot=n_boot, seed=seed, resample_seeds=resample_seeds)
+    return _interval(float(d.mean()), reps, confidence, scale, n_boot)
+
+
+def paired_bootstrap(
+    a: np.ndarray,
+    b: np.ndarray,
+    *,
+    n_boot: int = 10_000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    resample_seeds: bool = True,
+    scale: float = 100.0,
+) -> Interval:
+    """Mean difference B - A of two methods on the same seeds and queries, with its
+    percentile interval, in points.
+
+    ``a``, ``b``: (S, N) or (N,) per-query scores, row s of both from the same seed and
+    column q from the same query. Every replicate resamples the same seeds and queries for
+    both methods, so the query-to-query variation they share cancels.
+    """
+    _check_confidence(confidence)
+    da, db = _as_scores(a, "a"), _as_scores(b, "b")
+    if da.shape != db.shape:
+        raise ValueError(f"a and b differ in shape: {da.shape} vs {db.shape}")
+    diff = db - da  # the mean is linear: resampling B - A is resampling both, paired
+    reps = bootstrap_replicates(diff, n_boot=n_boot, seed=seed, resample_seeds=resample_seeds)
+    return _interval(float(diff.mean()), reps, confidence, scale, n_boot)

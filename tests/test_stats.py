@@ -1,0 +1,110 @@
+"""Bootstrap intervals against known answers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dqe_cir_pipeline.stats import bootstrap_mean, bootstrap_replicates, paired_bootstrap
+
+Z_975 = 1.959963984540054  # standard normal 97.5 % quantile
+
+
+def _bernoulli(p: float, shape: tuple[int, ...], seed: int) -> np.ndarray:
+    return (np.random.default_rng(seed).random(shape) < p).astype(np.float64)
+
+
+def test_identical_methods_give_zero_and_a_zero_width_interval() -> None:
+    a = _bernoulli(0.3, (3, 500), seed=0)
+    out = paired_bootstrap(a, a.copy(), n_boot=500)
+    assert (out.estimate, out.low, out.high) == (0.0, 0.0, 0.0)
+    assert (out.confidence, out.n_boot) == (0.95, 500)
+
+
+@pytest.mark.parametrize("shape", [(400,), (4, 250)])
+def test_constant_shift_is_recovered_exactly(shape: tuple[int, ...]) -> None:
+    a = _bernoulli(0.5, shape, seed=1) * 0.5  # values 0 and 0.5
+    out = paired_bootstrap(a, a + 0.25, n_boot=300)  # dyadic: exact in floating point
+    assert (out.estimate, out.low, out.high) == (25.0, 25.0, 25.0)
+    # any shift: equal up to rounding
+    ap = np.random.default_rng(2).random(shape)
+    out = paired_bootstrap(ap, ap + 0.037, n_boot=300)
+    for value in (out.estimate, out.low, out.high):
+        assert value == pytest.approx(3.7, abs=1e-9)
+
+
+def test_large_bernoulli_matches_the_normal_approximation() -> None:
+    n = 10_000
+    a = _bernoulli(0.40, (n,), seed=3)
+    b = _bernoulli(0.45, (n,), seed=4)
+    d = b - a
+    se = d.std() / np.sqrt(n)  # the bootstrap's plug-in standard error
+    out = paired_bootstrap(a, b, n_boot=3000, seed=5)
+    assert out.estimate == pytest.approx(100 * d.mean())
+    # percentile endpoints of 3000 replicates: Monte Carlo error ~0.05 se
+    assert out.low == pytest.approx(100 * (d.mean() - Z_975 * se), abs=100 * 0.15 * se)
+    assert out.high == pytest.approx(100 * (d.mean() + Z_975 * se), abs=100 * 0.15 * se)
+    # one method alone: Recall = mean hit, interval p +- 1.96 sqrt(p (1 - p) / n)
+    one = bootstrap_mean(a, n_boot=3000, seed=6)
+    p = a.mean()
+    half = Z_975 * np.sqrt(p * (1 - p) / n)
+    assert one.estimate == pytest.approx(100 * p)
+    assert (one.high - one.low) / 2 == pytest.approx(100 * half, rel=0.08)
+
+
+def test_pairing_narrows_the_interval_of_correlated_methods() -> None:
+    n = 2000
+    a = _bernoulli(0.5, (n,), seed=7)
+    flips = _bernoulli(0.05, (n,), seed=8)  # B differs from A on ~5 % of the queries
+    b = np.abs(a - flips)
+    paired = paired_bootstrap(a, b, n_boot=2000, seed=9)
+    # independent resampling: each method gets its own draws of the queries
+    unpaired = bootstrap_replicates(b, n_boot=2000, seed=10) - bootstrap_replicates(
+        a, n_boot=2000, seed=11
+    )
+    unpaired_low, unpaired_high = 100 * np.quantile(unpaired, [0.025, 0.975])
+    paired_width = paired.high - paired.low
+    # sd of the paired difference ~ sqrt(0.05 / n), of the unpaired ~ sqrt(2 * 0.25 / n):
+    # about 3.2x narrower
+    assert paired_width < 0.4 * (unpaired_high - unpaired_low)
+    # the same seed resamples the same queries: replicates of B - A = those of B minus A's
+    np.testing.assert_allclose(
+        bootstrap_replicates(b, n_boot=200, seed=9) - bootstrap_replicates(a, n_boot=200, seed=9),
+        bootstrap_replicates(b - a, n_boot=200, seed=9),
+        atol=1e-12,
+    )
+
+
+def test_seed_resampling() -> None:
+    # per-seed means 0, 0.25, 0.5 on every query; A is zero
+    b = np.repeat(np.array([[0.0], [0.25], [0.5]]), 100, axis=1)
+    a = np.zeros_like(b)
+    fixed = paired_bootstrap(a, b, n_boot=500, resample_seeds=False)
+    assert (fixed.estimate, fixed.low, fixed.high) == (25.0, 25.0, 25.0)
+    varied = paired_bootstrap(a, b, n_boot=500, resample_seeds=True)
+    assert varied.estimate == 25.0
+    assert 0.0 <= varied.low < 25.0 < varied.high <= 50.0
+    # a replicate is the mean of 3 drawn seed means: a multiple of 0.25 / 3
+    reps = bootstrap_replicates(b, n_boot=500)
+    np.testing.assert_allclose(reps * 12, np.round(reps * 12), atol=1e-9)
+
+
+def test_seeded_and_batched_consistently() -> None:
+    x = np.random.default_rng(12).random((2, 300))
+    first = bootstrap_mean(x, n_boot=777, seed=3)
+    assert first == bootstrap_mean(x, n_boot=777, seed=3)
+    assert first != bootstrap_mean(x, n_boot=777, seed=4)
+    assert bootstrap_mean(x, scale=1.0, n_boot=50).estimate == pytest.approx(x.mean())
+
+
+def test_rejects_bad_input() -> None:
+    with pytest.raises(ValueError, match="differ in shape"):
+        paired_bootstrap(np.zeros(5), np.zeros(6))
+    with pytest.raises(ValueError, match="non-finite"):
+        bootstrap_mean(np.array([0.0, np.nan]))
+    with pytest.raises(ValueError, match=r"\(N,\) or \(S, N\)"):
+        bootstrap_mean(np.zeros((0,)))
+    with pytest.raises(ValueError, match="confidence"):
+        bootstrap_mean(np.zeros(3), confidence=1.0)
+    with pytest.raises(ValueError, match="n_boot"):
+        bootstrap_replicates(np.zeros(3), n_boot=0)
