@@ -7,6 +7,7 @@ import os
 
 from dqe_cir_pipeline import quiet
 from dqe_cir_pipeline.config_loader import LocalOverlayConfigLoader
+from dqe_cir_pipeline.data_sources.registry import downloaded_benchmarks
 from dqe_cir_pipeline.hooks import (
     DistributedHooks,
     IngestionArtifactHooks,
@@ -91,8 +92,9 @@ CONFIG_LOADER_ARGS = {
     "default_run_env": "local",
     # A `local` (or benchmark env) override of one key must not wipe its whole block.
     "merge_strategy": {"parameters": "soft", "mlflow": "soft"},
-    # conf/local/parameters*.yml (data roots, weights) also applies to these environments
-    "local_overlay_envs": ("fashioniq", "cirr"),
+    # conf/local/parameters*.yml (data roots, weights) also applies to the environments
+    # named after the downloaded benchmarks (fashioniq, cirr)
+    "local_overlay_envs": downloaded_benchmarks(),
     "custom_resolvers": {
         "data_root": _data_root,
         "tracking_uri": _tracking_uri,

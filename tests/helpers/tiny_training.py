@@ -19,8 +19,11 @@ from dqe_cir_pipeline.model.evaluate import EvalSet, evaluate
 from dqe_cir_pipeline.model.extract import MemoryFeatures
 from dqe_cir_pipeline.model.factory import build_loss, build_model
 from dqe_cir_pipeline.model.negatives import MiningConfig
+from dqe_cir_pipeline.model.protocol import CIRR_SUBSET_KS, BenchmarkProtocol
 from dqe_cir_pipeline.model.train import FitResult, TrainingConfig, fit
 
+#: The generated benchmark's protocol (its validation set is labelled ``synthetic``).
+PROTOCOL = BenchmarkProtocol(subset_ks=CIRR_SUBSET_KS, edit_type_breakdown=True, scene_labels=True)
 WORDS = ["red", "blue", "green", "circle", "square", "star", "make", "the", "a", "into", "turn"]
 SPEC = TinyBackboneSpec(
     image_size=32,
@@ -124,7 +127,7 @@ def run_fit(
         data,
         cfg,
         mining,
-        lambda m: evaluate(m, feats, backbone.tokenizer, val, ks=(1, 5)).metrics,
+        lambda m: evaluate(m, feats, backbone.tokenizer, val, ks=(1, 5), protocol=PROTOCOL).metrics,
         backbone_meta={"key": backbone.key, "name": backbone.name},
         device="cpu",
         stop_after_epochs=stop,
