@@ -252,6 +252,8 @@ def evaluate_embeddings(
     scoring = _Scoring(q, gallery, data, protocol, chunk_size, device, keep_topk)
     ranked = scoring.per_category(cutoffs) if protocol.per_category else scoring.whole(cutoffs)
     metrics = ranked.metrics
+    if protocol.headline is not None and data.labelled:
+        metrics["avg"] = float(np.mean([metrics[k] for k in protocol.headline]))
     if ranked.subset_ranks is not None:
         per_query["subset_rank"] = ranked.subset_ranks
     if protocol.edit_type_breakdown and data.labelled:

@@ -32,6 +32,10 @@ class BenchmarkProtocol:
         edit_type_breakdown: Recall@K per edit type as well (exact edit labels).
         scene_labels: ``edit_labels`` record every image's scene, so attribute
             contrasts (the same image but the edited object's colour / shape) are exact.
+        headline: The metrics whose mean is ``avg``, the number training selects the
+            best epoch by; ``None``: the paper's own ``avg`` (FashionIQ: mean R@10 and
+            R@50; CIRR: R@5 and Rs@1, ``model.retrieval``), which a protocol without
+            subset recall lacks.
     """
 
     per_category: bool = False
@@ -40,6 +44,7 @@ class BenchmarkProtocol:
     subset_ks: tuple[int, ...] = ()
     edit_type_breakdown: bool = False
     scene_labels: bool = False
+    headline: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.per_category and self.subset_ks:
