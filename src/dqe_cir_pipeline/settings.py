@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
 
 from dqe_cir_pipeline import quiet
 from dqe_cir_pipeline.config_loader import LocalOverlayConfigLoader
-from dqe_cir_pipeline.data_sources.registry import downloaded_benchmarks
 from dqe_cir_pipeline.hooks import (
     DistributedHooks,
     IngestionArtifactHooks,
@@ -65,6 +65,17 @@ def _artifact_root() -> str:
     return os.environ.get("DQE_MLFLOW_ARTIFACTS", (PROJECT_ROOT / "mlartifacts").as_uri())
 
 
+class _DownloadedBenchmarks:
+    """The names of the downloaded benchmarks, read from the benchmark registry when the
+    config loader is built (not when this module is imported: every ``kedro`` command
+    imports it, and the registry imports the readers)."""
+
+    def __iter__(self) -> Iterator[str]:
+        from dqe_cir_pipeline.data_sources.registry import downloaded_benchmarks
+
+        return iter(downloaded_benchmarks())
+
+
 # built while the MLflow run is open, printed after every other hook (the run's last lines)
 _SUMMARY = SummaryHooks()
 
@@ -94,7 +105,7 @@ CONFIG_LOADER_ARGS = {
     "merge_strategy": {"parameters": "soft", "mlflow": "soft"},
     # conf/local/parameters*.yml (data roots, weights) also applies to the environments
     # named after the downloaded benchmarks (fashioniq, cirr)
-    "local_overlay_envs": downloaded_benchmarks(),
+    "local_overlay_envs": _DownloadedBenchmarks(),
     "custom_resolvers": {
         "data_root": _data_root,
         "tracking_uri": _tracking_uri,
