@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from dqe_cir_pipeline.data_sources.fashioniq import eval_caption
+from dqe_cir_pipeline.data_sources.registry import benchmark
 from dqe_cir_pipeline.model.evaluate import EvalSet, evaluate_embeddings
 
 
@@ -90,7 +91,8 @@ def main() -> None:
         runs = []
         for seed in range(args.seeds):
             q, g = random_embeddings(len(data.query_ids), m, 4, 32, seed)
-            runs.append(evaluate_embeddings(q, None, g, data).metrics)
+            protocol = benchmark(data.dataset).protocol
+            runs.append(evaluate_embeddings(q, None, g, data, protocol=protocol).metrics)
         keys = [k for k in runs[0] if "recall" in k and k.count("/") <= 1 or k == "avg"]
         print(f"{name}: {len(data.query_ids)} queries, gallery {m} (mean of {args.seeds} seeds)")
         for k in keys:

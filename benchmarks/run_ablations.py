@@ -33,8 +33,8 @@ import yaml
 
 from dqe_cir_pipeline.baselines import text_blind_baseline
 from dqe_cir_pipeline.config_loader import project_config_loader
-from dqe_cir_pipeline.data_sources.cirr import CIRRConfig, read_cirr
-from dqe_cir_pipeline.data_sources.synthetic import SyntheticConfig, generate_benchmark
+from dqe_cir_pipeline.data_sources.common import default_workers
+from dqe_cir_pipeline.data_sources.registry import ReadSettings, benchmark
 from dqe_cir_pipeline.model.backbone import BackboneConfig, load_backbone
 from dqe_cir_pipeline.model.config import RuntimeConfig
 from dqe_cir_pipeline.model.data import TrainData, train_captions
@@ -73,6 +73,9 @@ VARIANTS: dict[str, tuple[dict[str, dict[str, Any]], dict[str, Any]]] = {
 SELECTION_SPLIT = "val"
 #: The held-out split the table reports.
 REPORT_SPLIT = "test"
+#: The generated benchmark's registry entry: its reader and its evaluation protocol (looked
+#: up at import, so that spawned workers have the protocols registered too).
+SYNTHETIC = benchmark("synthetic")
 COLUMNS = [
     "avg",
     "recall@1",
@@ -106,19 +109,15 @@ def training_config(params: dict[str, Any], overrides: dict[str, dict[str, Any]]
 
 
 def prepare(root: Path, params: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    syn = SyntheticConfig(**{k: v for k, v in params["data"]["synthetic"].items() if k != "root"})
-    if syn.test_families < 1:
+    block = SYNTHETIC.source({**params["data"]["synthetic"], "root": str(root / "benchmark")})
+    if block.test_families < 1:
         raise ValueError("the ablations report on the test split: data.synthetic.test_families")
-    generate_benchmark(root / "benchmark", syn)
-    tables = read_cirr(
-        root / "benchmark",
-        root / "benchmark",
-        CIRRConfig(
-            splits=("train", SELECTION_SPLIT, REPORT_SPLIT),
-            dataset_name="synthetic",
-            version=None,
-            unlabelled_splits=(),  # every generated split has targets, test included
-        ),
+    folders = SYNTHETIC.folders(block)  # generated (or reused), then read as a run reads it
+    tables = SYNTHETIC.read(
+        folders.annotation_root,
+        folders.image_root,
+        block,
+        ReadSettings(workers=default_workers(), image_check="decode"),
     )
     images, triplets = tables.images, tables.triplets
     bcfg = BackboneConfig(**{**params["backbone"], "tiny_dir": str(root / "tiny_backbone")})
@@ -175,12 +174,19 @@ def run_variant(
     mcfg = MiningConfig(**{**params["mining"], **m_over, "seed": seed})
     bb = prep["backbone"]
     model = build_model(bb, cfg.model, seed, device)
-    data = TrainData.from_tables(prep["triplets"], prep["images"])
+    data = TrainData.from_tables(prep["triplets"], prep["images"], protocol=SYNTHETIC.protocol)
     val = EvalSet.from_tables(prep["triplets"], prep["images"], SELECTION_SPLIT)
     test = EvalSet.from_tables(prep["triplets"], prep["images"], REPORT_SPLIT)
 
     def validate(m: Any) -> dict[str, float]:
-        return evaluate(m, prep["features"], bb.tokenizer, val, max_len=bb.max_text_len).metrics
+        return evaluate(
+            m,
+            prep["features"],
+            bb.tokenizer,
+            val,
+            max_len=bb.max_text_len,
+            protocol=SYNTHETIC.protocol,
+        ).metrics
 
     t0 = time.perf_counter()
     result = fit(
@@ -194,7 +200,14 @@ def run_variant(
     seconds = time.perf_counter() - t0
     # the best epoch (chosen on val) is what the table reports, measured on test
     model.load_state_dict(result.best_checkpoint["model"])
-    metrics = evaluate(model, prep["features"], bb.tokenizer, test, max_len=bb.max_text_len).metrics
+    metrics = evaluate(
+        model,
+        prep["features"],
+        bb.tokenizer,
+        test,
+        max_len=bb.max_text_len,
+        protocol=SYNTHETIC.protocol,
+    ).metrics
     metrics = dict(metrics)
     metrics.update({f"val/{k}": float(v) for k, v in result.best_checkpoint["metrics"].items()})
     metrics["seconds"] = seconds
@@ -341,7 +354,9 @@ def floor_rows(
         "untrained": build_untrained_model(bb, cfg0.model, cfg0.loop.seed, str(device)),
     }
     for name, model in floors.items():
-        metrics = evaluate(model, prep["features"], bb.tokenizer, test).metrics
+        metrics = evaluate(
+            model, prep["features"], bb.tokenizer, test, protocol=SYNTHETIC.protocol
+        ).metrics
         rows.append({"variant": name, "seed": -1, "seconds": 0.0, **metrics})
     return rows
 

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from dqe_cir_pipeline.data_sources.registry import benchmark
 from dqe_cir_pipeline.datasets.feature_cache import FeatureCacheDataset
 from dqe_cir_pipeline.model.backbone import BackboneConfig, load_backbone
 from dqe_cir_pipeline.model.data import TrainData
@@ -51,7 +52,7 @@ def main() -> None:
     images = pd.read_parquet(root / "02_intermediate/images.parquet")
     features = FeatureCacheDataset(filepath=str(root / "04_feature/vit_cache")).load()
     backbone = load_backbone(BackboneConfig(name_or_path=args.backbone))
-    data = TrainData.from_tables(triplets, images, "train")
+    data = TrainData.from_tables(triplets, images, "train", benchmark(args.benchmark).protocol)
     checkpoint = torch.load(args.checkpoint, weights_only=False)
     models = {
         "initial": build_model(backbone, DQEConfig(**checkpoint["config"]["model"]), 0, "cpu"),

@@ -54,7 +54,9 @@ from dqe_cir_pipeline.data_sources.common import (
     enforce_rejection_threshold,
     rejection_problems,
 )
+from dqe_cir_pipeline.data_sources.config import DataConfig
 from dqe_cir_pipeline.data_sources.image_check import check_images
+from dqe_cir_pipeline.data_sources.ingest import read_benchmark
 from dqe_cir_pipeline.datasets.checkpoint import TorchCheckpointDataset
 from dqe_cir_pipeline.datasets.feature_cache import FeatureCacheDataset, FeatureExtractionJob
 from dqe_cir_pipeline.hooks.guards import IngestionVerdictError
@@ -65,7 +67,6 @@ from dqe_cir_pipeline.hooks.store import (
     prepare_tracking_store,
 )
 from dqe_cir_pipeline.io_utils import FolderInUseError, FolderLock
-from dqe_cir_pipeline.pipelines.data_ingestion.nodes import DataConfig, read_benchmark
 from tests.conftest import ROOT, kedro
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "annotations"
@@ -137,9 +138,9 @@ def _runs(uri: str, experiment: str) -> pd.DataFrame:
 
 def test_changed_data_trains_in_a_fresh_run_folder(tmp_path: Path) -> None:
     """The run folder is named after the data: other data never resumes an old run."""
+    from dqe_cir_pipeline.model.evaluate import EvaluationConfig
     from dqe_cir_pipeline.model.negatives import MiningConfig
     from dqe_cir_pipeline.model.train_config import TrainingConfig
-    from dqe_cir_pipeline.pipelines.evaluation.nodes import EvaluationConfig
     from dqe_cir_pipeline.pipelines.training.nodes import _keyed_run_dir
 
     training = TrainingConfig(loop={"run_dir": str(tmp_path)})  # type: ignore[arg-type]

@@ -11,14 +11,14 @@ from kedro.validation.exceptions import ParameterValidationError
 from kedro.validation.parameter_validator import ParameterValidator
 
 from dqe_cir_pipeline.config_loader import project_config_loader
+from dqe_cir_pipeline.data_sources.config import DataConfig
 from dqe_cir_pipeline.model.backbone import BackboneConfig
 from dqe_cir_pipeline.model.config import RuntimeConfig
+from dqe_cir_pipeline.model.evaluate import EvaluationConfig
 from dqe_cir_pipeline.model.negatives import MiningConfig
 from dqe_cir_pipeline.model.train_config import TrainingConfig
 from dqe_cir_pipeline.pipeline_registry import register_pipelines
-from dqe_cir_pipeline.pipelines.data_ingestion.nodes import DataConfig
 from dqe_cir_pipeline.pipelines.embedding_extraction.nodes import ExtractionConfig
-from dqe_cir_pipeline.pipelines.evaluation.nodes import EvaluationConfig
 from dqe_cir_pipeline.serving.config import ServingConfig
 
 BLOCKS: dict[str, type] = {

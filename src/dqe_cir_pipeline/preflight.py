@@ -10,13 +10,14 @@ It reads the project's parameters and catalog exactly as ``kedro run --env <env>
 (the project's ``settings.py``: config loader class, merge strategy, resolvers, so
 ``DQE_DATA_ROOT`` is honoured) and reports:
 
-* **annotations**: every captions / image-split file the configured splits need, present
-  and valid JSON (read with the readers' own
-  :func:`~dqe_cir_pipeline.data_sources.common.load_json`);
+* **annotations**: every captions / image-split file the configured splits need (the
+  benchmark's layout, the files its reader opens), present and valid JSON (read with the
+  readers' own :func:`~dqe_cir_pipeline.data_sources.common.load_json`); a generated
+  benchmark has nothing on disk to check yet (its registry entry's pre-flight rule);
 * **images**: the fraction of images the split files reference that exist on disk
   (every image, not a sample: one directory listing per folder instead of one ``stat``
   per image), and the verdict ingestion will reach: the annotations are read by
-  ingestion's own readers with its own settings (``data_ingestion.nodes.read_benchmark``)
+  ingestion's own readers with its own settings (``data_sources.ingest.read_benchmark``)
   and judged by its own rule (``data_sources.common.rejection_problems``: per split and
   FashionIQ category), so a query dropped because one of its images is missing counts
   here as it will there; blocking when ingestion would fail. The image files are only
@@ -53,7 +54,10 @@ from dqe_cir_pipeline.data_sources.common import (
     reason_code,
     rejection_problems,
 )
+from dqe_cir_pipeline.data_sources.config import DataConfig
 from dqe_cir_pipeline.data_sources.image_check import IMAGE_CHECKS
+from dqe_cir_pipeline.data_sources.ingest import read_benchmark
+from dqe_cir_pipeline.data_sources.layout import SPLIT
 
 logger = logging.getLogger(__name__)
 
@@ -167,53 +171,6 @@ def _split_top_level(text: str) -> list[str]:
 # --------------------------------------------------------------------------- data
 
 
-@dataclass
-class AnnotationSpec:
-    """One annotation file a run needs: which split / category and what it is."""
-
-    path: Path
-    kind: str  # "split" (image list / map) or "captions"
-    split: str
-    category: str
-
-
-def annotation_specs(benchmark: str, data: dict[str, Any]) -> list[AnnotationSpec]:
-    """Annotation files the configured splits need (same layout as the readers)."""
-    cfg = data[benchmark]
-    root = Path(cfg["annotation_root"])
-    specs: list[AnnotationSpec] = []
-    if benchmark == "fashioniq":
-        for cat in cfg["categories"]:
-            for split in cfg["splits"]:
-                specs.append(
-                    AnnotationSpec(
-                        root / "image_splits" / f"split.{cat}.{split}.json", "split", split, cat
-                    )
-                )
-                specs.append(
-                    AnnotationSpec(
-                        root / "captions" / f"cap.{cat}.{split}.json", "captions", split, cat
-                    )
-                )
-    elif benchmark == "cirr":
-        image_only = set(cfg.get("image_only_splits") or ())
-        for split in cfg["splits"]:
-            specs.append(
-                AnnotationSpec(
-                    root / "image_splits" / f"split.rc2.{split}.json", "split", split, "all"
-                )
-            )
-            if split not in image_only:
-                specs.append(
-                    AnnotationSpec(
-                        root / "captions" / f"cap.rc2.{split}.json", "captions", split, "all"
-                    )
-                )
-    else:
-        raise ValueError(f"no pre-flight data check for benchmark {benchmark!r}")
-    return specs
-
-
 class _DirListing:
     """Names in a folder, listed once (one ``scandir`` per folder, not a ``stat`` per file)."""
 
@@ -230,35 +187,17 @@ class _DirListing:
         return self._cache[folder]
 
 
-def _image_files(
-    benchmark: str, cfg: dict[str, Any], entries: Any, image_root: Path
-) -> dict[str, list[Path]]:
-    """Candidate files per image id of one split file (several when extensions vary)."""
-    if benchmark == "fashioniq":
-        if not isinstance(entries, list):
-            raise AnnotationError("expected a list of image ids")
-        exts = list(cfg.get("image_exts") or ["jpg"])
-        return {
-            str(i): [image_root / f"{i}.{ext}" for ext in exts]
-            for i in entries
-            if isinstance(i, str) and i
-        }
-    if not isinstance(entries, dict):
-        raise AnnotationError("expected an object mapping image name -> relative path")
-    return {str(k): [Path(os.path.normpath(image_root / str(v)))] for k, v in entries.items()}
-
-
-def check_data(
-    benchmark: str, data: dict[str, Any], report: Report, image_check: str = "exists"
-) -> set[str]:
-    """Annotation and image checks; returns the distinct image ids the splits reference.
+def check_data(data: DataConfig, report: Report, image_check: str = "exists") -> set[str]:
+    """Annotation and image checks of the active benchmark's layout (the files its reader
+    opens); returns the distinct image ids the splits reference.
 
     ``image_check`` is how the prediction of ingestion's verdict looks at each image
     (``exists``: only whether it is there; ``decode``: as ingestion does).
     """
-    cfg = data[benchmark]
-    image_root = Path(cfg["image_root"]).absolute()
-    specs = annotation_specs(benchmark, data)
+    cfg = data.source
+    layout = data.entry.layout(cfg)
+    image_root = Path(cfg.image_root).absolute()
+    specs = layout.files()
     missing: list[str] = []
     broken: list[str] = []
     records = 0
@@ -266,8 +205,8 @@ def check_data(
     for spec in specs:
         try:
             payload = load_json(spec.path)
-            if spec.kind == "split":
-                files.update(_image_files(benchmark, cfg, payload, image_root))
+            if spec.kind == SPLIT:
+                files.update(layout.image_files(payload, image_root))
             elif isinstance(payload, list):
                 records += len(payload)
             else:
@@ -283,7 +222,7 @@ def check_data(
         Check(
             "annotations",
             status,
-            f"{n_ok}/{len(specs)} files present and valid JSON under {cfg['annotation_root']} "
+            f"{n_ok}/{len(specs)} files present and valid JSON under {cfg.annotation_root} "
             f"({records} caption records)",
             [*missing, *broken],
         )
@@ -309,13 +248,13 @@ def check_data(
         status = PASS if found == total else WARN
         details.append("ingestion's verdict is predicted once every annotation file reads")
     else:
-        status = predict_ingestion(benchmark, data, report, details, image_check)
+        status = predict_ingestion(data, report, details, image_check)
     report.add(Check("images", status, summary, details))
     return set(files)
 
 
 def predict_ingestion(
-    benchmark: str, data: dict[str, Any], report: Report, details: list[str], image_check: str
+    data: DataConfig, report: Report, details: list[str], image_check: str
 ) -> str:
     """Read the benchmark as ingestion will and judge it by ingestion's rule.
 
@@ -326,20 +265,17 @@ def predict_ingestion(
         ``FAIL`` when ingestion would fail, ``WARN`` when it would quarantine
         something yet pass, ``ok`` when it would quarantine nothing.
     """
-    from dqe_cir_pipeline.pipelines.data_ingestion.nodes import DataConfig, read_benchmark
-
-    cfg = DataConfig(**data)
-    source = getattr(cfg, benchmark)
+    source = data.source
     result = read_benchmark(
         {
-            "dataset": benchmark,
+            "dataset": data.benchmark,
             "annotation_root": source.annotation_root,
             "image_root": source.image_root,
         },
-        cfg,
+        data,
         image_check=image_check,
     )
-    problems = rejection_problems(result, cfg.max_rejected_fraction)
+    problems = rejection_problems(result, data.max_rejected_fraction)
     reasons: dict[str, int] = {}
     for reason in result.quarantine["reason"]:
         reasons[reason_code(reason)] = reasons.get(reason_code(reason), 0) + 1
@@ -350,7 +286,7 @@ def predict_ingestion(
     )
     if problems:
         details.append(
-            f"ingestion will fail (data.max_rejected_fraction = {cfg.max_rejected_fraction:g} "
+            f"ingestion will fail (data.max_rejected_fraction = {data.max_rejected_fraction:g} "
             "per split and category):"
         )
         details.extend(line for problem in problems for line in problem.splitlines())
@@ -487,15 +423,14 @@ def run_checks(
     """
     loader = project_config_loader(env, project_path, runtime_params)
     params, catalog = dict(loader["parameters"]), dict(loader["catalog"])
-    data = params["data"]
-    benchmark = str(data["benchmark"])
-    report = Report(env=env, benchmark=benchmark)
+    data = DataConfig(**params["data"])
+    report = Report(env=env, benchmark=data.benchmark)
     image_ids: set[str] = set()
-    if benchmark == "synthetic":
-        report.add(Check("data", PASS, "generated benchmark (written on the first run)"))
-        image_ids = set()
+    rule = data.entry.preflight
+    if rule.check_files:
+        image_ids = check_data(data, report, image_check)
     else:
-        image_ids = check_data(benchmark, data, report, image_check)
+        report.add(Check("data", PASS, rule.note))
     tokens, dim = check_backbone(params["backbone"], report, skip=skip_backbone)
     check_gpu(params.get("runtime", {}), report)
     if image_ids:

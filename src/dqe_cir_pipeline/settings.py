@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
 
 from dqe_cir_pipeline import quiet
 from dqe_cir_pipeline.config_loader import LocalOverlayConfigLoader, active_project_root
@@ -63,6 +64,17 @@ def _artifact_root() -> str:
     return os.environ.get("DQE_MLFLOW_ARTIFACTS", (active_project_root() / "mlartifacts").as_uri())
 
 
+class _DownloadedBenchmarks:
+    """The names of the downloaded benchmarks, read from the benchmark registry when the
+    config loader is built (not when this module is imported: every ``kedro`` command
+    imports it, and the registry imports the readers)."""
+
+    def __iter__(self) -> Iterator[str]:
+        from dqe_cir_pipeline.data_sources.registry import downloaded_benchmarks
+
+        return iter(downloaded_benchmarks())
+
+
 # built while the MLflow run is open, printed after every other hook (the run's last lines)
 _SUMMARY = SummaryHooks()
 
@@ -93,8 +105,9 @@ CONFIG_LOADER_ARGS = {
     "default_run_env": "local",
     # A `local` (or benchmark env) override of one key must not wipe its whole block.
     "merge_strategy": {"parameters": "soft", "mlflow": "soft"},
-    # conf/local/parameters*.yml (data roots, weights) also applies to these environments
-    "local_overlay_envs": ("fashioniq", "cirr"),
+    # conf/local/parameters*.yml (data roots, weights) also applies to the environments
+    # named after the downloaded benchmarks (fashioniq, cirr)
+    "local_overlay_envs": _DownloadedBenchmarks(),
     "custom_resolvers": {
         "data_root": _data_root,
         "tracking_uri": _tracking_uri,

@@ -274,7 +274,7 @@ def test_default_test_split_bounds_the_sampling_error() -> None:
 
 def test_conf_env_selects_the_tier_defaults() -> None:
     from dqe_cir_pipeline.config_loader import project_config_loader
-    from dqe_cir_pipeline.pipelines.data_ingestion.nodes import DataConfig
+    from dqe_cir_pipeline.data_sources.config import DataConfig
 
     params = project_config_loader("synthetic_ambiguous")["parameters"]
     data = DataConfig(**params["data"])

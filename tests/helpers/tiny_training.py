@@ -20,10 +20,13 @@ from dqe_cir_pipeline.model.evaluate import EvalSet, evaluate
 from dqe_cir_pipeline.model.extract import MemoryFeatures
 from dqe_cir_pipeline.model.factory import build_model
 from dqe_cir_pipeline.model.negatives import MiningConfig
+from dqe_cir_pipeline.model.protocol import CIRR_SUBSET_KS, BenchmarkProtocol
 from dqe_cir_pipeline.model.run_state import FitResult
 from dqe_cir_pipeline.model.train import FitData, fit
 from dqe_cir_pipeline.model.train_config import TrainingConfig
 
+#: The generated benchmark's protocol (its validation set is labelled ``synthetic``).
+PROTOCOL = BenchmarkProtocol(subset_ks=CIRR_SUBSET_KS, edit_type_breakdown=True, scene_labels=True)
 WORDS = ["red", "blue", "green", "circle", "square", "star", "make", "the", "a", "into", "turn"]
 SPEC = TinyBackboneSpec(
     image_size=32,
@@ -122,7 +125,11 @@ def run_fit(
     return fit(
         cfg,
         FitData(
-            data, feats, lambda m: evaluate(m, feats, backbone.tokenizer, val, ks=(1, 5)).metrics
+            data,
+            feats,
+            lambda m: (
+                evaluate(m, feats, backbone.tokenizer, val, ks=(1, 5), protocol=PROTOCOL).metrics
+            ),
         ),
         model,
         backbone,

@@ -16,6 +16,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from helpers.tiny_training import make_data, run_fit, tiny_backbone  # noqa: E402
 
 from dqe_cir_pipeline.data_sources.cirr import CIRRConfig, read_cirr  # noqa: E402
+from dqe_cir_pipeline.data_sources.registry import benchmark  # noqa: E402
 from dqe_cir_pipeline.data_sources.synthetic import SyntheticConfig, generate_benchmark  # noqa: E402
 from dqe_cir_pipeline.model.backbone import Backbone  # noqa: E402
 from dqe_cir_pipeline.model.data import TrainData  # noqa: E402
@@ -67,7 +68,7 @@ def test_attribute_contrasts_differ_from_the_target_in_that_attribute_only(
     tables: tuple[pd.DataFrame, pd.DataFrame],
 ) -> None:
     triplets, images = tables
-    data = TrainData.from_tables(triplets, images, "train")
+    data = TrainData.from_tables(triplets, images, "train", benchmark("synthetic").protocol)
     train = triplets[triplets["split"] == "train"].reset_index(drop=True)
     scenes = _scenes(train)
     checked = {"color": 0, "shape": 0}
@@ -95,7 +96,7 @@ def test_draw_contrasts_only_for_the_attributes_an_edit_touches(
     tables: tuple[pd.DataFrame, pd.DataFrame],
 ) -> None:
     triplets, images = tables
-    data = TrainData.from_tables(triplets, images, "train")
+    data = TrainData.from_tables(triplets, images, "train", benchmark("synthetic").protocol)
     drawn = data.draw_contrasts(np.random.default_rng(0))
     assert drawn.shape == (len(data), 2)
     assert (drawn[~data.edits_color, 0] == -1).all()
@@ -111,7 +112,9 @@ def test_real_benchmarks_record_no_scene_and_get_no_contrasts(
 ) -> None:
     triplets, images = tables
     real = triplets.assign(dataset="cirr", edit_labels="{}")
-    data = TrainData.from_tables(real, images.assign(dataset="cirr"), "train")
+    data = TrainData.from_tables(
+        real, images.assign(dataset="cirr"), "train", benchmark("cirr").protocol
+    )
     assert data.contrast_color == [] and data.contrast_shape == []
     assert (data.draw_contrasts(np.random.default_rng(0)) == -1).all()
 

@@ -13,11 +13,11 @@ from kedro.runner import SequentialRunner
 from kedro.validation.parameter_validator import ParameterValidator
 
 from dqe_cir_pipeline.config_loader import project_config_loader
+from dqe_cir_pipeline.data_sources.config import DataConfig
 from dqe_cir_pipeline.data_sources.descriptions import benchmark_scenes, read_corpus
 from dqe_cir_pipeline.datasets.pretrained_backbone import PretrainedBackboneDataset
 from dqe_cir_pipeline.model.backbone import BackboneConfig, load_backbone
 from dqe_cir_pipeline.pipeline_registry import register_pipelines
-from dqe_cir_pipeline.pipelines.data_ingestion.nodes import DataConfig
 
 
 @pytest.fixture(scope="module")

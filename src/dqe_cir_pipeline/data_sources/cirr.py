@@ -40,6 +40,7 @@ from dqe_cir_pipeline.data_sources.common import (
     REASON_DUPLICATE,
     REASON_EMPTY_CAPTIONS,
     REASON_MISSING_FIELD,
+    AnnotationError,
     IngestResult,
     PhaseTimer,
     assemble_result,
@@ -51,6 +52,7 @@ from dqe_cir_pipeline.data_sources.common import (
     quarantine_row,
 )
 from dqe_cir_pipeline.data_sources.image_check import ImageIndex, ImageRecord, check_images
+from dqe_cir_pipeline.data_sources.layout import CAPTIONS, SPLIT, AnnotationFile
 from dqe_cir_pipeline.data_sources.lexicon import attribute_flags
 from dqe_cir_pipeline.data_sources.schema import QUARANTINE_SCHEMA, edit_type_of
 
@@ -96,18 +98,52 @@ def _file_name(prefix: str, version: str | None, split: str) -> str:
     return f"{prefix}.{version}.{split}.json" if version else f"{prefix}.{split}.json"
 
 
-def _caption_file(root: Path, cfg: CIRRConfig, split: str) -> Path:
-    return root / "captions" / _file_name("cap", cfg.version, split)
+def image_path(image_root: Path, rel: str) -> Path:
+    """Where a split file's relative path ``rel`` points (normalised, not resolved)."""
+    return Path(os.path.normpath(image_root / rel))
 
 
-def _split_file(root: Path, cfg: CIRRConfig, split: str) -> Path:
-    return root / "image_splits" / _file_name("split", cfg.version, split)
+@dataclass(frozen=True)
+class CIRRLayout:
+    """The CIRR-layout files of the configured splits (the module docstring's layout):
+    the reader opens these, the pre-flight check looks for them."""
+
+    annotation_root: Path
+    splits: Sequence[str]
+    version: str | None
+    image_only_splits: Sequence[str]
+
+    def split_file(self, split: str) -> Path:
+        return self.annotation_root / "image_splits" / _file_name("split", self.version, split)
+
+    def caption_file(self, split: str) -> Path:
+        return self.annotation_root / "captions" / _file_name("cap", self.version, split)
+
+    def files(self) -> list[AnnotationFile]:
+        """Per split: the split file, then its captions file (none for an image-only split)."""
+        out: list[AnnotationFile] = []
+        for split in self.splits:
+            out.append(AnnotationFile(self.split_file(split), SPLIT, split, CATEGORY))
+            if split not in self.image_only_splits:
+                out.append(AnnotationFile(self.caption_file(split), CAPTIONS, split, CATEGORY))
+        return out
+
+    def image_files(self, entries: Any, image_root: Path) -> dict[str, list[Path]]:
+        """The file of each name a split file (an object ``name -> relative path``) maps."""
+        if not isinstance(entries, dict):
+            raise AnnotationError("expected an object mapping image name -> relative path")
+        return {str(k): [image_path(image_root, str(v))] for k, v in entries.items()}
+
+
+def layout_of(annotation_root: str | os.PathLike[str], cfg: CIRRConfig) -> CIRRLayout:
+    """The files ``read_cirr`` opens under ``annotation_root`` with ``cfg``."""
+    return CIRRLayout(Path(annotation_root), cfg.splits, cfg.version, cfg.image_only_splits)
 
 
 def _resolve(image_root: Path, rel: str) -> Path | None:
     """Absolute path of ``rel`` under ``image_root``; ``None`` if it escapes the root,
     by ``..`` or through a symlink inside the root."""
-    path = Path(os.path.normpath(image_root / rel))
+    path = image_path(image_root, rel)
     if not (path == image_root or image_root in path.parents):
         return None
     return None if escaping_target(image_root, path) is not None else path
@@ -156,7 +192,7 @@ def _parse_record(rec: Any, labelled: bool) -> dict[str, Any] | str:
 
 
 def _read_image_splits(
-    ann: Path, img_root: Path, cfg: CIRRConfig, timer: PhaseTimer
+    layout: CIRRLayout, img_root: Path, cfg: CIRRConfig, timer: PhaseTimer
 ) -> tuple[dict[tuple[str, str], list[str]], list[ImageRecord], list[dict]]:
     """Read every split file: the listed names, the images to check, bad entries.
 
@@ -169,16 +205,14 @@ def _read_image_splits(
         AnnotationError: A split file is missing, not valid JSON or not an object.
     """
     ds = cfg.dataset_name
-    layout = (
-        f"expected <annotation_root>/image_splits/{_file_name('split', cfg.version, '<split>')}"
-    )
+    hint = f"expected <annotation_root>/image_splits/{_file_name('split', cfg.version, '<split>')}"
     listed: dict[tuple[str, str], list[str]] = {}
     records: list[ImageRecord] = []
     pre_q: list[dict] = []
     for split in cfg.splits:
-        path = _split_file(ann, cfg, split)
+        path = layout.split_file(split)
         with timer("json_s"):
-            mapping = load_json(path, hint=layout)
+            mapping = load_json(path, hint=hint)
         expect_type(mapping, dict, path, "an object mapping image names to paths")
         listed[(CATEGORY, split)] = list(mapping)
         for name, rel in mapping.items():
@@ -380,12 +414,12 @@ def read_cirr(
     """
     cfg = cfg or CIRRConfig()
     ds = cfg.dataset_name
-    ann = Path(annotation_root)
+    layout = layout_of(annotation_root, cfg)
     img_root = Path(os.path.abspath(image_root))
     timer = PhaseTimer()
 
     # 1. Image splits.
-    listed, records, pre_q = _read_image_splits(ann, img_root, cfg, timer)
+    listed, records, pre_q = _read_image_splits(layout, img_root, cfg, timer)
     with timer("image_check_s"):
         images, image_q = check_images(records, ds, workers=cfg.workers, mode=cfg.image_check)
     with timer("frames_s"):
@@ -398,7 +432,7 @@ def read_cirr(
     triplets: list[dict] = []
     triplet_q: list[dict] = []
     for split in cfg.splits:
-        path = _caption_file(ann, cfg, split)
+        path = layout.caption_file(split)
         if split in cfg.image_only_splits:
             logger.warning(
                 "%s: split %r is image-only: %d images indexed, captions (%s) not read",

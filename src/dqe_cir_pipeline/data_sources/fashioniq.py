@@ -44,6 +44,7 @@ from dqe_cir_pipeline.data_sources.common import (
     REASON_EMPTY_CAPTIONS,
     REASON_MISSING_FIELD,
     REASON_MISSING_FILE,
+    AnnotationError,
     IngestResult,
     PhaseTimer,
     assemble_result,
@@ -55,6 +56,7 @@ from dqe_cir_pipeline.data_sources.common import (
     quarantine_row,
 )
 from dqe_cir_pipeline.data_sources.image_check import ImageIndex, ImageRecord, check_images
+from dqe_cir_pipeline.data_sources.layout import CAPTIONS, SPLIT, AnnotationFile
 from dqe_cir_pipeline.data_sources.lexicon import attribute_flags
 from dqe_cir_pipeline.data_sources.schema import QUARANTINE_SCHEMA, edit_type_of
 
@@ -140,12 +142,52 @@ def train_captions(c1: str, c2: str, random_forms: bool = True) -> list[str]:
     ]
 
 
-def _caption_file(root: Path, category: str, split: str) -> Path:
-    return root / "captions" / f"cap.{category}.{split}.json"
+@dataclass(frozen=True)
+class FashionIQLayout:
+    """FashionIQ's files for the configured categories and splits (the module docstring's
+    layout): the reader opens these, the pre-flight check looks for them."""
+
+    annotation_root: Path
+    categories: Sequence[str]
+    splits: Sequence[str]
+    image_exts: Sequence[str]
+
+    def split_file(self, category: str, split: str) -> Path:
+        return self.annotation_root / "image_splits" / f"split.{category}.{split}.json"
+
+    def caption_file(self, category: str, split: str) -> Path:
+        return self.annotation_root / "captions" / f"cap.{category}.{split}.json"
+
+    def files(self) -> list[AnnotationFile]:
+        """Per category and split: the split file, then the captions file."""
+        return [
+            AnnotationFile(path, kind, split, category)
+            for category in self.categories
+            for split in self.splits
+            for path, kind in (
+                (self.split_file(category, split), SPLIT),
+                (self.caption_file(category, split), CAPTIONS),
+            )
+        ]
+
+    def image_names(self, image_id: str) -> list[str]:
+        """File names tried in order for ``image_id`` (one per extension)."""
+        return [f"{image_id}.{ext}" for ext in self.image_exts]
+
+    def image_files(self, entries: Any, image_root: Path) -> dict[str, list[Path]]:
+        """Candidate files per id of a split file (a list of image ids)."""
+        if not isinstance(entries, list):
+            raise AnnotationError("expected a list of image ids")
+        return {
+            str(i): [image_root / name for name in self.image_names(i)]
+            for i in entries
+            if isinstance(i, str) and i
+        }
 
 
-def _split_file(root: Path, category: str, split: str) -> Path:
-    return root / "image_splits" / f"split.{category}.{split}.json"
+def layout_of(annotation_root: str | os.PathLike[str], cfg: FashionIQConfig) -> FashionIQLayout:
+    """The files ``read_fashioniq`` opens under ``annotation_root`` with ``cfg``."""
+    return FashionIQLayout(Path(annotation_root), cfg.categories, cfg.splits, cfg.image_exts)
 
 
 def _list_image_dir(image_root: Path) -> set[str]:
@@ -188,7 +230,7 @@ def _match_image_files(
     split: str,
     present: set[str],
     img_root: Path,
-    cfg: FashionIQConfig,
+    layout: FashionIQLayout,
 ) -> tuple[list[str], list[ImageRecord], list[dict]]:
     """Find the image file of each id one split file lists.
 
@@ -199,7 +241,7 @@ def _match_image_files(
         split: Its split.
         present: File names directly under ``img_root``.
         img_root: The absolute image folder.
-        cfg: The reader settings (``image_exts``).
+        layout: The file names tried per id.
 
     Returns:
         ``(ids, records, quarantine)``: the valid ids listed, one
@@ -224,17 +266,15 @@ def _match_image_files(
             )
             continue
         good_ids.append(image_id)
-        name = next(
-            (f"{image_id}.{ext}" for ext in cfg.image_exts if f"{image_id}.{ext}" in present),
-            None,
-        )
+        names = layout.image_names(image_id)
+        name = next((n for n in names if n in present), None)
         if name is None:
-            tried = ", ".join(f"{image_id}.{ext}" for ext in cfg.image_exts)
+            tried = ", ".join(names)
             quarantine.append(
                 quarantine_row(
                     DATASET,
                     "image",
-                    str(img_root / f"{image_id}.{cfg.image_exts[0]}"),
+                    str(img_root / names[0]),
                     image_id,
                     f"{REASON_MISSING_FILE}: none of {tried} exists in {img_root}",
                     split=split,
@@ -261,7 +301,7 @@ def _match_image_files(
 
 
 def _read_image_splits(
-    ann: Path, img_root: Path, cfg: FashionIQConfig, timer: PhaseTimer
+    layout: FashionIQLayout, img_root: Path, timer: PhaseTimer
 ) -> tuple[dict[tuple[str, str], list[str]], list[ImageRecord], list[dict]]:
     """Read every (category, split) file: listed ids, images to check, bad entries.
 
@@ -273,14 +313,14 @@ def _read_image_splits(
     listed: dict[tuple[str, str], list[str]] = {}
     records: list[ImageRecord] = []
     quarantine: list[dict] = []
-    for cat in cfg.categories:
-        for split in cfg.splits:
-            path = _split_file(ann, cat, split)
+    for cat in layout.categories:
+        for split in layout.splits:
+            path = layout.split_file(cat, split)
             with timer("json_s"):
                 ids = load_json(path, hint=_SPLIT_HINT)
             expect_type(ids, list, path, "a list of image ids")
             good, found, rejected = _match_image_files(
-                ids, path, cat, split, present, img_root, cfg
+                ids, path, cat, split, present, img_root, layout
             )
             listed[(cat, split)] = good
             records += found
@@ -289,7 +329,7 @@ def _read_image_splits(
 
 
 def _read_captions(
-    ann: Path, index: ImageIndex, cfg: FashionIQConfig, timer: PhaseTimer
+    layout: FashionIQLayout, index: ImageIndex, cfg: FashionIQConfig, timer: PhaseTimer
 ) -> tuple[list[dict], list[dict], int]:
     """Read every captions file into triplet rows and quarantine rows.
 
@@ -303,9 +343,9 @@ def _read_captions(
     triplets: list[dict] = []
     triplet_q: list[dict] = []
     n_one_empty = 0
-    for cat in cfg.categories:
-        for split in cfg.splits:
-            path = _caption_file(ann, cat, split)
+    for cat in layout.categories:
+        for split in layout.splits:
+            path = layout.caption_file(cat, split)
             with timer("json_s"):
                 recs = load_json(path, hint=_CAPTION_HINT)
             expect_type(recs, list, path, "a list of caption records")
@@ -347,12 +387,12 @@ def read_fashioniq(
             has the wrong top-level type.
     """
     cfg = cfg or FashionIQConfig()
-    ann = Path(annotation_root)
+    layout = layout_of(annotation_root, cfg)
     img_root = Path(image_root).absolute()
     timer = PhaseTimer()
 
     # 1. Image splits -> (id, category, split, path) records.
-    listed, records, quarantine = _read_image_splits(ann, img_root, cfg, timer)
+    listed, records, quarantine = _read_image_splits(layout, img_root, timer)
 
     # 2. Image checks (threaded).
     with timer("image_check_s"):
@@ -363,7 +403,7 @@ def read_fashioniq(
         index = ImageIndex(listed, images, image_q)
 
     # 3. Captions -> triplets.
-    triplets, triplet_q, n_one_empty = _read_captions(ann, index, cfg, timer)
+    triplets, triplet_q, n_one_empty = _read_captions(layout, index, cfg, timer)
     if n_one_empty:
         logger.warning(
             "FashionIQ: %d records have one empty caption; the other is used alone",

@@ -30,6 +30,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from dqe_cir_pipeline.data_sources.cirr import CIRRLayout
+from dqe_cir_pipeline.data_sources.fashioniq import FashionIQLayout
 from dqe_cir_pipeline.io_utils import atomic_write_bytes, atomic_write_json
 
 CIRR_SIZES = {"val": (4181, 2297), "test1": (4148, 2315)}
@@ -160,13 +162,10 @@ def _cirr_split(
             rec["target_soft"] = {target: 1.0}
             rec["img_set"]["target_rank"] = int(tgt_pos)
         records.append(rec)
-    # record keys keep the order of the real files
-    atomic_write_json(
-        annotations / "captions" / f"cap.rc2.{split}.json", records, indent=None, sort_keys=False
-    )
-    atomic_write_json(
-        annotations / "image_splits" / f"split.rc2.{split}.json", rel, indent=None, sort_keys=False
-    )
+    # the files the CIRR reader opens; record keys keep the order of the real files
+    layout = CIRRLayout(annotations, (split,), version="rc2", image_only_splits=())
+    atomic_write_json(layout.caption_file(split), records, indent=None, sort_keys=False)
+    atomic_write_json(layout.split_file(split), rel, indent=None, sort_keys=False)
     return [images / r[2:] for r in rel.values()]
 
 
@@ -226,6 +225,7 @@ def write_fashioniq(root: Path, cfg: PlaceholderConfig) -> dict[str, Any]:
             "train": (per_cat_train, max(8, per_cat_train * 3 // 2)),
             "val": (_scaled(val_q, cfg.scale, 4), _scaled(val_n, cfg.scale, 8)),
         }
+        layout = FashionIQLayout(annotations, (category,), tuple(sizes), image_exts=("jpg",))
         for split, (n_q, n_img) in sizes.items():
             ids = [_asin(category, split, i) for i in range(n_img)]
             records = []
@@ -238,19 +238,12 @@ def write_fashioniq(root: Path, cfg: PlaceholderConfig) -> dict[str, Any]:
                         "captions": _fiq_captions(rng),
                     }
                 )
+            # the files the FashionIQ reader opens
             atomic_write_json(
-                annotations / "captions" / f"cap.{category}.{split}.json",
-                records,
-                indent=None,
-                sort_keys=False,
+                layout.caption_file(category, split), records, indent=None, sort_keys=False
             )
-            atomic_write_json(
-                annotations / "image_splits" / f"split.{category}.{split}.json",
-                ids,
-                indent=None,
-                sort_keys=False,
-            )
-            paths += [images / f"{i}.jpg" for i in ids]
+            atomic_write_json(layout.split_file(category, split), ids, indent=None, sort_keys=False)
+            paths += [images / layout.image_names(i)[0] for i in ids]
             counts[f"{category}/{split}"] = {"queries": n_q, "images": n_img}
     counts["images_written"] = write_images(paths, cfg.image_size, cfg.workers)
     return counts

@@ -14,10 +14,10 @@ from kedro.io import DataCatalog
 from kedro.pipeline import Pipeline
 
 from dqe_cir_pipeline.data_sources.common import dataset_fingerprint
+from dqe_cir_pipeline.data_sources.ingest import PASSED
 from dqe_cir_pipeline.hooks.project import catalog_location, project_root
 from dqe_cir_pipeline.io_utils import FolderLock
 from dqe_cir_pipeline.launch import data_root, launch_rank
-from dqe_cir_pipeline.pipelines.data_ingestion.nodes import PASSED
 
 if TYPE_CHECKING:  # importing it sets up Kedro's logging; hooks only receive one
     from kedro.framework.context import KedroContext

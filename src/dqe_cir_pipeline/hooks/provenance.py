@@ -26,6 +26,7 @@ from kedro.io import DataCatalog
 from mlflow.data.dataset_source_registry import get_registered_sources
 from mlflow.data.meta_dataset import MetaDataset
 
+from dqe_cir_pipeline.data_sources.registry import benchmark_names
 from dqe_cir_pipeline.hooks.project import catalog_location, project_root
 from dqe_cir_pipeline.launch import launch_rank
 
@@ -39,8 +40,6 @@ FINGERPRINT_OUTPUT = "ingestion_report"
 #: The trained checkpoint: its dict records the MLflow run that trained it, and a run
 #: that evaluates it is linked back to that run.
 CHECKPOINT = "model_checkpoint"
-#: Benchmarks whose settings sit side by side in the ``data`` block.
-BENCHMARKS = ("synthetic", "fashioniq", "cirr")
 #: Separates the parts of a run name.
 NAME_SEPARATOR = " · "
 #: Environments a run name does not mention (Kedro's default run environment).
@@ -141,7 +140,7 @@ def active_benchmark_params(params: dict[str, Any]) -> dict[str, Any]:
     active = params.get("data.benchmark")
     if active is None:
         return params
-    inactive = tuple(f"data.{b}." for b in BENCHMARKS if b != active)
+    inactive = tuple(f"data.{b}." for b in benchmark_names() if b != active)
     return {k: v for k, v in params.items() if not k.startswith(inactive)}
 
 

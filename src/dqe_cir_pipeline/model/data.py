@@ -17,6 +17,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from dqe_cir_pipeline.model.protocol import BenchmarkProtocol, protocol_for
+
 
 class FeatureSource(Protocol):
     """Anything that returns cached ViT tokens for image ids (the feature cache)."""
@@ -84,14 +86,19 @@ class TrainData:
 
     @classmethod
     def from_tables(
-        cls, triplets: pd.DataFrame, images: pd.DataFrame, split: str = "train"
+        cls,
+        triplets: pd.DataFrame,
+        images: pd.DataFrame,
+        split: str = "train",
+        protocol: BenchmarkProtocol | None = None,
     ) -> TrainData:
         """Training queries of ``split`` and their negative pool (the split's images).
 
-        The pool is per category for FashionIQ (negatives come from the query's own
-        category) and one pool otherwise. A triplet whose target is missing from the
-        pool is an error (ingestion quarantines those, so reaching here means the
-        tables disagree); a reference outside the pool gets index -1.
+        The pool is per category when the benchmark's ``protocol`` says so (FashionIQ:
+        negatives come from the query's own category) and one pool otherwise; ``None``:
+        the protocol registered for the tables' dataset. A triplet whose target is
+        missing from the pool is an error (ingestion quarantines those, so reaching here
+        means the tables disagree); a reference outside the pool gets index -1.
         """
         q = triplets[(triplets["split"] == split) & triplets["target_id"].notna()]
         q = q.reset_index(drop=True)
@@ -99,7 +106,8 @@ class TrainData:
             raise ValueError(f"no labelled triplets in split {split!r}")
         pool = images[images["split"] == split].drop_duplicates(["image_id", "category"])
         pool = pool.reset_index(drop=True)
-        per_category = bool((q["dataset"] == "fashioniq").all())
+        protocol = protocol or protocol_for(_one_dataset(q, split))
+        per_category = protocol.per_category
         pool_cats = pool["category"] if per_category else [""] * len(pool)
         positions = {key: i for i, key in enumerate(zip(pool["image_id"], pool_cats, strict=True))}
         query_cats = q["category"] if per_category else pd.Series([""] * len(q))
@@ -122,7 +130,11 @@ class TrainData:
         forms = zip(q["captions_train"], q["caption_eval"], strict=True)
         target_idx = lookup(q["target_id"], "target", True)
         reference_idx = lookup(q["reference_id"], "reference", False)
-        contrast_color, contrast_shape = attribute_contrasts(q, pool, positions, query_cats)
+        contrast_color, contrast_shape = (
+            attribute_contrasts(q, pool, positions, query_cats)
+            if protocol.scene_labels
+            else ([], [])
+        )
         return cls(
             query_ids=q["query_id"].astype(str).tolist(),
             reference_ids=q["reference_id"].astype(str).tolist(),
@@ -140,6 +152,14 @@ class TrainData:
             contrast_color=contrast_color,
             contrast_shape=contrast_shape,
         )
+
+
+def _one_dataset(q: pd.DataFrame, split: str) -> str:
+    """The dataset of ``split``'s queries (one benchmark's tables, not a mixture)."""
+    datasets = sorted(set(q["dataset"]))
+    if len(datasets) != 1:
+        raise ValueError(f"split {split!r} mixes datasets {datasets}")
+    return datasets[0]
 
 
 def _neighbour_keys(reference_idx: np.ndarray, target_idx: np.ndarray, m: int) -> np.ndarray:
@@ -170,13 +190,14 @@ def attribute_contrasts(
     """Per query, the pool images equal to its target except the edited object's colour
     (first list) or shape (second list). [ours]
 
-    Needs every image's scene, which only the generated benchmark records (``edit_labels``
-    holds the reference's and the target's objects); real benchmarks give empty lists
-    (the attribute margins then use the mined negative). The reference itself qualifies
-    when it differs from the target in that attribute only (a colour-only edit).
+    Needs every image's scene, which only a benchmark whose protocol has ``scene_labels``
+    records (the generated one: ``edit_labels`` holds the reference's and the target's
+    objects); the others get empty lists from ``TrainData.from_tables`` (the attribute
+    margins then use the mined negative). The reference itself qualifies when it differs
+    from the target in that attribute only (a colour-only edit).
     """
     empty: tuple[list[np.ndarray], list[np.ndarray]] = ([], [])
-    if "edit_labels" not in q or not (q["dataset"] == "synthetic").any():
+    if "edit_labels" not in q:
         return empty
     labels = [json.loads(text) if text else {} for text in q["edit_labels"]]
     scenes: dict[int, _Scene] = {}

@@ -1,33 +1,69 @@
 """Evaluation of a model on one benchmark split: the same code for validation during
 training, the evaluation pipeline and the zero-shot baseline.
 
-Protocols (as the FashionIQ and CIRR papers evaluate): FashionIQ ranks each category's
-own gallery with the reference kept; CIRR and the generated benchmark rank the split's
-whole gallery with the reference removed, plus Recall_subset over ``img_set.members``.
-The generated benchmark also gets a breakdown by edit type (color / shape / both / other).
+How a split is ranked and scored is its benchmark's :class:`BenchmarkProtocol`
+(``model.protocol``): per-category galleries or one whole gallery, the reference kept or
+removed, Recall_subset over ``img_set.members``, a breakdown by edit type.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import torch
 
+from dqe_cir_pipeline.model.config import RuntimeConfig, config_block
 from dqe_cir_pipeline.model.data import FeatureSource
 from dqe_cir_pipeline.model.dqe import DQECIR
 from dqe_cir_pipeline.model.encode import encode_images, encode_queries
+from dqe_cir_pipeline.model.protocol import BenchmarkProtocol, protocol_for
 from dqe_cir_pipeline.model.retrieval import (
     breakdown_by_group,
     cirr_metrics_from_ranks,
     fashioniq_metrics_from_ranks,
+    recall_at_k,
     subset_ranks,
     subset_topk,
     target_ranks,
     topk,
 )
+
+if TYPE_CHECKING:
+    from dqe_cir_pipeline.model.backbone import Backbone
+
+
+@config_block
+class EvaluationConfig:
+    """Evaluation settings (``evaluation``), shared by validation during training.
+
+    Select on one split, report on another [design]: training validates on
+    ``selection_split`` every epoch and keeps the best epoch by it; the evaluation and
+    zero-shot nodes report on ``split``, which no training choice has seen. The generated
+    benchmark's test families are disjoint from train and val. FashionIQ (test targets
+    never released) and CIRR (test1 scored by the evaluation server) set both to ``val``.
+
+    Attributes:
+        split: the reported split (evaluation, zero-shot and their ``eval.*`` metrics).
+        selection_split: the split training validates on every epoch and selects the
+            best epoch by (the training history's ``val/*`` columns).
+        ks: Recall@K cut-offs (unless the benchmark's protocol has its own).
+        chunk_size: queries scored per chunk (bounds memory on large galleries).
+        qualitative_queries: rows per qualitative grid (successes and failures).
+        qualitative_topk: retrieved images shown per row.
+        submission_split: CIRR only: the split whose server files are written.
+    """
+
+    split: str = "test"
+    selection_split: str = "val"
+    ks: list[int] = field(default_factory=lambda: [1, 5, 10, 50])
+    chunk_size: int = 1024
+    qualitative_queries: int = 6
+    qualitative_topk: int = 5
+    submission_split: str = "test1"
 
 
 @dataclass
@@ -131,8 +167,10 @@ def evaluate(
     max_len: int = 32,
     amp_dtype: str | None = "bfloat16",
     keep_topk: int = 10,
+    protocol: BenchmarkProtocol | None = None,
 ) -> EvalOutput:
-    """Encode the split with ``model`` and compute its protocol's metrics."""
+    """Encode the split with ``model`` and compute its protocol's metrics (``protocol``
+    default: the one registered for ``data.dataset``)."""
     device = next(model.parameters()).device
     gallery = encode_images(
         model, features, data.gallery_ids, batch_size=batch_size, amp_dtype=amp_dtype
@@ -156,6 +194,31 @@ def evaluate(
         chunk_size=chunk_size,
         device=device,
         keep_topk=keep_topk,
+        protocol=protocol,
+    )
+
+
+def evaluate_split(
+    model: DQECIR,
+    bb: Backbone,
+    features: FeatureSource,
+    data: EvalSet,
+    evaluation: EvaluationConfig,
+    runtime: RuntimeConfig,
+    protocol: BenchmarkProtocol | None = None,
+) -> EvalOutput:
+    """``model`` on ``data`` with the evaluation settings: the one call validation during
+    training and the evaluation nodes share."""
+    return evaluate(
+        model,
+        features,
+        bb.tokenizer,
+        data,
+        ks=tuple(evaluation.ks),
+        chunk_size=evaluation.chunk_size,
+        max_len=bb.max_text_len,
+        amp_dtype=runtime.amp_dtype,
+        protocol=protocol,
     )
 
 
@@ -169,24 +232,67 @@ def evaluate_embeddings(
     chunk_size: int = 1024,
     device: torch.device | str | None = None,
     keep_topk: int = 10,
+    protocol: BenchmarkProtocol | None = None,
 ) -> EvalOutput:
     """Metrics from precomputed embeddings: ``q`` (N,P) and ``gallery`` (M,Q,P).
 
     Also serves baselines that are not a DQE-CIR model (e.g. the text-blind pixel
-    baseline: a (M,1,d) gallery and reference pixels as queries).
+    baseline: a (M,1,d) gallery and reference pixels as queries). ``protocol``: the
+    benchmark's (default: the one registered for ``data.dataset``); ``ks`` apply unless
+    it has its own cut-offs.
     """
-    n = len(data.query_ids)
+    protocol = protocol or protocol_for(data.dataset)
+    cutoffs = protocol.cutoffs(ks)
     per_query = pd.DataFrame(
         {"query_id": data.query_ids, "edit_type": data.edit_types, "category": data.categories}
     )
     if weights is not None:
         for j, name in enumerate(("base", "color", "shape")):
             per_query[f"w_{name}"] = weights[:, j].numpy()
-    metrics: dict[str, float] = {}
-    if data.dataset == "fashioniq":
-        ranks = np.full(n, -1, dtype=np.int64)
-        top = [[] for _ in range(n)]
-        per_cat = {}
+    scoring = _Scoring(q, gallery, data, protocol, chunk_size, device, keep_topk)
+    ranked = scoring.per_category(cutoffs) if protocol.per_category else scoring.whole(cutoffs)
+    metrics = ranked.metrics
+    if protocol.headline is not None and data.labelled:
+        metrics["avg"] = float(np.mean([metrics[k] for k in protocol.headline]))
+    if ranked.subset_ranks is not None:
+        per_query["subset_rank"] = ranked.subset_ranks
+    if protocol.edit_type_breakdown and data.labelled:
+        metrics.update(breakdown_by_group(ranked.ranks, data.edit_types, cutoffs))
+    per_query["rank"] = ranked.ranks
+    per_query["topk"] = ranked.top
+    if weights is not None:
+        metrics.update(weight_stats(weights, data.edit_types))
+    return EvalOutput(metrics=metrics, per_query=per_query)
+
+
+@dataclass
+class _Ranked:
+    """Per query: the target's rank (-1: unlabelled), the top-k names, the subset rank."""
+
+    ranks: np.ndarray
+    top: list[list[str]]
+    metrics: dict[str, float]
+    subset_ranks: np.ndarray | None = None
+
+
+@dataclass
+class _Scoring:
+    """Ranks and top-k lists of one split's queries under a protocol."""
+
+    q: torch.Tensor
+    gallery: torch.Tensor
+    data: EvalSet
+    protocol: BenchmarkProtocol
+    chunk_size: int
+    device: torch.device | str | None
+    keep_topk: int
+
+    def per_category(self, ks: Sequence[int]) -> _Ranked:
+        """Each category's queries ranked in that category's gallery (FashionIQ)."""
+        data = self.data
+        ranks = np.full(len(data.query_ids), -1, dtype=np.int64)
+        top: list[list[str]] = [[] for _ in data.query_ids]
+        per_cat: dict[str, torch.Tensor] = {}
         cats = np.asarray(data.categories)
         gcats = np.asarray(data.gallery_categories)
         for cat in sorted(set(data.categories)):
@@ -194,41 +300,45 @@ def evaluate_embeddings(
             gi = np.flatnonzero(gcats == cat)
             names = [data.gallery_ids[i] for i in gi]
             tgt = _index(names, [data.target_ids[i] for i in qi], "target")
-            sub_g = gallery[torch.as_tensor(gi)]
-            r = target_ranks(q[qi], sub_g, tgt, None, chunk_size, device)
+            ref = self._references(names, [data.reference_ids[i] for i in qi])
+            sub_g = self.gallery[torch.as_tensor(gi)]
+            r = target_ranks(self.q[qi], sub_g, tgt, ref, self.chunk_size, self.device)
             ranks[qi] = r.numpy()
             per_cat[cat] = r
-            _, idx = topk(q[qi], sub_g, min(keep_topk, len(names)), None, chunk_size, device)
+            k = min(self.keep_topk, len(names) - (ref is not None))
+            _, idx = topk(self.q[qi], sub_g, k, ref, self.chunk_size, self.device)
             for row, i in enumerate(qi):
                 top[i] = [names[j] for j in idx[row].tolist()]
-        metrics.update(fashioniq_metrics_from_ranks(per_cat, (10, 50)))
-    else:
-        ref = _index(data.gallery_ids, data.reference_ids, "reference", missing=-1)
-        _, idx = topk(
-            q, gallery, min(keep_topk, len(data.gallery_ids) - 1), ref, chunk_size, device
+        return _Ranked(ranks, top, fashioniq_metrics_from_ranks(per_cat, ks))
+
+    def whole(self, ks: Sequence[int]) -> _Ranked:
+        """The split's whole gallery (CIRR and the generated benchmark)."""
+        data = self.data
+        names = data.gallery_ids
+        ref = self._references(names, data.reference_ids)
+        k = min(self.keep_topk, len(names) - (ref is not None))
+        _, idx = topk(self.q, self.gallery, k, ref, self.chunk_size, self.device)
+        top = [[names[j] for j in row] for row in idx.tolist()]
+        if not data.labelled:
+            return _Ranked(np.full(len(data.query_ids), -1, dtype=np.int64), top, {})
+        tgt = _index(names, data.target_ids, "target")
+        r = target_ranks(self.q, self.gallery, tgt, ref, self.chunk_size, self.device)
+        subset_ks = self.protocol.subset_ks
+        if not subset_ks:
+            return _Ranked(r.numpy(), top, recall_at_k(r, ks))
+        subset = torch.stack(
+            [_index(names, m, "subset member", missing=-1) for m in data.subset_members]
         )
-        top = [[data.gallery_ids[j] for j in row] for row in idx.tolist()]
-        ranks = np.full(n, -1, dtype=np.int64)
-        if data.labelled:
-            tgt = _index(data.gallery_ids, data.target_ids, "target")
-            subset = torch.stack(
-                [
-                    _index(data.gallery_ids, m, "subset member", missing=-1)
-                    for m in data.subset_members
-                ]
-            )
-            r = target_ranks(q, gallery, tgt, ref, chunk_size, device)
-            sr = subset_ranks(q, gallery, tgt, subset, ref, max(1, chunk_size // 4), device)
-            ranks = r.numpy()
-            metrics.update(cirr_metrics_from_ranks(r, sr, ks, (1, 2, 3)))
-            per_query["subset_rank"] = sr.numpy()
-            if data.dataset == "synthetic":
-                metrics.update(breakdown_by_group(r, data.edit_types, ks))
-    per_query["rank"] = ranks
-    per_query["topk"] = top
-    if weights is not None:
-        metrics.update(weight_stats(weights, data.edit_types))
-    return EvalOutput(metrics=metrics, per_query=per_query)
+        chunk = max(1, self.chunk_size // 4)
+        sr = subset_ranks(self.q, self.gallery, tgt, subset, ref, chunk, self.device)
+        return _Ranked(r.numpy(), top, cirr_metrics_from_ranks(r, sr, ks, subset_ks), sr.numpy())
+
+    def _references(self, names: Sequence[str], refs: Sequence[str]) -> torch.Tensor | None:
+        """Reference positions to leave out of the ranking (``None``: the protocol keeps
+        the reference a candidate)."""
+        if not self.protocol.remove_reference:
+            return None
+        return _index(names, refs, "reference", missing=-1)
 
 
 def submission_rankings(

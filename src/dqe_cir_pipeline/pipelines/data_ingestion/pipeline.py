@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from kedro.pipeline import Node, Pipeline
 
+from dqe_cir_pipeline.data_sources.ingest import prepare_benchmark_source
 from dqe_cir_pipeline.pipelines.data_ingestion.nodes import (
     ingest_benchmark,
-    prepare_benchmark_source,
     publish_tables,
     validate_ingestion,
 )

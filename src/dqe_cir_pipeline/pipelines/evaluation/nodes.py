@@ -8,20 +8,25 @@ neighbours in pixel space), so a number is never read without its floor.
 from __future__ import annotations
 
 import logging
-from dataclasses import field
 from typing import Any
 
 import pandas as pd
 
 from dqe_cir_pipeline.baselines import text_blind_baseline
 from dqe_cir_pipeline.data_sources.common import dataset_fingerprint
+from dqe_cir_pipeline.data_sources.registry import benchmark
 from dqe_cir_pipeline.datasets.feature_cache import FeatureCache
-from dqe_cir_pipeline.model.backbone import Backbone, BackboneConfig, load_backbone
+from dqe_cir_pipeline.model.backbone import BackboneConfig, load_backbone
 from dqe_cir_pipeline.model.cirr_submission import cirr_submission, validate_cirr_submission
-from dqe_cir_pipeline.model.config import RuntimeConfig, config_block
-from dqe_cir_pipeline.model.dqe import DQECIR
+from dqe_cir_pipeline.model.config import RuntimeConfig
 from dqe_cir_pipeline.model.encode import encode_images, encode_queries
-from dqe_cir_pipeline.model.evaluate import EvalOutput, EvalSet, evaluate, submission_rankings
+from dqe_cir_pipeline.model.evaluate import (
+    EvalOutput,
+    EvalSet,
+    EvaluationConfig,
+    evaluate_split,
+    submission_rankings,
+)
 from dqe_cir_pipeline.model.factory import (
     build_model,
     build_untrained_model,
@@ -33,58 +38,6 @@ from dqe_cir_pipeline.model.train_config import TrainingConfig
 from dqe_cir_pipeline.tracking import metric_values
 
 logger = logging.getLogger(__name__)
-
-
-@config_block
-class EvaluationConfig:
-    """Evaluation settings (``evaluation``), shared by validation during training.
-
-    Select on one split, report on another [design]: training validates on
-    ``selection_split`` every epoch and keeps the best epoch by it; the evaluation and
-    zero-shot nodes report on ``split``, which no training choice has seen. The generated
-    benchmark's test families are disjoint from train and val. FashionIQ (test targets
-    never released) and CIRR (test1 scored by the evaluation server) set both to ``val``.
-
-    Attributes:
-        split: the reported split (evaluation, zero-shot and their ``eval.*`` metrics).
-        selection_split: the split training validates on every epoch and selects the
-            best epoch by (the training history's ``val/*`` columns).
-        ks: Recall@K cut-offs.
-        chunk_size: queries scored per chunk (bounds memory on large galleries).
-        qualitative_queries: rows per qualitative grid (successes and failures).
-        qualitative_topk: retrieved images shown per row.
-        submission_split: CIRR only: the split whose server files are written.
-    """
-
-    split: str = "test"
-    selection_split: str = "val"
-    ks: list[int] = field(default_factory=lambda: [1, 5, 10, 50])
-    chunk_size: int = 1024
-    qualitative_queries: int = 6
-    qualitative_topk: int = 5
-    submission_split: str = "test1"
-
-
-def evaluate_split(
-    model: DQECIR,
-    bb: Backbone,
-    features: FeatureCache,
-    data: EvalSet,
-    evaluation: EvaluationConfig,
-    runtime: RuntimeConfig,
-) -> EvalOutput:
-    """``model`` on ``data`` with the evaluation settings: the one call validation during
-    training and the evaluation nodes share."""
-    return evaluate(
-        model,
-        features,
-        bb.tokenizer,
-        data,
-        ks=tuple(evaluation.ks),
-        chunk_size=evaluation.chunk_size,
-        max_len=bb.max_text_len,
-        amp_dtype=runtime.amp_dtype,
-    )
 
 
 def _report(
@@ -163,12 +116,12 @@ def evaluate_checkpoint(
     zero_shot = build_model(bb, model.cfg, seed, runtime.device)
     untrained = build_untrained_model(bb, model.cfg, seed, runtime.device)
     data = EvalSet.from_tables(triplets, images, evaluation.split)
+    protocol = benchmark(data.dataset).protocol
     outputs = {
-        "dqe_cir": evaluate_split(model, bb, vit_features, data, evaluation, runtime),
-        "zero_shot": evaluate_split(zero_shot, bb, vit_features, data, evaluation, runtime),
-        "untrained": evaluate_split(untrained, bb, vit_features, data, evaluation, runtime),
-        "text_blind": text_blind_baseline(images, data, evaluation.ks),
+        name: evaluate_split(m, bb, vit_features, data, evaluation, runtime, protocol)
+        for name, m in (("dqe_cir", model), ("zero_shot", zero_shot), ("untrained", untrained))
     }
+    outputs["text_blind"] = text_blind_baseline(images, data, evaluation.ks)
     return (*_report(outputs, data, bb.name), _rankings(outputs, data))
 
 
@@ -200,11 +153,12 @@ def evaluate_zero_shot(
     seed = training.loop.seed
     zero_shot = build_model(bb, training.model, seed, runtime.device)
     untrained = build_untrained_model(bb, training.model, seed, runtime.device)
+    protocol = benchmark(data.dataset).protocol
     outputs = {
-        "zero_shot": evaluate_split(zero_shot, bb, vit_features, data, evaluation, runtime),
-        "untrained": evaluate_split(untrained, bb, vit_features, data, evaluation, runtime),
-        "text_blind": text_blind_baseline(images, data, evaluation.ks),
+        name: evaluate_split(m, bb, vit_features, data, evaluation, runtime, protocol)
+        for name, m in (("zero_shot", zero_shot), ("untrained", untrained))
     }
+    outputs["text_blind"] = text_blind_baseline(images, data, evaluation.ks)
     return _report(outputs, data, bb.name)
 
 

@@ -14,7 +14,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from dqe_cir_pipeline.data_sources.schema import EDIT_TYPES  # noqa: E402
-from dqe_cir_pipeline.pipelines.evaluation.nodes import EvaluationConfig  # noqa: E402
+from dqe_cir_pipeline.model.evaluate import EvaluationConfig  # noqa: E402
 
 
 def recall_curves(table: pd.DataFrame) -> Figure:

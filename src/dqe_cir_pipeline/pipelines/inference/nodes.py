@@ -11,7 +11,7 @@ import pandas as pd
 
 from dqe_cir_pipeline.datasets.feature_cache import FeatureCache
 from dqe_cir_pipeline.model.backbone import BackboneConfig, load_backbone
-from dqe_cir_pipeline.pipelines.evaluation.nodes import EvaluationConfig
+from dqe_cir_pipeline.model.evaluate import EvaluationConfig
 from dqe_cir_pipeline.serving.config import ServingConfig
 from dqe_cir_pipeline.serving.errors import ServingInputError
 from dqe_cir_pipeline.serving.images import encode_image_b64

@@ -20,6 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from dqe_cir_pipeline.data_sources.config import DataConfig  # noqa: E402
 from dqe_cir_pipeline.data_sources.descriptions import (  # noqa: E402
     CorpusConfig,
     benchmark_scenes,
@@ -37,7 +38,6 @@ from dqe_cir_pipeline.model.config import RuntimeConfig, build_strict, config_bl
 from dqe_cir_pipeline.model.device import resolve_device  # noqa: E402
 from dqe_cir_pipeline.model.extract import VitEncoder, extract_to_memory  # noqa: E402
 from dqe_cir_pipeline.model.pretrain import DescribedImages, PretrainConfig, pretrain  # noqa: E402
-from dqe_cir_pipeline.pipelines.data_ingestion.nodes import DataConfig  # noqa: E402
 from dqe_cir_pipeline.tracking import metric_history  # noqa: E402
 
 logger = logging.getLogger(__name__)

@@ -21,14 +21,13 @@ from dqe_cir_pipeline.model.backbone import BackboneConfig, load_backbone  # noq
 from dqe_cir_pipeline.model.config import RuntimeConfig  # noqa: E402
 from dqe_cir_pipeline.model.data import TrainData  # noqa: E402
 from dqe_cir_pipeline.model.distributed import Distributed  # noqa: E402
-from dqe_cir_pipeline.model.evaluate import EvalSet  # noqa: E402
+from dqe_cir_pipeline.model.evaluate import EvalSet, EvaluationConfig, evaluate_split  # noqa: E402
 from dqe_cir_pipeline.model.factory import build_model  # noqa: E402
 from dqe_cir_pipeline.model.losses import LOSS_TERMS  # noqa: E402
 from dqe_cir_pipeline.model.mining_result import MiningResult  # noqa: E402
 from dqe_cir_pipeline.model.negatives import MiningConfig  # noqa: E402
 from dqe_cir_pipeline.model.train import FitData, fit  # noqa: E402
 from dqe_cir_pipeline.model.train_config import TrainingConfig  # noqa: E402
-from dqe_cir_pipeline.pipelines.evaluation.nodes import EvaluationConfig, evaluate_split  # noqa: E402
 from dqe_cir_pipeline.tracking import metric_history  # noqa: E402
 
 logger = logging.getLogger(__name__)
