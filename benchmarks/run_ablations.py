@@ -33,7 +33,7 @@ import yaml
 
 from dqe_cir_pipeline.baselines import text_blind_baseline
 from dqe_cir_pipeline.config_loader import project_config_loader
-from dqe_cir_pipeline.data_sources.common import default_workers
+from dqe_cir_pipeline.data_sources.image_check import default_workers
 from dqe_cir_pipeline.data_sources.registry import ReadSettings, benchmark
 from dqe_cir_pipeline.model.backbone import BackboneConfig, load_backbone
 from dqe_cir_pipeline.model.config import RuntimeConfig

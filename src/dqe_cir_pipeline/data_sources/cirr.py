@@ -79,7 +79,7 @@ class CIRRConfig:
         unlabelled_splits: Splits whose records have no ``target_hard`` (``target_id``
             is null there); elsewhere a missing target quarantines the record.
         workers: Threads for the image check (``None``: automatic).
-        image_check: How the image check looks at each file (``common.IMAGE_CHECKS``):
+        image_check: How the image check looks at each file (``image_check.IMAGE_CHECKS``):
             ``decode`` every pixel (default: a truncated JPEG is quarantined here, not
             found at extraction), ``header`` the container only, ``exists`` no read.
     """

@@ -13,7 +13,7 @@ from dataclasses import field
 from typing import TYPE_CHECKING, Any
 
 from dqe_cir_pipeline.data_sources.benchmarks.synthetic import NAME as GENERATED_BENCHMARK
-from dqe_cir_pipeline.data_sources.common import IMAGE_CHECKS
+from dqe_cir_pipeline.data_sources.image_check import IMAGE_CHECKS
 from dqe_cir_pipeline.data_sources.registry import (
     Benchmark,
     ReadSettings,

@@ -81,7 +81,7 @@ class FashionIQConfig:
         unlabelled_splits: Splits whose records carry no ``target``; elsewhere a
             missing target quarantines the record.
         workers: Threads for the image check (``None``: automatic).
-        image_check: How the image check looks at each file (``common.IMAGE_CHECKS``):
+        image_check: How the image check looks at each file (``image_check.IMAGE_CHECKS``):
             ``decode`` every pixel (default: a truncated JPEG is quarantined here, not
             found at extraction), ``header`` the container only, ``exists`` no read.
     """

@@ -41,7 +41,7 @@ def read_benchmark(
     Args:
         source: ``prepare_benchmark_source``'s output (dataset, annotation and image roots).
         data: The ``data`` block.
-        image_check: Overrides ``data.image_check`` (one of ``common.IMAGE_CHECKS``).
+        image_check: Overrides ``data.image_check`` (one of ``image_check.IMAGE_CHECKS``).
     """
     name = source["dataset"]
     return benchmark(name).read(

@@ -42,7 +42,7 @@ class ReadSettings:
     """How a reader checks images (the ``data`` block's settings common to benchmarks)."""
 
     workers: int
-    image_check: str  # one of common.IMAGE_CHECKS
+    image_check: str  # one of image_check.IMAGE_CHECKS
 
 
 @dataclass(frozen=True)
