@@ -1,8 +1,9 @@
 """Negative mining: target-relative mid-zone (TRNS), the QuRe rule, or random negatives.
 
 For query i, Delta_i(c) = s(q_i, c) - s(q_i, t_i) over its pool (its group's when groups
-are given), target and reference excluded. One chunked pass over queries x pool and a
-bounded top-k per query: the pool is never sorted. Rules in detail: docs/method.md.
+are given), target and reference excluded. Pool by pool, a chunked pass scores the pool's
+queries against its images only, with a bounded top-k per query: the pool is never sorted.
+Rules in detail: docs/method.md.
 """
 
 from __future__ import annotations
@@ -409,10 +410,10 @@ def _iter_pool_chunks(
 
 
 def _as_index(x: torch.Tensor | np.ndarray | Sequence[int]) -> torch.Tensor:
-    """An int64 tensor; a read-only NumPy array (e.g. from pandas) is copied, not shared."""
+    """An int64 CPU tensor; a read-only NumPy array (e.g. from pandas) is copied, not shared."""
     if isinstance(x, np.ndarray) and not x.flags.writeable:
         x = np.array(x, dtype=np.int64)
-    return torch.as_tensor(x, dtype=torch.long)
+    return torch.as_tensor(x, dtype=torch.long).cpu()  # indexes the CPU group codes
 
 
 def _check_indices(target_idx: torch.Tensor, reference_idx: torch.Tensor, n: int, m: int) -> None:
