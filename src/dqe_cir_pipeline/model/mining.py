@@ -57,15 +57,19 @@ def mine_from_embeddings(
     mining: MiningConfig,
     device: torch.device,
 ) -> MiningResult:
-    """``mine_negatives`` for ``data``'s targets, references and groups."""
+    """``mine_negatives`` for ``data``'s targets, references and groups.
+
+    The arrays go in as NumPy: pandas hands out read-only arrays, which ``torch.as_tensor``
+    would share with a warning; ``mine_negatives`` only reads them.
+    """
     return mine_negatives(
         queries.to(device),
         pool.to(device),
-        torch.as_tensor(data.target_idx),
-        torch.as_tensor(data.reference_idx),
+        data.target_idx,
+        data.reference_idx,
         mining,
-        query_groups=None if data.query_groups is None else torch.as_tensor(data.query_groups),
-        pool_groups=None if data.pool_groups is None else torch.as_tensor(data.pool_groups),
+        query_groups=data.query_groups,
+        pool_groups=data.pool_groups,
     )
 
 

@@ -1,15 +1,16 @@
 """Negative mining: target-relative mid-zone (TRNS), the QuRe rule, or random negatives.
 
 For query i, Delta_i(c) = s(q_i, c) - s(q_i, t_i) over its pool (its group's when groups
-are given), target and reference excluded. One chunked pass over queries x pool and a
-bounded top-k per query: the pool is never sorted. Rules in detail: docs/method.md.
+are given), target and reference excluded. Pool by pool, a chunked pass scores the pool's
+queries against its images only, with a bounded top-k per query: the pool is never sorted.
+Rules in detail: docs/method.md.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,7 +18,7 @@ import torch
 
 from .config import config_block
 from .mining_result import _FB, FALLBACK_NAMES, MiningResult
-from .retrieval import _iter_scores
+from .retrieval import _iter_scores, _resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -125,8 +126,8 @@ def _keep(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """At most ``max_zone`` zone members per row: a hashed-uniform subset or the hardest.
 
-    ``idx``, ``vals``, ``zone``: (c, K) pool indices, Delta, membership. Returns (c, max_zone)
-    indices (-1 pad) and float32 Delta (NaN pad), each row sorted by Delta descending.
+    ``idx``, ``vals``, ``zone``: (c, K) global pool indices, Delta, membership. Returns
+    (c, max_zone) indices (-1 pad) and float32 Delta (NaN pad), rows by Delta descending.
     """
     c, k = idx.shape
     out_i = torch.full((c, max_zone), -1, dtype=torch.long, device=idx.device)
@@ -147,10 +148,15 @@ def _keep(
     return out_i, out_d
 
 
-def _random_member(valid: torch.Tensor, qids: torch.Tensor, seed: int) -> torch.Tensor:
-    """``(c,)`` a hashed-uniform valid column per row (``-1`` if the row has none)."""
-    cols = torch.arange(valid.shape[1], device=valid.device).expand_as(valid)
-    keys = _hash_uniform(qids, cols, seed + 1).masked_fill(~valid, -1.0)
+def _random_member(
+    valid: torch.Tensor, qids: torch.Tensor, items: torch.Tensor, seed: int
+) -> torch.Tensor:
+    """``(c,)`` a hashed-uniform valid column per row (``-1`` if the row has none).
+
+    Hashed on the columns' global pool indices ``items`` (K,): the draw does not depend on
+    which other images were scored.
+    """
+    keys = _hash_uniform(qids, items.expand_as(valid), seed + 1).masked_fill(~valid, -1.0)
     best = keys.argmax(dim=1)
     return torch.where(valid.any(dim=1), best, torch.full_like(best, -1))
 
@@ -168,24 +174,30 @@ class _Chunk:
     widenings: torch.Tensor
 
 
-def _set_single(ch: _Chunk, rows: torch.Tensor, cols: torch.Tensor, delta: torch.Tensor) -> None:
-    """Replace the stored candidates of ``rows`` by one fallback candidate each."""
+def _set_single(
+    ch: _Chunk, rows: torch.Tensor, cols: torch.Tensor, delta: torch.Tensor, items: torch.Tensor
+) -> None:
+    """Replace the stored candidates of ``rows`` by one fallback each: column ``cols``."""
     if rows.numel() == 0:
         return
     ch.cand[rows] = -1
     ch.delta[rows] = math.nan
-    ch.cand[rows, 0] = cols
+    ch.cand[rows, 0] = torch.where(cols >= 0, items[cols.clamp_min(0)], cols)
     ch.delta[rows, 0] = delta[rows, cols.clamp_min(0)].float().masked_fill(cols < 0, math.nan)
     ch.zone_size[rows] = 0
 
 
 def _midzone_chunk(
-    delta: torch.Tensor, valid: torch.Tensor, qids: torch.Tensor, cfg: MiningConfig
+    delta: torch.Tensor,
+    valid: torch.Tensor,
+    qids: torch.Tensor,
+    items: torch.Tensor,
+    cfg: MiningConfig,
 ) -> _Chunk:
     """[design] Mid-zone of a chunk: of the k = ceil(quantile * pool) highest Delta, those <= -eps.
 
     Empty zone: k widens up to ``max_widenings`` times, then the hardest candidate below
-    -epsilon, then a random one. ``delta``, ``valid``: (c, M).
+    -epsilon, then a random one. ``delta``, ``valid``: (c, K) over the columns ``items``.
     """
     c, m = delta.shape
     dev = delta.device
@@ -212,7 +224,7 @@ def _midzone_chunk(
     )
     pos = torch.arange(kmax, device=dev).unsqueeze(0)
     zone = (pos >= n_above.unsqueeze(1)) & (pos < kw.unsqueeze(1)) & torch.isfinite(vals)
-    cand, cdelta = _keep(idx, vals, zone, qids, cfg.max_zone, cfg.zone_keep, cfg.seed)
+    cand, cdelta = _keep(items[idx], vals, zone, qids, cfg.max_zone, cfg.zone_keep, cfg.seed)
     has_zone = zone_size > 0
     lower = torch.full((c,), math.nan, dtype=torch.float32, device=dev)
     if kmax > 0:
@@ -229,23 +241,27 @@ def _midzone_chunk(
         best_val, best_col = sub.masked_fill(sub > -eps, -math.inf).max(dim=1)
         hard = torch.isfinite(best_val)
         rows = erows[hard]
-        _set_single(ch, rows, best_col[hard], delta)
+        _set_single(ch, rows, best_col[hard], delta, items)
         ch.fallback[rows] = _FB["hardest_below"]
         rand_rows = erows[~hard & (pool[erows] > 0)]
         if rand_rows.numel():
-            cols = _random_member(valid[rand_rows], qids[rand_rows], cfg.seed)
-            _set_single(ch, rand_rows, cols, delta)
+            cols = _random_member(valid[rand_rows], qids[rand_rows], items, cfg.seed)
+            _set_single(ch, rand_rows, cols, delta, items)
             ch.fallback[rand_rows] = _FB["random"]
         ch.fallback[empty & (pool == 0)] = _FB["empty_pool"]
     return ch
 
 
 def _qure_chunk(
-    delta: torch.Tensor, valid: torch.Tensor, qids: torch.Tensor, cfg: MiningConfig
+    delta: torch.Tensor,
+    valid: torch.Tensor,
+    qids: torch.Tensor,
+    items: torch.Tensor,
+    cfg: MiningConfig,
 ) -> _Chunk:
     """[QuRe] rule as we read it, on a chunk: the Delta < 0 items between the two steepest drops.
 
-    No second drop more than one position away: all of them. ``delta``, ``valid``: (c, M).
+    No second drop more than one position away: all of them. ``delta``, ``valid``: (c, K).
     """
     c, m = delta.shape
     dev = delta.device
@@ -271,7 +287,7 @@ def _qure_chunk(
     short = ~ok & (n > 0)
     zone_short = (pos < n.unsqueeze(1)) & short.unsqueeze(1)
     zone = zone_drop | zone_short
-    cand, cdelta = _keep(idx, vals, zone, qids, cfg.max_zone, cfg.zone_keep, cfg.seed)
+    cand, cdelta = _keep(items[idx], vals, zone, qids, cfg.max_zone, cfg.zone_keep, cfg.seed)
     nan = torch.full((c,), math.nan, dtype=torch.float32, device=dev)
     up_pos = torch.where(ok, lo + 1, torch.zeros_like(lo))
     low_pos = torch.where(ok, hi, (n - 1).clamp(min=0))
@@ -287,21 +303,24 @@ def _qure_chunk(
     pool = valid.sum(dim=1)
     rand_rows = torch.nonzero((n == 0) & (pool > 0)).squeeze(1)
     if rand_rows.numel():
-        cols = _random_member(valid[rand_rows], qids[rand_rows], cfg.seed)
-        _set_single(ch, rand_rows, cols, delta)
+        cols = _random_member(valid[rand_rows], qids[rand_rows], items, cfg.seed)
+        _set_single(ch, rand_rows, cols, delta, items)
         ch.fallback[rand_rows] = _FB["random"]
     ch.fallback[pool == 0] = _FB["empty_pool"]
     return ch
 
 
 def _random_chunk(
-    delta: torch.Tensor, valid: torch.Tensor, qids: torch.Tensor, cfg: MiningConfig
+    delta: torch.Tensor,
+    valid: torch.Tensor,
+    qids: torch.Tensor,
+    items: torch.Tensor,
+    cfg: MiningConfig,
 ) -> _Chunk:
-    """Hashed-uniform pool members for a chunk. ``delta``, ``valid``: (c, M)."""
+    """Hashed-uniform pool members for a chunk. ``delta``, ``valid``: (c, K)."""
     c, m = delta.shape
     dev = delta.device
-    cols = torch.arange(m, device=dev).expand(c, m)
-    cand, cdelta = _keep(cols, delta, valid, qids, cfg.max_zone, "uniform", cfg.seed)
+    cand, cdelta = _keep(items.expand(c, m), delta, valid, qids, cfg.max_zone, "uniform", cfg.seed)
     pool = valid.sum(dim=1)
     nan = torch.full((c,), math.nan, dtype=torch.float32, device=dev)
     fb = torch.where(pool > 0, _FB["none"], _FB["empty_pool"]).to(torch.int8)
@@ -313,61 +332,124 @@ def _random_chunk(
 _STRATEGY_FN = {"midzone": _midzone_chunk, "qure": _qure_chunk, "random": _random_chunk}
 
 
-def _valid_mask(
-    scores: torch.Tensor,
-    start: int,
-    target_idx: torch.Tensor,
-    reference_idx: torch.Tensor,
-    groups: tuple[torch.Tensor, torch.Tensor] | None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(delta (c, M), valid (c, M))`` for a chunk of scores starting at ``start``."""
-    c, m = scores.shape
-    dev = scores.device
-    rows = torch.arange(c, device=dev)
-    tgt = target_idx[start : start + c].to(dev)
-    ref = reference_idx[start : start + c].to(dev)
-    delta = scores - scores.gather(1, tgt.unsqueeze(1))
-    if groups is not None:
-        qg = groups[0][start : start + c].to(dev)
-        valid = qg.unsqueeze(1) == groups[1].to(dev).unsqueeze(0)
-    else:
-        valid = torch.ones((c, m), dtype=torch.bool, device=dev)
-    valid[rows, tgt] = False
-    has_ref = torch.nonzero(ref >= 0).squeeze(1)
-    valid[has_ref, ref[has_ref]] = False
-    return delta, valid
+@dataclass
+class _Pool:
+    """One negative pool: its queries and the pool images scored for them.
+
+    ``rows`` (n,) global query indices; ``items`` (K,) ascending global pool indices of the
+    scored columns; ``member`` (K,) whether a column belongs to the pool (False: a target
+    outside its query's group, scored only as that query's Delta reference).
+    """
+
+    rows: torch.Tensor
+    items: torch.Tensor
+    member: torch.Tensor
 
 
-def mine_negatives(
+def _pools(
+    target_idx: torch.Tensor, groups: tuple[torch.Tensor, torch.Tensor] | None, m: int
+) -> list[_Pool]:
+    """One pool per query group (none for a group without queries); one in all without groups."""
+    n = int(target_idx.shape[0])
+    if groups is None:
+        everything = _Pool(torch.arange(n), torch.arange(m), torch.ones(m, dtype=torch.bool))
+        return [everything] if n else []
+    query_g, pool_g = groups
+    out: list[_Pool] = []
+    for g in torch.unique(query_g).tolist():
+        rows = torch.nonzero(query_g == g).squeeze(1)
+        member = pool_g == g
+        scored = member.clone()
+        scored[target_idx[rows]] = True  # Delta needs each query's target score
+        items = torch.nonzero(scored).squeeze(1)
+        out.append(_Pool(rows, items, member[items]))
+    return out
+
+
+def _take(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``x[idx]`` for ascending ``idx``: a view, not a copy, when ``idx`` is one range."""
+    if len(idx) and int(idx[-1]) - int(idx[0]) + 1 == len(idx):
+        return x[int(idx[0]) : int(idx[-1]) + 1]
+    return x[idx.to(x.device)]
+
+
+def _iter_pool_chunks(
     queries: torch.Tensor,
     pool: torch.Tensor,
     target_idx: torch.Tensor,
     reference_idx: torch.Tensor,
-    cfg: MiningConfig | None = None,
-    query_groups: Sequence[object] | np.ndarray | torch.Tensor | None = None,
-    pool_groups: Sequence[object] | np.ndarray | torch.Tensor | None = None,
-    device: str | torch.device | None = None,
-    amp_dtype: torch.dtype | None = None,
-) -> MiningResult:
-    """Mine negatives for every query against the pool, in chunks of queries.
+    groups: tuple[torch.Tensor, torch.Tensor] | None,
+    chunk_size: int,
+    device: str | torch.device | None,
+    amp_dtype: torch.dtype | None,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Yield ``(rows (c,), items (K,), delta (c, K), valid (c, K))``, pool after pool.
 
-    Args:
-        queries: (N, P) L2-normalised composed queries of the current model.
-        pool: (M, Q, P) L2-normalised candidate token embeddings.
-        target_idx: (N,) pool index of each target; ``reference_idx``: (N,), -1 if absent.
-        query_groups: optional (N,) labels with ``pool_groups`` (M,): a query's pool is its group.
-        amp_dtype: matmul dtype on CUDA (bf16 scores: Delta resolution ~4e-3 near 1).
+    A query is scored against its own pool only (and its target), ``chunk_size`` queries
+    at a time; ``valid`` drops non-members, the query's target and its reference.
     """
-    cfg = cfg or MiningConfig()
-    n, m = int(queries.shape[0]), int(pool.shape[0])
-    target_idx = torch.as_tensor(target_idx, dtype=torch.long)
-    reference_idx = torch.as_tensor(reference_idx, dtype=torch.long)
+    m = int(pool.shape[0])
+    dev = _resolve_device(queries, device)
+    for p in _pools(target_idx, groups, m):
+        local = torch.full((m,), -1, dtype=torch.long)  # global pool index -> column
+        local[p.items] = torch.arange(len(p.items))
+        tgt = local[target_idx[p.rows]].to(dev)
+        ref = reference_idx[p.rows]
+        ref = torch.where(ref >= 0, local[ref.clamp_min(0)], ref).to(dev)  # -1: not scored
+        member, items = p.member.to(dev), p.items.to(dev)
+        sub_q, sub_pool = _take(queries, p.rows), _take(pool, p.items)
+        for start, scores in _iter_scores(sub_q, sub_pool, chunk_size, dev, amp_dtype):
+            c = scores.shape[0]
+            t, r = tgt[start : start + c], ref[start : start + c]
+            delta = scores - scores.gather(1, t.unsqueeze(1))
+            valid = member.expand(c, -1).clone()
+            valid[torch.arange(c, device=dev), t] = False
+            has_ref = torch.nonzero(r >= 0).squeeze(1)
+            valid[has_ref, r[has_ref]] = False
+            yield p.rows[start : start + c], items, delta, valid
+
+
+def _as_index(x: torch.Tensor | np.ndarray | Sequence[int]) -> torch.Tensor:
+    """An int64 CPU tensor; a read-only NumPy array (e.g. from pandas) is copied, not shared."""
+    if isinstance(x, np.ndarray) and not x.flags.writeable:
+        x = np.array(x, dtype=np.int64)
+    return torch.as_tensor(x, dtype=torch.long).cpu()  # indexes the CPU group codes
+
+
+def _check_indices(target_idx: torch.Tensor, reference_idx: torch.Tensor, n: int, m: int) -> None:
     if target_idx.shape != (n,) or reference_idx.shape != (n,):
         raise ValueError("target_idx and reference_idx must have shape (N,)")
     if n and (int(target_idx.min()) < 0 or int(target_idx.max()) >= m):
         raise ValueError("target_idx out of range")
     if n and (int(reference_idx.min()) < -1 or int(reference_idx.max()) >= m):
         raise ValueError("reference_idx out of range")
+
+
+def mine_negatives(
+    queries: torch.Tensor,
+    pool: torch.Tensor,
+    target_idx: torch.Tensor | np.ndarray,
+    reference_idx: torch.Tensor | np.ndarray,
+    cfg: MiningConfig | None = None,
+    query_groups: Sequence[object] | np.ndarray | torch.Tensor | None = None,
+    pool_groups: Sequence[object] | np.ndarray | torch.Tensor | None = None,
+    device: str | torch.device | None = None,
+    amp_dtype: torch.dtype | None = None,
+) -> MiningResult:
+    """Mine negatives for every query against its pool, pool by pool, in chunks of queries.
+
+    Args:
+        queries: (N, P) L2-normalised composed queries of the current model.
+        pool: (M, Q, P) L2-normalised candidate token embeddings.
+        target_idx: (N,) pool index of each target; ``reference_idx``: (N,), -1 if absent.
+        query_groups: optional (N,) labels with ``pool_groups`` (M,): a query's pool is its
+            group, and only that group's images are scored for it.
+        amp_dtype: matmul dtype on CUDA (bf16 scores: Delta resolution ~4e-3 near 1).
+    """
+    cfg = cfg or MiningConfig()
+    n, m = int(queries.shape[0]), int(pool.shape[0])
+    target_idx, reference_idx = _as_index(target_idx), _as_index(reference_idx)
+    _check_indices(target_idx, reference_idx, n, m)
     groups = _group_codes(query_groups, pool_groups, n, m)
     if groups is not None:
         tg = groups[1][target_idx]
@@ -376,30 +458,34 @@ def mine_negatives(
                 "%d targets lie outside their query's group", int((tg != groups[0]).sum())
             )
     fn = _STRATEGY_FN[cfg.strategy]
-    parts: list[_Chunk] = []
-    pools: list[torch.Tensor] = []
-    for start, scores in _iter_scores(queries, pool, cfg.chunk_size, device, amp_dtype):
-        delta, valid = _valid_mask(scores, start, target_idx, reference_idx, groups)
-        qids = torch.arange(start, start + scores.shape[0], device=scores.device).unsqueeze(1)
-        ch = fn(delta, valid, qids, cfg)
-        parts.append(_Chunk(*(t.cpu() for t in vars(ch).values())))
-        pools.append(valid.sum(dim=1).cpu())
-
-    def cat(name: str, dtype: np.dtype, width: int | None = None) -> np.ndarray:
-        if not parts:
-            shape = (0, width) if width is not None else (0,)
-            return np.zeros(shape, dtype=dtype)
-        return torch.cat([getattr(p, name) for p in parts]).numpy().astype(dtype)
-
+    nan = torch.full((n,), math.nan, dtype=torch.float32)
+    out = _Chunk(
+        cand=torch.full((n, cfg.max_zone), -1, dtype=torch.long),
+        delta=torch.full((n, cfg.max_zone), math.nan, dtype=torch.float32),
+        zone_size=torch.zeros(n, dtype=torch.long),
+        lower=nan,
+        upper=nan.clone(),
+        fallback=torch.zeros(n, dtype=torch.int8),
+        widenings=torch.zeros(n, dtype=torch.int8),
+    )
+    pool_size = torch.zeros(n, dtype=torch.long)
+    chunks = _iter_pool_chunks(
+        queries, pool, target_idx, reference_idx, groups, cfg.chunk_size, device, amp_dtype
+    )
+    for rows, items, delta, valid in chunks:
+        ch = fn(delta, valid, rows.to(delta.device).unsqueeze(1), items, cfg)
+        for name, value in vars(ch).items():
+            getattr(out, name)[rows] = value.cpu()
+        pool_size[rows] = valid.sum(dim=1).cpu()
     result = MiningResult(
-        candidates=cat("cand", np.int64, cfg.max_zone),
-        deltas=cat("delta", np.float32, cfg.max_zone),
-        zone_size=cat("zone_size", np.int64),
-        lower=cat("lower", np.float32),
-        upper=cat("upper", np.float32),
-        pool_size=torch.cat(pools).numpy().astype(np.int64) if pools else np.zeros(0, np.int64),
-        fallback=cat("fallback", np.int8),
-        widenings=cat("widenings", np.int8),
+        candidates=out.cand.numpy(),
+        deltas=out.delta.numpy(),
+        zone_size=out.zone_size.numpy(),
+        lower=out.lower.numpy(),
+        upper=out.upper.numpy(),
+        pool_size=pool_size.numpy(),
+        fallback=out.fallback.numpy(),
+        widenings=out.widenings.numpy(),
         strategy=cfg.strategy,
     )
     logger.info("mined negatives (%s): %s", cfg.strategy, result.summary())
@@ -437,26 +523,36 @@ def delta_histogram(
     qi = np.asarray(
         list(query_indices) if query_indices is not None else range(min(8, n)), np.int64
     )
-    target_idx = torch.as_tensor(target_idx, dtype=torch.long)
-    reference_idx = torch.as_tensor(reference_idx, dtype=torch.long)
+    target_idx, reference_idx = _as_index(target_idx), _as_index(reference_idx)
     groups = _group_codes(query_groups, pool_groups, n, m)
     sel = torch.from_numpy(qi)
     sub_groups = (groups[0][sel], groups[1]) if groups is not None else None
+    pooled: dict[int, np.ndarray] = {}  # row in qi -> Delta over its pool, pool order
+    for rows, _, delta, valid in _iter_pool_chunks(
+        queries[sel],
+        pool,
+        target_idx[sel],
+        reference_idx[sel],
+        sub_groups,
+        max(1, len(qi)),
+        device,
+        None,
+    ):
+        for j, r in enumerate(rows.tolist()):
+            pooled[r] = delta[j][valid[j]].float().cpu().numpy()
     rng = np.random.default_rng(seed)
     qs, ds, zs = [], [], []
     lows = np.full(len(qi), np.nan, np.float32)
     ups = np.full(len(qi), np.nan, np.float32)
-    for _, scores in _iter_scores(queries[sel], pool, max(1, len(qi)), device, None):
-        delta, valid = _valid_mask(scores, 0, target_idx[sel], reference_idx[sel], sub_groups)
-        for r, q in enumerate(qi):
-            d = delta[r][valid[r]].float().cpu().numpy()
-            if d.size > max_per_query:
-                d = rng.choice(d, size=max_per_query, replace=False)
-            lo, up = (result.lower[q], result.upper[q]) if result is not None else (np.nan, np.nan)
-            lows[r], ups[r] = lo, up
-            qs.append(np.full(d.size, q, np.int64))
-            ds.append(d.astype(np.float32))
-            zs.append((d >= lo) & (d <= up))
+    for r, q in enumerate(qi):  # draws in query order, whatever order the pools came in
+        d = pooled[r]
+        if d.size > max_per_query:
+            d = rng.choice(d, size=max_per_query, replace=False)
+        lo, up = (result.lower[q], result.upper[q]) if result is not None else (np.nan, np.nan)
+        lows[r], ups[r] = lo, up
+        qs.append(np.full(d.size, q, np.int64))
+        ds.append(d.astype(np.float32))
+        zs.append((d >= lo) & (d <= up))
     empty_i, empty_f = np.zeros(0, np.int64), np.zeros(0, np.float32)
     return {
         "query": np.concatenate(qs) if qs else empty_i,
