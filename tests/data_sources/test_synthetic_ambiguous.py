@@ -280,5 +280,5 @@ def test_conf_env_selects_the_tier_defaults() -> None:
     data = DataConfig(**params["data"])
     assert data.benchmark == "synthetic"
     assert data.generator().config_hash() == ambiguous_config().config_hash()
-    assert "synthetic_ambiguous" in str(data.synthetic["root"])
+    assert "synthetic_ambiguous" in str(data.synthetic.root)
     assert "synthetic_ambiguous" in str(params["pretraining"]["corpus_root"])
