@@ -1,8 +1,12 @@
 """The headline a run that evaluated ends with: trained vs zero-shot vs untrained vs
-text-blind, R@10 per edit type, the learned weights, the MLflow run and the output paths.
+text-blind in the columns and per-group tables of the benchmark's protocol
+(``BenchmarkProtocol.summary_metrics`` / ``breakdown``), the learned weights, the share
+of negatives mining took from a fallback (a WARNING above ``FALLBACK_WARNING_SHARE``),
+the MLflow run and the output paths.
 
-The text is built by pure functions (:func:`headline`, :func:`run_summary`); the hooks
-only gather what they need from the catalog and MLflow, and print it last.
+The text is built by pure functions (:func:`headline`, :func:`mining_lines`,
+:func:`run_summary`); the hooks only gather what they need from the catalog, the nodes'
+metrics and MLflow, and print it last.
 """
 
 from __future__ import annotations
@@ -17,59 +21,171 @@ from kedro.framework.hooks import hook_impl
 from kedro.io import DataCatalog
 from kedro.pipeline import Pipeline
 
+from dqe_cir_pipeline.data_sources.registry import benchmark
 from dqe_cir_pipeline.hooks.project import catalog_location, mlflow_settings
 from dqe_cir_pipeline.launch import launch_rank
+from dqe_cir_pipeline.model.fallback import (
+    FALLBACK_WARNING_SHARE,
+    fallback_counts,
+    fallback_share,
+    fallback_warning,
+)
+from dqe_cir_pipeline.model.protocol import BenchmarkProtocol, SummaryBreakdown
 
 if TYPE_CHECKING:  # importing it sets up Kedro's logging; hooks only receive one
     from kedro.framework.context import KedroContext
 
 logger = logging.getLogger(__name__)
 
-#: Rows and columns of the end-of-run headline (metrics the evaluation writes).
+#: Rows of the end-of-run headline (the models the evaluation writes).
 HEADLINE_MODELS = ("dqe_cir", "zero_shot", "untrained", "text_blind")
-HEADLINE_METRICS = ("recall@1", "recall@5", "recall@10", "recall@50", "recall_subset@1", "avg")
 #: Catalog entries whose location the headline names, when the run produced them.
 HEADLINE_PATHS = ("model_checkpoint", "evaluation_summary", "query_rankings", "training_history")
 #: The evaluation's summary (a catalog entry): a run that writes it gets a headline.
 SUMMARY = "evaluation_summary"
 #: The learned attribute weights shown per edit type.
 WEIGHT_ATTRIBUTES = ("base", "color", "shape")
-#: Width of a table cell.
+#: Metric names of the mining summaries (``tracking``'s): the negative_mining pipeline's
+#: pass, and training's refreshes.
+INITIAL_MINING = "mining/initial."
+REFRESH_MINING = "mining/refresh."
+#: The mining strategy when the run's nodes did not say (``MiningConfig``'s default).
+DEFAULT_STRATEGY = "midzone"
+#: Width of a table cell, and the least width of the row labels.
 CELL = 17
+LABEL = 12
 
 
-def _row(label: str, cells: list[str]) -> str:
-    return f"{label:<12}" + "".join(f"{c:>{CELL}}" for c in cells)
+def _row(label: str, cells: list[str], width: int = LABEL) -> str:
+    return f"{label:<{width}}" + "".join(f"{c:>{CELL}}" for c in cells)
 
 
-def headline(summary: Mapping[str, Any]) -> str:
-    """The evaluation summary as a small text table: models x main metrics, then R@10 per
-    edit type when the benchmark has them, then the learned attribute weights."""
-    results = summary["models"]
-    models = [m for m in HEADLINE_MODELS if m in results]
-    rows = [
-        f"{summary['dataset']} {summary['split']}: {summary['queries']} queries, "
-        f"gallery {summary['gallery']}",
-        _row("model", list(HEADLINE_METRICS)),
-    ]
-    for name in models:
-        rows.append(
-            _row(name, [f"{results[name].get(m, float('nan')):.1f}" for m in HEADLINE_METRICS])
-        )
-    edit_types = sorted({k.split("/")[0] for k in results[models[0]] if k.endswith("/recall@10")})
-    if edit_types:
-        rows.append(_row("R@10 by edit", edit_types))
-        for name in models:
-            cells = [f"{results[name].get(f'{e}/recall@10', float('nan')):.1f}" for e in edit_types]
-            rows.append(_row(name, cells))
+def short_name(metric: str) -> str:
+    """``recall@10`` -> ``R@10``, ``recall_subset@1`` -> ``Rs@1`` (a table title)."""
+    return metric.replace("recall_subset@", "Rs@").replace("recall@", "R@")
+
+
+def summary_protocol(dataset: str) -> BenchmarkProtocol:
+    """The protocol of the benchmark named ``dataset`` (the default one when none is)."""
+    try:
+        return benchmark(dataset).protocol
+    except ValueError:  # not a registered benchmark: the plain columns, no breakdown
+        return BenchmarkProtocol()
+
+
+@dataclass(frozen=True)
+class _Table:
+    """One table of the headline: its title and column names, then labelled rows."""
+
+    title: str
+    columns: list[str]
+    rows: list[tuple[str, list[str]]]
+    note: str = ""
+
+
+def _groups(results: Mapping[str, Mapping[str, float]], breakdown: SummaryBreakdown) -> list[str]:
+    """The groups with a breakdown metric in any model's results, the pooled one last."""
+    suffixes = tuple(f"/{m}" for m in breakdown.metrics)
+    found = {k.split("/")[0] for r in results.values() for k in r if k.endswith(suffixes)}
+    last = [breakdown.overall] if breakdown.overall in found else []
+    return sorted(found - set(last)) + last
+
+
+def _cells(values: Mapping[str, float], keys: list[str], digits: int = 1) -> list[str]:
+    return [f"{values.get(k, float('nan')):.{digits}f}" for k in keys]
+
+
+def _tables(
+    results: Mapping[str, Mapping[str, float]], protocol: BenchmarkProtocol
+) -> list[_Table]:
+    """Models x summary metrics, one table per breakdown metric, the learned weights."""
+    columns = list(protocol.summary_metrics)
+    tables = [_Table("model", columns, [(m, _cells(r, columns)) for m, r in results.items()])]
+    breakdown = protocol.breakdown
+    groups = _groups(results, breakdown) if breakdown is not None else []
+    for metric in breakdown.metrics if breakdown is not None and groups else ():
+        keys = [f"{g}/{metric}" for g in groups]
+        rows = [(m, _cells(r, keys)) for m, r in results.items()]
+        tables.append(_Table(f"{short_name(metric)} by {breakdown.by}", groups, rows))
     weights = results.get("dqe_cir", {})
-    weight_rows = [e for e in edit_types if f"weights/{e}/color" in weights]
-    if weight_rows:  # the learned attribute weights: do they follow the text?
-        rows.append(_row("weights", list(WEIGHT_ATTRIBUTES)) + "  (dqe_cir)")
-        for e in weight_rows:
-            cells = [f"{weights[f'weights/{e}/{a}']:.2f}" for a in WEIGHT_ATTRIBUTES]
-            rows.append(_row(f"{e} edits", cells))
-    return "\n".join(rows)
+    weighted = [g for g in groups if f"weights/{g}/color" in weights]
+    if weighted:  # the learned attribute weights: do they follow the text?
+        rows = [
+            (f"{g} edits", _cells(weights, [f"weights/{g}/{a}" for a in WEIGHT_ATTRIBUTES], 2))
+            for g in weighted
+        ]
+        tables.append(_Table("weights", list(WEIGHT_ATTRIBUTES), rows, "  (dqe_cir)"))
+    return tables
+
+
+def headline(summary: Mapping[str, Any], protocol: BenchmarkProtocol | None = None) -> str:
+    """The evaluation summary as small text tables, as the benchmark's protocol shows it
+    (default: the registered benchmark named by ``summary["dataset"]``): models x its
+    summary metrics, then its per-group tables, then the learned attribute weights of
+    the groups that have them."""
+    protocol = protocol or summary_protocol(str(summary["dataset"]))
+    results = {m: summary["models"][m] for m in HEADLINE_MODELS if m in summary["models"]}
+    tables = _tables(results, protocol)
+    width = max(len(label) for t in tables for label in [t.title, *(r[0] for r in t.rows)])
+    width = max(width, LABEL)
+    lines = [
+        f"{summary['dataset']} {summary['split']}: {summary['queries']} queries, "
+        f"gallery {summary['gallery']}"
+    ]
+    for table in tables:
+        lines.append(_row(table.title, table.columns, width) + table.note)
+        lines.extend(_row(label, cells, width) for label, cells in table.rows)
+    return "\n".join(lines)
+
+
+def mining_passes(metrics: Mapping[str, Any]) -> list[tuple[str, dict[str, float]]]:
+    """The initial mining pass and training's last refresh, each as its mining summary
+    (``MiningResult.summary``), from the MLflow metrics the run's nodes returned:
+    ``mining/initial.*`` one point each, ``mining/refresh.*`` one point per refresh epoch
+    (epoch 0 is the initial pass again when training starts from it)."""
+    passes: list[tuple[str, dict[str, float]]] = []
+    initial = {
+        key.removeprefix(INITIAL_MINING): float(point["value"])
+        for key, point in metrics.items()
+        if key.startswith(INITIAL_MINING) and isinstance(point, Mapping)
+    }
+    if initial:
+        passes.append(("initial mining", initial))
+    refreshes = {
+        key.removeprefix(REFRESH_MINING): points
+        for key, points in metrics.items()
+        if key.startswith(REFRESH_MINING) and isinstance(points, list) and points
+    }
+    if refreshes:
+        last = max(int(p["step"]) for points in refreshes.values() for p in points)
+        latest = {
+            key: float(p["value"])
+            for key, points in refreshes.items()
+            for p in points
+            if int(p["step"]) == last
+        }
+        if last > 0 or not initial:
+            passes.append((f"last refresh at epoch {last}", latest))
+    return passes
+
+
+def mining_lines(
+    passes: list[tuple[str, dict[str, float]]],
+    strategy: str,
+    threshold: float = FALLBACK_WARNING_SHARE,
+) -> list[str]:
+    """The share of negatives that came from a fallback in each mining pass, then a
+    WARNING line for each pass where more than ``threshold`` of the queries fell back."""
+    passes = [(label, s) for label, s in passes if fallback_counts(s)]
+    if not passes:
+        return []
+    shares = "; ".join(f"{label} {fallback_share(s):.1%}" for label, s in passes)
+    lines = [f"negatives from a fallback ({strategy}): {shares}"]
+    for label, summary in passes:
+        warning = fallback_warning(summary, strategy, threshold)
+        if warning is not None:
+            lines.append(f"WARNING ({label}): {warning}")
+    return lines
 
 
 def is_server(tracking_uri: str) -> bool:
@@ -125,18 +241,41 @@ class SummaryHooks:
     def __init__(self) -> None:
         self.pending: str | None = None
         self.ui = ("127.0.0.1", "5000")
+        self.mining: dict[str, Any] = {}  # the run's mining metrics (mining_passes)
+        self.strategy = DEFAULT_STRATEGY
 
     @hook_impl
     def after_context_created(self, context: KedroContext) -> None:
         ui = mlflow_settings(context).get("ui") or {}
         self.ui = (str(ui.get("host", self.ui[0])), str(ui.get("port", self.ui[1])))
 
+    @hook_impl
+    def before_pipeline_run(self) -> None:
+        self.mining, self.strategy = {}, DEFAULT_STRATEGY
+
+    @hook_impl
+    def after_node_run(self, inputs: dict[str, Any], outputs: dict[str, Any]) -> None:
+        """Keep the mining summaries among a node's MLflow metrics, and the strategy."""
+        for value in outputs.values():
+            if isinstance(value, Mapping):
+                self.mining.update(
+                    (k, v)
+                    for k, v in value.items()
+                    if isinstance(k, str) and k.startswith((INITIAL_MINING, REFRESH_MINING))
+                )
+        mining = inputs.get("params:mining")  # the typed block, or its dict
+        strategy = mining.get("strategy") if isinstance(mining, Mapping) else None
+        strategy = strategy or getattr(mining, "strategy", None)
+        if strategy:
+            self.strategy = str(strategy)
+
     @hook_impl(tryfirst=True)
     def after_pipeline_run(self, pipeline: Pipeline, catalog: DataCatalog) -> None:
         self.pending = None
         if SUMMARY not in pipeline.all_outputs() or launch_rank()[0] > 0:
             return
-        table = headline(catalog.load(SUMMARY))
+        lines = mining_lines(mining_passes(self.mining), self.strategy)
+        table = "\n".join([headline(catalog.load(SUMMARY)), *lines])
         run = mlflow.active_run()
         tracked = None
         if run is not None:  # the table is also the run's description in the MLflow UI

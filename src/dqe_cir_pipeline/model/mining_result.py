@@ -14,6 +14,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from dqe_cir_pipeline.model.fallback import fallback_share
+
 if TYPE_CHECKING:
     from dqe_cir_pipeline.model.data import TrainData
 
@@ -69,6 +71,8 @@ class MiningResult:
         """Flat statistics for logging: sizes, fallback counts, mean Delta and bounds.
 
         ``empty_zone_rate``: share of queries whose first-try zone was empty (fallback or widening).
+        ``fallback_share``: share whose negative came from a fallback, not the zone
+        (``model.fallback``).
         """
         n = len(self)
         out: dict[str, float] = {
@@ -80,6 +84,7 @@ class MiningResult:
         }
         for code, name in enumerate(self.fallback_names):
             out[f"fallback/{name}"] = float((self.fallback == code).sum())
+        out["fallback_share"] = fallback_share(out)
         for key, arr in (("delta", self.deltas), ("lower", self.lower), ("upper", self.upper)):
             finite = arr[np.isfinite(arr)]
             out[f"{key}/mean"] = float(finite.mean()) if finite.size else math.nan

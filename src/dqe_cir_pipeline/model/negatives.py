@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from .config import config_block
+from .fallback import fallback_warning
 from .mining_result import _FB, FALLBACK_NAMES, MiningResult
 from .retrieval import _iter_scores, _resolve_device
 
@@ -488,7 +489,11 @@ def mine_negatives(
         widenings=out.widenings.numpy(),
         strategy=cfg.strategy,
     )
-    logger.info("mined negatives (%s): %s", cfg.strategy, result.summary())
+    summary = result.summary()
+    logger.info("mined negatives (%s): %s", cfg.strategy, summary)
+    warning = fallback_warning(summary, cfg.strategy)
+    if warning is not None:
+        logger.warning(warning)
     return result
 
 

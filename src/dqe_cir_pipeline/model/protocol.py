@@ -15,6 +15,25 @@ from dataclasses import dataclass
 
 #: Recall_subset cut-offs of the CIRR protocol (``img_set.members``, reference removed).
 CIRR_SUBSET_KS = (1, 2, 3)
+#: The end-of-run summary's columns unless a protocol names its own.
+SUMMARY_METRICS = ("recall@1", "recall@5", "recall@10", "recall@50", "avg")
+
+
+@dataclass(frozen=True)
+class SummaryBreakdown:
+    """Per-group tables of the end-of-run summary: one table per metric, one column per
+    group (the evaluation's ``<group>/<metric>`` entries).
+
+    Attributes:
+        by: What the groups are, the tables' title (``R@10 by edit``).
+        metrics: The metrics shown per group, one table each.
+        overall: The group that pools the others (FashionIQ's ``mean``), shown last;
+            ``None``: every group in name order.
+    """
+
+    by: str
+    metrics: tuple[str, ...]
+    overall: str | None = None
 
 
 @dataclass(frozen=True)
@@ -36,6 +55,10 @@ class BenchmarkProtocol:
             best epoch by; ``None``: the paper's own ``avg`` (FashionIQ: mean R@10 and
             R@50; CIRR: R@5 and Rs@1, ``model.retrieval``), which a protocol without
             subset recall lacks.
+        summary_metrics: The columns of the end-of-run summary (and of the MLflow run's
+            description): each model's overall metrics in the evaluation summary.
+        breakdown: The summary's per-group tables (``None``: none). The learned attribute
+            weights are shown for the groups that have them (the edit types).
     """
 
     per_category: bool = False
@@ -45,6 +68,8 @@ class BenchmarkProtocol:
     edit_type_breakdown: bool = False
     scene_labels: bool = False
     headline: tuple[str, ...] | None = None
+    summary_metrics: tuple[str, ...] = SUMMARY_METRICS
+    breakdown: SummaryBreakdown | None = None
 
     def __post_init__(self) -> None:
         if self.per_category and self.subset_ks:

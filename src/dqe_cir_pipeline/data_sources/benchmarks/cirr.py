@@ -51,6 +51,16 @@ BENCHMARK = Benchmark(
     name=NAME,
     source_type=CIRRSource,
     read=_read,
-    protocol=BenchmarkProtocol(subset_ks=CIRR_SUBSET_KS),
+    protocol=BenchmarkProtocol(
+        subset_ks=CIRR_SUBSET_KS,
+        summary_metrics=(
+            "recall@1",
+            "recall@5",
+            "recall@10",
+            "recall@50",
+            *(f"recall_subset@{k}" for k in CIRR_SUBSET_KS),
+            "avg",
+        ),
+    ),
     layout=_layout,
 )

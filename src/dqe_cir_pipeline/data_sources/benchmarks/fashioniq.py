@@ -19,7 +19,7 @@ from dqe_cir_pipeline.data_sources.fashioniq import (
 )
 from dqe_cir_pipeline.data_sources.registry import Benchmark, ReadSettings
 from dqe_cir_pipeline.model.config import config_block
-from dqe_cir_pipeline.model.protocol import BenchmarkProtocol
+from dqe_cir_pipeline.model.protocol import BenchmarkProtocol, SummaryBreakdown
 
 
 @config_block
@@ -59,6 +59,13 @@ BENCHMARK = Benchmark(
     name=DATASET,
     source_type=FashionIQSource,
     read=_read,
-    protocol=BenchmarkProtocol(per_category=True, remove_reference=False, ks=(10, 50)),
+    protocol=BenchmarkProtocol(
+        per_category=True,
+        remove_reference=False,
+        ks=(10, 50),
+        # the means over categories, then each category (model.retrieval's names)
+        summary_metrics=("mean/recall@10", "mean/recall@50", "avg"),
+        breakdown=SummaryBreakdown("category", ("recall@10", "recall@50"), overall="mean"),
+    ),
     layout=_layout,
 )

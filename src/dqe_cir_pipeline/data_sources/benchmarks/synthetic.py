@@ -22,7 +22,7 @@ from dqe_cir_pipeline.data_sources.registry import (
 )
 from dqe_cir_pipeline.data_sources.synthetic import SyntheticConfig, generate_benchmark
 from dqe_cir_pipeline.model.config import build_strict
-from dqe_cir_pipeline.model.protocol import CIRR_SUBSET_KS, BenchmarkProtocol
+from dqe_cir_pipeline.model.protocol import CIRR_SUBSET_KS, BenchmarkProtocol, SummaryBreakdown
 
 NAME = "synthetic"
 
@@ -77,7 +77,18 @@ BENCHMARK = Benchmark(
     source_type=SyntheticSource,
     read=_read,
     protocol=BenchmarkProtocol(
-        subset_ks=CIRR_SUBSET_KS, edit_type_breakdown=True, scene_labels=True
+        subset_ks=CIRR_SUBSET_KS,
+        edit_type_breakdown=True,
+        scene_labels=True,
+        summary_metrics=(
+            "recall@1",
+            "recall@5",
+            "recall@10",
+            "recall@50",
+            "recall_subset@1",
+            "avg",
+        ),
+        breakdown=SummaryBreakdown("edit", ("recall@10",)),
     ),
     generate=_generate,
     preflight=GENERATED,
