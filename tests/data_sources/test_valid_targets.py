@@ -110,7 +110,8 @@ def test_cirr_valid_target_that_failed_the_image_check(cirr: tuple[Path, Path]) 
     (root / "dev" / f"{OTHER_VAL_IMAGE}.png").write_bytes(b"not an image")
     res = read_cirr(ann, root, CIRRConfig(splits=("val",)))
     reasons = res.quarantine.loc[res.quarantine["kind"] == "triplet", "reason"].tolist()
-    assert any(r.startswith(f"quarantined image: valid target '{OTHER_VAL_IMAGE}'") for r in reasons)
+    expected = f"quarantined image: valid target '{OTHER_VAL_IMAGE}'"
+    assert any(r.startswith(expected) for r in reasons)
 
 
 def test_fashioniq_valid_targets_are_the_target(tmp_path: Path) -> None:
