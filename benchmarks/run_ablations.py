@@ -111,6 +111,7 @@ MULTI_COLUMNS = [
     "map@10",
     "map@50",
     "negatives/false_negative_rate",
+    "mining/false_negative_rate",
 ]
 TIERS = ("unique", "ambiguous")
 

@@ -146,19 +146,6 @@ class TrainData:
             groups_p = pool["category"].map(codes).to_numpy(dtype=np.int64)
         forms = zip(q["captions_train"], q["caption_eval"], strict=True)
         target_idx = lookup(q["target_id"], "target", True)
-        valid_idx = None
-        if "valid_targets" in q:
-            flat = pd.Series([v for vs in q["valid_targets"] for v in vs], dtype=object)
-            owners = np.repeat(np.arange(len(q)), [len(vs) for vs in q["valid_targets"]])
-            keys = zip(flat, np.asarray(query_cats, dtype=object)[owners], strict=True)
-            found = [positions.get(key, -1) for key in keys]
-            if -1 in found:
-                i = found.index(-1)
-                raise KeyError(
-                    f"query {q['query_id'][owners[i]]}: valid target {flat[i]!r} is not in "
-                    f"the {split} images"
-                )
-            valid_idx = _padded(np.asarray(found, dtype=np.int64), owners, len(q))
         reference_idx = lookup(q["reference_id"], "reference", False)
         contrast_color, contrast_shape = (
             attribute_contrasts(q, pool, positions, query_cats)
@@ -181,8 +168,28 @@ class TrainData:
             neighbour_keys=_neighbour_keys(reference_idx, target_idx, len(pool)),
             contrast_color=contrast_color,
             contrast_shape=contrast_shape,
-            valid_idx=valid_idx,
+            valid_idx=_valid_positions(q, query_cats, positions, split),
         )
+
+
+def _valid_positions(
+    q: pd.DataFrame, query_cats: pd.Series, positions: dict[tuple[str, str], int], split: str
+) -> np.ndarray | None:
+    """(N, V) pool indices of each query's ``valid_targets``, -1 padded (``None`` without
+    the column); KeyError naming the first valid target missing from the pool."""
+    if "valid_targets" not in q:
+        return None
+    flat = [v for vs in q["valid_targets"] for v in vs]
+    owners = np.repeat(np.arange(len(q)), [len(vs) for vs in q["valid_targets"]])
+    keys = zip(flat, np.asarray(query_cats, dtype=object)[owners], strict=True)
+    found = [positions.get(key, -1) for key in keys]
+    if -1 in found:
+        i = found.index(-1)
+        raise KeyError(
+            f"query {q['query_id'][owners[i]]}: valid target {flat[i]!r} is not in the "
+            f"{split} images"
+        )
+    return _padded(np.asarray(found, dtype=np.int64), owners, len(q))
 
 
 def _padded(values: np.ndarray, owners: np.ndarray, n: int) -> np.ndarray:

@@ -187,7 +187,8 @@ class Trainer:
     def _plan_stats(
         self, negatives: np.ndarray | None, contrasts: np.ndarray | None
     ) -> dict[str, float]:
-        """Share of negatives from the query's neighbourhood; attribute-contrast coverage."""
+        """Share of negatives from the query's neighbourhood and, where queries list several
+        valid targets, of negatives that are one; attribute-contrast coverage."""
         d, stats = self.data, {}
         if negatives is not None and len(d.neighbour_keys):
             stats["negatives/neighbourhood_share"] = sampled_neighbour_share(d, negatives)
