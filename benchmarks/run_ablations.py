@@ -9,20 +9,30 @@ train and val), so no number in the table was used for a choice. The untrained m
 the text-blind pixel baseline are reported on test alongside. Each row also keeps the
 best epoch's val metrics as ``val/<metric>``.
 
+Every (variant, seed) also writes its test queries' ranks (``--queries``, default beside
+``--out``), so ``--compare <that folder>`` can report each variant minus DQE-CIR with a
+paired bootstrap interval over queries and seeds (``_ablation_compare.py``). ``--tier
+ambiguous`` runs on the ambiguous tier (several valid targets per query: recall_any@K
+and mAP@K too; ``--data key=value`` resizes it). ``--grid`` with ``--variants`` tunes
+every listed variant over the same combinations (an equal budget), choosing each
+variant's combination by its best-epoch val ``avg`` (mean over seeds); ``--grid``
+alone runs the combinations of the default recipe as variants of their own.
+
 Imports no Kedro or MLflow, so it also runs on a bare GPU machine::
 
     PYTHONPATH=src python benchmarks/run_ablations.py --seeds 0 1 2 --out results.json
+    PYTHONPATH=src python benchmarks/run_ablations.py --compare results_queries
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import logging
 import multiprocessing
 import time
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +40,8 @@ import numpy as np
 import pandas as pd
 import torch
 import yaml
+from _ablation_compare import compare, compare_table, read_queries, write_queries
+from _ablation_grid import Job, Overrides, plan_jobs, select_on_val
 
 from dqe_cir_pipeline.baselines import text_blind_baseline
 from dqe_cir_pipeline.config_loader import project_config_loader
@@ -92,11 +104,48 @@ COLUMNS = [
     "weights/shape/shape",
     "negatives/neighbourhood_share",
 ]
+#: Columns added where the rows have them (the ambiguous tier).
+MULTI_COLUMNS = [
+    "recall_any@1",
+    "recall_any@10",
+    "map@10",
+    "map@50",
+    "negatives/false_negative_rate",
+    "mining/false_negative_rate",
+]
+TIERS = ("unique", "ambiguous")
 
 
-def base_params() -> dict[str, Any]:
-    """``conf/base``'s parameters, read by the project's own config loader."""
-    return project_config_loader("base")["parameters"]
+@dataclass(frozen=True)
+class Setup:
+    """Which benchmark the ablations run on and where their files go.
+
+    Attributes:
+        tier: ``unique`` (``conf/base``) or ``ambiguous`` (``conf/synthetic_ambiguous``).
+        data: ``data.synthetic`` overrides (``--data key=value``).
+        workdir: The benchmark, tiny backbone and features of the tier live under it.
+        queries: Where the per-query files go (``None``: not written).
+    """
+
+    tier: str = "unique"
+    data: tuple[tuple[str, Any], ...] = ()
+    workdir: Path = Path("/tmp/dqe_ablations")
+    queries: Path | None = None
+
+    @property
+    def root(self) -> Path:
+        """The tier's own folder: the default tier keeps the former layout."""
+        return self.workdir if self.tier == "unique" else self.workdir / self.tier
+
+
+def base_params(setup: Setup | None = None) -> dict[str, Any]:
+    """The tier's parameters (``conf/base``, or with ``conf/synthetic_ambiguous`` over it),
+    read by the project's own config loader, with ``setup.data`` over ``data.synthetic``."""
+    setup = setup or Setup()
+    env = "base" if setup.tier == "unique" else "synthetic_ambiguous"
+    params = project_config_loader(env)["parameters"]
+    params["data"]["synthetic"] = {**params["data"]["synthetic"], **dict(setup.data)}
+    return params
 
 
 def training_config(params: dict[str, Any], overrides: dict[str, dict[str, Any]]) -> TrainingConfig:
@@ -133,41 +182,19 @@ def prepare(root: Path, params: dict[str, Any], device: torch.device) -> dict[st
     return {"images": images, "triplets": triplets, "backbone": backbone, "features": features}
 
 
-Overrides = tuple[dict[str, dict[str, Any]], dict[str, Any]]
-
-
-def grid_variants(specs: list[str]) -> dict[str, Overrides]:
-    """``["optim.lr=1e-4,3e-4", "loop.epochs=12,20"]`` -> one variant per combination,
-    named ``lr=1e-4 epochs=12``; values are parsed as YAML scalars (numbers, null, true)."""
-    axes = []
-    for spec in specs:
-        path, _, values = spec.partition("=")
-        block, _, key = path.partition(".")
-        if not values or block not in ("model", "loss", "optim", "loop", "mining") or not key:
-            raise ValueError(
-                f"--grid takes <block>.<key>=v1,v2 with a training block or mining, got {spec!r}"
-            )
-        axes.append([(block, key, text) for text in values.split(",")])
-    out: dict[str, Overrides] = {}
-    for combo in itertools.product(*axes):
-        over: dict[str, dict[str, Any]] = {}
-        mining: dict[str, Any] = {}
-        for block, key, text in combo:
-            target = mining if block == "mining" else over.setdefault(block, {})
-            target[key] = yaml.safe_load(text)
-        out[" ".join(f"{key}={text}" for _, key, text in combo)] = (over, mining)
-    return out
-
-
 def run_variant(
-    name: str,
     overrides: Overrides,
     seed: int,
     prep: dict[str, Any],
     params: dict[str, Any],
     device: str,
     epochs: int | None,
-) -> dict[str, float]:
+) -> tuple[dict[str, float], pd.DataFrame]:
+    """Train one recipe at ``seed``, select its best epoch on val, evaluate it on test.
+
+    Returns:
+        The row's metrics and the test queries' per-query ranks.
+    """
     t_over, m_over = overrides
     loop = {"seed": seed, "run_dir": None, **({"epochs": epochs} if epochs is not None else {})}
     cfg = training_config(params, {**t_over, "loop": {**t_over.get("loop", {}), **loop}})
@@ -178,20 +205,20 @@ def run_variant(
     val = EvalSet.from_tables(prep["triplets"], prep["images"], SELECTION_SPLIT)
     test = EvalSet.from_tables(prep["triplets"], prep["images"], REPORT_SPLIT)
 
-    def validate(m: Any) -> dict[str, float]:
+    def evaluate_on(m: Any, split: EvalSet) -> Any:
         return evaluate(
             m,
             prep["features"],
             bb.tokenizer,
-            val,
+            split,
             max_len=bb.max_text_len,
             protocol=SYNTHETIC.protocol,
-        ).metrics
+        )
 
     t0 = time.perf_counter()
     result = fit(
         cfg,
-        FitData(data, prep["features"], validate),
+        FitData(data, prep["features"], lambda m: evaluate_on(m, val).metrics),
         model,
         bb,
         mcfg,
@@ -200,15 +227,8 @@ def run_variant(
     seconds = time.perf_counter() - t0
     # the best epoch (chosen on val) is what the table reports, measured on test
     model.load_state_dict(result.best_checkpoint["model"])
-    metrics = evaluate(
-        model,
-        prep["features"],
-        bb.tokenizer,
-        test,
-        max_len=bb.max_text_len,
-        protocol=SYNTHETIC.protocol,
-    ).metrics
-    metrics = dict(metrics)
+    out = evaluate_on(model, test)
+    metrics = dict(out.metrics)
     metrics.update({f"val/{k}": float(v) for k, v in result.best_checkpoint["metrics"].items()})
     metrics["seconds"] = seconds
     metrics["best_epoch"] = float(result.best_checkpoint["epoch"])
@@ -218,51 +238,76 @@ def run_variant(
         metrics[col.removeprefix("train/")] = float(history[col].mean())
     if result.mining_summaries:
         last = result.mining_summaries[-1]
-        metrics.update({f"mining/{k}": float(v) for k, v in last.items() if "/" in k})
-    return metrics
+        metrics.update(
+            {
+                f"mining/{k}": float(v)
+                for k, v in last.items()
+                if "/" in k or k == "false_negative_rate"
+            }
+        )
+    return metrics, out.per_query
 
 
-def run_variant_seeds(
-    name: str,
-    overrides: Overrides,
-    seeds: list[int],
-    workdir: Path,
+def run_job(
+    job: Job,
+    seed: int,
+    prep: dict[str, Any],
+    params: dict[str, Any],
     device: str,
     epochs: int | None,
-) -> list[dict[str, Any]]:
-    """One worker: load the prepared data (reused from ``workdir``), run every seed."""
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s [{name}] %(message)s")
+    queries: Path | None,
+) -> dict[str, Any]:
+    """One (recipe, seed): its row; its per-query ranks are written under ``queries``."""
+    metrics, per_query = run_variant(job.overrides, seed, prep, params, device, epochs)
+    if queries is not None:
+        write_queries(queries, per_query, job.variant, seed, job.grid)
+    logging.info(
+        "%s%s seed %d: test avg %.2f R@10 %.2f, val avg %.2f (%.0fs)",
+        job.variant,
+        f" [{job.grid}]" if job.grid else "",
+        seed,
+        metrics["avg"],
+        metrics["recall@10"],
+        metrics["val/avg"],
+        metrics["seconds"],
+    )
+    return {
+        "variant": job.variant,
+        **({"grid": job.grid} if job.grid else {}),
+        "seed": seed,
+        **metrics,
+    }
+
+
+def _quiet_logs(fmt: str) -> None:
+    logging.basicConfig(level=logging.INFO, format=fmt)
     for noisy in (
         "dqe_cir_pipeline.model.negatives",
         "dqe_cir_pipeline.model.train",
         "transformers",
     ):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    params = base_params()
-    prep = prepare(workdir, params, resolve_device(device))
-    rows = []
-    for seed in seeds:
-        metrics = run_variant(name, overrides, seed, prep, params, device, epochs)
-        rows.append({"variant": name, "seed": seed, **metrics})
-        logging.info(
-            "seed %d: test avg %.2f R@10 %.2f, val avg %.2f (%.0fs)",
-            seed,
-            metrics["avg"],
-            metrics["recall@10"],
-            metrics["val/avg"],
-            metrics["seconds"],
-        )
-    return rows
+
+
+def run_job_seeds(
+    job: Job, seeds: list[int], setup: Setup, device: str, epochs: int | None
+) -> list[dict[str, Any]]:
+    """One worker: load the prepared data (reused from the setup's folder), run every seed."""
+    _quiet_logs(f"%(asctime)s [{job.variant}] %(message)s")
+    params = base_params(setup)
+    prep = prepare(setup.root, params, resolve_device(device))
+    return [run_job(job, s, prep, params, device, epochs, setup.queries) for s in seeds]
 
 
 def table(rows: list[dict[str, Any]]) -> str:
     df = pd.DataFrame(rows)
-    lines = ["| variant | " + " | ".join(COLUMNS) + " | s/run |", "|---" * (len(COLUMNS) + 2) + "|"]
+    columns = COLUMNS + [c for c in MULTI_COLUMNS if c in df]
+    lines = ["| variant | " + " | ".join(columns) + " | s/run |", "|---" * (len(columns) + 2) + "|"]
     for name, g in df.groupby("variant", sort=False):
         cells = []
-        for col in COLUMNS:
+        for col in columns:
             vals = g[col].to_numpy(dtype=float) if col in g else np.array([np.nan])
-            digits = 2 if col.startswith("weights/") or "share" in col else 1
+            digits = 2 if col.startswith("weights/") or "share" in col or "rate" in col else 1
             std = vals.std(ddof=1) if len(vals) > 1 else 0.0
             cells.append(f"{vals.mean():.{digits}f} ± {std:.{digits}f}")
         lines.append(
@@ -299,20 +344,49 @@ def merge(files: list[Path], rename: dict[str, str], out: Path | None) -> None:
         out.write_text(json.dumps({**payload, "rows": rows, "table": text}, indent=1))
 
 
+def run_compare(folder: Path, baseline: str, n_boot: int, out: Path | None) -> None:
+    """Print (and write) every variant minus ``baseline`` with paired bootstrap intervals."""
+    results = compare(read_queries(folder), baseline=baseline, n_boot=n_boot)
+    seeds = results[0]["seeds"] if results else 0
+    queries = results[0]["queries"] if results else 0
+    print(
+        f"variant - {baseline} on {REPORT_SPLIT}, points; paired bootstrap 95 % interval over "
+        f"{queries} queries x {seeds} seeds ({n_boot} replicates)"
+    )
+    text = compare_table(results, baseline)
+    print(text)
+    _write_rows(
+        out, {"baseline": baseline, "n_boot": n_boot, "comparisons": results, "table": text}
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS))
+    parser.add_argument(
+        "--variants", nargs="+", default=None, help=f"default: all ({', '.join(VARIANTS)})"
+    )
     parser.add_argument(
         "--grid",
         nargs="+",
         default=None,
-        help="instead of --variants: every combination, e.g. optim.lr=1e-4,3e-4 loop.epochs=12,20",
+        help="combinations, e.g. optim.lr=1e-4,3e-4 loop.epochs=12,20: with --variants every "
+        "variant is tuned over them (chosen on val); alone, each is a variant of the default",
     )
     parser.add_argument("--epochs", type=int, default=None, help="override training.loop.epochs")
+    parser.add_argument("--tier", choices=TIERS, default="unique", help="the generated tier")
+    parser.add_argument(
+        "--data", nargs="+", default=[], help="data.synthetic overrides, e.g. test_families=50"
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/dqe_ablations"))
     parser.add_argument("--out", type=Path, default=None, help="write rows + table as JSON")
+    parser.add_argument(
+        "--queries",
+        type=Path,
+        default=None,
+        help="per-query ranks folder (default: <out>_queries, or <workdir>/queries)",
+    )
     parser.add_argument(
         "--jobs", type=int, default=1, help="variants run in parallel processes (GPU)"
     )
@@ -330,6 +404,15 @@ def _parser() -> argparse.ArgumentParser:
         default=[],
         help="with --merge: old=new variant names (a --grid row that is the default recipe)",
     )
+    parser.add_argument(
+        "--compare",
+        type=Path,
+        default=None,
+        help="run nothing: each variant of this per-query folder minus --baseline, with "
+        "paired bootstrap intervals (same seeds and queries required)",
+    )
+    parser.add_argument("--baseline", default="dqe_cir", help="with --compare")
+    parser.add_argument("--n-boot", type=int, default=10_000, help="with --compare")
     return parser
 
 
@@ -361,42 +444,41 @@ def floor_rows(
     return rows
 
 
-def run_variants(
-    variants: dict[str, dict[str, Any]],
+def run_jobs(
+    jobs: list[Job],
     args: argparse.Namespace,
+    setup: Setup,
     prep: dict[str, Any],
     params: dict[str, Any],
     device: torch.device,
     rows: list[dict[str, Any]],
 ) -> None:
-    """Every variant at every seed, appended to ``rows`` (in processes with ``--jobs``)."""
+    """Every recipe at every seed, appended to ``rows`` (in processes with ``--jobs``)."""
     if args.jobs > 1:
         ctx = multiprocessing.get_context("spawn")  # CUDA cannot be re-initialised in a fork
         with ProcessPoolExecutor(max_workers=args.jobs, mp_context=ctx) as pool:
             futures = [
-                pool.submit(
-                    run_variant_seeds, n, over, args.seeds, args.workdir, str(device), args.epochs
-                )
-                for n, over in variants.items()
+                pool.submit(run_job_seeds, job, args.seeds, setup, str(device), args.epochs)
+                for job in jobs
             ]
             for fut in futures:
                 rows.extend(fut.result())
                 _write_rows(args.out, {"device": str(device), "rows": rows})
         return
-    for name, over in variants.items():
+    for job in jobs:
         for seed in args.seeds:
-            metrics = run_variant(name, over, seed, prep, params, str(device), args.epochs)
-            rows.append({"variant": name, "seed": seed, **metrics})
-            logging.info(
-                "%s seed %d: test avg %.2f R@10 %.2f, val avg %.2f (%.0fs)",
-                name,
-                seed,
-                metrics["avg"],
-                metrics["recall@10"],
-                metrics["val/avg"],
-                metrics["seconds"],
-            )
+            rows.append(run_job(job, seed, prep, params, str(device), args.epochs, setup.queries))
             _write_rows(args.out, {"device": str(device), "rows": rows})
+
+
+def _setup(args: argparse.Namespace) -> Setup:
+    data = tuple((k, yaml.safe_load(v)) for k, _, v in (d.partition("=") for d in args.data))
+    queries = args.queries
+    if queries is None:
+        queries = (
+            args.out.with_name(args.out.stem + "_queries") if args.out else args.workdir / "queries"
+        )
+    return Setup(tier=args.tier, data=data, workdir=args.workdir, queries=queries)
 
 
 def main() -> None:
@@ -404,31 +486,36 @@ def main() -> None:
     if args.merge:
         merge(args.merge, dict(r.rsplit("=", 1) for r in args.rename), args.out)
         return
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    for noisy in (
-        "dqe_cir_pipeline.model.negatives",
-        "dqe_cir_pipeline.model.train",
-        "transformers",
-    ):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-    params = base_params()
+    if args.compare:
+        run_compare(args.compare, args.baseline, args.n_boot, args.out)
+        return
+    _quiet_logs("%(asctime)s %(message)s")
+    setup = _setup(args)
+    jobs = plan_jobs(VARIANTS, args.variants, args.grid)  # refuses a clashing grid before any work
+    params = base_params(setup)
     device = resolve_device(args.device)
-    prep = prepare(args.workdir, params, device)
+    prep = prepare(setup.root, params, device)
     rows = floor_rows(prep, params, device)
-    variants = grid_variants(args.grid) if args.grid else {n: VARIANTS[n] for n in args.variants}
-    run_variants(variants, args, prep, params, device, rows)
-    text = table(rows)
+    run_jobs(jobs, args, setup, prep, params, device, rows)
+    chosen = select_on_val(rows, setup.queries)
+    tuning = [r for r in rows if r.get("grid")]
+    final = [r for r in rows if not r.get("grid") or chosen.get(r["variant"]) == r["grid"]]
+    text = table(final)
     print(f"device: {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'})")
-    print(f"best epoch selected on {SELECTION_SPLIT}; numbers on {REPORT_SPLIT}")
+    print(f"tier {setup.tier}; best epoch selected on {SELECTION_SPLIT}; numbers on {REPORT_SPLIT}")
+    for variant, combo in chosen.items():
+        print(f"{variant}: grid combination chosen on {SELECTION_SPLIT}: {combo}")
     print(text)
+    print(f"per-query ranks: {setup.queries} (compare: --compare {setup.queries})")
     _write_rows(
         args.out,
         {
             "device": str(device),
+            "tier": setup.tier,
             "selection_split": SELECTION_SPLIT,
             "report_split": REPORT_SPLIT,
-            "rows": rows,
+            "rows": final,
+            **({"grid_rows": tuning, "chosen": chosen} if chosen else {}),
             "table": text,
         },
     )

@@ -16,6 +16,12 @@ carry an ``edit`` object (the generated benchmark writes it: ``type``,
 whole object is kept as JSON in ``edit_labels``; otherwise the flags come from the
 keyword lexicon [design] and ``edit_labels`` is ``"{}"``.
 
+``valid_targets``: every image the record scores 1.0 in ``target_soft`` (real CIRR
+rates other images too: 0.5, -1; the generated benchmark's ambiguous tier lists every
+image that satisfies the caption), ``target_hard`` always among them; ``[target_hard]``
+without ``target_soft``, ``[]`` in unlabelled splits. A valid target that is not a usable
+image of the split quarantines the record.
+
 Splits in ``image_only_splits`` are indexed (images checked) without reading captions;
 the real CIRR train captions are not shipped here, so a run on this copy lists
 ``"train"`` there. Any other split without a captions file is an error.
@@ -161,6 +167,21 @@ def _exact_flags(edit: Any) -> tuple[bool, bool] | str:
     return edit["edits_color"], edit["edits_shape"]
 
 
+def _valid_targets(soft: Any, target: str | None) -> list[str] | str:
+    """The sorted images scored 1.0 in ``target_soft`` plus ``target`` (``[]`` when
+    unlabelled, ``[target]`` without ``target_soft``), or a quarantine reason."""
+    if target is None:
+        return []
+    if soft is None:
+        return [target]
+    if not isinstance(soft, dict):
+        return f"{REASON_BAD_VALUE}: 'target_soft' is {type(soft).__name__}, not an object"
+    for name, score in soft.items():
+        if isinstance(score, bool) or not isinstance(score, (int, float)):
+            return f"{REASON_BAD_VALUE}: 'target_soft[{name!r}]' is {score!r}, not a number"
+    return sorted({target, *(name for name, score in soft.items() if score == 1.0)})
+
+
 def _parse_record(rec: Any, labelled: bool) -> dict[str, Any] | str:
     """Validate one CIRR record; return its fields or a quarantine reason."""
     if not isinstance(rec, dict):
@@ -181,6 +202,9 @@ def _parse_record(rec: Any, labelled: bool) -> dict[str, Any] | str:
     members = img_set["members"]
     if not isinstance(members, list) or not all(isinstance(m, str) for m in members):
         return f"{REASON_BAD_VALUE}: 'img_set.members' is {members!r}"
+    valid = _valid_targets(rec.get("target_soft"), rec["target_hard"] if labelled else None)
+    if isinstance(valid, str):
+        return valid
     return {
         "pairid": pairid,
         "reference": rec["reference"],
@@ -188,6 +212,7 @@ def _parse_record(rec: Any, labelled: bool) -> dict[str, Any] | str:
         "caption": rec["caption"],
         "members": members,
         "edit": rec.get("edit"),
+        "valid_targets": valid,
     }
 
 
@@ -276,10 +301,12 @@ def _unique_record(
 
 
 def _image_problem(fields: dict[str, Any], split: str, index: ImageIndex) -> str | None:
-    """The first unusable image among reference, target and subset members, if any."""
+    """The first unusable image among reference, target, the other valid targets and
+    subset members, if any."""
     refs = [("reference", fields["reference"])]
     if fields["target"] is not None:
         refs.append(("target", fields["target"]))
+    refs += [("valid target", v) for v in fields["valid_targets"] if v != fields["target"]]
     refs += [("img_set member", m) for m in fields["members"]]
     return next(
         (
@@ -339,6 +366,7 @@ def _triplet_row(
         "edits_shape": shape,
         "subset_members": list(fields["members"]),
         "edit_labels": edit_labels,
+        "valid_targets": list(fields["valid_targets"]),
     }
 
 

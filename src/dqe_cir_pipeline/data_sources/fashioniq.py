@@ -464,4 +464,5 @@ def _triplet_row(
         "edits_shape": shape,
         "subset_members": [],
         "edit_labels": "{}",
+        "valid_targets": [] if fields["target"] is None else [fields["target"]],
     }

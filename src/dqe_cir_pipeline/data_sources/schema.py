@@ -41,6 +41,8 @@ TRIPLET_SCHEMA = pa.schema(
         pa.field("edits_shape", pa.bool_(), nullable=False),
         pa.field("subset_members", pa.list_(pa.string()), nullable=False),  # CIRR img_set
         pa.field("edit_labels", pa.string(), nullable=False),  # JSON; exact for synthetic
+        # every image that satisfies the query, target_id included ([] when unlabelled)
+        pa.field("valid_targets", pa.list_(pa.string()), nullable=False),
     ]
 )
 

@@ -33,7 +33,9 @@ class TrainData:
 
     ``target_idx`` / ``reference_idx`` index ``pool_ids`` (-1 when the reference is not
     in the pool). ``query_groups`` / ``pool_groups`` restrict negatives to the same
-    group (FashionIQ category); ``None`` means one pool for all.
+    group (FashionIQ category); ``None`` means one pool for all. ``valid_idx``: (N, V)
+    pool indices of every valid target of each query (its target included), -1 padded;
+    ``None``: the target alone.
     """
 
     query_ids: list[str]
@@ -56,9 +58,23 @@ class TrainData:
     #: object's colour / shape (exact generator labels; empty lists: none known).
     contrast_color: list[np.ndarray] = field(default_factory=list)
     contrast_shape: list[np.ndarray] = field(default_factory=list)
+    valid_idx: np.ndarray | None = None  # (N, V) int64, -1 padded
 
     def __len__(self) -> int:
         return len(self.reference_ids)
+
+    @property
+    def multi_target(self) -> bool:
+        """Whether some query lists a valid target besides its annotated one."""
+        return self.valid_idx is not None and bool(((self.valid_idx >= 0).sum(axis=1) > 1).any())
+
+    def is_valid_target(self, rows: np.ndarray, images: np.ndarray) -> np.ndarray:
+        """``(K,)`` bool: is pool image ``images[k]`` a valid target of query ``rows[k]``?"""
+        valid = self.target_idx[:, None] if self.valid_idx is None else self.valid_idx
+        images = np.asarray(images, dtype=np.int64)
+        return (valid[np.asarray(rows, dtype=np.int64)] == images[:, None]).any(axis=1) & (
+            images >= 0
+        )
 
     def in_neighbourhood(self, rows: np.ndarray, images: np.ndarray) -> np.ndarray:
         """``(K,)`` bool: is ``images[k]`` in the neighbourhood of query ``rows[k]``'s
@@ -96,9 +112,10 @@ class TrainData:
 
         The pool is per category when the benchmark's ``protocol`` says so (FashionIQ:
         negatives come from the query's own category) and one pool otherwise; ``None``:
-        the protocol registered for the tables' dataset. A triplet whose target is
-        missing from the pool is an error (ingestion quarantines those, so reaching here
-        means the tables disagree); a reference outside the pool gets index -1.
+        the protocol registered for the tables' dataset. A triplet whose target (or
+        another valid target) is missing from the pool is an error (ingestion quarantines
+        those, so reaching here means the tables disagree); a reference outside the pool
+        gets index -1. Tables without ``valid_targets``: ``valid_idx`` is ``None``.
         """
         q = triplets[(triplets["split"] == split) & triplets["target_id"].notna()]
         q = q.reset_index(drop=True)
@@ -151,7 +168,37 @@ class TrainData:
             neighbour_keys=_neighbour_keys(reference_idx, target_idx, len(pool)),
             contrast_color=contrast_color,
             contrast_shape=contrast_shape,
+            valid_idx=_valid_positions(q, query_cats, positions, split),
         )
+
+
+def _valid_positions(
+    q: pd.DataFrame, query_cats: pd.Series, positions: dict[tuple[str, str], int], split: str
+) -> np.ndarray | None:
+    """(N, V) pool indices of each query's ``valid_targets``, -1 padded (``None`` without
+    the column); KeyError naming the first valid target missing from the pool."""
+    if "valid_targets" not in q:
+        return None
+    flat = [v for vs in q["valid_targets"] for v in vs]
+    owners = np.repeat(np.arange(len(q)), [len(vs) for vs in q["valid_targets"]])
+    keys = zip(flat, np.asarray(query_cats, dtype=object)[owners], strict=True)
+    found = [positions.get(key, -1) for key in keys]
+    if -1 in found:
+        i = found.index(-1)
+        raise KeyError(
+            f"query {q['query_id'][owners[i]]}: valid target {flat[i]!r} is not in the "
+            f"{split} images"
+        )
+    return _padded(np.asarray(found, dtype=np.int64), owners, len(q))
+
+
+def _padded(values: np.ndarray, owners: np.ndarray, n: int) -> np.ndarray:
+    """(n, V) ``values`` grouped by their (sorted) ``owners`` row, -1 padded."""
+    counts = np.bincount(owners, minlength=n)
+    out = np.full((n, max(1, int(counts.max(initial=0)))), -1, dtype=np.int64)
+    col = np.arange(len(owners)) - np.repeat(np.cumsum(counts) - counts, counts)
+    out[owners, col] = values
+    return out
 
 
 def _one_dataset(q: pd.DataFrame, split: str) -> str:

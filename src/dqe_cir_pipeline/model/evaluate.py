@@ -3,7 +3,9 @@ training, the evaluation pipeline and the zero-shot baseline.
 
 How a split is ranked and scored is its benchmark's :class:`BenchmarkProtocol`
 (``model.protocol``): per-category galleries or one whole gallery, the reference kept or
-removed, Recall_subset over ``img_set.members``, a breakdown by edit type.
+removed, Recall_subset over ``img_set.members``, a breakdown by edit type. A split where
+some query has several valid targets is also scored by the multi-target protocol
+(``recall_any@K``, CIRCO's ``map@K``) next to the single-target one.
 """
 
 from __future__ import annotations
@@ -22,18 +24,27 @@ from dqe_cir_pipeline.model.dqe import DQECIR
 from dqe_cir_pipeline.model.encode import encode_images, encode_queries
 from dqe_cir_pipeline.model.protocol import BenchmarkProtocol, protocol_for
 from dqe_cir_pipeline.model.retrieval import (
+    average_precision_at_k,
     breakdown_by_group,
     cirr_metrics_from_ranks,
     fashioniq_metrics_from_ranks,
+    first_valid_rank,
+    map_at_k,
+    recall_any_at_k,
     recall_at_k,
     subset_ranks,
     subset_topk,
     target_ranks,
     topk,
+    valid_target_ranks,
 )
 
 if TYPE_CHECKING:
     from dqe_cir_pipeline.model.backbone import Backbone
+
+#: mAP@K cut-offs of the multi-target protocol (CIRCO's); recall_any@K uses the split's
+#: Recall@K cut-offs.
+MAP_KS: tuple[int, ...] = (5, 10, 25, 50)
 
 
 @config_block
@@ -71,7 +82,8 @@ class EvalSet:
     """The queries and gallery of one split, as parallel lists.
 
     ``subset_members`` is empty for FashionIQ. ``target_ids`` holds ``None`` for
-    unlabelled queries (CIRR test1).
+    unlabelled queries (CIRR test1). ``valid_targets``: per query every image that
+    satisfies it, its target included; empty (the default): each query's target alone.
     """
 
     dataset: str
@@ -85,14 +97,27 @@ class EvalSet:
     subset_members: list[list[str]]
     gallery_ids: list[str]
     gallery_categories: list[str]
+    valid_targets: list[list[str]] = field(default_factory=list)
 
     @property
     def labelled(self) -> bool:
         return all(t is not None for t in self.target_ids)
 
+    @property
+    def multi_target(self) -> bool:
+        """Whether some query has more than one valid target (multi-target metrics apply)."""
+        return any(len(v) > 1 for v in self.valid_targets)
+
+    def valid_lists(self) -> list[list[str]]:
+        """Each query's valid targets (its target alone where none are listed)."""
+        if self.valid_targets:
+            return [list(v) for v in self.valid_targets]
+        return [[] if t is None else [t] for t in self.target_ids]
+
     @classmethod
     def from_tables(cls, triplets: pd.DataFrame, images: pd.DataFrame, split: str) -> EvalSet:
-        """Select one split from the canonical ``triplets`` / ``images`` tables."""
+        """Select one split from the canonical ``triplets`` / ``images`` tables (tables
+        without a ``valid_targets`` column: each query's target alone)."""
         q = triplets[triplets["split"] == split].reset_index(drop=True)
         g = images[images["split"] == split].drop_duplicates(["image_id", "category"])
         if q.empty:
@@ -116,6 +141,9 @@ class EvalSet:
             subset_members=[list(m) for m in q["subset_members"]],
             gallery_ids=g["image_id"].astype(str).tolist(),
             gallery_categories=g["category"].astype(str).tolist(),
+            valid_targets=(
+                [[str(v) for v in vs] for vs in q["valid_targets"]] if "valid_targets" in q else []
+            ),
         )
 
 
@@ -262,7 +290,23 @@ def evaluate_embeddings(
     per_query["topk"] = ranked.top
     if weights is not None:
         metrics.update(weight_stats(weights, data.edit_types))
+    if data.labelled and data.multi_target:
+        metrics.update(_multi_target(scoring, cutoffs, per_query))
     return EvalOutput(metrics=metrics, per_query=per_query)
+
+
+def _multi_target(
+    scoring: _Scoring, ks: Sequence[int], per_query: pd.DataFrame
+) -> dict[str, float]:
+    """``recall_any@K`` (``ks``) and ``map@K`` (:data:`MAP_KS`); adds the per-query
+    ``n_valid``, ``rank_any`` (best valid target's place) and ``ap@K`` columns."""
+    ranks, n_valid = scoring.valid_ranks()
+    per_query["n_valid"] = n_valid
+    per_query["rank_any"] = first_valid_rank(ranks)
+    n_ap = np.maximum(n_valid, 1)  # a query left with no candidate valid target scores AP 0
+    for k in MAP_KS:
+        per_query[f"ap@{k}"] = average_precision_at_k(ranks, n_ap, k)
+    return {**recall_any_at_k(ranks, ks), **map_at_k(ranks, n_ap, MAP_KS)}
 
 
 @dataclass
@@ -333,12 +377,60 @@ class _Scoring:
         sr = subset_ranks(self.q, self.gallery, tgt, subset, ref, chunk, self.device)
         return _Ranked(r.numpy(), top, cirr_metrics_from_ranks(r, sr, ks, subset_ks), sr.numpy())
 
+    def valid_ranks(self) -> tuple[np.ndarray, np.ndarray]:
+        """(N, V) ranks of every valid target (-1 padding) in the query's gallery, and (N,)
+        how many each query has. A valid target equal to a removed reference is not a
+        candidate and does not count."""
+        data = self.data
+        lists = data.valid_lists()
+        width = max(1, max(len(v) for v in lists))
+        ranks = np.full((len(lists), width), -1, dtype=np.int64)
+        n_valid = np.zeros(len(lists), dtype=np.int64)
+        if self.protocol.per_category:
+            cats, gcats = np.asarray(data.categories), np.asarray(data.gallery_categories)
+            parts = [
+                (np.flatnonzero(cats == c), np.flatnonzero(gcats == c))
+                for c in sorted(set(data.categories))
+            ]
+        else:
+            parts = [(np.arange(len(lists)), np.arange(len(data.gallery_ids)))]
+        for qi, gi in parts:
+            names = [data.gallery_ids[i] for i in gi]
+            ref = self._references(names, [data.reference_ids[i] for i in qi])
+            valid = _valid_index(names, [lists[i] for i in qi], ref)
+            sub_g = (
+                self.gallery[torch.as_tensor(gi)] if self.protocol.per_category else self.gallery
+            )
+            r = valid_target_ranks(self.q[qi], sub_g, valid, ref, self.chunk_size, self.device)
+            ranks[qi, : r.shape[1]] = r.numpy()
+            n_valid[qi] = (valid >= 0).sum(dim=1).numpy()
+        return ranks, n_valid
+
     def _references(self, names: Sequence[str], refs: Sequence[str]) -> torch.Tensor | None:
         """Reference positions to leave out of the ranking (``None``: the protocol keeps
         the reference a candidate)."""
         if not self.protocol.remove_reference:
             return None
         return _index(names, refs, "reference", missing=-1)
+
+
+def _valid_index(
+    names: Sequence[str], lists: Sequence[Sequence[str]], exclude: torch.Tensor | None
+) -> torch.Tensor:
+    """(N, V) gallery positions of each query's valid targets, -1 padded, without its
+    excluded reference; KeyError for a valid target missing from the gallery."""
+    pos = {n: i for i, n in enumerate(names)}
+    rows = []
+    for i, wanted in enumerate(lists):
+        if any(w not in pos for w in wanted):
+            missing = next(w for w in wanted if w not in pos)
+            raise KeyError(f"valid target {missing!r} is not in the gallery")
+        drop = -2 if exclude is None else int(exclude[i])
+        rows.append([pos[w] for w in wanted if pos[w] != drop])
+    out = torch.full((len(rows), max(1, max(map(len, rows), default=1))), -1, dtype=torch.long)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = torch.as_tensor(row, dtype=torch.long)
+    return out
 
 
 def submission_rankings(

@@ -83,14 +83,42 @@ def mine_with_model(
     max_len: int = 32,
     amp_dtype: str | None = "bfloat16",
 ) -> tuple[MiningResult, dict[str, float]]:
-    """Encode with ``model`` and mine; returns the result and its :func:`neighbourhood_stats`."""
+    """Encode with ``model`` and mine; returns the result and its :func:`neighbourhood_stats`
+    and :func:`false_negative_stats`."""
     queries, pool = encode_for_mining(
         model, features, tokenizer, data, max_len=max_len, amp_dtype=amp_dtype
     )
     device = next(model.parameters()).device
     result = mine_from_embeddings(queries, pool, data, mining, device)
     stats = neighbourhood_stats(queries.to(device), pool.to(device), data, result, mining.epsilon)
+    stats.update(false_negative_stats(data, result))
     return result, stats
+
+
+def false_negative_stats(data: TrainData, result: MiningResult) -> dict[str, float]:
+    """``false_negative_rate``: the expected share of a pass's drawn negatives that are
+    valid targets of their query (a draw is uniform over the query's stored candidates:
+    per query the share of them that are valid, averaged over queries with a candidate).
+
+    Empty unless some query lists a valid target besides its annotated one: only then is
+    a false negative known (elsewhere it could be any unlabelled match).
+    """
+    if not data.multi_target:
+        return {}
+    cand = result.candidates
+    has = cand >= 0
+    rows = np.broadcast_to(np.arange(len(data))[:, None], cand.shape)
+    valid = np.zeros(cand.shape, dtype=bool)
+    valid[has] = data.is_valid_target(rows[has], cand[has])
+    stored = has.sum(axis=1)
+    share = valid.sum(axis=1)[stored > 0] / stored[stored > 0]
+    return {"false_negative_rate": float(share.mean()) if share.size else math.nan}
+
+
+def sampled_false_negative_rate(data: TrainData, negatives: np.ndarray) -> float:
+    """Share of the drawn negatives (``(N,)`` pool indices) that are valid targets of
+    their query."""
+    return float(data.is_valid_target(np.arange(len(data)), negatives).mean()) if len(data) else 0.0
 
 
 def neighbours(data: TrainData, i: int) -> np.ndarray:

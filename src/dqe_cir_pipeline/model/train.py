@@ -30,6 +30,7 @@ from dqe_cir_pipeline.model.losses import LOSS_TERMS, EncodedBatch, GlobalBatch
 from dqe_cir_pipeline.model.mining import (
     mine_with_model,
     random_negatives,
+    sampled_false_negative_rate,
     sampled_neighbour_share,
     zone_negatives,
 )
@@ -186,10 +187,13 @@ class Trainer:
     def _plan_stats(
         self, negatives: np.ndarray | None, contrasts: np.ndarray | None
     ) -> dict[str, float]:
-        """Share of negatives from the query's neighbourhood; attribute-contrast coverage."""
+        """Share of negatives from the query's neighbourhood and, where queries list several
+        valid targets, of negatives that are one; attribute-contrast coverage."""
         d, stats = self.data, {}
         if negatives is not None and len(d.neighbour_keys):
             stats["negatives/neighbourhood_share"] = sampled_neighbour_share(d, negatives)
+        if negatives is not None and d.multi_target:
+            stats["negatives/false_negative_rate"] = sampled_false_negative_rate(d, negatives)
         if contrasts is not None:
             for col, (name, touches) in enumerate(
                 (("color", d.edits_color), ("shape", d.edits_shape))

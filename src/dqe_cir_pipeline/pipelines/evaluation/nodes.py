@@ -2,7 +2,9 @@
 
 Every evaluation reports three rows side by side: the trained model, the same backbone
 with no training (zero-shot) and a text-blind baseline (the reference's nearest
-neighbours in pixel space), so a number is never read without its floor.
+neighbours in pixel space), so a number is never read without its floor. On a split where
+some query has several valid targets every row also carries ``recall_any@K`` and
+``map@K``, and the rankings the per-query columns a paired bootstrap reads.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from dqe_cir_pipeline.baselines import text_blind_baseline
@@ -21,6 +24,7 @@ from dqe_cir_pipeline.model.cirr_submission import cirr_submission, validate_cir
 from dqe_cir_pipeline.model.config import RuntimeConfig
 from dqe_cir_pipeline.model.encode import encode_images, encode_queries
 from dqe_cir_pipeline.model.evaluate import (
+    MAP_KS,
     EvalOutput,
     EvalSet,
     EvaluationConfig,
@@ -65,6 +69,8 @@ def _report(
             for name, g in table.groupby("model")
         },
     }
+    if data.labelled and data.multi_target:
+        summary["valid_targets"] = _valid_target_stats(data)
     metrics: dict[str, Any] = {}
     for name, out in outputs.items():
         metrics.update(metric_values(out.metrics, prefix=f"eval/{name}."))
@@ -83,15 +89,35 @@ def _report(
     return table, summary, metrics
 
 
-def _rankings(outputs: dict[str, EvalOutput], data: EvalSet) -> pd.DataFrame:
-    """The trained model's per-query rankings, with the baselines' ranks beside them."""
+def _valid_target_stats(data: EvalSet) -> dict[str, float]:
+    """How many valid targets the reported split's queries have."""
+    counts = np.asarray([len(v) for v in data.valid_lists()], dtype=np.float64)
+    return {
+        "mean": float(counts.mean()),
+        "max": float(counts.max()),
+        "share_multiple": float((counts > 1).mean()),
+    }
+
+
+def _rankings(outputs: dict[str, EvalOutput], data: EvalSet, seed: int) -> pd.DataFrame:
+    """The trained model's per-query rankings, with the baselines' ranks beside them.
+
+    ``seed``: the checkpoint's training seed, so rankings of several runs stack into the
+    (seed, query) table a paired bootstrap resamples. Multi-target splits add each
+    baseline's ``<name>_rank_any`` and ``<name>_ap@K`` too.
+    """
     per_query = outputs["dqe_cir"].per_query.copy()
     per_query["reference_id"] = data.reference_ids
     per_query["target_id"] = data.target_ids
     per_query["text"] = data.texts
-    per_query["zero_shot_rank"] = outputs["zero_shot"].per_query["rank"].to_numpy()
-    per_query["untrained_rank"] = outputs["untrained"].per_query["rank"].to_numpy()
-    per_query["text_blind_rank"] = outputs["text_blind"].per_query["rank"].to_numpy()
+    for name in ("zero_shot", "untrained", "text_blind"):
+        per_query[f"{name}_rank"] = outputs[name].per_query["rank"].to_numpy()
+    for name in ("zero_shot", "untrained", "text_blind"):
+        theirs = outputs[name].per_query
+        for col in ("rank_any", *(f"ap@{k}" for k in MAP_KS)):
+            if col in theirs:
+                per_query[f"{name}_{col}"] = theirs[col].to_numpy()
+    per_query["seed"] = seed
     return per_query
 
 
@@ -122,7 +148,7 @@ def evaluate_checkpoint(
         for name, m in (("dqe_cir", model), ("zero_shot", zero_shot), ("untrained", untrained))
     }
     outputs["text_blind"] = text_blind_baseline(images, data, evaluation.ks)
-    return (*_report(outputs, data, bb.name), _rankings(outputs, data))
+    return (*_report(outputs, data, bb.name), _rankings(outputs, data, seed))
 
 
 def _check_same_data(

@@ -27,6 +27,7 @@ from dqe_cir_pipeline.model.data import TrainData  # noqa: E402
 from dqe_cir_pipeline.model.factory import build_model  # noqa: E402
 from dqe_cir_pipeline.model.mining import (  # noqa: E402
     encode_for_mining,
+    false_negative_stats,
     mine_from_embeddings,
     neighbourhood_stats,
 )
@@ -66,6 +67,7 @@ def mine_initial_negatives(
     seconds = time.perf_counter() - start
     summary = {**result.summary(), "seconds": seconds, "queries": float(len(data))}
     summary.update(neighbourhood_stats(queries, pool, data, result, mining.epsilon))
+    summary.update(false_negative_stats(data, result))
     logger.info(
         "mined %s negatives for %d queries in %.2fs: %s",
         mining.strategy,
