@@ -248,3 +248,29 @@ def test_load_json_refuses_a_duplicate_key(tmp_path: Path) -> None:
     path.write_text('{"a": "./x.png", "b": "./y.png", "a": "./z.png"}')
     with pytest.raises(AnnotationError, match=r"duplicate key 'a' in .*split.shirt.val.json"):
         load_json(path)
+
+
+def test_fingerprint_sees_extra_valid_targets_only() -> None:
+    """Another valid target changes the fingerprint; a list holding just the annotated
+    target hashes like a table without the column (earlier runs keep resuming)."""
+    images = pd.DataFrame(
+        {"image_id": ["a", "b", "c"], "split": ["val"] * 3, "content_hash": ["1", "2", "3"]}
+    )
+    triplets = pd.DataFrame(
+        {
+            "query_id": ["q0", "q1"],
+            "split": ["val", "val"],
+            "reference_id": ["a", "b"],
+            "target_id": ["b", None],
+            "caption_eval": ["make it red", "make it blue"],
+            "edit_type": ["color", "color"],
+            "captions_train": [["make it red"], ["make it blue"]],
+        }
+    )
+    plain = common.dataset_fingerprint(images, triplets)
+    single = triplets.assign(valid_targets=[["b"], []])
+    assert common.dataset_fingerprint(images, single) == plain
+    several = triplets.assign(valid_targets=[["b", "c"], []])
+    other = triplets.assign(valid_targets=[["a", "b"], []])
+    assert common.dataset_fingerprint(images, several) != plain
+    assert common.dataset_fingerprint(images, several) != common.dataset_fingerprint(images, other)

@@ -417,8 +417,10 @@ def dataset_fingerprint(images: pd.DataFrame, triplets: pd.DataFrame) -> str:
     """A short hash of what a run trains and evaluates on: image bytes and queries.
 
     Covers every image's id, split and content hash and every query's id, split,
-    reference, target, evaluation caption, training caption forms and edit type, so any
-    change to the data a model saw changes it.
+    reference, target, evaluation caption, training caption forms and edit type, and the
+    valid targets of queries that have more than their annotated one, so any change to
+    the data a model saw or is scored against changes it. Single-target data hashes as
+    it did before ``valid_targets`` existed, so earlier runs still resume.
     """
     h = hashlib.sha256()
 
@@ -430,6 +432,17 @@ def dataset_fingerprint(images: pd.DataFrame, triplets: pd.DataFrame) -> str:
     for col in ("query_id", "split", "reference_id", "target_id", "caption_eval", "edit_type"):
         h.update(text(triplets[col]))
     h.update(text(triplets["captions_train"].map(lambda forms: "\x1e".join(map(str, forms)))))
+    if "valid_targets" in triplets:
+        own = [[] if pd.isna(t) else [str(t)] for t in triplets["target_id"]]
+        extra = [
+            f"{q}\x1d" + "\x1e".join(map(str, valid))
+            for q, mine, valid in zip(
+                triplets["query_id"], own, triplets["valid_targets"], strict=True
+            )
+            if [str(v) for v in valid] != mine
+        ]
+        if extra:
+            h.update("\x1f".join(extra).encode())
     return h.hexdigest()[:SHORT_HASH_CHARS]
 
 
