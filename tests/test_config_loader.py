@@ -3,6 +3,7 @@ stays isolated."""
 
 from __future__ import annotations
 
+import logging
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -46,6 +47,32 @@ def test_overlay_merges_key_by_key_and_runtime_params_win(tmp_path: Path) -> Non
         "b": 1,
         "c": 3,
     }  # plain run: Kedro's own base + local
+
+
+def test_the_log_lists_what_conf_local_overrides_and_params_apart(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    _write(tmp_path / "base/parameters.yml", {"a": {"x": 1}, "b": 1, "d": 1})
+    _write(tmp_path / "fashioniq/parameters.yml", {"a": {"x": 10}})
+    _write(tmp_path / "local/parameters.yml", {"a": {"y": 20}, "c": 5})
+
+    def load(**runtime: object) -> dict:
+        return LocalOverlayConfigLoader(
+            conf_source=str(tmp_path),
+            env="fashioniq",
+            runtime_params=runtime,
+            base_env="base",
+            default_run_env="local",
+            merge_strategy={"parameters": "soft"},
+            local_overlay_envs=("fashioniq",),
+        )["parameters"]
+
+    with caplog.at_level(logging.INFO, logger="dqe_cir_pipeline.config_loader"):
+        params = load(b=2, a={"y": 99})
+    assert params == {"a": {"x": 10, "y": 99}, "b": 2, "c": 5, "d": 1}  # --params wins
+    lines = [r.getMessage() for r in caplog.records]
+    assert "conf/local overrides ['a', 'c'] for --env fashioniq" in lines  # not b
+    assert "--params overrides ['a', 'b']" in lines
 
 
 def test_project_envs_read_a_users_local_weights_and_data_roots(tmp_path: Path) -> None:

@@ -106,8 +106,11 @@ def test_fashioniq_ready_when_everything_is_there(tmp_path: Path) -> None:
     train = json.loads((FIXTURES / "fashioniq" / "captions" / "cap.dress.train.json").read_text())
     val = json.loads((FIXTURES / "fashioniq" / "captions" / "cap.dress.val.json").read_text())
     assert report.numbers["caption_records"] == len(train) + len(val)
-    # feature cache estimate: distinct images x ViT-g tokens x dim x 2 bytes (fp16)
-    assert report.numbers["cache_bytes_needed"] == len(ids) * 257 * 1408 * 2
+    # the env's converted ViT-L folder is not there: its size is unknown, not ViT-g's
+    assert report.numbers["cache_bytes_needed"] is None
+    disk = _check(report, "disk")
+    assert disk.status == preflight.WARN and "size unknown" in disk.summary
+    assert any("257 x 1024" in d for d in disk.details)  # the sizes for reference
     assert _check(report, "backbone").status == preflight.WARN  # skipped, not blocking
     assert _check(report, "gpu").status in (preflight.WARN, preflight.PASS)  # device=cpu
 
@@ -183,3 +186,39 @@ def test_cirr_needs_train_captions_unless_image_only(tmp_path: Path) -> None:
     # 1 of a handful missing is far above the 2 % ingestion tolerates
     assert _check(report, "images").status == preflight.FAIL
     assert report.exit_code == 1
+
+
+def _vit_l_config(folder: Path) -> None:
+    """A folder holding only the config.json of a converted ViT-L (no weights)."""
+    from transformers import Blip2Config, Blip2VisionConfig
+
+    vision = Blip2VisionConfig(
+        hidden_size=1024, num_hidden_layers=23, image_size=224, patch_size=14
+    ).to_dict()
+    config = Blip2Config(vision_config=vision)
+    config.lavis_vision = {"tower": "clip_vit", "depth": 23}
+    config.save_pretrained(str(folder))
+
+
+@pytest.mark.parametrize("backbone", ["vitl", "tiny"])
+def test_cache_size_is_the_configured_backbones(tmp_path: Path, backbone: str) -> None:
+    """The estimate is tokens x width of the backbone the run will use, read from its
+    configuration (also with --skip-backbone), not a fixed ViT-g grid."""
+    ids, _ = _fashioniq(tmp_path, missing=0)
+    folder = tmp_path / "blip2-pretrain-vitL"
+    _vit_l_config(folder)
+    params = f"data.fashioniq.categories=[dress],{CPU},backbone.name_or_path={folder}"
+    if backbone == "tiny":
+        params += ",backbone.source=tiny,backbone.tiny.vision_hidden=96"
+    report = preflight.run_checks(
+        "fashioniq",
+        Path(preflight.__file__).resolve().parents[2],
+        preflight.parse_params(params),
+        skip_backbone=True,
+    )
+    tokens, width = (257, 1024) if backbone == "vitl" else ((64 // 8) ** 2 + 1, 96)
+    assert report.numbers["cache_bytes_needed"] == len(ids) * tokens * width * 2
+    disk = _check(report, "disk")
+    assert f"{tokens} tokens x {width} wide" in disk.summary
+    label = "clip_vit depth 23" if backbone == "vitl" else "tiny preset"
+    assert any(label in d for d in disk.details), disk.details

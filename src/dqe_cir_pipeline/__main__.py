@@ -1,11 +1,14 @@
 """``dqe-cir-pipeline`` / ``python -m dqe_cir_pipeline``: run the project's pipelines like
-``kedro run`` (the default), or query the trained model (``search``, ``serve``)::
+``kedro run`` (the default), query the trained model (``search``, ``serve``), or convert
+LAVIS BLIP-2 checkpoints into a backbone folder (``convert-lavis``)::
 
     dqe-cir-pipeline --help                            # the commands, one line each
     dqe-cir-pipeline                                   # = kedro run (its options too)
     dqe-cir-pipeline run --pipelines=evaluation        # the same, named
     dqe-cir-pipeline search --image ref.png --text "make it red" -k 10
     dqe-cir-pipeline serve                             # the search page on 127.0.0.1:8765
+    dqe-cir-pipeline convert-lavis --arch pretrain_vitL --qformer Q.pth --vision V.pth \
+        --tokenizer DIR --out models/blip2-pretrain-vitL   # LAVIS BLIP-2 -> backbone folder
 
 Every command works on the Kedro project it runs in (the current directory, or the
 folder holding ``--conf-source``), as ``kedro`` does.
@@ -23,6 +26,7 @@ COMMANDS = {
     "run": "run the project's pipelines, as `kedro run` does (the default command)",
     "search": "rank gallery images for a reference image and a modification text",
     "serve": "serve the search page: pick or upload an image, type a change, see the top-k",
+    "convert-lavis": "convert LAVIS BLIP-2 checkpoints once into a backbone.name_or_path folder",
 }
 HELP_FLAGS = ("-h", "--help")
 
@@ -34,6 +38,7 @@ def usage() -> str:
         f"usage: {PROG} [run] [KEDRO RUN OPTIONS]",
         f"       {PROG} search --image IMAGE --text TEXT [OPTIONS]",
         f"       {PROG} serve [OPTIONS]",
+        f"       {PROG} convert-lavis --arch ARCH --qformer PTH --vision PTH --out DIR ...",
         "",
         "Composed image retrieval (DQE-CIR) as a Kedro project: train and evaluate, then",
         "query the trained model. Works on the Kedro project of the current directory.",
@@ -60,9 +65,17 @@ def _serving(command: str, argv: Sequence[str]) -> int:
     return (cli.main if command == "search" else cli.serve_main)(list(argv))
 
 
+def _convert_lavis(argv: Sequence[str]) -> int:
+    # lazy: the converter loads torch and transformers
+    from dqe_cir_pipeline.model import lavis
+
+    return lavis.main(["convert", *argv])
+
+
 def main(*args: object, **kwargs: object) -> object:
     """Runs a subcommand: ``run`` (Kedro's ``run`` for this package, with the same
-    command-line options; also when no subcommand is named), ``search`` or ``serve``.
+    command-line options; also when no subcommand is named), ``search``, ``serve`` or
+    ``convert-lavis`` (``python -m dqe_cir_pipeline.model.lavis convert``).
 
     Args:
         *args: Passed to Kedro's ``run`` command; a first list or tuple is the command
@@ -71,8 +84,8 @@ def main(*args: object, **kwargs: object) -> object:
             (off in an interactive interpreter, so errors do not exit it).
 
     Returns:
-        Whatever Kedro's ``run`` command returns (``search``, ``serve`` and ``--help``
-        exit with their status).
+        Whatever Kedro's ``run`` command returns (``search``, ``serve``,
+        ``convert-lavis`` and ``--help`` exit with their status).
     """
     first = args[0] if args else None
     given = isinstance(first, (list, tuple))
@@ -83,6 +96,8 @@ def main(*args: object, **kwargs: object) -> object:
         return _exit(0)
     if command in ("search", "serve"):
         return _exit(_serving(command, argv[1:]))
+    if command == "convert-lavis":
+        return _exit(_convert_lavis(argv[1:]))
     if command == "run":  # named: Kedro's command gets the rest of the line
         args = (argv[1:], *(args[1:] if given else args))
         kwargs.setdefault("prog_name", f"{PROG} run")

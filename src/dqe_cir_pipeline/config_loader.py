@@ -116,14 +116,30 @@ class LocalOverlayConfigLoader(OmegaConfigLoader):
         local_path = Path(self.conf_source) / self.local_env
         if not local_path.is_dir():
             return config
-        # merged with the runtime parameters inside, so ``--params`` keeps the last word
-        overlay = self.load_and_merge_dir_config(
-            str(local_path), [*self.config_patterns[key]], key, set()
-        )
-        if not overlay or overlay == (self.runtime_params or {}):
+        overlay = self._local_parameters(local_path)
+        if not overlay:
             return config
         logger.info("conf/%s overrides %s for --env %s", self.local_env, sorted(overlay), run_env)
-        return OmegaConf.to_container(OmegaConf.unsafe_merge(config, overlay))  # type: ignore[return-value]
+        if self.runtime_params:
+            logger.info("--params overrides %s", sorted(self.runtime_params))
+        # ``--params`` keeps the last word over conf/local too
+        merged = OmegaConf.unsafe_merge(config, overlay, self.runtime_params or {})
+        return OmegaConf.to_container(merged)  # type: ignore[return-value]
+
+    def _without_runtime_params(self) -> LocalOverlayConfigLoader:
+        """This loader without the command-line overrides (``--params``)."""
+        plain = copy.copy(self)
+        plain.runtime_params = {}
+        if hasattr(plain, "_runtime_params_oc"):
+            plain._runtime_params_oc = None
+        return plain
+
+    def _local_parameters(self, local_path: Path) -> dict[str, Any]:
+        """The parameters of ``conf/<local_env>`` alone (Kedro merges ``--params`` into
+        every parameters folder it loads; these must not count as local overrides)."""
+        patterns = [*self.config_patterns["parameters"]]
+        plain = self._without_runtime_params()
+        return plain.load_and_merge_dir_config(str(local_path), patterns, "parameters", set())
 
     def _refuse_unknown_runtime_blocks(self) -> None:
         """Refuse a ``--params`` key whose first part no configuration file defines.
@@ -135,16 +151,12 @@ class LocalOverlayConfigLoader(OmegaConfigLoader):
         Raises:
             ValueError: naming the unknown key and the closest known block.
         """
-        plain = copy.copy(self)  # the same loader without the command-line overrides
-        plain.runtime_params = {}
-        if hasattr(plain, "_runtime_params_oc"):
-            plain._runtime_params_oc = None
+        plain = self._without_runtime_params()
         known = set(super(LocalOverlayConfigLoader, plain).__getitem__("parameters"))
         run_env = self.env or self.default_run_env
         local = Path(self.conf_source) / self.local_env
         if run_env in self.local_overlay_envs and run_env != self.local_env and local.is_dir():
-            patterns = [*self.config_patterns["parameters"]]
-            known |= set(plain.load_and_merge_dir_config(str(local), patterns, "parameters", set()))
+            known |= set(self._local_parameters(local))
         unknown = sorted(set(self.runtime_params) - known)
         if unknown:
             name = unknown[0]

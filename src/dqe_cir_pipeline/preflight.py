@@ -27,8 +27,11 @@ It reads the project's parameters and catalog exactly as ``kedro run --env <env>
   :func:`~dqe_cir_pipeline.model.backbone.load_backbone` call the pipeline makes);
 * **GPU**: presence and memory; blocking when ``runtime.device`` is ``cuda`` and none is
   visible;
-* **disk**: free space where the ViT feature cache goes vs. what it needs
-  (images x tokens x dim x 2 bytes; BLIP-2 ViT-g: 257 x 1408).
+* **disk**: free space where the ViT feature cache goes vs. what it needs: images x
+  tokens x width x 2 bytes of the configured backbone (its ``config.json`` read without
+  the weights, also with ``--skip-backbone``; the tiny preset from ``backbone.tiny``;
+  BLIP-2 ViT-L/14: 257 x 1024, ViT-g/14: 257 x 1408). When the configuration cannot be
+  read the size is unknown (a warning listing both), never another backbone's.
 
 Exit code 0 when nothing blocking is missing, 1 otherwise, 2 for a configuration error.
 """
@@ -61,9 +64,9 @@ from dqe_cir_pipeline.data_sources.layout import SPLIT
 
 logger = logging.getLogger(__name__)
 
-#: Token grid of BLIP-2's ViT-g/14 at 224 px: 16 x 16 patches + [CLS], width 1408.
-VIT_G_TOKENS = 257
-VIT_G_DIM = 1408
+#: Token grids (tokens, width) of the pretrained BLIP-2 towers at 224 px (16 x 16 patches
+#: + [CLS]): the reference sizes shown when the configured backbone cannot be read.
+REFERENCE_GRIDS = {"ViT-L/14 (pretrain_vitL)": (257, 1024), "ViT-g/14 (pretrain)": (257, 1408)}
 CACHE_BYTES_PER_VALUE = 2  # the feature cache stores float16
 
 PASS, WARN, FAIL = "ok", "warn", "FAIL"
@@ -300,19 +303,62 @@ def predict_ingestion(
 # --------------------------------------------------------------------------- backbone
 
 
-def check_backbone(backbone: dict[str, Any], report: Report, skip: bool = False) -> tuple[int, int]:
-    """Load the backbone; return its ViT token grid (tokens, dim) for the cache estimate."""
-    from dqe_cir_pipeline.model.backbone import BackboneConfig, BackboneNotFoundError, load_backbone
+@dataclass(frozen=True)
+class TokenGrid:
+    """What the feature cache stores per image for the configured backbone."""
 
-    cfg = BackboneConfig(**backbone)
+    tokens: int
+    width: int
+    label: str  # which backbone, for the report
+
+
+def configured_grid(cfg: Any) -> TokenGrid | None:
+    """The configured backbone's token grid from its configuration alone (no weights):
+    the tiny preset's spec, or a pretrained folder's / cached hub id's ``config.json``;
+    ``None`` when that cannot be read."""
+    from dqe_cir_pipeline.model.backbone_info import configured_architecture
+
     if cfg.source == "tiny":
         spec = cfg.tiny
         tokens = (spec.image_size // spec.patch_size) ** 2 + 1
+        return TokenGrid(tokens, spec.vision_hidden, "the tiny preset (backbone.source: tiny)")
+    arch = configured_architecture(cfg.source, cfg.name_or_path, cfg.revision)
+    if arch is None:
+        return None
+    tower = f"{arch['vision_tower']} depth {arch['vision_depth']}"
+    label = f"{cfg.name_or_path} ({arch['arch']}, {tower})"
+    return TokenGrid(arch["vision_tokens"], arch["vision_width"], label)
+
+
+def _not_loaded(cfg: Any, err: Exception) -> list[str]:
+    """The loader's message, plus how a missing folder is made from LAVIS's checkpoints
+    (the real-data environments name a converted ``pretrain_vitL`` folder)."""
+    details = str(err).splitlines()
+    folder = Path(cfg.name_or_path).expanduser()
+    if folder.is_absolute() and not folder.exists():
+        details.append(
+            "or, from LAVIS's checkpoints (the fashioniq / cirr default, BLIP-2 ViT-L), "
+            "convert them once: dqe-cir-pipeline convert-lavis --arch pretrain_vitL "
+            f"--qformer ... --vision ... --tokenizer ... --out {folder} (docs/notes_lavis.md)"
+        )
+    return details
+
+
+def check_backbone(
+    backbone: dict[str, Any], report: Report, skip: bool = False
+) -> TokenGrid | None:
+    """Load the backbone; return the configured backbone's ViT token grid for the cache
+    estimate (``None``: its configuration cannot be read)."""
+    from dqe_cir_pipeline.model.backbone import BackboneConfig, BackboneNotFoundError, load_backbone
+
+    cfg = BackboneConfig(**backbone)
+    grid = configured_grid(cfg)
+    if cfg.source == "tiny":
         report.add(Check("backbone", PASS, "tiny random preset (built on the first run)"))
-        return tokens, spec.vision_hidden
+        return grid
     if skip:
         report.add(Check("backbone", WARN, f"not loaded (--skip-backbone): {cfg.name_or_path}"))
-        return VIT_G_TOKENS, VIT_G_DIM
+        return grid
     try:
         bb = load_backbone(cfg)
     except BackboneNotFoundError as err:
@@ -321,25 +367,26 @@ def check_backbone(backbone: dict[str, Any], report: Report, skip: bool = False)
                 "backbone",
                 FAIL,
                 f"backbone.name_or_path = {cfg.name_or_path!r} could not be loaded",
-                str(err).splitlines(),
+                _not_loaded(cfg, err),
             )
         )
-        return VIT_G_TOKENS, VIT_G_DIM
-    vision = bb.model.config.vision_config
-    image_size = vision.image_size if isinstance(vision.image_size, int) else vision.image_size[0]
-    tokens = (int(image_size) // int(vision.patch_size)) ** 2 + 1
-    dim = int(vision.hidden_size)
+        return grid
+    from dqe_cir_pipeline.model.backbone_info import describe_architecture, token_grid
+
+    tokens, dim = token_grid(bb.model.config.vision_config)
+    local = Path(bb.name).expanduser()
+    arch = describe_architecture(bb.model.config, cfg.source, local if local.is_dir() else None)
     n_params = sum(p.numel() for p in bb.model.parameters())
     report.add(
         Check(
             "backbone",
             PASS,
-            f"{bb.name} loads ({n_params / 1e6:.0f} M parameters, key {bb.key}, ViT tokens "
-            f"{tokens} x {dim})",
+            f"{bb.name} loads ({n_params / 1e6:.0f} M parameters, key {bb.key}, {arch['arch']}, "
+            f"{arch['vision_tower']} depth {arch['vision_depth']}, ViT tokens {tokens} x {dim})",
         )
     )
     del bb
-    return tokens, dim
+    return TokenGrid(tokens, dim, f"{cfg.name_or_path} ({arch['arch']})")
 
 
 # --------------------------------------------------------------------------- compute
@@ -389,20 +436,39 @@ def _folder_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-def check_disk(cache_dir: Path, n_images: int, tokens: int, dim: int, report: Report) -> None:
-    """Free space at the feature cache vs. ``n_images x tokens x dim x 2`` bytes."""
-    need = n_images * tokens * dim * CACHE_BYTES_PER_VALUE
+def check_disk(cache_dir: Path, n_images: int, grid: TokenGrid | None, report: Report) -> None:
+    """Free space at the feature cache vs. ``n_images x tokens x width x 2`` bytes of the
+    configured backbone; a warning (size unknown) when its configuration is unreadable."""
     have = _folder_bytes(cache_dir)
-    remaining = max(0, need - have)
     free = shutil.disk_usage(_existing(cache_dir)).free
-    report.numbers.update(cache_bytes_needed=need, cache_bytes_present=have, disk_bytes_free=free)
+    where = f"{_human(free)} free at {_existing(cache_dir)}"
+    report.numbers.update(cache_bytes_present=have, disk_bytes_free=free)
+    if grid is None:
+        report.numbers["cache_bytes_needed"] = None
+        sizes = [
+            f"{name}: {_human(n_images * t * w * CACHE_BYTES_PER_VALUE)} ({t} x {w})"
+            for name, (t, w) in REFERENCE_GRIDS.items()
+        ]
+        report.add(
+            Check(
+                "disk",
+                WARN,
+                f"feature cache size unknown: the configured backbone's configuration could "
+                f"not be read; {where}",
+                [f"{n_images} images would need, with {s}" for s in sizes]
+                + [f"cache folder: {cache_dir}"],
+            )
+        )
+        return
+    need = n_images * grid.tokens * grid.width * CACHE_BYTES_PER_VALUE
+    remaining = max(0, need - have)
+    report.numbers.update(cache_bytes_needed=need, cache_tokens=grid.tokens, cache_width=grid.width)
     summary = (
-        f"feature cache needs {_human(need)} ({n_images} images x {tokens} x {dim} x 2 B), "
-        f"{_human(have)} already cached; {_human(free)} free at {_existing(cache_dir)}"
+        f"feature cache needs {_human(need)} ({n_images} images x {grid.tokens} tokens x "
+        f"{grid.width} wide x 2 B), {_human(have)} already cached; {where}"
     )
-    report.add(
-        Check("disk", PASS if free >= remaining else FAIL, summary, [f"cache folder: {cache_dir}"])
-    )
+    details = [f"backbone: {grid.label}", f"cache folder: {cache_dir}"]
+    report.add(Check("disk", PASS if free >= remaining else FAIL, summary, details))
 
 
 # --------------------------------------------------------------------------- entry
@@ -431,11 +497,11 @@ def run_checks(
         image_ids = check_data(data, report, image_check)
     else:
         report.add(Check("data", PASS, rule.note))
-    tokens, dim = check_backbone(params["backbone"], report, skip=skip_backbone)
+    grid = check_backbone(params["backbone"], report, skip=skip_backbone)
     check_gpu(params.get("runtime", {}), report)
     if image_ids:
         cache_dir = Path(catalog["vit_features"]["filepath"])
-        check_disk(cache_dir, len(image_ids), tokens, dim, report)
+        check_disk(cache_dir, len(image_ids), grid, report)
     return report
 
 

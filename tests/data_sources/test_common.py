@@ -125,6 +125,8 @@ def test_assemble_result_orders_quarantine_and_times_phases(tmp_path: Path) -> N
         "triplets": 0,
         "quarantined_images": 1,
         "quarantined_triplets": 1,
+        "captions_placeholder": 0,
+        "captions_blank": 0,
     }
     assert result.quarantine["kind"].tolist() == ["image", "triplet"]
     assert result.triplets.columns.tolist() == TRIPLET_SCHEMA.names

@@ -90,6 +90,40 @@ def test_a_downloaded_benchmark_names_the_parameter_of_a_missing_folder(tmp_path
         prepare_benchmark_source(data)
 
 
+def test_missing_annotation_files_stop_the_first_node_naming_file_and_setting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CIRR without train captions stops in prepare_benchmark_source, before any image
+    is looked at, naming the file and the setting that makes it unnecessary."""
+    images = tmp_path / "images"
+    images.mkdir()
+    root = str(FIXTURES / "cirr")  # val and test1 captions, no cap.rc2.train.json
+    monkeypatch.setattr(cirr, "check_images", lambda *a, **k: pytest.fail("images read"))
+    data = DataConfig(benchmark="cirr", cirr={"annotation_root": root, "image_root": str(images)})
+    with pytest.raises(FileNotFoundError) as err:
+        prepare_benchmark_source(data)
+    message = str(err.value)
+    assert "cap.rc2.train.json (captions file of split 'train')" in message
+    assert "data.cirr.image_only_splits" in message
+    assert "cap.rc2.val.json" not in message  # only what is missing
+    only_images = DataConfig(
+        benchmark="cirr",
+        cirr={"annotation_root": root, "image_root": str(images), "image_only_splits": ["train"]},
+    )
+    assert prepare_benchmark_source(only_images)["annotation_root"] == root
+    # FashionIQ: the same check, with the category named
+    fiq = DataConfig(
+        benchmark="fashioniq",
+        fashioniq={
+            "annotation_root": str(FIXTURES / "fashioniq"),
+            "image_root": str(images),
+            "categories": ["dress", "shirt"],
+        },
+    )
+    with pytest.raises(FileNotFoundError, match=r"cap\.shirt\.train\.json \(captions file of "):
+        prepare_benchmark_source(fiq)
+
+
 class _Point:
     """An installed package's entry point (name, value, what it loads)."""
 

@@ -28,6 +28,10 @@ the real CIRR train captions are not shipped here, so a run on this copy lists
 
 [design] Duplicate ``pairid`` values are detected within a split (the generated
 benchmark may restart numbering per split); the first occurrence is kept.
+
+[design] A blank caption (real test1 pairid 27098: ``" "``) or a placeholder one (``na``,
+``n/a``, ``none``, a bare number: ``common.caption_status``; none in the real val /
+test1 files) is read as empty text and counted, the record kept (docs/data.md).
 """
 
 from __future__ import annotations
@@ -41,6 +45,9 @@ from pathlib import Path
 from typing import Any
 
 from dqe_cir_pipeline.data_sources.common import (
+    CAPTION_BLANK,
+    CAPTION_OK,
+    CAPTION_PLACEHOLDER,
     REASON_BAD_PATH,
     REASON_BAD_VALUE,
     REASON_DUPLICATE,
@@ -50,6 +57,7 @@ from dqe_cir_pipeline.data_sources.common import (
     IngestResult,
     PhaseTimer,
     assemble_result,
+    caption_status,
     concat_frames,
     escaping_target,
     expect_type,
@@ -77,11 +85,11 @@ class CIRRConfig:
         version: File-name version tag (``"rc2"``); ``None`` for ``cap.<split>.json``.
         image_only_splits: Splits whose images are indexed but whose captions are not
             read (e.g. CIRR train here, whose captions file is not shipped).
-        quarantine_empty_captions: Quarantine records whose caption is blank. Off by
-            default [design]: real test1 has one (pairid 27098, caption " ") and the
-            evaluation server expects every test1 pairid, and the published CIRR
-            results evaluate val over all queries, so blank captions are kept
-            (``caption_eval = ""``) and counted in the log.
+        quarantine_empty_captions: Quarantine records whose caption is blank or a
+            placeholder. Off by default [design]: real test1 has one (pairid 27098,
+            caption " ") and the evaluation server expects every test1 pairid, and the
+            published CIRR results evaluate val over all queries, so such captions are
+            kept as empty text (``caption_eval = ""``) and counted.
         unlabelled_splits: Splits whose records have no ``target_hard`` (``target_id``
             is null there); elsewhere a missing target quarantines the record.
         workers: Threads for the image check (``None``: automatic).
@@ -336,7 +344,7 @@ def _triplet_row(
         index: The usable images.
         cfg: The reader settings.
     """
-    caption = fields["caption"].strip()
+    caption = fields["caption"].strip() if caption_status(fields["caption"]) == CAPTION_OK else ""
     if not caption and cfg.quarantine_empty_captions:
         return f"{REASON_EMPTY_CAPTIONS}: caption is {fields['caption']!r} ({where})"
     problem = _image_problem(fields, split, index)
@@ -390,7 +398,7 @@ def _read_split_captions(
     triplets: list[dict] = []
     triplet_q: list[dict] = []
     seen: dict[str, int] = {}
-    n_empty = 0
+    empty = {CAPTION_BLANK: 0, CAPTION_PLACEHOLDER: 0}
     for i, rec in enumerate(recs):
         qid, fields = _unique_record(rec, i, labelled, seen)
         if isinstance(fields, str):
@@ -400,7 +408,9 @@ def _read_split_captions(
                 )
             )
             continue
-        n_empty += not fields["caption"].strip()
+        status = caption_status(fields["caption"])
+        if status != CAPTION_OK:
+            empty[status] += 1
         row = _triplet_row(fields, qid, split, f"record {i}", index, cfg)
         if isinstance(row, str):
             triplet_q.append(
@@ -408,12 +418,13 @@ def _read_split_captions(
             )
             continue
         triplets.append(row)
-    if n_empty:
+    if any(empty.values()):
         logger.warning(
-            "%s %s: %d records have a blank caption (%s)",
+            "%s %s: %d records have a blank caption and %d a placeholder (%s)",
             ds,
             split,
-            n_empty,
+            empty[CAPTION_BLANK],
+            empty[CAPTION_PLACEHOLDER],
             "quarantined" if cfg.quarantine_empty_captions else "kept with empty text",
         )
     return triplets, triplet_q

@@ -4,7 +4,9 @@ Every reader returns an :class:`IngestResult` of three DataFrames (columns and d
 :mod:`~dqe_cir_pipeline.data_sources.schema`). Nothing is dropped silently: a rejected
 image or triplet becomes a quarantine row whose ``reason`` starts with a short code
 (``"missing file: ..."``), and :func:`enforce_rejection_threshold` fails loudly when too
-much was rejected. Image files are checked in :mod:`.image_check`.
+much was rejected. Image files are checked in :mod:`.image_check`. A caption that says
+nothing (blank, or a placeholder such as ``n/a``) is read as empty text by every reader
+(:func:`caption_status`; the rule: docs/data.md) and counted in :meth:`IngestResult.counts`.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -43,6 +46,42 @@ REASON_MISSING_FIELD = "missing field"
 REASON_BAD_VALUE = "bad value"
 REASON_DUPLICATE = "duplicate"
 REASON_EMPTY_CAPTIONS = "empty captions"
+
+
+#: [design] Caption texts that carry no edit: annotators' "not applicable" answers
+#: (FashionIQ has 32 train + val records with one), compared case-insensitively after
+#: cleaning. A bare number ("2": 5 train records) is one too (:func:`caption_status`).
+PLACEHOLDER_CAPTIONS = frozenset({"na", "n/a", "none"})
+_BARE_NUMBER = re.compile(r"[0-9]+")
+#: What is stripped from both ends before judging a caption (FashionIQ's published
+#: cleaning, ``.?, ``, plus other whitespace).
+_CAPTION_EDGES = ".?, \t\r\n"
+#: :func:`caption_status` values.
+CAPTION_OK, CAPTION_BLANK, CAPTION_PLACEHOLDER = "ok", "blank", "placeholder"
+
+
+def caption_status(text: str) -> str:
+    """Whether a raw caption carries text: ``ok``, ``blank`` (nothing after cleaning) or
+    ``placeholder`` (``na``, ``n/a``, ``none`` or a bare number). Readers use the last
+    two as empty text (a record keeps its other caption; with none left it is
+    quarantined)."""
+    core = text.strip(_CAPTION_EDGES)
+    if not core:
+        return CAPTION_BLANK
+    if core.lower() in PLACEHOLDER_CAPTIONS or _BARE_NUMBER.fullmatch(core):
+        return CAPTION_PLACEHOLDER
+    return CAPTION_OK
+
+
+def caption_counts(captions_raw: Iterable[Iterable[str]]) -> dict[str, int]:
+    """Records (one list of raw captions each) with a placeholder caption, and with a
+    blank one: ``captions_placeholder``, ``captions_blank``."""
+    placeholder = blank = 0
+    for captions in captions_raw:
+        states = {caption_status(str(c)) for c in captions}
+        placeholder += CAPTION_PLACEHOLDER in states
+        blank += CAPTION_BLANK in states
+    return {"captions_placeholder": placeholder, "captions_blank": blank}
 
 
 class AnnotationError(ValueError):
@@ -134,13 +173,16 @@ class IngestResult:
     timings: dict[str, float] = field(default_factory=dict, compare=False, repr=False)
 
     def counts(self) -> dict[str, int]:
-        """Row counts, including quarantined rows per kind (for logs and metrics)."""
+        """Row counts, including quarantined rows per kind, and the accepted triplets
+        whose captions include a placeholder or a blank one, read as empty text (for
+        logs, the ingestion report and its metrics)."""
         q = self.quarantine
         return {
             "images": len(self.images),
             "triplets": len(self.triplets),
             "quarantined_images": int((q["kind"] == "image").sum()),
             "quarantined_triplets": int((q["kind"] == "triplet").sum()),
+            **caption_counts(self.triplets["captions_raw"]),
         }
 
     def to_arrow(self) -> dict[str, pa.Table]:

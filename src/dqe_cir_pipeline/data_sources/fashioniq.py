@@ -19,9 +19,12 @@ project follows rather than from their papers' prose summaries:
   ``cap(c2) and c1``, ``cap(c1)``, ``cap(c2)``.
 
 [design] Empty captions (empty after cleaning, e.g. ``""`` or ``"."``; 16 in the real
-files): the published code would produce ``" and <c2>"``; we use the non-empty caption alone
-(capitalised) as eval text and as the single training form, and count these records in
-the log. A record whose two captions are both empty is quarantined.
+files) and placeholder captions (``na``, ``n/a``, ``N/A``, ``none`` or a bare number: 37
+train + val records; ``common.caption_status``) are read as empty text: the published
+code would produce ``" and <c2>"`` (or "... and na"); we use the other caption alone
+(capitalised) as eval text and as the single training form, and count these records
+(log, ``IngestResult.counts``). A record with no usable caption is quarantined, the
+reason naming its file, record and captions. The rule: docs/data.md.
 
 [design] Duplicate queries (same category, split, candidate, target and captions) are
 quarantined after the first occurrence. The real test split has 12 such records (the
@@ -38,6 +41,8 @@ from pathlib import Path
 from typing import Any
 
 from dqe_cir_pipeline.data_sources.common import (
+    CAPTION_OK,
+    CAPTION_PLACEHOLDER,
     REASON_BAD_PATH,
     REASON_BAD_VALUE,
     REASON_DUPLICATE,
@@ -48,6 +53,7 @@ from dqe_cir_pipeline.data_sources.common import (
     IngestResult,
     PhaseTimer,
     assemble_result,
+    caption_status,
     concat_frames,
     escaping_target,
     expect_type,
@@ -100,17 +106,24 @@ def clean_caption(text: str) -> str:
     return text.strip(_STRIP_CHARS)
 
 
+def caption_text(text: str) -> str:
+    """The cleaned caption, or ``""`` for a blank or placeholder one (module docstring)."""
+    return clean_caption(text) if caption_status(text) == CAPTION_OK else ""
+
+
 def eval_caption(c1: str, c2: str) -> str:
     """The FashionIQ evaluation text ``cap(c1) + " and " + c2``.
 
-    Falls back to the non-empty caption alone when the other is empty after
-    cleaning (see module docstring); returns ``""`` when both are empty.
+    Falls back to the other caption alone when one is empty after cleaning or a
+    placeholder (see module docstring); returns ``""`` when neither is usable.
 
     Example:
         >>> eval_caption("is shiny and silver with shorter sleeves.", "fit and flare")
         'Is shiny and silver with shorter sleeves and fit and flare'
+        >>> eval_caption("is written Jones New York", "na")
+        'Is written jones new york'
     """
-    a, b = clean_caption(c1), clean_caption(c2)
+    a, b = caption_text(c1), caption_text(c2)
     if a and b:
         return f"{a.capitalize()} and {b}"
     return (a or b).capitalize()
@@ -126,9 +139,10 @@ def train_captions(c1: str, c2: str, random_forms: bool = True) -> list[str]:
 
     Returns:
         ``[c1 and c2, c2 and c1, c1, c2]`` (cleaned, leading caption capitalised) or
-        ``[eval text]``; a single form when one caption is empty; ``[]`` when both are.
+        ``[eval text]``; a single form when one caption is empty or a placeholder;
+        ``[]`` when neither is usable.
     """
-    a, b = clean_caption(c1), clean_caption(c2)
+    a, b = caption_text(c1), caption_text(c2)
     if not (a and b):
         only = (a or b).capitalize()
         return [only] if only else []
@@ -328,42 +342,64 @@ def _read_image_splits(
     return listed, records, quarantine
 
 
+@dataclass(frozen=True)
+class _CaptionFile:
+    """One captions file being read: where it is and which part of FashionIQ it holds."""
+
+    path: Path
+    category: str
+    split: str
+    labelled: bool
+
+    def query_id(self, index_in_file: int) -> str:
+        return f"{self.category}-{self.split}-{index_in_file}"
+
+
 def _read_captions(
     layout: FashionIQLayout, index: ImageIndex, cfg: FashionIQConfig, timer: PhaseTimer
-) -> tuple[list[dict], list[dict], int]:
+) -> tuple[list[dict], list[dict], dict[str, int]]:
     """Read every captions file into triplet rows and quarantine rows.
 
     Returns:
-        ``(triplets, quarantine, n_one_empty)``, the last counting accepted records
-        with one caption empty after cleaning.
+        ``(triplets, quarantine, counts)``; ``counts`` has ``one_empty`` (accepted records
+        with one caption empty or a placeholder) and ``placeholder`` (accepted records
+        with a placeholder caption).
 
     Raises:
         AnnotationError: A captions file is missing, not valid JSON or not a list.
     """
     triplets: list[dict] = []
     triplet_q: list[dict] = []
-    n_one_empty = 0
+    counts = {"one_empty": 0, "placeholder": 0}
     for cat in layout.categories:
         for split in layout.splits:
-            path = layout.caption_file(cat, split)
+            source = _CaptionFile(
+                layout.caption_file(cat, split), cat, split, split not in cfg.unlabelled_splits
+            )
             with timer("json_s"):
-                recs = load_json(path, hint=_CAPTION_HINT)
-            expect_type(recs, list, path, "a list of caption records")
-            labelled = split not in cfg.unlabelled_splits
+                recs = load_json(source.path, hint=_CAPTION_HINT)
+            expect_type(recs, list, source.path, "a list of caption records")
             seen: dict[tuple, int] = {}
             for i, rec in enumerate(recs):
-                qid = f"{cat}-{split}-{i}"
-                row = _triplet_row(rec, i, qid, cat, split, labelled, seen, index, cfg)
+                row = _triplet_row(rec, i, source, seen, index, cfg)
                 if isinstance(row, str):
                     triplet_q.append(
                         quarantine_row(
-                            DATASET, "triplet", str(path), qid, row, split=split, category=cat
+                            DATASET,
+                            "triplet",
+                            str(source.path),
+                            source.query_id(i),
+                            row,
+                            split=split,
+                            category=cat,
                         )
                     )
                     continue
-                n_one_empty += not all(clean_caption(c) for c in row["captions_raw"])
+                states = [caption_status(c) for c in row["captions_raw"]]
+                counts["one_empty"] += any(s != CAPTION_OK for s in states)
+                counts["placeholder"] += CAPTION_PLACEHOLDER in states
                 triplets.append(row)
-    return triplets, triplet_q, n_one_empty
+    return triplets, triplet_q, counts
 
 
 def read_fashioniq(
@@ -403,22 +439,33 @@ def read_fashioniq(
         index = ImageIndex(listed, images, image_q)
 
     # 3. Captions -> triplets.
-    triplets, triplet_q, n_one_empty = _read_captions(layout, index, cfg, timer)
-    if n_one_empty:
+    triplets, triplet_q, counts = _read_captions(layout, index, cfg, timer)
+    if counts["one_empty"]:
         logger.warning(
-            "FashionIQ: %d records have one empty caption; the other is used alone",
-            n_one_empty,
+            "FashionIQ: %d records have one empty caption (%d of them a placeholder: "
+            "na, n/a, none or a bare number); the other caption is used alone",
+            counts["one_empty"],
+            counts["placeholder"],
         )
     return assemble_result(images, image_q, triplets, triplet_q, timer, "FashionIQ", logger)
+
+
+def _no_caption_reason(source: _CaptionFile, index_in_file: int, captions: list[str]) -> str:
+    """The quarantine reason of a record none of whose captions is usable."""
+    described = ", ".join(
+        f"{c!r} ({'a placeholder' if caption_status(c) == CAPTION_PLACEHOLDER else 'blank'})"
+        for c in captions
+    )
+    return (
+        f"{REASON_EMPTY_CAPTIONS}: record {index_in_file} of {source.path.name} has no usable "
+        f"caption: {described}"
+    )
 
 
 def _triplet_row(
     rec: Any,
     index_in_file: int,
-    qid: str,
-    cat: str,
-    split: str,
-    labelled: bool,
+    source: _CaptionFile,
     seen: dict[tuple, int],
     index: ImageIndex,
     cfg: FashionIQConfig,
@@ -428,7 +475,8 @@ def _triplet_row(
     ``seen`` maps already accepted (candidate, target, c1, c2) keys to their index in
     the file and is updated here.
     """
-    fields, why = _parse_record(rec, index_in_file, labelled)
+    cat, split = source.category, source.split
+    fields, why = _parse_record(rec, index_in_file, source.labelled)
     if fields is None:
         return why or REASON_BAD_VALUE
     c1, c2 = fields["captions"]
@@ -437,20 +485,20 @@ def _triplet_row(
         first = seen[key]
         return (
             f"{REASON_DUPLICATE}: same candidate, target and captions as record "
-            f"{first} ({cat}-{split}-{first})"
+            f"{first} ({source.query_id(first)})"
         )
     seen[key] = index_in_file
     text = eval_caption(c1, c2)
     if not text:
-        return f"{REASON_EMPTY_CAPTIONS}: both captions empty after cleaning: {[c1, c2]!r}"
+        return _no_caption_reason(source, index_in_file, [c1, c2])
     problem = index.problem(fields["candidate"], cat, split, "candidate")
     if problem is None and fields["target"] is not None:
         problem = index.problem(fields["target"], cat, split, "target")
     if problem is not None:
         return problem
-    color, shape = attribute_flags(f"{c1} {c2}")
+    color, shape = attribute_flags(f"{c1} {c2}")  # placeholders hold no attribute word
     return {
-        "query_id": qid,
+        "query_id": source.query_id(index_in_file),
         "dataset": DATASET,
         "category": cat,
         "split": split,

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from dqe_cir_pipeline.data_sources.common import IngestResult
-from dqe_cir_pipeline.data_sources.layout import AnnotationLayout
+from dqe_cir_pipeline.data_sources.layout import AnnotationFile, AnnotationLayout
 from dqe_cir_pipeline.model.config import build_strict
 from dqe_cir_pipeline.model.protocol import BenchmarkProtocol, register_protocol
 
@@ -93,6 +93,8 @@ class Benchmark(Generic[S]):
         preflight: What the pre-flight check looks at.
         build: The block from its parameters (default: ``source_type``'s fields only,
             an unknown key refused by name).
+        missing_file_hint: What to change when a layout file is missing (e.g. CIRR: the
+            setting that makes a split's captions unnecessary); ``None``: the generic text.
     """
 
     name: str
@@ -103,6 +105,7 @@ class Benchmark(Generic[S]):
     generate: Callable[[S], Folders] | None = None
     preflight: PreflightRule = CHECK_FILES
     build: Callable[[Mapping[str, Any], str], S] | None = None
+    missing_file_hint: Callable[[AnnotationFile], str] | None = None
 
     def __post_init__(self) -> None:
         if self.preflight.check_files and self.layout is None:
@@ -125,11 +128,12 @@ class Benchmark(Generic[S]):
         return build_strict(self.source_type, values, where)
 
     def folders(self, block: S) -> Folders:
-        """Generate the benchmark, or check that a downloaded one's folders exist.
+        """Generate the benchmark, or check that a downloaded one's folders and every
+        annotation file of its layout exist (before any image is read).
 
         Raises:
-            FileNotFoundError: A downloaded benchmark's folder is missing (the message
-                says which parameter to set).
+            FileNotFoundError: A downloaded benchmark's folder or annotation file is
+                missing (the message names each file and the parameter to set).
         """
         if self.generate is not None:
             return self.generate(block)
@@ -141,7 +145,29 @@ class Benchmark(Generic[S]):
                     f"the benchmark (see README, 'Running on real data') and set "
                     f"data.{self.name}.{key} in conf/local/parameters.yml."
                 )
+        self._check_annotation_files(block, roots["annotation_root"])
         return Folders(roots["annotation_root"], roots["image_root"])
+
+    def _check_annotation_files(self, block: S, annotation_root: str) -> None:
+        """Fail at once, naming every missing file of the layout, rather than after the
+        reader has listed and checked the images."""
+        if self.layout is None:
+            return
+        missing = [f for f in self.layout(block).files() if not f.path.is_file()]
+        if not missing:
+            return
+        lines = []
+        for f in missing:
+            part = f"split {f.split!r}" + ("" if f.category in ("", "all") else f", {f.category}")
+            hint = self.missing_file_hint(f) if self.missing_file_hint else ""
+            lines.append(f"  {f.path} ({f.kind} file of {part})" + (f": {hint}" if hint else ""))
+        raise FileNotFoundError(
+            f"{self.name}: {len(missing)} annotation file(s) the configured splits need "
+            f"are missing (data.{self.name}.annotation_root = {annotation_root}):\n"
+            + "\n".join(lines)
+            + "\n"
+            f"Put them there, or read only the splits you have (data.{self.name}.splits)."
+        )
 
 
 @functools.cache

@@ -40,6 +40,12 @@ FINGERPRINT_OUTPUT = "ingestion_report"
 #: The trained checkpoint: its dict records the MLflow run that trained it, and a run
 #: that evaluates it is linked back to that run.
 CHECKPOINT = "model_checkpoint"
+#: The extraction stage's description of the backbone; its architecture becomes params.
+BACKBONE_INFO = "backbone_info"
+#: ``backbone_info`` entries logged as ``backbone.<entry>`` params (the typed ``backbone``
+#: block only names a folder; these say what the folder holds: a LAVIS conversion's arch
+#: and the ViT depth it was converted at).
+BACKBONE_FIELDS = ("arch", "vision_tower", "vision_depth")
 #: Separates the parts of a run name.
 NAME_SEPARATOR = " · "
 #: Environments a run name does not mention (Kedro's default run environment).
@@ -166,6 +172,12 @@ def log_dataset_input(report: dict[str, Any], data_cfg: Any) -> None:
         logger.warning("could not log the dataset input to MLflow: %s", err)
 
 
+def backbone_params(info: Mapping[str, Any]) -> dict[str, str]:
+    """``backbone.arch``, ``backbone.vision_tower``, ``backbone.vision_depth`` of a
+    ``backbone_info`` dict (those it has)."""
+    return {f"backbone.{key}": str(info[key]) for key in BACKBONE_FIELDS if key in info}
+
+
 def link_training_run(checkpoint: dict[str, Any]) -> None:
     """A run evaluating a checkpoint another run trained: tag it with that run and the
     checkpoint, and copy the training run's parameters it does not have itself."""
@@ -204,13 +216,28 @@ class ProvenanceHooks:
 
     def __init__(self) -> None:
         self._context: KedroContext | None = None
+        self._backbone_logged: tuple[str, dict[str, str]] | None = None  # (run id, params)
 
     @hook_impl
     def after_context_created(self, context: KedroContext) -> None:
         self._context = context
 
+    def _log_backbone(self, info: Any) -> None:
+        """The backbone's architecture as params, once per run (the extraction stage
+        outputs ``backbone_info``; a run reusing it reads it as an input)."""
+        run = mlflow.active_run()
+        params = backbone_params(info) if isinstance(info, Mapping) else {}
+        if run is None or not params or self._backbone_logged == (run.info.run_id, params):
+            return
+        try:
+            mlflow.log_params(params)
+        except Exception as err:  # noqa: BLE001 - provenance must never fail a run
+            logger.warning("could not log the backbone's architecture to MLflow: %s", err)
+        self._backbone_logged = (run.info.run_id, params)
+
     @hook_impl
     def before_node_run(self, inputs: dict[str, Any]) -> None:
+        self._log_backbone(inputs.get(BACKBONE_INFO))
         typed = {
             name.removeprefix("params:"): value
             for name, value in inputs.items()
@@ -263,6 +290,7 @@ class ProvenanceHooks:
 
     @hook_impl
     def after_node_run(self, outputs: dict[str, Any], inputs: dict[str, Any]) -> None:
+        self._log_backbone(outputs.get(BACKBONE_INFO))
         report = outputs.get(FINGERPRINT_OUTPUT)
         if not isinstance(report, dict) or "fingerprint" not in report:
             return

@@ -10,6 +10,7 @@ from dataclasses import field
 
 from dqe_cir_pipeline.data_sources.cirr import CIRRConfig, CIRRLayout, layout_of, read_cirr
 from dqe_cir_pipeline.data_sources.common import IngestResult
+from dqe_cir_pipeline.data_sources.layout import CAPTIONS, AnnotationFile
 from dqe_cir_pipeline.data_sources.registry import Benchmark, ReadSettings
 from dqe_cir_pipeline.model.config import config_block
 from dqe_cir_pipeline.model.protocol import CIRR_SUBSET_KS, BenchmarkProtocol
@@ -41,6 +42,17 @@ def _layout(block: CIRRSource) -> CIRRLayout:
     return layout_of(block.annotation_root, _config(block, ReadSettings(1, "exists")))
 
 
+def _missing_file_hint(file: AnnotationFile) -> str:
+    """A missing captions file is fine for a split read for its images only."""
+    if file.kind != CAPTIONS:
+        return ""
+    return (
+        f"needed to train on / evaluate {file.split!r}; to read its images only (e.g. "
+        f"evaluation without train captions) set data.{NAME}.image_only_splits: "
+        f'[{file.split}] (--params "data.{NAME}.image_only_splits=[{file.split}]")'
+    )
+
+
 def _read(
     annotation_root: str, image_root: str, block: CIRRSource, settings: ReadSettings
 ) -> IngestResult:
@@ -63,4 +75,5 @@ BENCHMARK = Benchmark(
         ),
     ),
     layout=_layout,
+    missing_file_hint=_missing_file_hint,
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -10,6 +11,7 @@ import pandas as pd
 from dqe_cir_pipeline.datasets.feature_cache import FeatureCache, FeatureExtractionJob
 from dqe_cir_pipeline.io_utils import stable_hash
 from dqe_cir_pipeline.model.backbone import BackboneConfig, load_backbone
+from dqe_cir_pipeline.model.backbone_info import describe_architecture
 from dqe_cir_pipeline.model.config import RuntimeConfig, config_block
 from dqe_cir_pipeline.model.data import train_captions
 from dqe_cir_pipeline.model.device import resolve_device
@@ -40,10 +42,13 @@ class ExtractionConfig:
 
 
 def prepare_backbone(triplets: pd.DataFrame, backbone: BackboneConfig) -> dict[str, Any]:
-    """Load the backbone (building the tiny preset and its tokenizer once) and describe it."""
+    """Load the backbone (building the tiny preset and its tokenizer once) and describe it:
+    weights key, sizes, preprocessing, and its architecture (``arch``, ``vision_tower``,
+    ``vision_depth``: from ``lavis_conversion.json`` for a folder converted from LAVIS)."""
     bb = load_backbone(backbone, train_captions(triplets) if backbone.source == "tiny" else None)
     vcfg = bb.model.config.vision_config
     qcfg = bb.model.config.qformer_config
+    folder = Path(bb.name).expanduser() if backbone.source != "tiny" else None
     info = {
         "key": bb.key,
         "name": bb.name,
@@ -55,8 +60,18 @@ def prepare_backbone(triplets: pd.DataFrame, backbone: BackboneConfig) -> dict[s
         "num_query_tokens": int(bb.model.config.num_query_tokens),
         "vocab_size": int(len(bb.tokenizer)),
         "preprocessing": bb.preprocessor.settings(),
+        **describe_architecture(
+            bb.model.config, backbone.source, folder if folder and folder.is_dir() else None
+        ),
     }
-    logger.info("backbone %s (key %s)", info["name"], info["key"])
+    logger.info(
+        "backbone %s: %s, %s depth %d (key %s)",
+        info["name"],
+        info["arch"],
+        info["vision_tower"],
+        info["vision_depth"],
+        info["key"],
+    )
     return info
 
 
