@@ -153,3 +153,29 @@ def test_the_hook_gathers_the_mining_metrics_of_the_run_nodes() -> None:
     lines = mining_lines(mining_passes(hooks.mining), hooks.strategy)
     assert "initial mining 100.0%; last refresh at epoch 2 0.0%" in lines[0]
     assert lines[1].endswith("this run is not training with QuRe negatives")
+
+
+def test_a_multi_target_split_adds_the_valid_target_table_and_the_false_negative_line() -> None:
+    single = {"recall@1": 20.0, "recall@5": 50.0, "recall@10": 70.0, "recall@50": 95.0,
+              "avg": 40.0}  # fmt: skip
+    multi = {**single, "map@5": 31.0, "map@10": 33.0, "map@25": 34.0, "map@50": 35.0,
+             "recall_any@1": 30.0, "recall_any@10": 80.0}  # fmt: skip
+    plain = headline(_summary("toy", single), BenchmarkProtocol())
+    assert "valid targets" not in plain and "mAP@10" not in plain
+    table = headline(_summary("toy", multi), BenchmarkProtocol())
+    header = _cells(table, "valid targets")
+    assert header == ["mAP@5", "mAP@10", "mAP@25", "mAP@50", "R_any@1", "R_any@10"]
+    lines = table.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("valid targets"))
+    assert lines[start + 1].split() == ["dqe_cir", "31.0", "33.0", "34.0", "35.0", "30.0", "80.0"]
+    assert lines[start + 2].split()[2] == "16.5"  # zero_shot: half of each value
+    passes = [
+        ("initial mining", {"fallback/none": 3.0, "fallback/random": 1.0,
+                            "false_negative_rate": 0.125}),
+        ("last refresh at epoch 2", {"fallback/none": 4.0, "false_negative_rate": 0.05}),
+    ]  # fmt: skip
+    assert mining_lines(passes, "midzone")[1] == (
+        "negatives that are valid targets (false negatives): initial mining 12.5%; "
+        "last refresh at epoch 2 5.0%"
+    )
+    assert all("false negatives" not in line for line in mining_lines(passes[:0], "midzone"))

@@ -54,6 +54,9 @@ DEFAULT_STRATEGY = "midzone"
 #: Width of a table cell, and the least width of the row labels.
 CELL = 17
 LABEL = 12
+#: Shown when the evaluated split lists several valid targets per query (CIRCO's mAP@K
+#: and recall over any valid target), next to the single-target protocol.
+MULTI_TARGET_METRICS = ("map@5", "map@10", "map@25", "map@50", "recall_any@1", "recall_any@10")
 
 
 def _row(label: str, cells: list[str], width: int = LABEL) -> str:
@@ -61,8 +64,11 @@ def _row(label: str, cells: list[str], width: int = LABEL) -> str:
 
 
 def short_name(metric: str) -> str:
-    """``recall@10`` -> ``R@10``, ``recall_subset@1`` -> ``Rs@1`` (a table title)."""
-    return metric.replace("recall_subset@", "Rs@").replace("recall@", "R@")
+    """``recall@10`` -> ``R@10``, ``recall_subset@1`` -> ``Rs@1``, ``recall_any@10`` ->
+    ``R_any@10``, ``map@10`` -> ``mAP@10`` (a table title or column)."""
+    for long, short in (("recall_subset@", "Rs@"), ("recall_any@", "R_any@"), ("map@", "mAP@")):
+        metric = metric.replace(long, short)
+    return metric.replace("recall@", "R@")
 
 
 def summary_protocol(dataset: str) -> BenchmarkProtocol:
@@ -98,9 +104,14 @@ def _cells(values: Mapping[str, float], keys: list[str], digits: int = 1) -> lis
 def _tables(
     results: Mapping[str, Mapping[str, float]], protocol: BenchmarkProtocol
 ) -> list[_Table]:
-    """Models x summary metrics, one table per breakdown metric, the learned weights."""
+    """Models x summary metrics, the metrics over every valid target (multi-target
+    splits only), one table per breakdown metric, the learned weights."""
     columns = list(protocol.summary_metrics)
     tables = [_Table("model", columns, [(m, _cells(r, columns)) for m, r in results.items()])]
+    if any(MULTI_TARGET_METRICS[0] in r for r in results.values()):
+        keys = list(MULTI_TARGET_METRICS)
+        rows = [(m, _cells(r, keys)) for m, r in results.items()]
+        tables.append(_Table("valid targets", [short_name(k) for k in keys], rows))
     breakdown = protocol.breakdown
     groups = _groups(results, breakdown) if breakdown is not None else []
     for metric in breakdown.metrics if breakdown is not None and groups else ():
@@ -169,6 +180,10 @@ def mining_passes(metrics: Mapping[str, Any]) -> list[tuple[str, dict[str, float
     return passes
 
 
+#: The mining summary's share of drawn negatives that are valid targets of their query.
+FALSE_NEGATIVE = "false_negative_rate"
+
+
 def mining_lines(
     passes: list[tuple[str, dict[str, float]]],
     strategy: str,
@@ -181,6 +196,10 @@ def mining_lines(
         return []
     shares = "; ".join(f"{label} {fallback_share(s):.1%}" for label, s in passes)
     lines = [f"negatives from a fallback ({strategy}): {shares}"]
+    rates = [(label, s[FALSE_NEGATIVE]) for label, s in passes if FALSE_NEGATIVE in s]
+    if rates:  # known exactly where the split lists every valid target
+        shown = "; ".join(f"{label} {rate:.1%}" for label, rate in rates)
+        lines.append(f"negatives that are valid targets (false negatives): {shown}")
     for label, summary in passes:
         warning = fallback_warning(summary, strategy, threshold)
         if warning is not None:
