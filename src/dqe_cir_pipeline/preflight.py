@@ -339,7 +339,7 @@ def _not_loaded(cfg: Any, err: Exception) -> list[str]:
         details.append(
             "or, from LAVIS's checkpoints (the fashioniq / cirr default, BLIP-2 ViT-L), "
             "convert them once: dqe-cir-pipeline convert-lavis --arch pretrain_vitL "
-            f"--qformer ... --vision ... --tokenizer ... --out {folder} (docs/notes_lavis.md)"
+            f"--qformer ... --vision ... --tokenizer ... --out {folder} (docs/real_data.md §11)"
         )
     return details
 

@@ -1,5 +1,5 @@
 """Wall time, save time and peak memory of every node, as log lines and MLflow metrics
-(``resources/<node>.*``: what ``benchmarks/gpu_smoke.py`` reports)."""
+(``resources/<node>.*``: what ``benchmarks/gpu_report.py smoke`` reports)."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ The record a run keeps of its backbone (the ``backbone_info`` dataset, MLflow pa
 ``backbone.arch`` / ``backbone.vision_depth``) and the ViT token grid the feature cache
 stores per image (the pre-flight check's size estimate). A folder converted from LAVIS
 (:mod:`.lavis`) carries ``lavis_conversion.json``; its arch and the depth it was converted
-at come from there (docs/notes_lavis.md).
+at come from there (docs/real_data.md §11).
 """
 
 from __future__ import annotations

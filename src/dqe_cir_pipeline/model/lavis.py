@@ -5,7 +5,7 @@ The key maps are written from LAVIS's module definitions. Accounting is strict: 
 tensor of the input files is used or listed as deliberately unused (with the reason), and
 every missing, unexpected or misshapen key is an error that names it. The CLIP tower at
 run time: :mod:`.lavis_tower`. Key map, depth history and what was never run:
-docs/notes_lavis.md. ``python -m dqe_cir_pipeline.model.lavis convert --help``.
+docs/real_data.md §11. ``python -m dqe_cir_pipeline.model.lavis convert --help``.
 """
 
 from __future__ import annotations

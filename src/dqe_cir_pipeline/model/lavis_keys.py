@@ -4,7 +4,7 @@ project's ``Blip2ForImageTextRetrieval``, which LAVIS tensors are deliberately n
 
 Written from LAVIS's module definitions (clip_vit.py, eva_vit.py, blip2.py,
 blip2_qformer.py, Qformer.py); the vision-file keys carry LAVIS's ``visual_encoder.``
-prefix here. Summary table: docs/notes_lavis.md.
+prefix here. Summary table: docs/real_data.md §11.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ class Arch:
     """One LAVIS ``blip2`` model type: its vision tower and how many blocks LAVIS keeps."""
 
     tower: str
-    default_depth: int  # what current LAVIS builds (see docs/notes_lavis.md)
+    default_depth: int  # what current LAVIS builds (see docs/real_data.md §11)
     vision_heads: int  # not readable from the shapes; 16 for both (1408 / 88, 1024 / 64)
 
 

@@ -4,7 +4,7 @@
 transformers' Blip2VisionModel has no pre-LayerNorm, so this tower is a CLIPVisionModel
 (``pre_layrnorm`` = LAVIS ``ln_pre``) followed by BLIP-2's ``ln_vision``, placed as
 ``model.vision_model``; the Blip2Config marks it (attribute ``lavis_vision``) and its
-vision_config holds the tower's dimensions. Details: docs/notes_lavis.md.
+vision_config holds the tower's dimensions. Details: docs/real_data.md §11.
 """
 
 from __future__ import annotations

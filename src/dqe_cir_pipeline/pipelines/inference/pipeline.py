@@ -108,6 +108,6 @@ def request_signature() -> Any:
 
 
 def log_model_kwargs() -> dict[str, Any]:
-    """What kedro-mlflow passes to ``mlflow.pyfunc.log_model`` (``serving_hooks`` adds the
+    """What kedro-mlflow passes to ``mlflow.pyfunc.log_model`` (``hooks.serving`` adds the
     run's input example, the registered model name and the requirements)."""
     return {"name": "model", "signature": request_signature()}
