@@ -72,7 +72,9 @@ def test_no_change_rerun_reads_only_the_bad_files(tmp_path: Path, reads: list[st
     first = _run(store, records)
     assert first[2].stats() == {"mode": "decode", "reused": 0, "checked": 7, "recorded": 4}
     reads.clear()
+    written = store.path.stat().st_mtime_ns
     images, quarantine, record = _run(store, records)
+    assert store.path.stat().st_mtime_ns == written  # nothing new to record: not rewritten
     # the good files come from the record; the bad ones are checked again
     assert record.stats() == {"mode": "decode", "reused": 4, "checked": 3, "recorded": 4}
     assert sorted(reads) == sorted(r[3] for r in records if r[0] in {"img2", "img5", "gone"})

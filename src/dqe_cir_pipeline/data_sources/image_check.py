@@ -19,9 +19,10 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import astuple, dataclass, fields
+from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
+from typing import NamedTuple
 
 import pandas as pd
 import pyarrow as pa
@@ -249,8 +250,7 @@ def check_images(
 SETTLE_NS = 2_000_000_000
 
 
-@dataclass(frozen=True)
-class FileStamp:
+class FileStamp(NamedTuple):
     """What ``os.stat`` says of a file; rewriting the file changes at least one field.
 
     ``ctime_ns`` and ``inode`` catch a rewrite that keeps the size and restores the
@@ -321,6 +321,11 @@ class CheckRecord:
                 self.entries[path] = (stamp, chk)
         return checks
 
+    @property
+    def changed(self) -> bool:
+        """This run's entries differ from what the record held when read."""
+        return self.entries != self._previous
+
     def stats(self) -> dict[str, int | str]:
         """Files reused and checked by this run's passes, and how many it recorded."""
         return {
@@ -348,7 +353,7 @@ def recording_checks(record: CheckRecord | None) -> Iterator[None]:
 _ACTIVE_RECORD: ContextVar[CheckRecord | None] = ContextVar("image_check_record", default=None)
 
 #: Columns of the record file after ``path`` (stamp, then outcome).
-_STAMP_COLUMNS = [f.name for f in fields(FileStamp)]
+_STAMP_COLUMNS = list(FileStamp._fields)
 _RECORD_SCHEMA = pa.schema(
     [
         ("path", pa.string()),
@@ -399,19 +404,18 @@ class CheckRecordFile:
             )
             return CheckRecord(mode)
         cols = table.to_pydict()
-        previous = {
-            path: (
-                FileStamp(*(cols[c][i] for c in _STAMP_COLUMNS)),
-                _ImageCheck(cols["width"][i], cols["height"][i], cols["content_hash"][i]),
-            )
-            for i, path in enumerate(cols["path"])
-        }
-        return CheckRecord(mode, previous)
+        stamps = map(FileStamp, *(cols[c] for c in _STAMP_COLUMNS))
+        checks = map(_ImageCheck, cols["width"], cols["height"], cols["content_hash"])
+        return CheckRecord(
+            mode, dict(zip(cols["path"], zip(stamps, checks, strict=True), strict=True))
+        )
 
     def write(self, record: CheckRecord) -> None:
-        """Replace the stored record with ``record``'s entries."""
+        """Replace the stored record with ``record``'s entries (unless it holds them)."""
+        if not record.changed:
+            return
         rows = [
-            (path, *astuple(stamp), chk.width, chk.height, chk.content_hash)
+            (path, *stamp, chk.width, chk.height, chk.content_hash)
             for path, (stamp, chk) in sorted(record.entries.items())
         ]
         columns = list(zip(*rows, strict=True)) if rows else [[] for _ in _RECORD_SCHEMA]

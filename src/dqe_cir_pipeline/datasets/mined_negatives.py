@@ -137,6 +137,7 @@ class MinedNegativesDataset(AbstractDataset[MiningJob, MinedNegatives]):
         self._root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{job.key}.tmp-", dir=self._root))
         try:
+            tmp.chmod(0o755)  # mkdtemp's 0700 would hide the result from other readers
             mined.table.to_parquet(tmp / TABLE_FILE, index=False)
             mined.delta_sample.to_parquet(tmp / SAMPLE_FILE, index=False)
             info = {"key": job.key, "description": job.description, "summary": mined.summary}
