@@ -27,6 +27,7 @@ TRAIN_NODES = {
     "embedding_extraction.extract_vit_features",
     "embedding_extraction.summarize_extraction",
     "negative_mining.mine_initial_negatives",
+    "negative_mining.summarize_mining",
     "negative_mining.plot_delta_distribution",
     "training.train_dqe_cir",
     "training.plot_training_curves",
@@ -132,7 +133,8 @@ def test_dag_is_python_with_one_task_per_node(dag_file: Path) -> None:
 def test_dag_dependencies_follow_the_pipeline(dag_file: Path) -> None:
     edges = _edges(ast.parse(dag_file.read_text()))
     assert ("embedding-extraction-extract-vit-features", "training-train-dqe-cir") in edges
-    assert ("negative-mining-mine-initial-negatives", "training-train-dqe-cir") in edges
+    assert ("negative-mining-mine-initial-negatives", "negative-mining-summarize-mining") in edges
+    assert ("negative-mining-summarize-mining", "training-train-dqe-cir") in edges
     assert ("training-train-dqe-cir", "evaluation-evaluate-checkpoint") in edges
     assert ("data-ingestion-prepare-benchmark-source", "data-ingestion-ingest-benchmark") in edges
     # training never runs before the features it reads exist

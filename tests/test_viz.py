@@ -30,7 +30,11 @@ EXPECTED_PIPELINES = {
         "publish_tables",
     },
     "embedding_extraction": {"prepare_backbone", "extract_vit_features", "summarize_extraction"},
-    "negative_mining": {"mine_initial_negatives", "plot_delta_distribution"},
+    "negative_mining": {
+        "mine_initial_negatives",
+        "summarize_mining",
+        "plot_delta_distribution",
+    },
     "training": {"train_dqe_cir", "plot_training_curves"},
     "evaluation": {
         "evaluate_checkpoint",

@@ -1,8 +1,9 @@
 """Fixtures for pipeline tests: a tiny generated benchmark run through ingestion and
 extraction once per session (the expensive part), reused by the later-stage tests.
 
-The catalog is in memory except the feature cache, which is the real dataset on a
-temporary folder (the nodes hand it a lazy extraction job).
+The catalog is in memory except the datasets whose nodes hand them a lazy job or a
+handle: the feature cache, the mined negatives and the image check record, real
+datasets on a temporary folder.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from kedro.validation.parameter_validator import ParameterValidator
 
 from dqe_cir_pipeline.config_loader import project_config_loader
 from dqe_cir_pipeline.datasets.feature_cache import FeatureCacheDataset
+from dqe_cir_pipeline.datasets.image_check_record import ImageCheckRecordDataset
+from dqe_cir_pipeline.datasets.mined_negatives import MinedNegativesDataset
 from dqe_cir_pipeline.pipeline_registry import register_pipelines
 
 
@@ -38,13 +41,23 @@ class KeptDataset(MemoryDataset):
         pass
 
 
+def stored_datasets(tmp: Path) -> dict[str, Any]:
+    """The datasets that must be real (their nodes hand them a job or a handle)."""
+    return {
+        "vit_features": FeatureCacheDataset(filepath=str(tmp / "vit_cache")),
+        "mined_negatives": MinedNegativesDataset(path=str(tmp / "mined_negatives")),
+        "image_check_record": ImageCheckRecordDataset(filepath=str(tmp / "image_checks.parquet")),
+    }
+
+
 def catalog_for(params: dict[str, Any], tmp: Path) -> DataCatalog:
-    """Every dataset of the full pipeline in memory, except the real feature cache."""
+    """Every dataset of the full pipeline in memory, except :func:`stored_datasets`."""
     pipes = register_pipelines()
     full = pipes["__default__"] + pipes["zero_shot"] + pipes["cirr_submission"]
-    catalog = DataCatalog({"vit_features": FeatureCacheDataset(filepath=str(tmp / "vit_cache"))})
+    stored = stored_datasets(tmp)
+    catalog = DataCatalog(stored)
     for name in sorted(full.datasets()):
-        if name.startswith("params:") or name == "vit_features":
+        if name.startswith("params:") or name in stored:
             continue
         catalog[name] = KeptDataset()
     # the nodes' typed parameters, instantiated by Kedro's own validator as a run does

@@ -7,6 +7,7 @@ from typing import Any
 
 from dqe_cir_pipeline.data_sources.common import IngestResult
 from dqe_cir_pipeline.data_sources.config import DataConfig
+from dqe_cir_pipeline.data_sources.image_check import CheckRecord, recording_checks
 from dqe_cir_pipeline.data_sources.registry import benchmark
 
 #: ``ingestion_report["verdict"]``: the tables passed the rejection threshold, or not.
@@ -30,7 +31,10 @@ def prepare_benchmark_source(data: DataConfig) -> dict[str, Any]:
 
 
 def read_benchmark(
-    source: dict[str, Any], data: DataConfig, image_check: str | None = None
+    source: dict[str, Any],
+    data: DataConfig,
+    image_check: str | None = None,
+    record: CheckRecord | None = None,
 ) -> IngestResult:
     """Read the benchmark ``source`` points at with the reader and block ``data`` configures.
 
@@ -42,11 +46,15 @@ def read_benchmark(
         source: ``prepare_benchmark_source``'s output (dataset, annotation and image roots).
         data: The ``data`` block.
         image_check: Overrides ``data.image_check`` (one of ``image_check.IMAGE_CHECKS``).
+        record: Files an earlier run found good: those unchanged since are not read
+            again, and ``record`` collects this run's good files (used only when its
+            mode is the check's).
     """
     name = source["dataset"]
-    return benchmark(name).read(
-        source["annotation_root"],
-        source["image_root"],
-        getattr(data, name),
-        data.read_settings(image_check),
-    )
+    with recording_checks(record):
+        return benchmark(name).read(
+            source["annotation_root"],
+            source["image_root"],
+            getattr(data, name),
+            data.read_settings(image_check),
+        )

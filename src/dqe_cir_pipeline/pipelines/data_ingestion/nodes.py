@@ -21,6 +21,7 @@ from dqe_cir_pipeline.data_sources.common import (
     rejection_problems,
 )
 from dqe_cir_pipeline.data_sources.config import DataConfig
+from dqe_cir_pipeline.data_sources.image_check import CheckRecordFile
 from dqe_cir_pipeline.data_sources.ingest import FAILED, PASSED, read_benchmark
 from dqe_cir_pipeline.tracking import metric_values
 
@@ -28,28 +29,47 @@ logger = logging.getLogger(__name__)
 
 
 def ingest_benchmark(
-    source: dict[str, Any], data: DataConfig
-) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    source: dict[str, Any], data: DataConfig, image_check_record: CheckRecordFile
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, Any]]:
     """Read the benchmark into the canonical images / triplets / quarantine tables.
 
     The quarantine table is saved at once (a failed validation leaves it on disk for
     inspection); images and triplets stay in memory until ``publish_tables`` has seen
-    the verdict.
+    the verdict. Image files the record lists as good and unchanged since are not read
+    again; the record is then rewritten with this run's good files.
+
+    Returns:
+        The three tables and the record's counts (``reused``, ``checked`` files).
     """
-    result = read_benchmark(source, data)
-    logger.info("ingested %s: %s", source["dataset"], result.counts())
-    return result.images, result.triplets, result.quarantine
+    record = image_check_record.read(data.image_check)
+    result = read_benchmark(source, data, record=record)
+    image_check_record.write(record)
+    stats = record.stats()
+    logger.info(
+        "ingested %s: %s; image files: %d reused from %s, %d checked (%s)",
+        source["dataset"],
+        result.counts(),
+        stats["reused"],
+        image_check_record.path,
+        stats["checked"],
+        data.image_check,
+    )
+    return result.images, result.triplets, result.quarantine, stats
 
 
 def validate_ingestion(
-    images: pd.DataFrame, triplets: pd.DataFrame, quarantine: pd.DataFrame, data: DataConfig
+    images: pd.DataFrame,
+    triplets: pd.DataFrame,
+    quarantine: pd.DataFrame,
+    image_checks: dict[str, Any],
+    data: DataConfig,
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """Judge the rejections and report them: the verdict, counts (JSON) and MLflow metrics.
 
     Never raises on too many rejections: the report (with ``verdict: failed`` and the
     problems) and the metrics must reach disk and MLflow first; ``publish_tables`` then
-    fails the run. Metrics: the counts, per split, and ``quarantine.<reason code>``
-    (spaces as ``_``).
+    fails the run. Metrics: the counts, per split, ``quarantine.<reason code>`` (spaces
+    as ``_``) and the image files checked (``images_rechecked``) or reused from the record.
 
     Returns:
         The report, the metrics, and the verdict alone (``verdict``, ``problems``,
@@ -80,12 +100,14 @@ def validate_ingestion(
         "per_split": per_split,
         "per_edit_type": per_edit,
         "quarantine_reasons": {str(k): int(v) for k, v in sorted(reasons.items())},
+        "image_check": image_checks,
     }
     if problems:
         logger.error("ingestion failed validation:\n%s", "\n".join(problems))
     quarantined = {f"quarantine.{k.replace(' ', '_')}": n for k, n in reasons.items()}
+    files = {"images_rechecked": image_checks["checked"], "images_reused": image_checks["reused"]}
     metrics = metric_values(
-        {**counts, **per_split, **quarantined, "verdict_passed": float(not problems)},
+        {**counts, **per_split, **quarantined, **files, "verdict_passed": float(not problems)},
         prefix="ingestion/",
     )
     verdict = {key: report[key] for key in ("verdict", "problems", "dataset")}

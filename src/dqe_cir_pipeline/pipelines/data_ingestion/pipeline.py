@@ -1,7 +1,8 @@
 """``data_ingestion``: benchmark source -> canonical Parquet tables + quarantine.
 
 ``ingest_benchmark`` saves the quarantine table at once and keeps images and triplets
-in memory; ``validate_ingestion`` writes the verdict (report and MLflow metrics, also
+in memory (image files unchanged since the record of the last check are not read
+again); ``validate_ingestion`` writes the verdict (report and MLflow metrics, also
 when it fails); ``publish_tables`` writes the tables the later stages read only when
 the verdict passed, and otherwise fails the run.
 """
@@ -28,13 +29,19 @@ def create_pipeline(**kwargs: object) -> Pipeline:
         ),
         Node(
             func=ingest_benchmark,
-            inputs=["benchmark_source", "params:data"],
-            outputs=["ingested_images", "ingested_triplets", "quarantine"],
+            inputs=["benchmark_source", "params:data", "image_check_record"],
+            outputs=["ingested_images", "ingested_triplets", "quarantine", "image_checks"],
             name="ingest_benchmark",
         ),
         Node(
             func=validate_ingestion,
-            inputs=["ingested_images", "ingested_triplets", "quarantine", "params:data"],
+            inputs=[
+                "ingested_images",
+                "ingested_triplets",
+                "quarantine",
+                "image_checks",
+                "params:data",
+            ],
             outputs=["ingestion_report", "ingestion_metrics", "verdict"],
             name="validate_ingestion",
         ),
@@ -49,6 +56,7 @@ def create_pipeline(**kwargs: object) -> Pipeline:
         nodes,
         namespace="data_ingestion",
         tags=["data_ingestion"],
+        inputs={"image_check_record"},
         outputs={
             "benchmark_source",
             "images",

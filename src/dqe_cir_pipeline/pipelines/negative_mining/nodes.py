@@ -2,13 +2,16 @@
 
 The same ``mine_from_embeddings`` call refreshes the negatives inside training on the
 interval schedule; this pipeline runs it once with the untrained model so the
-negatives and their Delta distribution can be inspected before training starts.
+negatives and their Delta distribution can be inspected before training starts. The
+mining node describes the pass by a key; the ``mined_negatives`` dataset mines only
+when nothing is stored under that key.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import asdict
 from typing import Any
 
 import matplotlib
@@ -20,10 +23,14 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from dqe_cir_pipeline.data_sources.common import dataset_fingerprint  # noqa: E402
 from dqe_cir_pipeline.datasets.feature_cache import FeatureCache  # noqa: E402
+from dqe_cir_pipeline.datasets.mined_negatives import MinedNegatives, MiningJob  # noqa: E402
+from dqe_cir_pipeline.io_utils import short_hash, stable_hash  # noqa: E402
 from dqe_cir_pipeline.model.backbone import BackboneConfig, load_backbone  # noqa: E402
 from dqe_cir_pipeline.model.config import RuntimeConfig  # noqa: E402
 from dqe_cir_pipeline.model.data import TrainData  # noqa: E402
+from dqe_cir_pipeline.model.device import resolve_device  # noqa: E402
 from dqe_cir_pipeline.model.factory import build_model  # noqa: E402
 from dqe_cir_pipeline.model.mining import (  # noqa: E402
     encode_for_mining,
@@ -39,6 +46,8 @@ logger = logging.getLogger(__name__)
 
 #: Queries whose whole Delta distribution is kept for the plot.
 PLOTTED_QUERIES = 4
+#: Part of the key: bumped when the mining or its stored form changes meaning.
+MINING_FORMAT = 1
 
 
 def mine_initial_negatives(
@@ -49,13 +58,71 @@ def mine_initial_negatives(
     training: TrainingConfig,
     mining: MiningConfig,
     runtime: RuntimeConfig,
+) -> MiningJob:
+    """Describe mining each training query's negatives with the initial (untrained) model.
+
+    The ``mined_negatives`` dataset mines only when no result is stored under the key,
+    which covers the data (queries, image bytes, pools), the cached features (backbone
+    and preprocessing), the backbone settings, the model's settings and seed, every
+    mining setting and the precision the device computes in: a re-run with nothing
+    changed mines nothing, and any change mines anew.
+    """
+    device = resolve_device(runtime.device).type
+    description = {
+        "format": MINING_FORMAT,
+        "data": dataset_fingerprint(images, triplets),
+        "pools": _pool_fingerprint(images, triplets),
+        "features": vit_features.cache_key,
+        "backbone": asdict(backbone),
+        "model": asdict(training.model),
+        "seed": training.loop.seed,
+        "mining": asdict(mining),
+        "device": device,
+        "precision": runtime.amp_dtype if device == "cuda" else "float32",
+    }
+
+    def run() -> MinedNegatives:  # loads the backbone only when it has to mine
+        return _mine(vit_features, triplets, images, backbone, training, mining, runtime)
+
+    return MiningJob(key=f"negatives-{stable_hash(description)}", description=description, run=run)
+
+
+def _pool_fingerprint(images: pd.DataFrame, triplets: pd.DataFrame) -> str:
+    """What the data fingerprint leaves out and mining reads: each row's benchmark (its
+    protocol) and category (FashionIQ's pools are per category)."""
+    columns = [
+        frame[col].astype(str) for frame in (images, triplets) for col in ("dataset", "category")
+    ]
+    return short_hash("\x1e".join("\x1f".join(col) for col in columns))
+
+
+def summarize_mining(
+    mined_negatives: MinedNegatives,
 ) -> tuple[pd.DataFrame, dict[str, Any], pd.DataFrame]:
-    """Mine each training query's negatives with the initial (untrained) model.
+    """The negatives for training, their metrics (``reused`` 1 when nothing was mined)
+    and the Delta sample for the plot.
 
     Returns:
         The candidates table (Parquet), summary metrics for MLflow and the Delta
         distribution of the first few queries (``query_id, delta, in_zone``).
     """
+    mined = mined_negatives
+    if mined.reused:
+        logger.info("initial negatives %s reused: the same inputs were mined before", mined.key)
+    summary = {**mined.summary, "reused": float(mined.reused)}
+    return mined.table, metric_values(summary, prefix="mining/initial."), mined.delta_sample
+
+
+def _mine(
+    vit_features: FeatureCache,
+    triplets: pd.DataFrame,
+    images: pd.DataFrame,
+    backbone: BackboneConfig,
+    training: TrainingConfig,
+    mining: MiningConfig,
+    runtime: RuntimeConfig,
+) -> MinedNegatives:
+    """Mine with the untrained model: the table, its summary and the Delta sample."""
     bb = load_backbone(backbone)
     dqe = build_model(bb, training.model, training.loop.seed, runtime.device)
     data = TrainData.from_tables(triplets, images, "train")
@@ -76,7 +143,7 @@ def mine_initial_negatives(
         {k: round(v, 3) for k, v in summary.items()},
     )
     sample = _delta_sample(queries, pool, data, result)
-    return result.to_table(data), metric_values(summary, prefix="mining/initial."), sample
+    return MinedNegatives(result.to_table(data), summary, sample)
 
 
 def _delta_sample(
