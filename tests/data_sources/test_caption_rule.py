@@ -96,7 +96,8 @@ def test_a_record_without_a_usable_caption_is_quarantined_by_name(
 def test_ingestion_reports_the_counts_and_the_metric(fiq: tuple[Path, Path]) -> None:
     res = read_fashioniq(*fiq, DRESS)
     data = DataConfig(benchmark="fashioniq", fashioniq={"categories": ["dress"]})
-    report, metrics, _ = validate_ingestion(res.images, res.triplets, res.quarantine, data)
+    checks = {"checked": len(res.images), "reused": 0}
+    report, metrics, _ = validate_ingestion(res.images, res.triplets, res.quarantine, checks, data)
     assert report["counts"]["captions_placeholder"] == 7
     assert metrics["ingestion/captions_placeholder"]["value"] == 7.0
     assert metrics["ingestion/captions_blank"]["value"] == 0.0
