@@ -148,3 +148,21 @@ def node_resources(metrics: dict[str, float]) -> dict[str, dict[str, float]]:
             node, what = key.removeprefix("resources/").rsplit(".", 1)
             nodes.setdefault(node, {})[what] = value
     return nodes
+
+
+def node_timeline(ws: Workspace, run_id: str) -> tuple[float, float, list[tuple[float, str]]]:
+    """When the MLflow run started and ended, and when each ``resources/*`` metric was
+    logged (epoch seconds; the node's end, or the end of a save): the order the nodes
+    ran in and how long each took from the previous one's end."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(ws.tracking_uri)
+    run = client.get_run(run_id)
+    events = [
+        (m.timestamp / 1000, key.removeprefix("resources/").rsplit(".", 1)[0])
+        for key in run.data.metrics
+        if key.startswith("resources/")
+        for m in client.get_metric_history(run_id, key)
+    ]
+    end = run.info.end_time or max((t for t, _ in events), default=0.0) * 1000
+    return run.info.start_time / 1000, end / 1000, sorted(events)
