@@ -130,10 +130,13 @@ def _fashioniq_block(ann: Path, args: argparse.Namespace) -> Layout:
 def _cirr_block(ann: Path, args: argparse.Namespace) -> Layout:
     """Drop splits without a split file; fill or list as image-only those without captions."""
     block = registered("cirr").source({"annotation_root": str(ann)})
-    layout = CIRRLayout(ann, tuple(block.splits), "rc2", ())
+    layout: CIRRLayout = registered("cirr").layout(block)
     splits = [s for s in block.splits if layout.split_file(s).is_file()]
-    notes = [f"split {s} left out: no {layout.split_file(s).name}" for s in block.splits]
-    notes = [n for s, n in zip(block.splits, notes, strict=True) if s not in splits]
+    notes = [
+        f"split {s} left out: no {layout.split_file(s).name}"
+        for s in block.splits
+        if s not in splits
+    ]
     missing = [s for s in splits if not layout.caption_file(s).is_file()]
     params: dict[str, Any] = {"data.cirr.splits": splits}
     if args.missing_captions == "image-only":
@@ -197,7 +200,7 @@ def _block_values(params: dict[str, Any], benchmark: str) -> dict[str, Any]:
 
 # -- measuring ---------------------------------------------------------------------------
 def _disk(path: Path) -> int:
-    """Bytes a file takes on disk (blocks, as ``du``): a sparse cache counts as written."""
+    """Bytes a file takes on disk: its allocated blocks, as ``du`` counts them."""
     st = path.stat()
     return st.st_blocks * 512 if hasattr(st, "st_blocks") else st.st_size
 
