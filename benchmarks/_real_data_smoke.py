@@ -22,21 +22,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 import time
 from dataclasses import asdict, fields
-from pathlib import Path
 from typing import Any
+
+from _kedro_run import Workspace, latest_run, node_resources, run_kedro
 
 from dqe_cir_pipeline.data_sources.placeholder import PlaceholderConfig, write_benchmark
 from dqe_cir_pipeline.io_utils import atomic_write_json
 from dqe_cir_pipeline.launch import peak_rss_bytes
 from dqe_cir_pipeline.model.backbone import TinyBackboneSpec
-
-#: The repository root: ``kedro run`` runs there.
-ROOT = Path(__file__).resolve().parents[1]
 
 #: ``Salesforce/blip2-itm-vit-g`` shapes: EVA ViT-g/14 (39 layers, 1408 wide) and the
 #: 12-layer BERT-base Q-Former with cross-attention every second layer.
@@ -60,19 +55,14 @@ FULL_SIZE = TinyBackboneSpec(
 SIZES = {"full": FULL_SIZE, "tiny": TinyBackboneSpec()}
 
 
-def kedro_params(args: argparse.Namespace, work: Path, benchmark: str) -> dict[str, Any]:
-    """``--params`` overrides on top of ``conf/<benchmark>``: random backbone, short training.
-
-    The data roots are passed explicitly too, so that a user's ``conf/local`` (merged over
-    the benchmark environments) cannot point the smoke run at the real data.
-    """
+def kedro_params(args: argparse.Namespace, ws: Workspace, benchmark: str) -> dict[str, Any]:
+    """Parameters on top of ``conf/<benchmark>``: the work folder's data, a random
+    backbone, short training."""
     spec = SIZES[args.size]
-    raw = work / "data" / benchmark / "01_raw"
-    params: dict[str, Any] = {
-        f"data.{benchmark}.annotation_root": str(raw / "annotations"),
-        f"data.{benchmark}.image_root": str(raw / "images"),
+    return {
+        **ws.data_params(benchmark),
         "backbone.source": "tiny",
-        "backbone.tiny_dir": str(work / f"backbone-{args.size}"),
+        "backbone.tiny_dir": str(ws.work / f"backbone-{args.size}"),
         **{f"backbone.tiny.{f.name}": getattr(spec, f.name) for f in fields(spec)},
         "runtime.device": args.device,
         "extraction.batch_size": args.extraction_batch,
@@ -81,55 +71,19 @@ def kedro_params(args: argparse.Namespace, work: Path, benchmark: str) -> dict[s
         "training.loop.batch_size": args.batch_size,
         "training.loop.refresh_interval": 1,
         "training.optim.warmup_steps": 10,
-        "training.loop.run_dir": str(work / "runs"),
+        "training.loop.run_dir": str(ws.work / "runs"),
         "training.loop.resume": False,
         "evaluation.qualitative_queries": 2,
     }
-    return params
 
 
-def run_kedro(benchmark: str, params: dict[str, Any], env: dict[str, str], log: Path) -> float:
-    items = ",".join(f"{k}={v}" for k, v in params.items())
-    cmd = [
-        sys.executable,
-        "-m",
-        "kedro",
-        "run",
-        "--env",
-        benchmark,
-        "--pipelines",
-        "train",
-        "--params",
-        items,
-    ]
-    start = time.perf_counter()
-    with log.open("w") as fh:
-        proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT)
-    seconds = time.perf_counter() - start
-    if proc.returncode != 0:
-        tail = log.read_text()[-6000:]
-        raise SystemExit(
-            f"kedro run --env {benchmark} failed (exit {proc.returncode}); log {log}:\n{tail}"
-        )
-    return seconds
-
-
-def collect(benchmark: str, data_root: Path, tracking_uri: str) -> dict[str, Any]:
+def collect(benchmark: str, ws: Workspace) -> dict[str, Any]:
     """Throughput, memory and metrics of the latest run of ``benchmark``."""
-    import mlflow
     import pandas as pd
 
-    bench = data_root / benchmark
-    mlflow.set_tracking_uri(tracking_uri)
-    runs = mlflow.search_runs(
-        experiment_names=[f"dqe_cir_{benchmark}"], order_by=["start_time DESC"], max_results=1
-    )
-    metrics = mlflow.get_run(runs.run_id.iloc[0]).data.metrics
-    nodes: dict[str, dict[str, float]] = {}
-    for key, value in metrics.items():
-        if key.startswith("resources/"):
-            node, what = key.removeprefix("resources/").rsplit(".", 1)  # node: namespace.name
-            nodes.setdefault(node, {})[what] = value
+    bench = ws.data_root / benchmark
+    run_id, metrics = latest_run(ws, benchmark)
+    nodes = node_resources(metrics)
     extraction = json.loads((bench / "08_reporting/extraction_report.json").read_text())[
         "last_save"
     ]
@@ -137,7 +91,7 @@ def collect(benchmark: str, data_root: Path, tracking_uri: str) -> dict[str, Any
     evaluation = json.loads((bench / "08_reporting/evaluation.json").read_text())
     eval_seconds = nodes.get("evaluation.evaluate_checkpoint", {}).get("seconds", float("nan"))
     return {
-        "run_id": str(runs.run_id.iloc[0]),
+        "run_id": run_id,
         "nodes": nodes,
         "extraction": {
             "images": extraction["computed"],
@@ -208,17 +162,7 @@ def run_smoke(args: argparse.Namespace) -> dict[str, Any]:
         counts, seconds, per-node resources and the extraction, training and evaluation
         figures; the peak RSS of a ``kedro run``; the CUDA device's name.
     """
-    work = args.work.resolve()
-    data_root = work / "data"
-    tracking_uri = f"sqlite:///{(work / 'mlflow.db').as_posix()}"
-    env = {
-        **os.environ,
-        "DQE_DATA_ROOT": str(data_root),
-        "MLFLOW_TRACKING_URI": tracking_uri,
-        "DQE_MLFLOW_ARTIFACTS": (work / "mlartifacts").as_uri(),
-        "HF_HUB_OFFLINE": "1",
-        "KEDRO_DISABLE_TELEMETRY": "true",
-    }
+    ws = Workspace(args.work.resolve())
     cfg = PlaceholderConfig(
         scale=args.scale,
         train_queries=args.train_queries,
@@ -232,16 +176,16 @@ def run_smoke(args: argparse.Namespace) -> dict[str, Any]:
     }
     for benchmark in args.benchmarks:
         t0 = time.perf_counter()
-        counts = write_benchmark(benchmark, data_root / benchmark / "01_raw", cfg)
+        counts = write_benchmark(benchmark, ws.raw(benchmark), cfg)
         data_seconds = time.perf_counter() - t0
-        seconds = run_kedro(
-            benchmark, kedro_params(args, work, benchmark), env, work / f"{benchmark}.log"
+        run = run_kedro(
+            ws, benchmark, "train", kedro_params(args, ws, benchmark), ws.work / f"{benchmark}.log"
         )
         rep = {
             "data": counts,
             "data_seconds": data_seconds,
-            "kedro_seconds": seconds,
-            **collect(benchmark, data_root, tracking_uri),
+            "kedro_seconds": run.seconds,
+            **collect(benchmark, ws),
         }
         report["benchmarks"][benchmark] = rep
         print(table(benchmark, rep), flush=True)
@@ -250,7 +194,7 @@ def run_smoke(args: argparse.Namespace) -> dict[str, Any]:
 
     if torch.cuda.is_available():
         report["device"] = torch.cuda.get_device_name(0)
-    out = work / "smoke_report.json"
+    out = ws.work / "smoke_report.json"
     atomic_write_json(out, report, sort_keys=False)
     print(f"peak host RSS of a kedro run: {report['max_child_rss_gib']:.2f} GiB; report: {out}")
     return report

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -23,6 +24,8 @@ pytestmark = pytest.mark.slow
 
 
 def _load(name: str) -> ModuleType:
+    if str(ROOT / "benchmarks") not in sys.path:  # the scripts import their siblings
+        sys.path.insert(0, str(ROOT / "benchmarks"))
     spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)

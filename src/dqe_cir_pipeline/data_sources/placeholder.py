@@ -12,6 +12,10 @@ shirt 2,038 / 6,346, toptee 1,961 / 5,373. Training splits are kept small
 (``train_queries``): a smoke run needs a few training steps, not an epoch of 18k
 triplets.
 
+Under a user's own annotation files (``write_layout_images``, e.g. the real ones without
+their images) the same pictures go at every path the split files list, and a missing
+CIRR captions file can be filled with placeholder records (``write_cirr_captions``).
+
 Kept free of Kedro and MLflow. Rerunning is cheap: files that exist are kept.
 """
 
@@ -31,12 +35,15 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from dqe_cir_pipeline.data_sources.cirr import CIRRLayout
+from dqe_cir_pipeline.data_sources.common import load_json
 from dqe_cir_pipeline.data_sources.fashioniq import FashionIQLayout
+from dqe_cir_pipeline.data_sources.layout import SPLIT, AnnotationLayout
 from dqe_cir_pipeline.io_utils import atomic_write_bytes, atomic_write_json
 
 CIRR_SIZES = {"val": (4181, 2297), "test1": (4148, 2315)}
 FASHIONIQ_SIZES = {"dress": (2017, 3817), "shirt": (2038, 6346), "toptee": (1961, 5373)}
 CIRR_SET_SIZE = 6  # CIRR's img_set: the reference, the target and four look-alikes
+CIRR_TRAIN_QUERIES = 28225  # cap.rc2.train.json, when a copy lacks it
 
 COLOURS = ["red", "blue", "green", "black", "white", "yellow", "pink", "grey", "purple", "orange"]
 SHAPES = [
@@ -126,6 +133,31 @@ def _cirr_caption(rng: np.random.Generator) -> str:
     return str(forms[int(rng.integers(len(forms)))])
 
 
+def _cirr_records(
+    names: list[str], n_queries: int, labelled: bool, rng: np.random.Generator, pair_start: int
+) -> list[dict[str, Any]]:
+    """CIRR caption records over ``names`` taken as consecutive sets of six images."""
+    n_sets = max(1, len(names) // CIRR_SET_SIZE)
+    records = []
+    for q in range(n_queries):
+        s = q % n_sets
+        members = names[s * CIRR_SET_SIZE : (s + 1) * CIRR_SET_SIZE]
+        ref_pos, tgt_pos = rng.choice(len(members), 2, replace=False)
+        rec: dict[str, Any] = {
+            "pairid": pair_start + q,
+            "reference": members[int(ref_pos)],
+            "caption": _cirr_caption(rng),
+            "img_set": {"id": s, "members": members, "reference_rank": int(ref_pos)},
+        }
+        if labelled:
+            target = members[int(tgt_pos)]
+            rec["target_hard"] = target
+            rec["target_soft"] = {target: 1.0}
+            rec["img_set"]["target_rank"] = int(tgt_pos)
+        records.append(rec)
+    return records
+
+
 def _cirr_split(
     annotations: Path,
     images: Path,
@@ -145,23 +177,7 @@ def _cirr_split(
         n: (f"./train/{i % 100}/{n}.png" if split == "train" else f"./{prefix}/{n}.png")
         for i, n in enumerate(names)
     }
-    records = []
-    for q in range(n_queries):
-        s = q % n_sets
-        members = names[s * CIRR_SET_SIZE : (s + 1) * CIRR_SET_SIZE]
-        ref_pos, tgt_pos = rng.choice(CIRR_SET_SIZE, 2, replace=False)
-        rec: dict[str, Any] = {
-            "pairid": pair_start + q,
-            "reference": members[int(ref_pos)],
-            "caption": _cirr_caption(rng),
-            "img_set": {"id": s, "members": members, "reference_rank": int(ref_pos)},
-        }
-        if labelled:
-            target = members[int(tgt_pos)]
-            rec["target_hard"] = target
-            rec["target_soft"] = {target: 1.0}
-            rec["img_set"]["target_rank"] = int(tgt_pos)
-        records.append(rec)
+    records = _cirr_records(names, n_queries, labelled, rng, pair_start)
     # the files the CIRR reader opens; record keys keep the order of the real files
     layout = CIRRLayout(annotations, (split,), version="rc2", image_only_splits=())
     atomic_write_json(layout.caption_file(split), records, indent=None, sort_keys=False)
@@ -247,6 +263,50 @@ def write_fashioniq(root: Path, cfg: PlaceholderConfig) -> dict[str, Any]:
             counts[f"{category}/{split}"] = {"queries": n_q, "images": n_img}
     counts["images_written"] = write_images(paths, cfg.image_size, cfg.workers)
     return counts
+
+
+# --- placeholder images under given annotation files -----------------------------------
+
+
+def write_layout_images(
+    layout: AnnotationLayout, image_root: Path, size: int, workers: int = 8
+) -> dict[str, Any]:
+    """A placeholder picture at the path the reader expects for every image the split
+    files of ``layout`` list (e.g. the real annotation files, without their images).
+
+    Returns:
+        Images listed per split file (``"<category>/<split>"``, CIRR's category is
+        ``all``), the distinct images and how many pictures were written (files that
+        exist are kept).
+    """
+    counts: dict[str, Any] = {}
+    paths: dict[Path, None] = {}  # an image listed by two split files is written once
+    for file in layout.files():
+        if file.kind != SPLIT:
+            continue
+        listed = layout.image_files(load_json(file.path), image_root)
+        counts[f"{file.category}/{file.split}"] = len(listed)
+        paths.update(dict.fromkeys(candidates[0] for candidates in listed.values()))
+    counts["images"] = len(paths)
+    counts["images_written"] = write_images(paths, size, workers)
+    return counts
+
+
+def write_cirr_captions(layout: CIRRLayout, split: str, n_queries: int, seed: int = 0) -> int:
+    """Placeholder CIRR caption records for ``split`` over the images its split file lists
+    (taken in file order as sets of six), written where the reader looks for them: for a
+    copy of CIRR without that captions file (the train captions are not always shipped).
+
+    Returns:
+        The number of records written.
+    """
+    names = list(layout.image_files(load_json(layout.split_file(split)), Path(".")))
+    if len(names) < 2:
+        raise ValueError(f"{layout.split_file(split)} lists {len(names)} images, needs 2")
+    rng = np.random.default_rng([seed, 3])
+    records = _cirr_records(names, n_queries, True, rng, 0)
+    atomic_write_json(layout.caption_file(split), records, indent=None, sort_keys=False)
+    return len(records)
 
 
 def write_benchmark(
