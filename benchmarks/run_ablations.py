@@ -73,12 +73,15 @@ VARIANTS: dict[str, tuple[dict[str, dict[str, Any]], dict[str, Any]]] = {
         {},
     ),
     "pairwise_kl": ({"loss": {"objective": "pairwise_kl"}}, {}),
+    "no_attr_weights": ({"model": {"use_attribute_weights": False}}, {}),
+    "no_trns": ({"loop": {"negatives": "random"}}, {}),
+    # The hardest candidate at or below the target's score (no gap, one kept): the
+    # negatives the mid-zone is designed to avoid, since near-ties include valid targets.
+    "hardest_negatives": ({}, {"epsilon": 0.0, "zone_keep": "hardest", "max_zone": 1}),
     "qure_negatives": (
         {"loop": {"initial_negatives": "random", "refresh_interval": None}},
         {"strategy": "qure"},
     ),
-    "no_attr_weights": ({"model": {"use_attribute_weights": False}}, {}),
-    "no_trns": ({"loop": {"negatives": "random"}}, {}),
     "no_margins": ({"loss": {"use_margins": False}}, {}),
 }
 #: The split every epoch is validated on and the best epoch is chosen by.
