@@ -22,7 +22,7 @@ BERT's 30,523-word vocabulary, 256-d projections. Steps, each timed with its pea
    gathers it, ``model/losses.py`` scores it, AdamW steps);
 5. ``evaluation``: ``model.evaluate.evaluate`` with CIRR's protocol over the images.
 
-Usage (figures: docs/notes_rehearsal.md)::
+Usage (figures: docs/real_data.md §13)::
 
     PYTHONPATH=src python benchmarks/bench_full_shapes.py --presets vitl vitg --images 4
     PYTHONPATH=src python benchmarks/bench_full_shapes.py --presets vitl --images 2 --depth 1 \\
