@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 from _measure import drop_page_cache
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from dqe_cir_pipeline.datasets.feature_cache import FeatureCache
 from dqe_cir_pipeline.datasets.feature_shards import (
@@ -38,6 +38,7 @@ from dqe_cir_pipeline.datasets.feature_shards import (
 )
 from dqe_cir_pipeline.io_utils import atomic_write_json
 from dqe_cir_pipeline.model.data import host_tokens, prefetched
+from dqe_cir_pipeline.model.extract import ImageFiles
 from dqe_cir_pipeline.model.preprocess import ImagePreprocessor
 
 #: ViT-g/14 at 224 px (``blip2-itm-vit-g``): 256 patches + CLS, 1408 wide, stored fp16.
@@ -150,24 +151,6 @@ def make_images(folder: Path, sizes: Sizes, fmt: str, seed: int = 0) -> list[str
             image.save(path, format="PNG")
         paths.append(str(path))
     return paths
-
-
-class ImageFiles(Dataset):
-    """Decode + preprocess of image files: open with PIL, convert to RGB, preprocess.
-
-    The same work per item as the Dataset ``VitEncoder``'s DataLoader runs.
-    """
-
-    def __init__(self, paths: Sequence[str], preprocess: ImagePreprocessor) -> None:
-        self.paths = list(paths)
-        self.preprocess = preprocess
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        with Image.open(self.paths[i]) as img:
-            return self.preprocess(img.convert("RGB"))
 
 
 def _decoded(path: str) -> Image.Image:

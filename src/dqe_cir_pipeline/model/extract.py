@@ -22,7 +22,7 @@ from dqe_cir_pipeline.model.progress import Progress
 logger = logging.getLogger(__name__)
 
 
-class _ImageFiles(Dataset):
+class ImageFiles(Dataset):
     """Decode + preprocess image files (runs in DataLoader workers on a GPU machine)."""
 
     def __init__(
@@ -97,7 +97,7 @@ class VitEncoder:
 
     def _run(self, paths: Sequence[str], progress: Progress) -> np.ndarray:
         loader = DataLoader(
-            _ImageFiles(paths, self.preprocess),
+            ImageFiles(paths, self.preprocess),
             batch_size=self.batch_size,
             num_workers=self.num_workers,
             pin_memory=self.device.type == "cuda",
