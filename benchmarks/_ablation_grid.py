@@ -2,8 +2,8 @@
 
 A grid combination overrides training blocks or mining. With variants, every variant is
 trained at every combination (the same tuning budget for each) and keeps the one with
-the best mean val ``avg`` over seeds; alone, each combination of the default recipe is
-a variant of its own.
+the best mean val ``avg`` over the tuning seeds; the chosen combination then runs at the
+remaining seeds. Alone, each combination of the default recipe is a variant of its own.
 """
 
 from __future__ import annotations
@@ -88,20 +88,37 @@ def plan_jobs(
     ]
 
 
-def select_on_val(rows: list[dict[str, Any]], queries: Path | None) -> dict[str, str]:
-    """Each tuned variant's grid combination with the best mean val ``avg`` over seeds;
-    its per-query files are copied to the variant's own folder. Returns variant -> combination."""
+def choose_on_val(rows: list[dict[str, Any]]) -> dict[str, str]:
+    """Each tuned variant's grid combination with the best mean val ``avg`` over the seeds
+    of ``rows`` (the tuning seeds). Returns variant -> combination."""
     tuned = pd.DataFrame([r for r in rows if r.get("grid")])
     if tuned.empty:
         return {}
-    chosen: dict[str, str] = {}
-    for variant, g in tuned.groupby("variant", sort=False):
-        scores = g.groupby("grid", sort=False)["val/avg"].mean()
-        chosen[variant] = str(scores.idxmax())
-        for seed in g.loc[g["grid"] == chosen[variant], "seed"]:
-            if queries is not None:
-                src = query_path(queries, variant, int(seed), chosen[variant])
-                dst = query_path(queries, variant, int(seed))
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(src, dst)
+    return {
+        str(variant): str(g.groupby("grid", sort=False)["val/avg"].mean().idxmax())
+        for variant, g in tuned.groupby("variant", sort=False)
+    }
+
+
+def publish_chosen(rows: list[dict[str, Any]], chosen: dict[str, str], queries: Path) -> None:
+    """Copy the chosen combination's per-query files (every seed it ran) to the variant's
+    own folder, where ``--compare`` reads them."""
+    for row in rows:
+        variant, combo = row["variant"], row.get("grid")
+        if combo and chosen.get(variant) == combo:
+            dst = query_path(queries, variant, int(row["seed"]))
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(query_path(queries, variant, int(row["seed"]), combo), dst)
+
+
+def chosen_jobs(jobs: list[Job], chosen: dict[str, str]) -> list[Job]:
+    """The jobs of the chosen combinations (to run them at the seeds not tuned on)."""
+    return [j for j in jobs if j.grid and chosen.get(j.variant) == j.grid]
+
+
+def select_on_val(rows: list[dict[str, Any]], queries: Path | None) -> dict[str, str]:
+    """:func:`choose_on_val`, then :func:`publish_chosen` (when ``queries`` is given)."""
+    chosen = choose_on_val(rows)
+    if queries is not None:
+        publish_chosen(rows, chosen, queries)
     return chosen

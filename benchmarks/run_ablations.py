@@ -15,8 +15,11 @@ paired bootstrap interval over queries and seeds (``_ablation_compare.py``). ``-
 ambiguous`` runs on the ambiguous tier (several valid targets per query: recall_any@K
 and mAP@K too; ``--data key=value`` resizes it). ``--grid`` with ``--variants`` tunes
 every listed variant over the same combinations (an equal budget), choosing each
-variant's combination by its best-epoch val ``avg`` (mean over seeds); ``--grid``
-alone runs the combinations of the default recipe as variants of their own.
+variant's combination by its best-epoch val ``avg`` (mean over seeds; with ``--tune-seeds``
+over those seeds only, and the chosen combination then runs at the other ``--seeds``);
+``--grid`` alone runs the combinations of the default recipe as variants of their own.
+The images are encoded once per tier and backbone (``_ablation_setup.py``: a token file
+that every ``--jobs`` process memory-maps).
 
 Imports no Kedro or MLflow, so it also runs on a bare GPU machine::
 
@@ -31,8 +34,7 @@ import json
 import logging
 import multiprocessing
 import time
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -41,18 +43,21 @@ import pandas as pd
 import torch
 import yaml
 from _ablation_compare import compare, compare_table, read_queries, write_queries
-from _ablation_grid import Job, Overrides, plan_jobs, select_on_val
+from _ablation_grid import (
+    Job,
+    Overrides,
+    choose_on_val,
+    chosen_jobs,
+    plan_jobs,
+    publish_chosen,
+)
+from _ablation_setup import SYNTHETIC, TIERS, Setup, base_params, prepare
 
 from dqe_cir_pipeline.baselines import text_blind_baseline
-from dqe_cir_pipeline.config_loader import project_config_loader
-from dqe_cir_pipeline.data_sources.image_check import default_workers
-from dqe_cir_pipeline.data_sources.registry import ReadSettings, benchmark
-from dqe_cir_pipeline.model.backbone import BackboneConfig, load_backbone
 from dqe_cir_pipeline.model.config import RuntimeConfig
-from dqe_cir_pipeline.model.data import TrainData, train_captions
+from dqe_cir_pipeline.model.data import TrainData
 from dqe_cir_pipeline.model.device import resolve_device
 from dqe_cir_pipeline.model.evaluate import EvalSet, evaluate
-from dqe_cir_pipeline.model.extract import VitEncoder, extract_to_memory
 from dqe_cir_pipeline.model.factory import build_model, build_untrained_model
 from dqe_cir_pipeline.model.negatives import MiningConfig
 from dqe_cir_pipeline.model.train import FitData, fit
@@ -88,9 +93,6 @@ VARIANTS: dict[str, tuple[dict[str, dict[str, Any]], dict[str, Any]]] = {
 SELECTION_SPLIT = "val"
 #: The held-out split the table reports.
 REPORT_SPLIT = "test"
-#: The generated benchmark's registry entry: its reader and its evaluation protocol (looked
-#: up at import, so that spawned workers have the protocols registered too).
-SYNTHETIC = benchmark("synthetic")
 COLUMNS = [
     "avg",
     "recall@1",
@@ -116,39 +118,6 @@ MULTI_COLUMNS = [
     "negatives/false_negative_rate",
     "mining/false_negative_rate",
 ]
-TIERS = ("unique", "ambiguous")
-
-
-@dataclass(frozen=True)
-class Setup:
-    """Which benchmark the ablations run on and where their files go.
-
-    Attributes:
-        tier: ``unique`` (``conf/base``) or ``ambiguous`` (``conf/synthetic_ambiguous``).
-        data: ``data.synthetic`` overrides (``--data key=value``).
-        workdir: The benchmark, tiny backbone and features of the tier live under it.
-        queries: Where the per-query files go (``None``: not written).
-    """
-
-    tier: str = "unique"
-    data: tuple[tuple[str, Any], ...] = ()
-    workdir: Path = Path("/tmp/dqe_ablations")
-    queries: Path | None = None
-
-    @property
-    def root(self) -> Path:
-        """The tier's own folder: the default tier keeps the former layout."""
-        return self.workdir if self.tier == "unique" else self.workdir / self.tier
-
-
-def base_params(setup: Setup | None = None) -> dict[str, Any]:
-    """The tier's parameters (``conf/base``, or with ``conf/synthetic_ambiguous`` over it),
-    read by the project's own config loader, with ``setup.data`` over ``data.synthetic``."""
-    setup = setup or Setup()
-    env = "base" if setup.tier == "unique" else "synthetic_ambiguous"
-    params = project_config_loader(env)["parameters"]
-    params["data"]["synthetic"] = {**params["data"]["synthetic"], **dict(setup.data)}
-    return params
 
 
 def training_config(params: dict[str, Any], overrides: dict[str, dict[str, Any]]) -> TrainingConfig:
@@ -158,31 +127,6 @@ def training_config(params: dict[str, Any], overrides: dict[str, dict[str, Any]]
     }
     blocks["loop"]["run_dir"] = None  # the ablations keep nothing on disk
     return TrainingConfig(**blocks)
-
-
-def prepare(root: Path, params: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    block = SYNTHETIC.source({**params["data"]["synthetic"], "root": str(root / "benchmark")})
-    if block.test_families < 1:
-        raise ValueError("the ablations report on the test split: data.synthetic.test_families")
-    folders = SYNTHETIC.folders(block)  # generated (or reused), then read as a run reads it
-    tables = SYNTHETIC.read(
-        folders.annotation_root,
-        folders.image_root,
-        block,
-        ReadSettings(workers=default_workers(), image_check="decode"),
-    )
-    images, triplets = tables.images, tables.triplets
-    bcfg = BackboneConfig(**{**params["backbone"], "tiny_dir": str(root / "tiny_backbone")})
-    backbone = load_backbone(bcfg, train_captions(triplets))
-    unique = images.drop_duplicates("image_id")
-    t0 = time.perf_counter()
-    features = extract_to_memory(
-        VitEncoder(backbone, device, batch_size=256),
-        unique["image_id"].tolist(),
-        unique["path"].tolist(),
-    )
-    logging.info("extracted %d images in %.1fs", len(unique), time.perf_counter() - t0)
-    return {"images": images, "triplets": triplets, "backbone": backbone, "features": features}
 
 
 def run_variant(
@@ -292,14 +236,21 @@ def _quiet_logs(fmt: str) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def run_job_seeds(
-    job: Job, seeds: list[int], setup: Setup, device: str, epochs: int | None
-) -> list[dict[str, Any]]:
-    """One worker: load the prepared data (reused from the setup's folder), run every seed."""
+#: A worker process's prepared data, made once per process (``--jobs``).
+_PREPARED: dict[Setup, tuple[dict[str, Any], dict[str, Any]]] = {}
+
+
+def run_in_worker(
+    job: Job, seed: int, setup: Setup, device: str, epochs: int | None
+) -> dict[str, Any]:
+    """One (recipe, seed) in a worker; the data is prepared once per worker (the features
+    are memory-mapped from the setup's folder, which the main process filled)."""
     _quiet_logs(f"%(asctime)s [{job.variant}] %(message)s")
-    params = base_params(setup)
-    prep = prepare(setup.root, params, resolve_device(device))
-    return [run_job(job, s, prep, params, device, epochs, setup.queries) for s in seeds]
+    if setup not in _PREPARED:
+        params = base_params(setup)
+        _PREPARED[setup] = (params, prepare(setup.root, params, resolve_device(device)))
+    params, prep = _PREPARED[setup]
+    return run_job(job, seed, prep, params, device, epochs, setup.queries)
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -376,6 +327,14 @@ def _parser() -> argparse.ArgumentParser:
         help="combinations, e.g. optim.lr=1e-4,3e-4 loop.epochs=12,20: with --variants every "
         "variant is tuned over them (chosen on val); alone, each is a variant of the default",
     )
+    parser.add_argument(
+        "--tune-seeds",
+        type=int,
+        nargs="+",
+        default=None,
+        help="with --grid and --variants: the seeds the grid runs at (val chooses on them); "
+        "the chosen combination then runs at the other --seeds (default: every seed)",
+    )
     parser.add_argument("--epochs", type=int, default=None, help="override training.loop.epochs")
     parser.add_argument("--tier", choices=TIERS, default="unique", help="the generated tier")
     parser.add_argument(
@@ -391,7 +350,11 @@ def _parser() -> argparse.ArgumentParser:
         help="per-query ranks folder (default: <out>_queries, or <workdir>/queries)",
     )
     parser.add_argument(
-        "--jobs", type=int, default=1, help="variants run in parallel processes (GPU)"
+        "--jobs",
+        type=int,
+        default=1,
+        help="(recipe, seed) runs in parallel processes; on a CPU give each one thread "
+        "(OMP_NUM_THREADS=1)",
     )
     parser.add_argument(
         "--merge",
@@ -448,7 +411,7 @@ def floor_rows(
 
 
 def run_jobs(
-    jobs: list[Job],
+    tasks: list[tuple[Job, int]],
     args: argparse.Namespace,
     setup: Setup,
     prep: dict[str, Any],
@@ -456,22 +419,38 @@ def run_jobs(
     device: torch.device,
     rows: list[dict[str, Any]],
 ) -> None:
-    """Every recipe at every seed, appended to ``rows`` (in processes with ``--jobs``)."""
+    """Every (recipe, seed), appended to ``rows`` (``--jobs`` processes take them in turn)."""
     if args.jobs > 1:
         ctx = multiprocessing.get_context("spawn")  # CUDA cannot be re-initialised in a fork
         with ProcessPoolExecutor(max_workers=args.jobs, mp_context=ctx) as pool:
             futures = [
-                pool.submit(run_job_seeds, job, args.seeds, setup, str(device), args.epochs)
-                for job in jobs
+                pool.submit(run_in_worker, job, seed, setup, str(device), args.epochs)
+                for job, seed in tasks
             ]
-            for fut in futures:
-                rows.extend(fut.result())
+            for fut in as_completed(futures):
+                rows.append(fut.result())
                 _write_rows(args.out, {"device": str(device), "rows": rows})
         return
-    for job in jobs:
-        for seed in args.seeds:
-            rows.append(run_job(job, seed, prep, params, str(device), args.epochs, setup.queries))
-            _write_rows(args.out, {"device": str(device), "rows": rows})
+    for job, seed in tasks:
+        rows.append(run_job(job, seed, prep, params, str(device), args.epochs, setup.queries))
+        _write_rows(args.out, {"device": str(device), "rows": rows})
+
+
+def tuning_seeds(args: argparse.Namespace) -> list[int]:
+    """The seeds a ``--grid`` runs at (``--tune-seeds``, default every seed)."""
+    if args.tune_seeds is None:
+        return list(args.seeds)
+    if not args.grid or not args.variants:
+        raise ValueError("--tune-seeds needs --grid and --variants (it tunes the variants)")
+    if not set(args.tune_seeds) <= set(args.seeds):
+        raise ValueError(f"--tune-seeds {args.tune_seeds} must be among --seeds {args.seeds}")
+    return list(args.tune_seeds)
+
+
+def row_order(row: dict[str, Any]) -> tuple[int, str, int]:
+    """Floors, then the variants in their table order, then grid and seed."""
+    order = {name: i for i, name in enumerate([*FLOORS, *VARIANTS])}
+    return (order.get(row["variant"], len(order)), row.get("grid", ""), int(row["seed"]))
 
 
 def _setup(args: argparse.Namespace) -> Setup:
@@ -499,15 +478,37 @@ def main() -> None:
     device = resolve_device(args.device)
     prep = prepare(setup.root, params, device)
     rows = floor_rows(prep, params, device)
-    run_jobs(jobs, args, setup, prep, params, device, rows)
-    chosen = select_on_val(rows, setup.queries)
+    tune = tuning_seeds(args)
+    run_jobs(
+        [(j, s) for j in jobs for s in (tune if j.grid else args.seeds)],
+        args,
+        setup,
+        prep,
+        params,
+        device,
+        rows,
+    )
+    chosen = choose_on_val(rows)  # on the tuning seeds' val only
+    rest = [s for s in args.seeds if s not in tune]
+    run_jobs(
+        [(j, s) for j in chosen_jobs(jobs, chosen) for s in rest],
+        args,
+        setup,
+        prep,
+        params,
+        device,
+        rows,
+    )
+    if setup.queries is not None:
+        publish_chosen(rows, chosen, setup.queries)
+    rows.sort(key=row_order)
     tuning = [r for r in rows if r.get("grid")]
     final = [r for r in rows if not r.get("grid") or chosen.get(r["variant"]) == r["grid"]]
     text = table(final)
     print(f"device: {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'})")
     print(f"tier {setup.tier}; best epoch selected on {SELECTION_SPLIT}; numbers on {REPORT_SPLIT}")
     for variant, combo in chosen.items():
-        print(f"{variant}: grid combination chosen on {SELECTION_SPLIT}: {combo}")
+        print(f"{variant}: chosen on {SELECTION_SPLIT} (seeds {tune}): {combo}")
     print(text)
     print(f"per-query ranks: {setup.queries} (compare: --compare {setup.queries})")
     _write_rows(
@@ -518,7 +519,7 @@ def main() -> None:
             "selection_split": SELECTION_SPLIT,
             "report_split": REPORT_SPLIT,
             "rows": final,
-            **({"grid_rows": tuning, "chosen": chosen} if chosen else {}),
+            **({"grid_rows": tuning, "chosen": chosen, "tune_seeds": tune} if chosen else {}),
             "table": text,
         },
     )

@@ -139,3 +139,43 @@ def test_grid_tunes_every_variant_alike_and_selects_on_val(
     assert chosen == {"dqe_cir": "lr=3e-3", "no_margins": "lr=3e-3"}
     frame = cmp.read_queries(tmp_path)  # the chosen runs only, under the variants' names
     assert set(frame["grid"]) == {"lr=3e-3"} and set(frame["seed"]) == {0, 1}
+
+
+def test_tuning_seeds_then_the_chosen_combination_at_the_other_seeds(
+    modules: tuple[ModuleType, ModuleType], tmp_path: Path
+) -> None:
+    cmp, grid = modules
+    known = {"dqe_cir": ({}, {}), "pairwise_kl": ({"loss": {"objective": "pairwise_kl"}}, {})}
+    jobs = grid.plan_jobs(known, list(known), ["optim.lr=1e-3,3e-3"])
+    _, per_query = _evaluated(0)
+    # seed 0 tunes: dqe_cir prefers 1e-3, pairwise_kl 3e-3 (val only; test is not read)
+    val = {("dqe_cir", "lr=1e-3"): 60, ("dqe_cir", "lr=3e-3"): 55}
+    val |= {("pairwise_kl", "lr=1e-3"): 40, ("pairwise_kl", "lr=3e-3"): 48}
+    rows = [
+        {"variant": v, "grid": c, "seed": 0, "val/avg": score, "avg": 100 - score}
+        for (v, c), score in val.items()
+    ]
+    for v, c in val:
+        cmp.write_queries(tmp_path, per_query, v, 0, c)
+    chosen = grid.choose_on_val(rows)
+    assert chosen == {"dqe_cir": "lr=1e-3", "pairwise_kl": "lr=3e-3"}
+    rest = grid.chosen_jobs(jobs, chosen)
+    assert [(j.variant, j.grid) for j in rest] == [
+        ("dqe_cir", "lr=1e-3"),
+        ("pairwise_kl", "lr=3e-3"),
+    ]
+    assert rest[1].overrides == (
+        {"loss": {"objective": "pairwise_kl"}, "optim": {"lr": "3e-3"}},
+        {},
+    )
+    # the chosen combinations then run at seeds 1 and 2 only
+    for job in rest:
+        for seed in (1, 2):
+            rows.append({"variant": job.variant, "grid": job.grid, "seed": seed, "val/avg": 0})
+            cmp.write_queries(tmp_path, per_query, job.variant, seed, job.grid)
+    grid.publish_chosen(rows, chosen, tmp_path)
+    frame = cmp.read_queries(tmp_path)
+    for variant, combo in chosen.items():
+        mine = frame[frame["variant"] == variant]
+        assert set(mine["grid"]) == {combo} and set(mine["seed"]) == {0, 1, 2}
+    assert cmp.compare(frame, n_boot=50)[0]["seeds"] == 3
