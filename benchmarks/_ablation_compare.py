@@ -5,13 +5,15 @@
 ``rank_any``, ``ap@K``), under ``<dir>/<variant>/seed<k>.parquet`` (runs of a ``--grid``
 tuning under ``<dir>/grid/<variant>/<combination>/``). ``--compare <dir>`` reads them
 back and reports, per variant, the difference to the baseline in every headline metric
-with a paired bootstrap interval over queries and seeds (``dqe_cir_pipeline.stats``).
-A comparison needs the same seeds and, per seed, the same queries on both sides.
+with a paired bootstrap interval over queries (or, given each query's scene family,
+over whole families) and seeds (``dqe_cir_pipeline.stats``). A comparison needs the
+same seeds and, per seed, the same queries on both sides.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -133,18 +135,22 @@ def compare(
     n_boot: int = 10_000,
     confidence: float = 0.95,
     seed: int = 0,
+    families: Mapping[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """Per variant and headline metric: variant - baseline in points, with its paired
-    bootstrap interval over queries and seeds.
+    bootstrap interval over queries and seeds; with ``families`` (query id -> its scene
+    family), over whole families and seeds.
 
     Raises:
-        ValueError: The baseline is missing, or a variant's seeds or queries differ.
+        ValueError: The baseline is missing, a variant's seeds or queries differ, or a
+            query has no family.
     """
     if baseline not in set(frame["variant"]):
         raise ValueError(f"no per-query results of the baseline {baseline!r}")
     base = frame[frame["variant"] == baseline]
     seeds, queries = _layout(base, baseline)
     order = queries[seeds[0]]
+    clusters = None if families is None else _clusters(order, families)
     multi = "rank_any" in base and base["rank_any"].notna().all()
     metrics = HEADLINE + (MULTI_HEADLINE if multi else ())
     out: list[dict[str, Any]] = []
@@ -158,7 +164,9 @@ def compare(
             b = _matrix(other, metric, seeds, order)
             if np.isnan(a).any() or np.isnan(b).any():
                 continue
-            iv = paired_bootstrap(a, b, n_boot=n_boot, confidence=confidence, seed=seed)
+            iv = paired_bootstrap(
+                a, b, n_boot=n_boot, confidence=confidence, seed=seed, clusters=clusters
+            )
             out.append(
                 {
                     "variant": variant,
@@ -170,9 +178,21 @@ def compare(
                     "high": iv.high,
                     "seeds": len(seeds),
                     "queries": len(order),
+                    "families": 0 if clusters is None else len(set(clusters)),
                 }
             )
     return out
+
+
+def _clusters(queries: list[str], families: Mapping[str, str]) -> np.ndarray:
+    """Each query's family label, in ``queries``' order."""
+    missing = [q for q in queries if str(q) not in families]
+    if missing:
+        raise ValueError(
+            f"{len(missing)} queries have no scene family (e.g. {missing[:3]}): the per-query "
+            "files and the benchmark's test captions differ (same --tier, --data, --workdir?)"
+        )
+    return np.array([families[str(q)] for q in queries])
 
 
 def compare_table(results: list[dict[str, Any]], baseline: str) -> str:

@@ -70,6 +70,22 @@ def base_params(setup: Setup | None = None) -> dict[str, Any]:
     return params
 
 
+def test_families(setup: Setup, split: str = "test") -> dict[str, str]:
+    """Query id -> its scene family (the reference image its family's queries share),
+    read from the tier's generated captions (``captions/cap.<split>.json``).
+
+    Raises:
+        FileNotFoundError: The tier was not generated under ``setup.workdir``.
+    """
+    path = setup.root / "benchmark" / "captions" / f"cap.{split}.json"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} is missing: --compare reads each query's scene family from the benchmark "
+            "the runs used; give the run's --tier, --data and --workdir (or --cluster query)"
+        )
+    return {str(r["pairid"]): str(r["reference"]) for r in json.loads(path.read_text())}
+
+
 def features_key(backbone_key: str, ids: list[str], paths: list[str]) -> str:
     """What the token file depends on: the encoder's weights and each image file."""
     files = []

@@ -51,7 +51,7 @@ from _ablation_grid import (
     plan_jobs,
     publish_chosen,
 )
-from _ablation_setup import SYNTHETIC, TIERS, Setup, base_params, prepare
+from _ablation_setup import SYNTHETIC, TIERS, Setup, base_params, prepare, test_families
 
 from dqe_cir_pipeline.baselines import text_blind_baseline
 from dqe_cir_pipeline.model.config import RuntimeConfig
@@ -298,14 +298,21 @@ def merge(files: list[Path], rename: dict[str, str], out: Path | None) -> None:
         out.write_text(json.dumps({**payload, "rows": rows, "table": text}, indent=1))
 
 
-def run_compare(folder: Path, baseline: str, n_boot: int, out: Path | None) -> None:
-    """Print (and write) every variant minus ``baseline`` with paired bootstrap intervals."""
-    results = compare(read_queries(folder), baseline=baseline, n_boot=n_boot)
-    seeds = results[0]["seeds"] if results else 0
-    queries = results[0]["queries"] if results else 0
+def run_compare(
+    folder: Path, baseline: str, n_boot: int, out: Path | None, families: dict[str, str] | None
+) -> None:
+    """Print (and write) every variant minus ``baseline`` with paired bootstrap intervals
+    (whole scene families resampled when ``families`` is given)."""
+    results = compare(read_queries(folder), baseline=baseline, n_boot=n_boot, families=families)
+    first = results[0] if results else {"seeds": 0, "queries": 0, "families": 0}
+    unit = (
+        f"{first['families']} scene families ({first['queries']} queries)"
+        if first["families"]
+        else f"{first['queries']} queries"
+    )
     print(
         f"variant - {baseline} on {REPORT_SPLIT}, points; paired bootstrap 95 % interval over "
-        f"{queries} queries x {seeds} seeds ({n_boot} replicates)"
+        f"{unit} x {first['seeds']} seeds ({n_boot} replicates)"
     )
     text = compare_table(results, baseline)
     print(text)
@@ -378,6 +385,13 @@ def _parser() -> argparse.ArgumentParser:
         "paired bootstrap intervals (same seeds and queries required)",
     )
     parser.add_argument("--baseline", default="dqe_cir", help="with --compare")
+    parser.add_argument(
+        "--cluster",
+        choices=("family", "query"),
+        default="family",
+        help="with --compare: resample whole scene families (read from the benchmark of "
+        "--tier/--data/--workdir; its queries share a reference) or single queries",
+    )
     parser.add_argument("--n-boot", type=int, default=10_000, help="with --compare")
     return parser
 
@@ -469,7 +483,8 @@ def main() -> None:
         merge(args.merge, dict(r.rsplit("=", 1) for r in args.rename), args.out)
         return
     if args.compare:
-        run_compare(args.compare, args.baseline, args.n_boot, args.out)
+        families = test_families(_setup(args)) if args.cluster == "family" else None
+        run_compare(args.compare, args.baseline, args.n_boot, args.out, families)
         return
     _quiet_logs("%(asctime)s %(message)s")
     setup = _setup(args)

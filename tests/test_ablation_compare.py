@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -179,3 +180,39 @@ def test_tuning_seeds_then_the_chosen_combination_at_the_other_seeds(
         mine = frame[frame["variant"] == variant]
         assert set(mine["grid"]) == {combo} and set(mine["seed"]) == {0, 1, 2}
     assert cmp.compare(frame, n_boot=50)[0]["seeds"] == 3
+
+
+def test_comparison_resamples_whole_scene_families(
+    modules: tuple[ModuleType, ModuleType], tmp_path: Path
+) -> None:
+    cmp, _ = modules
+    for variant, offset in (("dqe_cir", 0), ("other", 10)):
+        for seed in (0, 1):
+            cmp.write_queries(tmp_path, _evaluated(offset + seed)[1], variant, seed)
+    frame = cmp.read_queries(tmp_path)
+    families = {f"q{i}": f"ref{i // 4}" for i in range(40)}  # 10 families of 4 queries
+    by_query = {r["metric"]: r for r in cmp.compare(frame, n_boot=400)}
+    by_family = {r["metric"]: r for r in cmp.compare(frame, n_boot=400, families=families)}
+    for metric, r in by_family.items():
+        assert r["diff"] == pytest.approx(by_query[metric]["diff"])  # the same estimate
+        assert (r["families"], r["queries"], by_query[metric]["families"]) == (10, 40, 0)
+        assert r["low"] <= r["diff"] <= r["high"]
+    with pytest.raises(ValueError, match="1 queries have no scene family"):
+        cmp.compare(frame, n_boot=10, families={k: v for k, v in families.items() if k != "q7"})
+
+
+def test_scene_families_come_from_the_generated_test_captions(tmp_path: Path) -> None:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import _ablation_setup as setup_mod
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    setup = setup_mod.Setup(tier="ambiguous", workdir=tmp_path)
+    with pytest.raises(FileNotFoundError, match="cap.test.json is missing"):
+        setup_mod.test_families(setup)
+    captions = tmp_path / "ambiguous" / "benchmark" / "captions"
+    captions.mkdir(parents=True)
+    records = [{"pairid": 4000 + i, "reference": f"syn_test_{i // 4}_00"} for i in range(8)]
+    (captions / "cap.test.json").write_text(json.dumps(records))
+    families = setup_mod.test_families(setup)
+    assert families["4005"] == "syn_test_1_00" and len(set(families.values())) == 2

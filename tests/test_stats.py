@@ -108,3 +108,42 @@ def test_rejects_bad_input() -> None:
         bootstrap_mean(np.zeros(3), confidence=1.0)
     with pytest.raises(ValueError, match="n_boot"):
         bootstrap_replicates(np.zeros(3), n_boot=0)
+
+
+def test_singleton_clusters_are_the_query_bootstrap() -> None:
+    d = _bernoulli(0.3, (2, 300), seed=20)
+    plain = bootstrap_replicates(d, n_boot=400, seed=3)
+    single = bootstrap_replicates(d, n_boot=400, seed=3, clusters=np.arange(300))
+    np.testing.assert_allclose(plain, single)
+
+
+def test_clusters_of_copies_widen_the_interval_to_the_clusters_count() -> None:
+    # C independent scenes, each counted m times: the information is C draws, not C * m
+    c, m = 2000, 4
+    scene = _bernoulli(0.5, (c,), seed=21)
+    a = np.repeat(scene, m)
+    labels = np.repeat([f"family{i}" for i in range(c)], m)
+    p = a.mean()
+    naive = bootstrap_mean(a, n_boot=3000, seed=22)
+    clustered = bootstrap_mean(a, n_boot=3000, seed=22, clusters=labels)
+    assert clustered.estimate == naive.estimate == pytest.approx(100 * p)
+    half = (clustered.high - clustered.low) / 2
+    assert half == pytest.approx(100 * Z_975 * np.sqrt(p * (1 - p) / c), rel=0.08)
+    assert (naive.high - naive.low) / 2 == pytest.approx(half / np.sqrt(m), rel=0.1)
+    # paired: a difference carried by whole families widens the same way
+    b = np.repeat(np.abs(scene - _bernoulli(0.1, (c,), seed=23)), m)
+    wide = paired_bootstrap(a, b, n_boot=2000, seed=24, clusters=labels)
+    narrow = paired_bootstrap(a, b, n_boot=2000, seed=24)
+    assert wide.estimate == narrow.estimate
+    ratio = (wide.high - wide.low) / (narrow.high - narrow.low)
+    assert ratio == pytest.approx(np.sqrt(m), rel=0.15)
+
+
+def test_unequal_clusters_average_over_the_queries_drawn() -> None:
+    # one cluster of 3 queries scoring 1, one of 1 query scoring 0: every replicate is a
+    # mean over queries, so it is 0, 0.75 or 1 (never the 0.5 of a mean over clusters)
+    scores = np.array([1.0, 1.0, 1.0, 0.0])
+    reps = bootstrap_replicates(scores, n_boot=500, seed=25, clusters=np.array([7, 7, 7, 9]))
+    assert set(np.round(reps, 12)) <= {0.0, 0.75, 1.0} and 0.75 in set(np.round(reps, 12))
+    with pytest.raises(ValueError, match="label each of the 4 queries"):
+        bootstrap_replicates(scores, clusters=np.array([1, 2]))
