@@ -9,6 +9,8 @@ remaining seeds. Alone, each combination of the default recipe is a variant of i
 from __future__ import annotations
 
 import itertools
+import json
+import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +19,8 @@ from typing import Any
 import pandas as pd
 import yaml
 from _ablation_compare import query_path
+
+logger = logging.getLogger(__name__)
 
 #: (overrides of the training blocks, overrides of mining)
 Overrides = tuple[dict[str, dict[str, Any]], dict[str, Any]]
@@ -122,3 +126,116 @@ def select_on_val(rows: list[dict[str, Any]], queries: Path | None) -> dict[str,
     if queries is not None:
         publish_chosen(rows, chosen, queries)
     return chosen
+
+
+def inherited_jobs(
+    known: dict[str, Overrides], variants: list[str], grid: list[str], label: str
+) -> list[Job]:
+    """``variants`` at the grid combination ``label`` (the baseline's choice), not tuned."""
+    combo = grid_variants(grid)[label]
+    return [Job(n, label, merge_overrides(known[n], combo, n, label)) for n in variants]
+
+
+def run_key(row: dict[str, Any]) -> tuple[str, str, int]:
+    """A run's identity: (variant, grid combination, seed)."""
+    return str(row["variant"]), str(row.get("grid") or ""), int(row["seed"])
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to run: ``tuned`` jobs at the ``tune`` seeds, each tuned variant's chosen
+    combination at the other ``seeds``, and the ``inherit`` variants at the ``baseline``'s
+    chosen combination at every seed (ablations of the baseline that are not tuned)."""
+
+    known: dict[str, Overrides]
+    tuned: list[Job]
+    grid: list[str]
+    tune: list[int]
+    seeds: list[int]
+    inherit: list[str]
+    baseline: str = "dqe_cir"
+
+    def choices(self, rows: list[dict[str, Any]]) -> dict[str, str]:
+        """The chosen combination of every tuned variant whose tuning runs are all in
+        ``rows`` (val of the tuning seeds only), and of the inheriting variants once the
+        baseline's is known."""
+        done = {run_key(r) for r in rows}
+        finished = {
+            j.variant
+            for j in self.tuned
+            if j.grid
+            and all(
+                (k.variant, k.grid, s) in done
+                for k in self.tuned
+                if k.variant == j.variant
+                for s in self.tune
+            )
+        }
+        chosen = choose_on_val(
+            [
+                r
+                for r in rows
+                if r["variant"] in finished and r.get("grid") and r["seed"] in self.tune
+            ]
+        )
+        if self.baseline in chosen:
+            chosen.update({v: chosen[self.baseline] for v in self.inherit})
+        return chosen
+
+    def pending(self, rows: list[dict[str, Any]]) -> list[tuple[Job, int]]:
+        """Every (job, seed) that can run now and is not in ``rows``: the tuning runs,
+        then those whose combination is already chosen, seed by seed."""
+        chosen = self.choices(rows)
+        rest = [s for s in self.seeds if s not in self.tune]
+        runs = [(j, s) for j in self.tuned for s in (self.tune if j.grid else self.seeds)]
+        runs += [(j, s) for j in chosen_jobs(self.tuned, chosen) for s in rest]
+        if self.baseline in chosen and self.inherit:
+            label = chosen[self.baseline]
+            runs += [
+                (j, s)
+                for j in inherited_jobs(self.known, self.inherit, self.grid, label)
+                for s in self.seeds
+            ]
+        done = {run_key(r) for r in rows}
+        tuning = {(j.variant, j.grid, s) for j in self.tuned if j.grid for s in self.tune}
+        order = {name: i for i, name in enumerate(self.known)}
+        todo = [(j, s) for j, s in runs if (j.variant, j.grid, s) not in done]
+        # tuning runs first (their choices release the rest), then seed by seed
+        return sorted(
+            todo,
+            key=lambda t: (
+                (t[0].variant, t[0].grid, t[1]) not in tuning,
+                t[1],
+                order.get(t[0].variant, len(order)),
+                t[0].grid,
+            ),
+        )
+
+
+def resumed_rows(out: Path, queries: Path | None, record: dict[str, Any]) -> list[dict[str, Any]]:
+    """The runs an earlier invocation wrote to ``out`` (``--resume``), each kept only if
+    its per-query file is there too (floors, seed -1, have none).
+
+    Raises:
+        ValueError: ``out`` records another setup (tier, data, epochs) than ``record``.
+    """
+    if not out.exists():
+        return []
+    document = json.loads(out.read_text())
+    recorded = document.get("setup")
+    if recorded is not None and recorded != record:
+        raise ValueError(f"{out} holds runs of {recorded}, not of {record}: another --out")
+    if recorded is None:
+        logger.warning("%s records no setup: resuming it as %s", out, record)
+    rows: dict[tuple[str, str, int], dict[str, Any]] = {}
+    for row in document.get("rows", []) + document.get("grid_rows", []):
+        variant, grid, seed = run_key(row)
+        if (
+            seed >= 0
+            and queries is not None
+            and not query_path(queries, variant, seed, grid).exists()
+        ):
+            continue
+        rows[(variant, grid, seed)] = row
+    logger.info("resuming %d runs from %s", len(rows), out)
+    return list(rows.values())

@@ -34,7 +34,7 @@ import json
 import logging
 import multiprocessing
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -43,14 +43,7 @@ import pandas as pd
 import torch
 import yaml
 from _ablation_compare import compare, compare_table, read_queries, write_queries
-from _ablation_grid import (
-    Job,
-    Overrides,
-    choose_on_val,
-    chosen_jobs,
-    plan_jobs,
-    publish_chosen,
-)
+from _ablation_grid import Job, Overrides, Plan, plan_jobs, publish_chosen, resumed_rows
 from _ablation_setup import SYNTHETIC, TIERS, Setup, base_params, prepare, test_families
 
 from dqe_cir_pipeline.baselines import text_blind_baseline
@@ -342,6 +335,18 @@ def _parser() -> argparse.ArgumentParser:
         help="with --grid and --variants: the seeds the grid runs at (val chooses on them); "
         "the chosen combination then runs at the other --seeds (default: every seed)",
     )
+    parser.add_argument(
+        "--tune-only",
+        nargs="+",
+        default=None,
+        help="with --grid: tune only these variants (the --baseline among them); the other "
+        "--variants take the baseline's chosen combination",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the runs already in --out (with their per-query files) and run the rest",
+    )
     parser.add_argument("--epochs", type=int, default=None, help="override training.loop.epochs")
     parser.add_argument("--tier", choices=TIERS, default="unique", help="the generated tier")
     parser.add_argument(
@@ -425,7 +430,7 @@ def floor_rows(
 
 
 def run_jobs(
-    tasks: list[tuple[Job, int]],
+    plan: Plan,
     args: argparse.Namespace,
     setup: Setup,
     prep: dict[str, Any],
@@ -433,32 +438,76 @@ def run_jobs(
     device: torch.device,
     rows: list[dict[str, Any]],
 ) -> None:
-    """Every (recipe, seed), appended to ``rows`` (``--jobs`` processes take them in turn)."""
-    if args.jobs > 1:
-        ctx = multiprocessing.get_context("spawn")  # CUDA cannot be re-initialised in a fork
-        with ProcessPoolExecutor(max_workers=args.jobs, mp_context=ctx) as pool:
-            futures = [
-                pool.submit(run_in_worker, job, seed, setup, str(device), args.epochs)
-                for job, seed in tasks
-            ]
-            for fut in as_completed(futures):
-                rows.append(fut.result())
-                _write_rows(args.out, {"device": str(device), "rows": rows})
+    """Run the plan, appending each (recipe, seed) to ``rows`` and ``--out`` as it ends.
+
+    The next run is picked from what the finished ones allow (``Plan.pending``), tuning
+    runs first, then seed by seed, so an interrupted table has whole seeds for every row;
+    ``--jobs`` processes take runs in turn."""
+    if args.jobs <= 1:
+        while pending := plan.pending(rows):
+            job, seed = pending[0]
+            rows.append(run_job(job, seed, prep, params, str(device), args.epochs, setup.queries))
+            _write_rows(args.out, progress(args, setup, device, rows))
         return
-    for job, seed in tasks:
-        rows.append(run_job(job, seed, prep, params, str(device), args.epochs, setup.queries))
-        _write_rows(args.out, {"device": str(device), "rows": rows})
+    ctx = multiprocessing.get_context("spawn")  # CUDA cannot be re-initialised in a fork
+    with ProcessPoolExecutor(max_workers=args.jobs, mp_context=ctx) as pool:
+        running: dict[Future[dict[str, Any]], tuple[str, str, int]] = {}
+        while True:
+            busy = set(running.values())
+            for job, seed in plan.pending(rows):
+                if len(running) >= args.jobs:
+                    break
+                if (job.variant, job.grid, seed) not in busy:
+                    fut = pool.submit(run_in_worker, job, seed, setup, str(device), args.epochs)
+                    running[fut] = (job.variant, job.grid, seed)
+            if not running:
+                return
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                del running[fut]
+                rows.append(fut.result())
+                _write_rows(args.out, progress(args, setup, device, rows))
 
 
-def tuning_seeds(args: argparse.Namespace) -> list[int]:
-    """The seeds a ``--grid`` runs at (``--tune-seeds``, default every seed)."""
-    if args.tune_seeds is None:
-        return list(args.seeds)
-    if not args.grid or not args.variants:
-        raise ValueError("--tune-seeds needs --grid and --variants (it tunes the variants)")
-    if not set(args.tune_seeds) <= set(args.seeds):
+def progress(
+    args: argparse.Namespace, setup: Setup, device: torch.device, rows: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """The document ``--out`` holds while runs go on (``--resume`` reads it back)."""
+    return {"device": str(device), "setup": setup_record(setup, args), "rows": rows}
+
+
+def run_plan(args: argparse.Namespace) -> Plan:
+    """The runs of this invocation (refuses a clashing grid or bad flags before any work).
+
+    ``--tune-only``: the listed variants are tuned over ``--grid``; the others of
+    ``--variants`` take the baseline's chosen combination (ablations of the baseline).
+    ``--tune-seeds``: the grid runs at these seeds only; the chosen combination then runs
+    at the other ``--seeds``."""
+    tune_only = args.tune_only or []
+    if (args.tune_seeds or tune_only) and not (args.grid and args.variants):
+        raise ValueError("--tune-seeds and --tune-only need --grid and --variants")
+    if not set(args.tune_seeds or []) <= set(args.seeds):
         raise ValueError(f"--tune-seeds {args.tune_seeds} must be among --seeds {args.seeds}")
-    return list(args.tune_seeds)
+    if tune_only and (args.baseline not in tune_only or not set(tune_only) <= set(args.variants)):
+        raise ValueError("--tune-only lists variants of --variants, the --baseline among them")
+    tuned = plan_jobs(VARIANTS, tune_only or args.variants, args.grid)
+    inherit = [v for v in args.variants or [] if tune_only and v not in tune_only]
+    if inherit:  # the combinations must not clash with the inheriting variants either
+        plan_jobs(VARIANTS, inherit, args.grid)
+    return Plan(
+        known=VARIANTS,
+        tuned=tuned,
+        grid=args.grid or [],
+        tune=list(args.tune_seeds or args.seeds),
+        seeds=list(args.seeds),
+        inherit=inherit,
+        baseline=args.baseline,
+    )
+
+
+def setup_record(setup: Setup, args: argparse.Namespace) -> dict[str, Any]:
+    """What the rows of ``--out`` depend on besides the recipe and seed (``--resume``)."""
+    return {"tier": setup.tier, "data": [list(kv) for kv in setup.data], "epochs": args.epochs}
 
 
 def row_order(row: dict[str, Any]) -> tuple[int, str, int]:
@@ -488,32 +537,16 @@ def main() -> None:
         return
     _quiet_logs("%(asctime)s %(message)s")
     setup = _setup(args)
-    jobs = plan_jobs(VARIANTS, args.variants, args.grid)  # refuses a clashing grid before any work
+    plan = run_plan(args)
     params = base_params(setup)
     device = resolve_device(args.device)
     prep = prepare(setup.root, params, device)
-    rows = floor_rows(prep, params, device)
-    tune = tuning_seeds(args)
-    run_jobs(
-        [(j, s) for j in jobs for s in (tune if j.grid else args.seeds)],
-        args,
-        setup,
-        prep,
-        params,
-        device,
-        rows,
-    )
-    chosen = choose_on_val(rows)  # on the tuning seeds' val only
-    rest = [s for s in args.seeds if s not in tune]
-    run_jobs(
-        [(j, s) for j in chosen_jobs(jobs, chosen) for s in rest],
-        args,
-        setup,
-        prep,
-        params,
-        device,
-        rows,
-    )
+    record = setup_record(setup, args)
+    rows = resumed_rows(args.out, setup.queries, record) if args.resume and args.out else []
+    if not set(FLOORS) <= {r["variant"] for r in rows}:
+        rows = floor_rows(prep, params, device) + rows
+    run_jobs(plan, args, setup, prep, params, device, rows)
+    chosen = plan.choices(rows)
     if setup.queries is not None:
         publish_chosen(rows, chosen, setup.queries)
     rows.sort(key=row_order)
@@ -523,18 +556,20 @@ def main() -> None:
     print(f"device: {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'})")
     print(f"tier {setup.tier}; best epoch selected on {SELECTION_SPLIT}; numbers on {REPORT_SPLIT}")
     for variant, combo in chosen.items():
-        print(f"{variant}: chosen on {SELECTION_SPLIT} (seeds {tune}): {combo}")
+        how = f"{args.baseline}'s" if variant in plan.inherit else f"chosen on {SELECTION_SPLIT}"
+        print(f"{variant}: {how} (seeds {plan.tune}): {combo}")
     print(text)
     print(f"per-query ranks: {setup.queries} (compare: --compare {setup.queries})")
     _write_rows(
         args.out,
         {
             "device": str(device),
+            "setup": setup_record(setup, args),
             "tier": setup.tier,
             "selection_split": SELECTION_SPLIT,
             "report_split": REPORT_SPLIT,
             "rows": final,
-            **({"grid_rows": tuning, "chosen": chosen, "tune_seeds": tune} if chosen else {}),
+            **({"grid_rows": tuning, "chosen": chosen, "tune_seeds": plan.tune} if chosen else {}),
             "table": text,
         },
     )
