@@ -292,11 +292,18 @@ def merge(files: list[Path], rename: dict[str, str], out: Path | None) -> None:
 
 
 def run_compare(
-    folder: Path, baseline: str, n_boot: int, out: Path | None, families: dict[str, str] | None
+    folder: Path,
+    baseline: str,
+    n_boot: int,
+    out: Path | None,
+    families: dict[str, str] | None,
+    seeds: list[int],
 ) -> None:
     """Print (and write) every variant minus ``baseline`` with paired bootstrap intervals
     (whole scene families resampled when ``families`` is given)."""
-    results = compare(read_queries(folder), baseline=baseline, n_boot=n_boot, families=families)
+    frame = read_queries(folder)
+    frame = frame[frame["seed"].isin(seeds)]  # --seeds: e.g. the seeds every row has so far
+    results = compare(frame, baseline=baseline, n_boot=n_boot, families=families)
     first = results[0] if results else {"seeds": 0, "queries": 0, "families": 0}
     unit = (
         f"{first['families']} scene families ({first['queries']} queries)"
@@ -346,6 +353,13 @@ def _parser() -> argparse.ArgumentParser:
         "--resume",
         action="store_true",
         help="keep the runs already in --out (with their per-query files) and run the rest",
+    )
+    parser.add_argument(
+        "--report",
+        type=Path,
+        default=None,
+        help="run nothing: read the runs in --out so far (a table still running, or cut "
+        "short), choose on val as a full run would, print the table and write it here",
     )
     parser.add_argument("--epochs", type=int, default=None, help="override training.loop.epochs")
     parser.add_argument("--tier", choices=TIERS, default="unique", help="the generated tier")
@@ -533,19 +547,23 @@ def main() -> None:
         return
     if args.compare:
         families = test_families(_setup(args)) if args.cluster == "family" else None
-        run_compare(args.compare, args.baseline, args.n_boot, args.out, families)
+        run_compare(args.compare, args.baseline, args.n_boot, args.out, families, args.seeds)
         return
     _quiet_logs("%(asctime)s %(message)s")
     setup = _setup(args)
     plan = run_plan(args)
-    params = base_params(setup)
     device = resolve_device(args.device)
-    prep = prepare(setup.root, params, device)
     record = setup_record(setup, args)
-    rows = resumed_rows(args.out, setup.queries, record) if args.resume and args.out else []
-    if not set(FLOORS) <= {r["variant"] for r in rows}:
-        rows = floor_rows(prep, params, device) + rows
-    run_jobs(plan, args, setup, prep, params, device, rows)
+    resume = (args.resume or args.report) and args.out
+    rows = resumed_rows(args.out, setup.queries, record) if resume else []
+    if args.report:  # run nothing: the table of what --out holds so far
+        args.out = args.report
+    else:
+        params = base_params(setup)
+        prep = prepare(setup.root, params, device)
+        if not set(FLOORS) <= {r["variant"] for r in rows}:
+            rows = floor_rows(prep, params, device) + rows
+        run_jobs(plan, args, setup, prep, params, device, rows)
     chosen = plan.choices(rows)
     if setup.queries is not None:
         publish_chosen(rows, chosen, setup.queries)
