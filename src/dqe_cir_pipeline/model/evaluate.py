@@ -10,7 +10,7 @@ some query has several valid targets is also scored by the multi-target protocol
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -156,9 +156,14 @@ class EvalOutput:
 
 
 def _index(
-    names: Sequence[str], wanted: Sequence[str | None], what: str, missing: int | None = None
+    names: Sequence[str] | Mapping[str, int],
+    wanted: Sequence[str | None],
+    what: str,
+    missing: int | None = None,
 ) -> torch.Tensor:
-    pos = {n: i for i, n in enumerate(names)}
+    """Gallery positions of ``wanted``; ``names`` as a list, or its name -> position map
+    (built once by a caller that looks up many lists: one map per call is O(gallery))."""
+    pos = names if isinstance(names, Mapping) else {n: i for i, n in enumerate(names)}
     out = []
     for w in wanted:
         if w is None or w not in pos:
@@ -370,8 +375,9 @@ class _Scoring:
         subset_ks = self.protocol.subset_ks
         if not subset_ks:
             return _Ranked(r.numpy(), top, recall_at_k(r, ks))
+        pos = {n: i for i, n in enumerate(names)}
         subset = torch.stack(
-            [_index(names, m, "subset member", missing=-1) for m in data.subset_members]
+            [_index(pos, m, "subset member", missing=-1) for m in data.subset_members]
         )
         chunk = max(1, self.chunk_size // 4)
         sr = subset_ranks(self.q, self.gallery, tgt, subset, ref, chunk, self.device)
@@ -437,10 +443,9 @@ def submission_rankings(
     q: torch.Tensor, gallery: torch.Tensor, data: EvalSet, chunk_size: int = 1024
 ) -> tuple[list[list[str]], list[list[str]]]:
     """CIRR test1: top-50 (reference removed) and top-3 within the subset, as names."""
-    ref = _index(data.gallery_ids, data.reference_ids, "reference", missing=-1)
-    subset = torch.stack(
-        [_index(data.gallery_ids, m, "subset member", missing=-1) for m in data.subset_members]
-    )
+    pos = {n: i for i, n in enumerate(data.gallery_ids)}
+    ref = _index(pos, data.reference_ids, "reference", missing=-1)
+    subset = torch.stack([_index(pos, m, "subset member", missing=-1) for m in data.subset_members])
     _, full = topk(q, gallery, 50, ref, chunk_size)
     sub = subset_topk(q, gallery, subset, 3, ref, max(1, chunk_size // 4))
     names = data.gallery_ids
