@@ -120,14 +120,6 @@ def chosen_jobs(jobs: list[Job], chosen: dict[str, str]) -> list[Job]:
     return [j for j in jobs if j.grid and chosen.get(j.variant) == j.grid]
 
 
-def select_on_val(rows: list[dict[str, Any]], queries: Path | None) -> dict[str, str]:
-    """:func:`choose_on_val`, then :func:`publish_chosen` (when ``queries`` is given)."""
-    chosen = choose_on_val(rows)
-    if queries is not None:
-        publish_chosen(rows, chosen, queries)
-    return chosen
-
-
 def inherited_jobs(
     known: dict[str, Overrides], variants: list[str], grid: list[str], label: str
 ) -> list[Job]:

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -17,21 +16,18 @@ import torch.nn.functional as F
 
 from dqe_cir_pipeline.model.evaluate import EvalSet, evaluate_embeddings
 from dqe_cir_pipeline.model.protocol import CIRR_SUBSET_KS, BenchmarkProtocol
-from tests.conftest import ROOT
+from tests.helpers.bench import on_benchmarks_path
 
 PROTOCOL = BenchmarkProtocol(subset_ks=CIRR_SUBSET_KS, edit_type_breakdown=True)
 
 
 @pytest.fixture(scope="module")
 def modules() -> Iterator[tuple[ModuleType, ModuleType]]:
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
+    with on_benchmarks_path():
         import _ablation_compare
         import _ablation_grid
 
         yield _ablation_compare, _ablation_grid
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
 
 
 def _evaluated(seed: int, n: int = 40, m: int = 50) -> tuple[dict[str, float], pd.DataFrame]:
@@ -135,7 +131,8 @@ def test_grid_tunes_every_variant_alike_and_selects_on_val(
         for seed, score in enumerate(scores):
             rows.append({"variant": variant, "grid": combo, "seed": seed, "val/avg": score})
             cmp.write_queries(tmp_path, per_query, variant, seed, combo)
-    chosen = grid.select_on_val(rows, tmp_path)
+    chosen = grid.choose_on_val(rows)
+    grid.publish_chosen(rows, chosen, tmp_path)
     # dqe_cir: mean 51 vs 52 -> 3e-3; no_margins: 40 vs 41 -> 3e-3
     assert chosen == {"dqe_cir": "lr=3e-3", "no_margins": "lr=3e-3"}
     frame = cmp.read_queries(tmp_path)  # the chosen runs only, under the variants' names
@@ -202,11 +199,8 @@ def test_comparison_resamples_whole_scene_families(
 
 
 def test_scene_families_come_from_the_generated_test_captions(tmp_path: Path) -> None:
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
+    with on_benchmarks_path():
         import _ablation_setup as setup_mod
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
     setup = setup_mod.Setup(tier="ambiguous", workdir=tmp_path)
     with pytest.raises(FileNotFoundError, match="cap.test.json is missing"):
         setup_mod.test_families(setup)

@@ -5,7 +5,6 @@ the tuning seeds' val, the baseline's ablations at its choice, seed-by-seed orde
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -14,7 +13,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from tests.conftest import ROOT
+from tests.helpers.bench import on_benchmarks_path
 
 KNOWN = {
     "dqe_cir": ({}, {}),
@@ -25,13 +24,10 @@ KNOWN = {
 
 @pytest.fixture(scope="module")
 def grid() -> Iterator[ModuleType]:
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
+    with on_benchmarks_path():
         import _ablation_grid
 
         yield _ablation_grid
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
 
 
 def _plan(grid: ModuleType) -> Any:

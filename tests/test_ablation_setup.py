@@ -4,7 +4,6 @@ by every later process, re-encoded when an image or the encoder changes."""
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -15,19 +14,16 @@ import torch
 from PIL import Image
 
 from dqe_cir_pipeline.model.backbone import Backbone
-from tests.conftest import ROOT
+from tests.helpers.bench import on_benchmarks_path
 from tests.helpers.tiny_training import tiny_backbone
 
 
 @pytest.fixture(scope="module")
 def setup_module_() -> Iterator[ModuleType]:
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
+    with on_benchmarks_path():
         import _ablation_setup
 
         yield _ablation_setup
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
 
 
 @pytest.fixture(scope="module")

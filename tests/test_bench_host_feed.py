@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import ROOT
+from tests.helpers.bench import on_benchmarks_path
 
 SCRIPT = ROOT / "benchmarks" / "bench_host_feed.py"
 
@@ -24,13 +25,10 @@ SCRIPT = ROOT / "benchmarks" / "bench_host_feed.py"
 @pytest.fixture(scope="module")
 def stages() -> Iterator[ModuleType]:
     """The measured stages (``_host_feed_stages``, which imports its sibling ``_measure``)."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
+    with on_benchmarks_path():
         import _host_feed_stages as module
 
         yield module
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
 
 
 def _numbers(obj: object, path: str = "") -> Iterator[tuple[str, float]]:
