@@ -215,8 +215,15 @@ def resumed_rows(out: Path, queries: Path | None, record: dict[str, Any]) -> lis
         return []
     document = json.loads(out.read_text())
     recorded = document.get("setup")
-    if recorded is not None and recorded != record:
+    # keys an older file did not record are not compared (a warning names them)
+    differ = {
+        k for k in record if recorded is not None and k in recorded and recorded[k] != record[k]
+    }
+    if differ:
         raise ValueError(f"{out} holds runs of {recorded}, not of {record}: another --out")
+    unrecorded = sorted(k for k in record if recorded is not None and k not in recorded)
+    if unrecorded:
+        logger.warning("%s records no %s: resuming it as %s", out, unrecorded, record)
     if recorded is None:
         logger.warning("%s records no setup: resuming it as %s", out, record)
     rows: dict[tuple[str, str, int], dict[str, Any]] = {}

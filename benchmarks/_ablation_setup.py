@@ -10,6 +10,7 @@ system's page cache shares it between the processes.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -25,7 +26,7 @@ import torch
 from dqe_cir_pipeline.config_loader import project_config_loader
 from dqe_cir_pipeline.data_sources.image_check import default_workers
 from dqe_cir_pipeline.data_sources.registry import ReadSettings, benchmark
-from dqe_cir_pipeline.io_utils import atomic_save, atomic_write_json, short_hash
+from dqe_cir_pipeline.io_utils import atomic_save, atomic_write_json, short_hash, stable_hash
 from dqe_cir_pipeline.model.backbone import Backbone, BackboneConfig, load_backbone
 from dqe_cir_pipeline.model.data import train_captions
 from dqe_cir_pipeline.model.extract import MemoryFeatures, VitEncoder, extract_to_memory
@@ -68,6 +69,18 @@ def base_params(setup: Setup | None = None) -> dict[str, Any]:
     params = project_config_loader(env)["parameters"]
     params["data"]["synthetic"] = {**params["data"]["synthetic"], **dict(setup.data)}
     return params
+
+
+@functools.cache
+def setup_record_base(setup: Setup, epochs: int | None) -> dict[str, Any]:
+    """The tier, its data overrides, the epochs and a hash of the tier's parameters: what
+    a row of the ablations depends on besides its recipe and seed (``--resume``)."""
+    return {
+        "tier": setup.tier,
+        "data": [list(kv) for kv in setup.data],
+        "epochs": epochs,
+        "params": stable_hash(base_params(setup)),
+    }
 
 
 def test_families(setup: Setup, split: str = "test") -> dict[str, str]:

@@ -44,9 +44,18 @@ import torch
 import yaml
 from _ablation_compare import compare, compare_table, read_queries, write_queries
 from _ablation_grid import Job, Overrides, Plan, plan_jobs, publish_chosen, resumed_rows
-from _ablation_setup import SYNTHETIC, TIERS, Setup, base_params, prepare, test_families
+from _ablation_setup import (
+    SYNTHETIC,
+    TIERS,
+    Setup,
+    base_params,
+    prepare,
+    setup_record_base,
+    test_families,
+)
 
 from dqe_cir_pipeline.baselines import text_blind_baseline
+from dqe_cir_pipeline.io_utils import stable_hash
 from dqe_cir_pipeline.model.config import RuntimeConfig
 from dqe_cir_pipeline.model.data import TrainData
 from dqe_cir_pipeline.model.device import resolve_device
@@ -521,7 +530,10 @@ def run_plan(args: argparse.Namespace) -> Plan:
 
 def setup_record(setup: Setup, args: argparse.Namespace) -> dict[str, Any]:
     """What the rows of ``--out`` depend on besides the recipe and seed (``--resume``)."""
-    return {"tier": setup.tier, "data": [list(kv) for kv in setup.data], "epochs": args.epochs}
+    return {
+        **setup_record_base(setup, args.epochs),
+        "variants": stable_hash(VARIANTS),
+    }
 
 
 def row_order(row: dict[str, Any]) -> tuple[int, str, int]:

@@ -110,3 +110,9 @@ def test_resume_keeps_the_runs_with_their_files_and_refuses_another_setup(
     assert [grid.run_key(r) for r in got] == [("text_blind", "", -1), ("dqe_cir", "lr=1e-3", 0)]
     with pytest.raises(ValueError, match="holds runs of"):
         grid.resumed_rows(out, queries, {**record, "epochs": 3})
+    # a changed parameter hash is another setup; a file that never recorded one resumes
+    out.write_text(json.dumps({"setup": {**record, "params": "a1"}, "rows": rows}))
+    with pytest.raises(ValueError, match="holds runs of"):
+        grid.resumed_rows(out, queries, {**record, "params": "b2"})
+    out.write_text(json.dumps({"setup": record, "rows": rows}))
+    assert len(grid.resumed_rows(out, queries, {**record, "params": "b2"})) == 2
