@@ -202,3 +202,27 @@ def test_eval_set_reads_the_valid_targets_column() -> None:
     assert ev.valid_targets == [["b", "c"], ["a"]] and ev.multi_target
     bare = EvalSet.from_tables(triplets.drop(columns="valid_targets"), images, "val")
     assert bare.valid_targets == [] and bare.valid_lists() == [["b"], ["a"]]
+
+
+@pytest.mark.parametrize("protocol", [WHOLE, PER_CATEGORY])
+def test_each_gallery_is_scored_once(protocol: BenchmarkProtocol, monkeypatch) -> None:
+    """Top-k lists, the target's rank and the valid targets' ranks share one scoring pass
+    per gallery: a query chunk is scored against the full gallery exactly once."""
+    from dqe_cir_pipeline.model import retrieval
+
+    q, gallery, data = _split(n_query=30, n_gallery=60, seed=5)
+    calls: list[int] = []
+    scorer_call = retrieval._Scorer.__call__
+
+    def counting(self, q_chunk, out_dtype):  # type: ignore[no-untyped-def]
+        calls.append(q_chunk.shape[0])
+        return scorer_call(self, q_chunk, out_dtype)
+
+    monkeypatch.setattr(retrieval._Scorer, "__call__", counting)
+    out = evaluate_embeddings(q, None, gallery, data, ks=KS, chunk_size=8, protocol=protocol)
+    assert sum(calls) == len(data.query_ids)  # every query scored once, not three times
+    assert len(calls) == 4  # ceil(30 / 8) chunks over the one gallery
+    assert "map@10" in out.metrics
+    pq = out.per_query  # and that pass ranked every query's target and valid targets
+    assert (pq["rank"] >= 0).all() and (pq["rank_any"] >= 0).all()
+    assert (pq["rank_any"] <= pq["rank"]).all() and pq["topk"].map(len).eq(10).all()

@@ -12,6 +12,7 @@ from dqe_cir_pipeline.model.retrieval import (
     average_precision_at_k,
     first_valid_rank,
     map_at_k,
+    rank_queries,
     recall_any_at_k,
     recall_at_k,
     target_ranks,
@@ -156,6 +157,45 @@ def test_matches_naive_full_ranking(chunk_size: int, with_exclude: bool) -> None
     t_scores = scores.gather(1, valid.clamp_min(0))
     tied = (scores.unsqueeze(1) == t_scores.unsqueeze(2)).sum(-1) > 1
     assert bool((tied & (valid >= 0)).any())
+
+
+@pytest.mark.parametrize("chunk_size", [1, 7, 1000])
+def test_one_pass_gives_top_k_target_and_valid_ranks(chunk_size: int) -> None:
+    """All three from one pass equal the naive full ranking: the target's and valid
+    targets' scores are read before the reference is masked, top-k after."""
+    n, m, k = 37, 29, 5
+    queries, gallery, gen = _tied_data(n, m, 3, seed=11)
+    exclude = torch.randint(0, m, (n,), generator=gen)
+    exclude[::4] = -1
+    valid, _ = _random_valid(n, m, 4, exclude, gen)
+    target = valid.gather(1, (valid >= 0).long().argmax(dim=1, keepdim=True)).squeeze(1)
+    out = rank_queries(
+        queries,
+        gallery,
+        k=k,
+        target_idx=target,
+        valid=valid,
+        exclude=exclude,
+        chunk_size=chunk_size,
+    )
+    scores = torch.einsum("np,mqp->nmq", queries, gallery).amax(-1)
+    raw, _, _ = _naive(scores, valid, exclude, k)
+    assert out.valid is not None and out.valid.tolist() == raw
+    masked = scores.clone()
+    rows = torch.nonzero(exclude >= 0).squeeze(1)
+    masked[rows, exclude[rows]] = float("-inf")
+    t = scores.gather(1, target.unsqueeze(1))
+    assert out.target is not None
+    assert out.target.tolist() == ((masked >= t).sum(dim=1) - 1).tolist()
+    assert out.top_scores is not None and out.top_idx is not None
+    torch.testing.assert_close(out.top_scores, masked.topk(k, dim=1).values.float())
+    # the listed items really carry those scores, and the reference is never listed
+    torch.testing.assert_close(masked.gather(1, out.top_idx).float(), out.top_scores)
+    assert not bool((out.top_idx == exclude.unsqueeze(1)).any())
+    # asking for one part alone gives the same part
+    alone = rank_queries(queries, gallery, target_idx=target, exclude=exclude, chunk_size=3)
+    assert alone.top_idx is None and alone.valid is None
+    assert alone.target is not None and alone.target.tolist() == out.target.tolist()
 
 
 def test_each_column_is_target_ranks() -> None:

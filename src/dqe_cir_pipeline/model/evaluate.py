@@ -24,19 +24,19 @@ from dqe_cir_pipeline.model.dqe import DQECIR
 from dqe_cir_pipeline.model.encode import encode_images, encode_queries
 from dqe_cir_pipeline.model.protocol import BenchmarkProtocol, protocol_for
 from dqe_cir_pipeline.model.retrieval import (
+    Rankings,
     average_precision_at_k,
     breakdown_by_group,
     cirr_metrics_from_ranks,
     fashioniq_metrics_from_ranks,
     first_valid_rank,
     map_at_k,
+    rank_queries,
     recall_any_at_k,
     recall_at_k,
     subset_ranks,
     subset_topk,
-    target_ranks,
     topk,
-    valid_target_ranks,
 )
 
 if TYPE_CHECKING:
@@ -326,7 +326,12 @@ class _Ranked:
 
 @dataclass
 class _Scoring:
-    """Ranks and top-k lists of one split's queries under a protocol."""
+    """Ranks and top-k lists of one split's queries under a protocol.
+
+    Each gallery (the whole one, or a category's) is scored once: the same pass gives the
+    top-k lists, the annotated target's rank and, on a multi-target split, every valid
+    target's rank (kept for :meth:`valid_ranks`).
+    """
 
     q: torch.Tensor
     gallery: torch.Tensor
@@ -335,6 +340,7 @@ class _Scoring:
     chunk_size: int
     device: torch.device | str | None
     keep_topk: int
+    _valid: tuple[np.ndarray, np.ndarray] | None = field(default=None, init=False)
 
     def per_category(self, ks: Sequence[int]) -> _Ranked:
         """Each category's queries ranked in that category's gallery (FashionIQ)."""
@@ -342,36 +348,30 @@ class _Scoring:
         ranks = np.full(len(data.query_ids), -1, dtype=np.int64)
         top: list[list[str]] = [[] for _ in data.query_ids]
         per_cat: dict[str, torch.Tensor] = {}
-        cats = np.asarray(data.categories)
-        gcats = np.asarray(data.gallery_categories)
-        for cat in sorted(set(data.categories)):
-            qi = np.flatnonzero(cats == cat)
-            gi = np.flatnonzero(gcats == cat)
+        for cat, qi, gi in self._parts():
             names = [data.gallery_ids[i] for i in gi]
             tgt = _index(names, [data.target_ids[i] for i in qi], "target")
-            ref = self._references(names, [data.reference_ids[i] for i in qi])
-            sub_g = self.gallery[torch.as_tensor(gi)]
-            r = target_ranks(self.q[qi], sub_g, tgt, ref, self.chunk_size, self.device)
-            ranks[qi] = r.numpy()
-            per_cat[cat] = r
-            k = min(self.keep_topk, len(names) - (ref is not None))
-            _, idx = topk(self.q[qi], sub_g, k, ref, self.chunk_size, self.device)
+            out = self._rank(qi, gi, names, tgt)
+            assert out.target is not None and out.top_idx is not None
+            ranks[qi] = out.target.numpy()
+            per_cat[cat] = out.target
             for row, i in enumerate(qi):
-                top[i] = [names[j] for j in idx[row].tolist()]
+                top[i] = [names[j] for j in out.top_idx[row].tolist()]
         return _Ranked(ranks, top, fashioniq_metrics_from_ranks(per_cat, ks))
 
     def whole(self, ks: Sequence[int]) -> _Ranked:
         """The split's whole gallery (CIRR and the generated benchmark)."""
         data = self.data
         names = data.gallery_ids
-        ref = self._references(names, data.reference_ids)
-        k = min(self.keep_topk, len(names) - (ref is not None))
-        _, idx = topk(self.q, self.gallery, k, ref, self.chunk_size, self.device)
-        top = [[names[j] for j in row] for row in idx.tolist()]
-        if not data.labelled:
+        everything = np.arange(len(data.query_ids))
+        tgt = _index(names, data.target_ids, "target") if data.labelled else None
+        out = self._rank(everything, np.arange(len(names)), names, tgt)
+        assert out.top_idx is not None
+        top = [[names[j] for j in row] for row in out.top_idx.tolist()]
+        if out.target is None:
             return _Ranked(np.full(len(data.query_ids), -1, dtype=np.int64), top, {})
-        tgt = _index(names, data.target_ids, "target")
-        r = target_ranks(self.q, self.gallery, tgt, ref, self.chunk_size, self.device)
+        r = out.target
+        assert tgt is not None
         subset_ks = self.protocol.subset_ks
         if not subset_ks:
             return _Ranked(r.numpy(), top, recall_at_k(r, ks))
@@ -379,6 +379,7 @@ class _Scoring:
         subset = torch.stack(
             [_index(pos, m, "subset member", missing=-1) for m in data.subset_members]
         )
+        ref = self._references(names, data.reference_ids)
         chunk = max(1, self.chunk_size // 4)
         sr = subset_ranks(self.q, self.gallery, tgt, subset, ref, chunk, self.device)
         return _Ranked(r.numpy(), top, cirr_metrics_from_ranks(r, sr, ks, subset_ks), sr.numpy())
@@ -386,31 +387,55 @@ class _Scoring:
     def valid_ranks(self) -> tuple[np.ndarray, np.ndarray]:
         """(N, V) ranks of every valid target (-1 padding) in the query's gallery, and (N,)
         how many each query has. A valid target equal to a removed reference is not a
-        candidate and does not count."""
+        candidate and does not count. Computed by :meth:`per_category` / :meth:`whole`."""
+        if self._valid is None:
+            raise RuntimeError("valid_ranks() before per_category() or whole()")
+        return self._valid
+
+    def _parts(self) -> list[tuple[str, np.ndarray, np.ndarray]]:
+        """(category, its query positions, its gallery positions), categories sorted."""
+        cats = np.asarray(self.data.categories)
+        gcats = np.asarray(self.data.gallery_categories)
+        return [
+            (c, np.flatnonzero(cats == c), np.flatnonzero(gcats == c))
+            for c in sorted(set(self.data.categories))
+        ]
+
+    def _rank(
+        self, qi: np.ndarray, gi: np.ndarray, names: Sequence[str], tgt: torch.Tensor | None
+    ) -> Rankings:
+        """One scoring pass of queries ``qi`` over gallery items ``gi`` (``names``)."""
         data = self.data
-        lists = data.valid_lists()
-        width = max(1, max(len(v) for v in lists))
-        ranks = np.full((len(lists), width), -1, dtype=np.int64)
-        n_valid = np.zeros(len(lists), dtype=np.int64)
-        if self.protocol.per_category:
-            cats, gcats = np.asarray(data.categories), np.asarray(data.gallery_categories)
-            parts = [
-                (np.flatnonzero(cats == c), np.flatnonzero(gcats == c))
-                for c in sorted(set(data.categories))
-            ]
-        else:
-            parts = [(np.arange(len(lists)), np.arange(len(data.gallery_ids)))]
-        for qi, gi in parts:
-            names = [data.gallery_ids[i] for i in gi]
-            ref = self._references(names, [data.reference_ids[i] for i in qi])
+        whole = len(gi) == len(data.gallery_ids)
+        queries = self.q if len(qi) == len(data.query_ids) else self.q[torch.as_tensor(qi)]
+        gallery = self.gallery if whole else self.gallery[torch.as_tensor(gi)]
+        ref = self._references(names, [data.reference_ids[i] for i in qi])
+        valid = None
+        if data.labelled and data.multi_target:
+            lists = data.valid_lists()
             valid = _valid_index(names, [lists[i] for i in qi], ref)
-            sub_g = (
-                self.gallery[torch.as_tensor(gi)] if self.protocol.per_category else self.gallery
-            )
-            r = valid_target_ranks(self.q[qi], sub_g, valid, ref, self.chunk_size, self.device)
-            ranks[qi, : r.shape[1]] = r.numpy()
-            n_valid[qi] = (valid >= 0).sum(dim=1).numpy()
-        return ranks, n_valid
+        out = rank_queries(
+            queries,
+            gallery,
+            k=min(self.keep_topk, len(names) - (ref is not None)),
+            target_idx=tgt,
+            valid=valid,
+            exclude=ref,
+            chunk_size=self.chunk_size,
+            device=self.device,
+        )
+        if valid is not None and out.valid is not None:
+            self._store_valid(qi, out.valid, (valid >= 0).sum(dim=1))
+        return out
+
+    def _store_valid(self, qi: np.ndarray, ranks: torch.Tensor, n_valid: torch.Tensor) -> None:
+        if self._valid is None:
+            n = len(self.data.query_ids)
+            width = max(1, max(len(v) for v in self.data.valid_lists()))
+            self._valid = (np.full((n, width), -1, dtype=np.int64), np.zeros(n, dtype=np.int64))
+        all_ranks, all_n = self._valid
+        all_ranks[qi, : ranks.shape[1]] = ranks.numpy()
+        all_n[qi] = n_valid.numpy()
 
     def _references(self, names: Sequence[str], refs: Sequence[str]) -> torch.Tensor | None:
         """Reference positions to leave out of the ranking (``None``: the protocol keeps

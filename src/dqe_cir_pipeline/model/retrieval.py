@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -23,6 +24,8 @@ __all__ = [
     "fashioniq_metrics_from_ranks",
     "first_valid_rank",
     "map_at_k",
+    "rank_queries",
+    "Rankings",
     "recall_any_at_k",
     "recall_at_k",
     "subset_ranks",
@@ -137,6 +140,83 @@ def _mask_excluded(scores: torch.Tensor, exclude: torch.Tensor | None, start: in
         scores[rows, ex[rows]] = float("-inf")
 
 
+@dataclass(frozen=True)
+class Rankings:
+    """What one scoring pass over the gallery gives (CPU tensors; ``None``: not asked for).
+
+    ``top_scores`` / ``top_idx``: (N, k) best items, best first; ``target``: (N,) rank of
+    each query's target; ``valid``: (N, V) rank of each valid target, -1 padding.
+    """
+
+    top_scores: torch.Tensor | None = None
+    top_idx: torch.Tensor | None = None
+    target: torch.Tensor | None = None
+    valid: torch.Tensor | None = None
+
+
+def rank_queries(
+    queries: torch.Tensor,
+    gallery: torch.Tensor,
+    *,
+    k: int | None = None,
+    target_idx: torch.Tensor | None = None,
+    valid: torch.Tensor | None = None,
+    exclude: torch.Tensor | None = None,
+    chunk_size: int = 1024,
+    device: str | torch.device | None = None,
+    amp_dtype: torch.dtype | None = None,
+) -> Rankings:
+    """Top-``k`` items, the target's rank and every valid target's rank, from **one**
+    scoring pass (each score chunk serves all three; the gallery is scored once).
+
+    Each part is exactly what :func:`topk`, :func:`target_ranks` and
+    :func:`valid_target_ranks` return for the same arguments (those call this).
+    """
+    n, m = queries.shape[0], _gallery_size(gallery)
+    _check_index("exclude", exclude, n, m, allow_neg=True)
+    if k is not None:
+        limit = m - 1 if exclude is not None and bool((exclude >= 0).any()) else m
+        if not 1 <= k <= limit:
+            raise ValueError(f"k={k} must be in [1, {limit}]")
+    if target_idx is not None:
+        _check_index("target_idx", target_idx, n, m, allow_neg=False)
+        if exclude is not None and bool((exclude == target_idx).any()):
+            raise ValueError("exclude equals target_idx for some queries")
+    if valid is not None:
+        _check_valid(valid, exclude, n, m)
+    top_s = torch.empty((n, k), dtype=torch.float32) if k is not None else None
+    top_i = torch.empty((n, k), dtype=torch.long) if k is not None else None
+    t_ranks = torch.empty(n, dtype=torch.long) if target_idx is not None else None
+    v_ranks = torch.empty(valid.shape, dtype=torch.long) if valid is not None else None
+    for start, scores in _iter_scores(queries, gallery, chunk_size, device, amp_dtype):
+        c = scores.shape[0]
+        rows = slice(start, start + c)
+        # the target's and valid targets' own scores are read before the masking
+        t_score = None
+        if target_idx is not None:
+            t_score = scores.gather(1, target_idx[rows].to(scores.device).unsqueeze(1))
+        v = v_scores = None
+        if valid is not None:
+            v = valid[rows].to(scores.device)
+            v_scores = scores.gather(1, v.clamp_min(0))  # (c, V)
+        _mask_excluded(scores, exclude, start)
+        if top_s is not None and top_i is not None:
+            vals, idx = torch.topk(scores, k, dim=1)  # type: ignore[arg-type]
+            top_s[rows] = vals.float().cpu()
+            top_i[rows] = idx.cpu()
+        if t_ranks is not None and t_score is not None:
+            # [design] pessimistic ties: every other item scoring >= the target counts
+            t_ranks[rows] = ((scores >= t_score).sum(dim=1) - 1).cpu()
+        if v_ranks is not None and v is not None and v_scores is not None:
+            # one column at a time: memory O(c * M), never (c, V, M)
+            r = torch.stack(
+                [(scores >= v_scores[:, j : j + 1]).sum(dim=1) - 1 for j in range(v.shape[1])],
+                dim=1,
+            )
+            v_ranks[rows] = r.masked_fill(v < 0, -1).cpu()
+    return Rankings(top_s, top_i, t_ranks, v_ranks)
+
+
 def topk(
     queries: torch.Tensor,
     gallery: torch.Tensor,
@@ -151,19 +231,17 @@ def topk(
     ``exclude``: (N,) gallery index removed from each ranking (the CIRR reference), -1 for
     none; then ``k <= M - 1``. The order among exactly tied scores is ``torch.topk``'s.
     """
-    n, m = queries.shape[0], _gallery_size(gallery)
-    _check_index("exclude", exclude, n, m, allow_neg=True)
-    limit = m - 1 if exclude is not None and bool((exclude >= 0).any()) else m
-    if not 1 <= k <= limit:
-        raise ValueError(f"k={k} must be in [1, {limit}]")
-    out_s = torch.empty((n, k), dtype=torch.float32)
-    out_i = torch.empty((n, k), dtype=torch.long)
-    for start, scores in _iter_scores(queries, gallery, chunk_size, device, amp_dtype):
-        _mask_excluded(scores, exclude, start)
-        vals, idx = torch.topk(scores, k, dim=1)
-        out_s[start : start + scores.shape[0]] = vals.float().cpu()
-        out_i[start : start + scores.shape[0]] = idx.cpu()
-    return out_s, out_i
+    out = rank_queries(
+        queries,
+        gallery,
+        k=k,
+        exclude=exclude,
+        chunk_size=chunk_size,
+        device=device,
+        amp_dtype=amp_dtype,
+    )
+    assert out.top_scores is not None and out.top_idx is not None
+    return out.top_scores, out.top_idx
 
 
 def target_ranks(
@@ -180,21 +258,17 @@ def target_ranks(
     [design] Pessimistic ties: every other non-excluded item scoring >= the target counts.
     ``exclude`` as in :func:`topk`; it must differ from the target.
     """
-    n, m = queries.shape[0], _gallery_size(gallery)
-    _check_index("target_idx", target_idx, n, m, allow_neg=False)
-    _check_index("exclude", exclude, n, m, allow_neg=True)
-    if exclude is not None and bool((exclude == target_idx).any()):
-        raise ValueError("exclude equals target_idx for some queries")
-    ranks = torch.empty(n, dtype=torch.long)
-    for start, scores in _iter_scores(queries, gallery, chunk_size, device, amp_dtype):
-        c = scores.shape[0]
-        tgt = target_idx[start : start + c].to(scores.device)
-        t_score = scores.gather(1, tgt.unsqueeze(1))  # (c, 1)
-        _mask_excluded(scores, exclude, start)
-        higher = (scores > t_score).sum(dim=1)
-        equal = (scores == t_score).sum(dim=1) - 1  # minus the target itself
-        ranks[start : start + c] = (higher + equal).cpu()
-    return ranks
+    out = rank_queries(
+        queries,
+        gallery,
+        target_idx=target_idx,
+        exclude=exclude,
+        chunk_size=chunk_size,
+        device=device,
+        amp_dtype=amp_dtype,
+    )
+    assert out.target is not None
+    return out.target
 
 
 def _check_valid(valid: torch.Tensor, exclude: torch.Tensor | None, n: int, m: int) -> None:
@@ -230,22 +304,17 @@ def valid_target_ranks(
     (:func:`first_valid_rank` and the metrics below undo that among valid targets).
     ``exclude`` as in :func:`topk`; it must differ from every valid target.
     """
-    n, m = queries.shape[0], _gallery_size(gallery)
-    _check_index("exclude", exclude, n, m, allow_neg=True)
-    _check_valid(valid, exclude, n, m)
-    ranks = torch.empty(valid.shape, dtype=torch.long)
-    for start, scores in _iter_scores(queries, gallery, chunk_size, device, amp_dtype):
-        c = scores.shape[0]
-        v = valid[start : start + c].to(scores.device)
-        t_scores = scores.gather(1, v.clamp_min(0))  # (c, V), read before the masking
-        _mask_excluded(scores, exclude, start)
-        # one column at a time: memory O(c * M), never (c, V, M)
-        r = torch.stack(
-            [(scores >= t_scores[:, j : j + 1]).sum(dim=1) - 1 for j in range(v.shape[1])],
-            dim=1,
-        )
-        ranks[start : start + c] = r.masked_fill(v < 0, -1).cpu()
-    return ranks
+    out = rank_queries(
+        queries,
+        gallery,
+        valid=valid,
+        exclude=exclude,
+        chunk_size=chunk_size,
+        device=device,
+        amp_dtype=amp_dtype,
+    )
+    assert out.valid is not None
+    return out.valid
 
 
 def _tie_resolved_positions(ranks_valid: torch.Tensor | np.ndarray) -> np.ndarray:
