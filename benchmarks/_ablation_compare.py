@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from dqe_cir_pipeline.stats import paired_bootstrap
+from dqe_cir_pipeline.stats import paired_bootstrap, standard_error
 
 #: Metrics compared on every split (the generated benchmark's protocol: CIRR's
 #: ``avg`` = (R@5 + Rs@1) / 2).
@@ -179,6 +179,34 @@ def compare(
                     "seeds": len(seeds),
                     "queries": len(order),
                     "families": 0 if clusters is None else len(set(clusters)),
+                }
+            )
+    return out
+
+
+def sampling_errors(
+    frame: pd.DataFrame, families: Mapping[str, str] | None = None
+) -> list[dict[str, Any]]:
+    """Per (variant, seed, headline metric): the run's value and its sampling standard
+    error over the test queries, in points (cluster-robust over scene families when
+    ``families`` is given): how far the test split alone can move one run's number."""
+    out: list[dict[str, Any]] = []
+    multi = "rank_any" in frame and frame["rank_any"].notna().all()
+    for (variant, seed), part in frame.groupby(["variant", "seed"], sort=False):
+        part = part.reset_index(drop=True)
+        ids = part["query_id"].astype(str).tolist()
+        clusters = None if families is None else _clusters(ids, families)
+        for metric in HEADLINE + (MULTI_HEADLINE if multi else ()):
+            x = query_scores(part, metric)
+            if np.isnan(x).any():
+                continue
+            out.append(
+                {
+                    "variant": variant,
+                    "seed": int(seed),
+                    "metric": metric,
+                    "value": float(x.mean() * 100),
+                    "se": standard_error(x, clusters),
                 }
             )
     return out

@@ -148,6 +148,15 @@ def difference_table(compare: dict[str, Any], metrics: Sequence[str] = DIFF_METR
         f"{first.get('families', '-')} families, {first.get('queries', '-')} queries, "
         f"{first.get('seeds', '-')} seeds, {compare.get('n_boot', '-')} replicates"
     )
+    errors = compare.get("sampling_errors")
+    if errors:
+        largest: dict[str, float] = {}
+        for e in errors:
+            largest[e["metric"]] = max(largest.get(e["metric"], 0.0), float(e["se"]))
+        lines.append(
+            "largest standard error of one run's metric from the test split alone: "
+            + ", ".join(f"{m} {largest[m]:.2f}" for m in metrics if m in largest)
+        )
     return "\n".join(lines)
 
 

@@ -42,7 +42,13 @@ import numpy as np
 import pandas as pd
 import torch
 import yaml
-from _ablation_compare import compare, compare_table, read_queries, write_queries
+from _ablation_compare import (
+    compare,
+    compare_table,
+    read_queries,
+    sampling_errors,
+    write_queries,
+)
 from _ablation_grid import Job, Overrides, Plan, plan_jobs, publish_chosen, resumed_rows
 from _ablation_setup import (
     SYNTHETIC,
@@ -325,8 +331,23 @@ def run_compare(
     )
     text = compare_table(results, baseline)
     print(text)
+    errors = sampling_errors(frame, families)
+    largest = pd.DataFrame(errors).groupby("metric", sort=False)["se"].max()
+    print(
+        "largest standard error of one run's metric over the test "
+        + ("families" if families else "queries")
+        + ": "
+        + ", ".join(f"{m} {se:.2f}" for m, se in largest.items())
+    )
     _write_rows(
-        out, {"baseline": baseline, "n_boot": n_boot, "comparisons": results, "table": text}
+        out,
+        {
+            "baseline": baseline,
+            "n_boot": n_boot,
+            "comparisons": results,
+            "table": text,
+            "sampling_errors": errors,
+        },
     )
 
 

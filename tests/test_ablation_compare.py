@@ -198,6 +198,35 @@ def test_comparison_resamples_whole_scene_families(
         cmp.compare(frame, n_boot=10, families={k: v for k, v in families.items() if k != "q7"})
 
 
+def test_sampling_errors_of_each_run(
+    modules: tuple[ModuleType, ModuleType], tmp_path: Path
+) -> None:
+    cmp, _ = modules
+    for variant, offset in (("dqe_cir", 0), ("other", 10)):
+        for seed in (0, 1):
+            cmp.write_queries(tmp_path, _evaluated(offset + seed)[1], variant, seed)
+    frame = cmp.read_queries(tmp_path)
+    errors = cmp.sampling_errors(frame)
+    metrics = cmp.HEADLINE + cmp.MULTI_HEADLINE
+    assert len(errors) == 2 * 2 * len(metrics)
+    one = next(
+        e for e in errors if (e["variant"], e["seed"], e["metric"]) == ("other", 1, "recall@10")
+    )
+    x = cmp.query_scores(frame[(frame["variant"] == "other") & (frame["seed"] == 1)], "recall@10")
+    assert one["value"] == pytest.approx(100 * x.mean())
+    assert one["se"] == pytest.approx(100 * x.std(ddof=1) / np.sqrt(40))  # independent queries
+    # families of 4: the cluster-robust form, per run, from the same per-query values
+    families = {f"q{i}": f"ref{i // 4}" for i in range(40)}
+    clustered = cmp.sampling_errors(frame, families)
+    labels = np.array([f"ref{i // 4}" for i in range(40)])
+    sums = pd.Series(x - x.mean()).groupby(labels).sum().to_numpy()
+    want = 100 * np.sqrt(10 / 9 * (sums**2).sum()) / 40
+    got = next(
+        e for e in clustered if (e["variant"], e["seed"], e["metric"]) == ("other", 1, "recall@10")
+    )
+    assert got["se"] == pytest.approx(want)
+
+
 def test_scene_families_come_from_the_generated_test_captions(tmp_path: Path) -> None:
     with on_benchmarks_path():
         import _ablation_setup as setup_mod

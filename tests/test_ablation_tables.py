@@ -135,6 +135,12 @@ def test_difference_table_bolds_intervals_that_exclude_zero(tables: ModuleType) 
     # contrastive listed before w/o margins (the table's order)
     assert out.index("in-batch") < out.index("w/o margins")
     assert out.splitlines()[-1] == "100 families, 400 queries, 3 seeds, 1000 replicates"
+    errors = [
+        {"variant": v, "seed": 0, "metric": m, "value": 50.0, "se": se}
+        for v, m, se in [("a", "avg", 0.31), ("b", "avg", 0.39), ("a", "recall@1", 0.2)]
+    ]
+    with_errors = tables.difference_table({**COMPARE, "sampling_errors": errors}, ["avg"])
+    assert with_errors.splitlines()[-1].endswith("test split alone: avg 0.39")
 
 
 def test_command_line_prints_all_three(tmp_path: Path) -> None:

@@ -5,7 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dqe_cir_pipeline.stats import bootstrap_mean, bootstrap_replicates, paired_bootstrap
+from dqe_cir_pipeline.stats import (
+    bootstrap_mean,
+    bootstrap_replicates,
+    paired_bootstrap,
+    standard_error,
+)
 
 Z_975 = 1.959963984540054  # standard normal 97.5 % quantile
 
@@ -147,3 +152,36 @@ def test_unequal_clusters_average_over_the_queries_drawn() -> None:
     assert set(np.round(reps, 12)) <= {0.0, 0.75, 1.0} and 0.75 in set(np.round(reps, 12))
     with pytest.raises(ValueError, match="label each of the 4 queries"):
         bootstrap_replicates(scores, clusters=np.array([1, 2]))
+
+
+def test_standard_error_hand_case_and_independent_queries() -> None:
+    x = np.array([1.0, 0.0, 1.0, 1.0])
+    # independent: sample std sqrt(0.25) = 0.5 over sqrt(4) -> 0.25, in points
+    assert standard_error(x) == pytest.approx(25.0)
+    assert standard_error(x, clusters=np.array([0, 1, 2, 3])) == pytest.approx(25.0)
+    # clusters {0, 1}, {2, 3}: residual sums -0.5 and +0.5 -> sqrt(2 * 0.5) / 4
+    assert standard_error(x, clusters=np.array(["a", "a", "b", "b"])) == pytest.approx(25.0)
+    # clusters {0, 1, 2}, {3}: residual sums -0.25 and +0.25 -> sqrt(2 * 0.125) / 4
+    assert standard_error(x, np.array([0, 0, 0, 1])) == pytest.approx(np.sqrt(2 * 0.125) / 4 * 100)
+    rng = np.random.default_rng(0)
+    y = (rng.random(5000) < 0.3).astype(float)
+    assert standard_error(y) == pytest.approx(100 * y.std(ddof=1) / np.sqrt(5000))
+
+
+def test_standard_error_of_copies_is_that_of_the_distinct_values() -> None:
+    rng = np.random.default_rng(1)
+    distinct = (rng.random(400) < 0.4).astype(float)
+    copies = np.repeat(distinct, 4)
+    labels = np.repeat(np.arange(400), 4)
+    assert standard_error(copies, labels) == pytest.approx(standard_error(distinct))
+    # ignoring the copies understates it by about sqrt(4)
+    assert standard_error(copies) == pytest.approx(standard_error(distinct) / 2, rel=0.01)
+
+
+def test_standard_error_rejects_what_it_cannot_measure() -> None:
+    with pytest.raises(ValueError, match="at least 2"):
+        standard_error(np.array([1.0, 0.0]), clusters=np.array([7, 7]))
+    with pytest.raises(ValueError, match="one seed"):
+        standard_error(np.zeros((2, 5)))
+    with pytest.raises(ValueError, match="clusters must label"):
+        standard_error(np.zeros(5), clusters=np.zeros(4))

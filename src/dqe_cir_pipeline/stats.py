@@ -22,6 +22,7 @@ __all__ = [
     "bootstrap_replicates",
     "cluster_index",
     "paired_bootstrap",
+    "standard_error",
 ]
 
 # replicates drawn per batch: bounds the (batch, N) count matrix to ~16 MiB of float64
@@ -176,3 +177,29 @@ def paired_bootstrap(
         diff, n_boot=n_boot, seed=seed, resample_seeds=resample_seeds, clusters=clusters
     )
     return _interval(float(diff.mean()), reps, confidence, scale, n_boot)
+
+
+def standard_error(
+    scores: np.ndarray, clusters: np.ndarray | None = None, scale: float = 100.0
+) -> float:
+    """Sampling standard error of a mean over queries (one seed), in points.
+
+    ``scores``: (N,) per-query values. Without ``clusters``: s / sqrt(N). With (N,)
+    cluster labels, the cluster-robust (sandwich) form sqrt(G / (G - 1) * sum over
+    clusters of (sum of its residuals)^2) / N, G the number of clusters: it equals
+    s / sqrt(N) when every query is its own cluster and grows when queries of a cluster
+    move together (m exact copies of each: the standard error of the G distinct values).
+    """
+    x = _as_scores(scores, "scores")
+    if x.shape[0] != 1:
+        raise ValueError(f"scores must be one seed's (N,) values; got {x.shape}")
+    x = x[0]
+    n = x.shape[0]
+    idx = cluster_index(clusters, n)
+    if idx is None:
+        idx = np.arange(n)
+    g = int(idx.max()) + 1
+    if g < 2:
+        raise ValueError("a standard error needs at least 2 queries (or clusters)")
+    per_cluster = np.bincount(idx, weights=x - x.mean(), minlength=g)
+    return float(np.sqrt(g / (g - 1) * (per_cluster**2).sum()) / n * scale)
