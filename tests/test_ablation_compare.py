@@ -61,6 +61,14 @@ def _evaluated(seed: int, n: int = 40, m: int = 50) -> tuple[dict[str, float], p
     return out.metrics, out.per_query
 
 
+def _two_variants(cmp: ModuleType, folder: Path) -> pd.DataFrame:
+    """Per-query files of ``dqe_cir`` and ``other`` at seeds 0 and 1, read back."""
+    for variant, offset in (("dqe_cir", 0), ("other", 10)):
+        for seed in (0, 1):
+            cmp.write_queries(folder, _evaluated(offset + seed)[1], variant, seed)
+    return cmp.read_queries(folder)
+
+
 def test_per_query_files_reproduce_the_reported_metrics(
     modules: tuple[ModuleType, ModuleType], tmp_path: Path
 ) -> None:
@@ -77,11 +85,7 @@ def test_paired_comparison_and_its_refusals(
     modules: tuple[ModuleType, ModuleType], tmp_path: Path
 ) -> None:
     cmp, _ = modules
-    for variant, offset in (("dqe_cir", 0), ("other", 10)):
-        for seed in (0, 1):
-            metrics, per_query = _evaluated(offset + seed)
-            cmp.write_queries(tmp_path, per_query, variant, seed)
-    frame = cmp.read_queries(tmp_path)
+    frame = _two_variants(cmp, tmp_path)
     results = cmp.compare(frame, n_boot=500)
     assert {r["variant"] for r in results} == {"other"}
     for r in results:
@@ -183,10 +187,7 @@ def test_comparison_resamples_whole_scene_families(
     modules: tuple[ModuleType, ModuleType], tmp_path: Path
 ) -> None:
     cmp, _ = modules
-    for variant, offset in (("dqe_cir", 0), ("other", 10)):
-        for seed in (0, 1):
-            cmp.write_queries(tmp_path, _evaluated(offset + seed)[1], variant, seed)
-    frame = cmp.read_queries(tmp_path)
+    frame = _two_variants(cmp, tmp_path)
     families = {f"q{i}": f"ref{i // 4}" for i in range(40)}  # 10 families of 4 queries
     by_query = {r["metric"]: r for r in cmp.compare(frame, n_boot=400)}
     by_family = {r["metric"]: r for r in cmp.compare(frame, n_boot=400, families=families)}
@@ -202,10 +203,7 @@ def test_sampling_errors_of_each_run(
     modules: tuple[ModuleType, ModuleType], tmp_path: Path
 ) -> None:
     cmp, _ = modules
-    for variant, offset in (("dqe_cir", 0), ("other", 10)):
-        for seed in (0, 1):
-            cmp.write_queries(tmp_path, _evaluated(offset + seed)[1], variant, seed)
-    frame = cmp.read_queries(tmp_path)
+    frame = _two_variants(cmp, tmp_path)
     errors = cmp.sampling_errors(frame)
     metrics = cmp.HEADLINE + cmp.MULTI_HEADLINE
     assert len(errors) == 2 * 2 * len(metrics)
