@@ -191,9 +191,9 @@ def sampling_errors(
     error over the test queries, in points (cluster-robust over scene families when
     ``families`` is given): how far the test split alone can move one run's number."""
     out: list[dict[str, Any]] = []
-    multi = "rank_any" in frame and frame["rank_any"].notna().all()
     for (variant, seed), part in frame.groupby(["variant", "seed"], sort=False):
         part = part.reset_index(drop=True)
+        multi = "rank_any" in part and part["rank_any"].notna().all()
         ids = part["query_id"].astype(str).tolist()
         clusters = None if families is None else _clusters(ids, families)
         for metric in HEADLINE + (MULTI_HEADLINE if multi else ()):

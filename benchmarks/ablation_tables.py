@@ -164,7 +164,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("report", type=Path, help="run_ablations.py --report JSON")
     ap.add_argument("compare", type=Path, nargs="?", help="run_ablations.py --compare JSON")
-    ap.add_argument("--seeds", type=int, nargs="*", help="main table over these seeds only")
+    ap.add_argument("--seeds", type=int, nargs="+", help="main table over these seeds only")
     args = ap.parse_args()
     report = json.loads(args.report.read_text())
     for part in (tuning_table(report), main_table(report, args.seeds)):

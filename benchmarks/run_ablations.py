@@ -332,13 +332,14 @@ def run_compare(
     text = compare_table(results, baseline)
     print(text)
     errors = sampling_errors(frame, families)
-    largest = pd.DataFrame(errors).groupby("metric", sort=False)["se"].max()
-    print(
-        "largest standard error of one run's metric over the test "
-        + ("families" if families else "queries")
-        + ": "
-        + ", ".join(f"{m} {se:.2f}" for m, se in largest.items())
-    )
+    if errors:
+        largest = pd.DataFrame(errors).groupby("metric", sort=False)["se"].max()
+        print(
+            "largest standard error of one run's metric from the test split alone ("
+            + ("queries clustered by scene family" if families else "independent queries")
+            + "): "
+            + ", ".join(f"{m} {se:.2f}" for m, se in largest.items())
+        )
     _write_rows(
         out,
         {

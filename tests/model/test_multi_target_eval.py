@@ -101,7 +101,9 @@ def test_whole_gallery_metrics_equal_a_direct_computation() -> None:
         assert out.metrics[f"recall_any@{k}"] >= out.metrics[f"recall@{k}"]
 
 
-def test_per_category_galleries_and_kept_reference() -> None:
+def _two_categories() -> tuple[torch.Tensor, torch.Tensor, EvalSet]:
+    """24 queries, half "dress" and half "shirt", over a 40-image gallery split 20 / 20;
+    each query's reference and valid targets come from its own category."""
     q, gallery, data = _split(n_query=24, n_gallery=40, seed=3)
     gcat = ["dress" if i < 20 else "shirt" for i in range(40)]
     names = data.gallery_ids
@@ -126,6 +128,13 @@ def test_per_category_galleries_and_kept_reference() -> None:
         gallery_categories=gcat,
         subset_members=[[] for _ in cats],
     )
+    return q, gallery, data
+
+
+def test_per_category_galleries_and_kept_reference() -> None:
+    q, gallery, data = _two_categories()
+    names, cats, gcat = data.gallery_ids, data.categories, data.gallery_categories
+    refs, valid = data.reference_ids, data.valid_targets
     out = evaluate_embeddings(q, None, gallery, data, ks=KS, protocol=PER_CATEGORY)
     best = np.empty(len(cats), dtype=np.int64)
     ap = np.empty((len(cats), len(MAP_KS)))
@@ -204,25 +213,27 @@ def test_eval_set_reads_the_valid_targets_column() -> None:
     assert bare.valid_targets == [] and bare.valid_lists() == [["b"], ["a"]]
 
 
-@pytest.mark.parametrize("protocol", [WHOLE, PER_CATEGORY])
+@pytest.mark.parametrize("protocol", [BenchmarkProtocol(), PER_CATEGORY])  # no subsets here
 def test_each_gallery_is_scored_once(protocol: BenchmarkProtocol, monkeypatch) -> None:
     """Top-k lists, the target's rank and the valid targets' ranks share one scoring pass
-    per gallery: a query chunk is scored against the full gallery exactly once."""
+    per gallery: each query chunk is scored against its gallery exactly once (per
+    category: each category's queries against that category's images)."""
     from dqe_cir_pipeline.model import retrieval
 
-    q, gallery, data = _split(n_query=30, n_gallery=60, seed=5)
-    calls: list[int] = []
+    q, gallery, data = _two_categories()  # 12 + 12 queries, 20 + 20 images
+    calls: list[tuple[int, int]] = []
     scorer_call = retrieval._Scorer.__call__
 
     def counting(self, q_chunk, out_dtype):  # type: ignore[no-untyped-def]
-        calls.append(q_chunk.shape[0])
+        calls.append((q_chunk.shape[0], self.m))
         return scorer_call(self, q_chunk, out_dtype)
 
     monkeypatch.setattr(retrieval._Scorer, "__call__", counting)
     out = evaluate_embeddings(q, None, gallery, data, ks=KS, chunk_size=8, protocol=protocol)
-    assert sum(calls) == len(data.query_ids)  # every query scored once, not three times
-    assert len(calls) == 4  # ceil(30 / 8) chunks over the one gallery
-    assert "map@10" in out.metrics
+    if protocol.per_category:  # two galleries of 20, 12 queries each: chunks of 8 and 4
+        assert sorted(calls) == [(4, 20), (4, 20), (8, 20), (8, 20)]
+    else:  # one gallery of 40, 24 queries: three chunks of 8
+        assert calls == [(8, 40), (8, 40), (8, 40)]
     pq = out.per_query  # and that pass ranked every query's target and valid targets
     assert (pq["rank"] >= 0).all() and (pq["rank_any"] >= 0).all()
     assert (pq["rank_any"] <= pq["rank"]).all() and pq["topk"].map(len).eq(10).all()

@@ -196,6 +196,8 @@ def test_one_pass_gives_top_k_target_and_valid_ranks(chunk_size: int) -> None:
     alone = rank_queries(queries, gallery, target_idx=target, exclude=exclude, chunk_size=3)
     assert alone.top_idx is None and alone.valid is None
     assert alone.target is not None and alone.target.tolist() == out.target.tolist()
+    with pytest.raises(ValueError, match="nothing to compute"):
+        rank_queries(queries, gallery, exclude=exclude)
 
 
 def test_each_column_is_target_ranks() -> None:

@@ -172,6 +172,8 @@ def rank_queries(
     Each part is exactly what :func:`topk`, :func:`target_ranks` and
     :func:`valid_target_ranks` return for the same arguments (those call this).
     """
+    if k is None and target_idx is None and valid is None:
+        raise ValueError("rank_queries needs k, target_idx or valid: nothing to compute")
     n, m = queries.shape[0], _gallery_size(gallery)
     _check_index("exclude", exclude, n, m, allow_neg=True)
     if k is not None:
