@@ -212,6 +212,14 @@ def sampling_errors(
     return out
 
 
+def largest_errors(errors: list[dict[str, Any]]) -> dict[str, float]:
+    """Metric -> the largest standard error of any run in :func:`sampling_errors`."""
+    out: dict[str, float] = {}
+    for e in errors:
+        out[e["metric"]] = max(out.get(e["metric"], 0.0), float(e["se"]))
+    return out
+
+
 def _clusters(queries: list[str], families: Mapping[str, str]) -> np.ndarray:
     """Each query's family label, in ``queries``' order."""
     missing = [q for q in queries if str(q) not in families]

@@ -20,6 +20,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from _ablation_compare import largest_errors
+
 NAMES = {
     "text_blind": "text-blind (pixels)",
     "zero_shot": "zero-shot",
@@ -150,9 +152,7 @@ def difference_table(compare: dict[str, Any], metrics: Sequence[str] = DIFF_METR
     )
     errors = compare.get("sampling_errors")
     if errors:
-        largest: dict[str, float] = {}
-        for e in errors:
-            largest[e["metric"]] = max(largest.get(e["metric"], 0.0), float(e["se"]))
+        largest = largest_errors(errors)
         lines.append(
             "largest standard error of one run's metric from the test split alone: "
             + ", ".join(f"{m} {largest[m]:.2f}" for m in metrics if m in largest)

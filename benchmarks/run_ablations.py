@@ -45,6 +45,7 @@ import yaml
 from _ablation_compare import (
     compare,
     compare_table,
+    largest_errors,
     read_queries,
     sampling_errors,
     write_queries,
@@ -333,7 +334,7 @@ def run_compare(
     print(text)
     errors = sampling_errors(frame, families)
     if errors:
-        largest = pd.DataFrame(errors).groupby("metric", sort=False)["se"].max()
+        largest = largest_errors(errors)
         print(
             "largest standard error of one run's metric from the test split alone ("
             + ("queries clustered by scene family" if families else "independent queries")

@@ -351,7 +351,8 @@ class _Scoring:
         for cat, qi, gi in self._parts():
             names = [data.gallery_ids[i] for i in gi]
             tgt = _index(names, [data.target_ids[i] for i in qi], "target")
-            out = self._rank(qi, gi, names, tgt)
+            ref = self._references(names, [data.reference_ids[i] for i in qi])
+            out = self._rank(qi, gi, names, tgt, ref)
             assert out.target is not None and out.top_idx is not None
             ranks[qi] = out.target.numpy()
             per_cat[cat] = out.target
@@ -365,7 +366,8 @@ class _Scoring:
         names = data.gallery_ids
         everything = np.arange(len(data.query_ids))
         tgt = _index(names, data.target_ids, "target") if data.labelled else None
-        out = self._rank(everything, np.arange(len(names)), names, tgt)
+        ref = self._references(names, data.reference_ids)
+        out = self._rank(everything, np.arange(len(names)), names, tgt, ref)
         assert out.top_idx is not None
         top = [[names[j] for j in row] for row in out.top_idx.tolist()]
         if out.target is None:
@@ -379,7 +381,6 @@ class _Scoring:
         subset = torch.stack(
             [_index(pos, m, "subset member", missing=-1) for m in data.subset_members]
         )
-        ref = self._references(names, data.reference_ids)
         chunk = max(1, self.chunk_size // 4)
         sr = subset_ranks(self.q, self.gallery, tgt, subset, ref, chunk, self.device)
         return _Ranked(r.numpy(), top, cirr_metrics_from_ranks(r, sr, ks, subset_ks), sr.numpy())
@@ -402,14 +403,19 @@ class _Scoring:
         ]
 
     def _rank(
-        self, qi: np.ndarray, gi: np.ndarray, names: Sequence[str], tgt: torch.Tensor | None
+        self,
+        qi: np.ndarray,
+        gi: np.ndarray,
+        names: Sequence[str],
+        tgt: torch.Tensor | None,
+        ref: torch.Tensor | None,
     ) -> Rankings:
-        """One scoring pass of queries ``qi`` over gallery items ``gi`` (``names``)."""
+        """One scoring pass of queries ``qi`` over gallery items ``gi`` (``names``), their
+        targets ``tgt`` and removed references ``ref`` given as positions in ``names``."""
         data = self.data
         whole = len(gi) == len(data.gallery_ids)
         queries = self.q if len(qi) == len(data.query_ids) else self.q[torch.as_tensor(qi)]
         gallery = self.gallery if whole else self.gallery[torch.as_tensor(gi)]
-        ref = self._references(names, [data.reference_ids[i] for i in qi])
         valid = None
         if data.labelled and data.multi_target:
             lists = data.valid_lists()
